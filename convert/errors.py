@@ -1,0 +1,45 @@
+"""Errors of edgeopt.convert: one root, leaves carry their data."""
+
+from __future__ import annotations
+
+
+class ConvertError(Exception):
+    """Root of every error raised by edgeopt.convert."""
+
+
+class ModelLoadError(ConvertError):
+    """The model named by the user cannot be loaded."""
+
+    def __init__(self, spec: str, problem: str, hint: str = "") -> None:
+        self.spec = spec
+        self.problem = problem
+        self.hint = hint
+        text = f"cannot load model '{spec}': {problem}"
+        super().__init__(f"{text}; {hint}" if hint else text)
+
+
+class InputShapeError(ConvertError):
+    """``--input-shape`` is malformed or does not fit the model."""
+
+
+class ExportError(ConvertError):
+    """A conversion step failed."""
+
+    def __init__(self, step: str, problem: str) -> None:
+        self.step = step
+        self.problem = problem
+        super().__init__(f"{step} failed: {problem}")
+
+
+class ParityError(ConvertError):
+    """A conversion step computes something other than its source."""
+
+    def __init__(self, step: str, parity) -> None:
+        self.step = step
+        self.parity = parity
+        super().__init__(
+            f"{step} broke parity: max abs diff {parity.max_abs_diff:.3g} "
+            f"(limit {parity.max_abs_limit:.3g}), cosine {parity.cosine:.6f} "
+            f"(limit {parity.cosine_limit}); the converted model computes something else "
+            f"than its source"
+        )

@@ -1,0 +1,244 @@
+"""Load the model a user names: ONNX, OpenVINO IR, TorchScript, ExportedProgram, or a factory."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeopt.convert.errors import InputShapeError, ModelLoadError
+
+_FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+TORCH_KINDS = ("torch-factory", "torchscript", "exported-program")
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """A loaded model and where it came from.
+
+    ``kind`` is one of ``onnx``, ``openvino-ir``, ``torch-factory``, ``torchscript``,
+    ``exported-program``, ``reference``. Torch kinds carry ``module`` (an ``nn.Module``
+    or ``ExportedProgram``) and ``example_inputs``.
+    """
+
+    spec: str
+    kind: str
+    path: Path | None = None
+    sha256: str | None = None
+    module: Any = None
+    example_inputs: tuple = ()
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_torch(self) -> bool:
+        return self.kind in TORCH_KINDS or self.kind == "reference"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_input_shapes(text: str | None) -> dict[str, tuple[int, ...]] | tuple[int, ...] | None:
+    """Parse ``--input-shape``: ``1,3,224,224`` or ``name=1,3,224,224;other=1,8``."""
+    if text is None:
+        return None
+
+    def dims(part: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(d) for d in part.replace("x", ",").split(",") if d.strip())
+        except ValueError as e:
+            msg = f"--input-shape '{text}' is not a list of integers (e.g. 1,3,224,224)"
+            raise InputShapeError(msg) from e
+        if not values or any(v <= 0 for v in values):
+            msg = f"--input-shape '{text}' needs positive dimensions (e.g. 1,3,224,224)"
+            raise InputShapeError(msg)
+        return values
+
+    if "=" not in text:
+        return dims(text)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for part in text.split(";"):
+        name, sep, shape = part.partition("=")
+        if not sep or not name.strip():
+            msg = f"--input-shape '{text}': expected name=d0,d1,... separated by ';'"
+            raise InputShapeError(msg)
+        shapes[name.strip()] = dims(shape)
+    return shapes
+
+
+def load_model(spec: str, input_shape: str | None = None) -> SourceModel:
+    """Load the model named by ``spec`` without modifying it.
+
+    Raises:
+        ModelLoadError: the file is missing, empty, truncated, or of the wrong kind, or a
+            factory does not import or does not return a module.
+        InputShapeError: ``input_shape`` is malformed.
+    """
+    shapes = parse_input_shapes(input_shape)
+    path = Path(spec)
+    if path.suffix.lower() in {".onnx", ".xml", ".pt", ".pth", ".pt2"} or path.exists():
+        return _load_file(spec, path, shapes)
+    if _FACTORY_SPEC.match(spec):
+        return _load_factory(spec, shapes)
+    raise ModelLoadError(
+        spec,
+        "not a model file or a 'package.module:factory' spec",
+        "pass a .onnx, .xml (OpenVINO IR), .pt (TorchScript), .pt2 (ExportedProgram), "
+        "package.module:factory, or ref:NAME",
+    )
+
+
+def _load_file(spec: str, path: Path, shapes) -> SourceModel:
+    if not path.exists():
+        raise ModelLoadError(spec, "no such file", "check the path")
+    if path.is_dir():
+        raise ModelLoadError(spec, "is a directory, not a model file")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(spec, "the file is empty (0 bytes)", "re-export the model")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return _load_onnx(spec, path)
+    if suffix == ".xml":
+        return _load_ir(spec, path)
+    if suffix in {".pt", ".pth"}:
+        return _load_torchscript(spec, path, shapes)
+    if suffix == ".pt2":
+        return _load_exported_program(spec, path)
+    raise ModelLoadError(
+        spec, f"unknown model file type '{suffix}'", "use .onnx, .xml, .pt or .pt2"
+    )
+
+
+def _load_onnx(spec: str, path: Path) -> SourceModel:
+    import onnx
+
+    try:
+        # Checking by path also validates models with external data.
+        onnx.checker.check_model(str(path))
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError, ValidationError, OSError...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            spec, f"not a valid ONNX model ({reason[:200]})", "re-export it or check the file"
+        ) from e
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = tuple(i.name for i in proto.graph.input if i.name not in initializers)
+    outputs = tuple(o.name for o in proto.graph.output)
+    return SourceModel(spec, "onnx", path=path, sha256=file_sha256(path),
+                       input_names=inputs, output_names=outputs)
+
+
+def _load_ir(spec: str, path: Path) -> SourceModel:
+    weights = path.with_suffix(".bin")
+    if not weights.is_file():
+        raise ModelLoadError(
+            spec, f"OpenVINO IR needs its weights file '{weights.name}' beside it",
+            "copy the .bin next to the .xml",
+        )
+    head = path.read_bytes()[:512].lstrip()
+    if not head.startswith(b"<?xml") and not head.startswith(b"<net"):
+        raise ModelLoadError(spec, "not an OpenVINO IR .xml file")
+    digest = hashlib.sha256()
+    for part in (path, weights):
+        digest.update(bytes.fromhex(file_sha256(part)))
+    return SourceModel(spec, "openvino-ir", path=path, sha256=digest.hexdigest())
+
+
+def _example_from_shapes(shapes, spec: str) -> tuple:
+    import torch
+
+    if shapes is None:
+        msg = f"'{spec}' gives no example inputs: pass --input-shape (e.g. 1,3,224,224)"
+        raise InputShapeError(msg)
+    if isinstance(shapes, dict):
+        return tuple(torch.randn(*s) for s in shapes.values())
+    return (torch.randn(*shapes),)
+
+
+def _load_torchscript(spec: str, path: Path, shapes) -> SourceModel:
+    import torch
+
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            spec, f"not a TorchScript archive ({reason[:160]})",
+            "save it with torch.jit.save, or pass package.module:factory for an nn.Module",
+        ) from e
+    module.eval()
+    example = _example_from_shapes(shapes, spec)
+    return SourceModel(spec, "torchscript", path=path, sha256=file_sha256(path),
+                       module=module, example_inputs=example)
+
+
+def _load_exported_program(spec: str, path: Path) -> SourceModel:
+    import torch
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            spec, f"not an ExportedProgram archive ({reason[:160]})",
+            "save it with torch.export.save",
+        ) from e
+    example = tuple(program.example_inputs[0]) if program.example_inputs else ()
+    if not example:
+        raise ModelLoadError(spec, "the ExportedProgram carries no example inputs")
+    return SourceModel(spec, "exported-program", path=path, sha256=file_sha256(path),
+                       module=program, example_inputs=example)
+
+
+def _load_factory(spec: str, shapes) -> SourceModel:
+    import torch
+
+    module_name, _, attr = spec.partition(":")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # let users name modules in the working dir
+    try:
+        mod = importlib.import_module(module_name)
+    except Exception as e:
+        raise ModelLoadError(
+            spec, f"cannot import '{module_name}' ({type(e).__name__}: {str(e)[:160]})",
+            "check the module is on PYTHONPATH",
+        ) from e
+    factory = getattr(mod, attr, None)
+    if factory is None or not callable(factory):
+        raise ModelLoadError(spec, f"'{module_name}' has no callable '{attr}'")
+    try:
+        made = factory()
+    except Exception as e:
+        raise ModelLoadError(
+            spec, f"the factory raised {type(e).__name__}: {str(e)[:160]}"
+        ) from e
+    example: tuple = ()
+    if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], torch.nn.Module):
+        made, example = made
+        example = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+    if not isinstance(made, torch.nn.Module):
+        raise ModelLoadError(
+            spec, f"the factory returned {type(made).__name__}, not a torch.nn.Module",
+            "return an nn.Module, or (module, example_inputs)",
+        )
+    if shapes is not None:
+        example = _example_from_shapes(shapes, spec)
+    elif not example and getattr(made, "example_inputs", None) is not None:
+        ex = made.example_inputs
+        example = tuple(ex) if isinstance(ex, (tuple, list)) else (ex,)
+    if not example:
+        example = _example_from_shapes(None, spec)
+    source_file = getattr(mod, "__file__", None)
+    digest = file_sha256(Path(source_file)) if source_file else None
+    return SourceModel(spec, "torch-factory", sha256=digest, module=made.eval(),
+                       example_inputs=example)

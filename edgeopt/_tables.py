@@ -1,0 +1,49 @@
+"""Rich tables shared by the CLI commands."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+
+def _ms(value) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def artifacts_table(report: dict) -> Table:
+    table = Table(title=f"edgeopt optimize {report['input']['spec']}")
+    for col in ("artifact", "runtime", "device", "prec", "size KB", "p50 ms", "p90 ms",
+                "CV", "vs FP32", report["data"]["metric"], "label", "status"):
+        table.add_column(col, justify="right" if col not in {"artifact", "runtime", "device",
+                                                              "status", "label"} else "left")
+    for a in report["artifacts"]:
+        b = a.get("bench") or {}
+        acc = (a.get("accuracy") or {}).get("value")
+        speed = a.get("speedup_vs_fp32")
+        status = a["status"] if a["status"] == "ok" else f"[bold red]{a['status']}[/bold red]"
+        table.add_row(a["path"], a["runtime"], a["device"], a["precision"],
+                      f"{a['size_bytes'] / 1024:.0f}", _ms(b.get("p50_ms")), _ms(b.get("p90_ms")),
+                      "—" if b.get("cv") is None else f"{b['cv']:.3f}",
+                      "—" if speed is None else f"{speed:.2f}x",
+                      "—" if acc is None else f"{acc:.4f}", b.get("label", "—"), status)
+    return table
+
+
+def bench_table(results: list[dict]) -> Table:
+    table = Table(title="edgeopt bench")
+    for col in ("device", "adapter", "runtime", "load ms", "1st ms", "p50 ms", "p90 ms",
+                "p99 ms", "mean ms", "CV", "ips", "peak MB", "label"):
+        table.add_column(col, justify="left" if col in {"device", "adapter", "runtime",
+                                                         "label"} else "right")
+    for r in results:
+        b = r["bench"]
+        if b.get("label") != "measured":
+            table.add_row(r["device"], r["adapter"], r["runtime"], *["—"] * 9,
+                          f"{b.get('label')}: {b.get('reason', '')}")
+            continue
+        table.add_row(r["device"], r["adapter"], r["runtime"], f"{b['load_ms']:.1f}",
+                      _ms(b["first_inference_ms"]), _ms(b["p50_ms"]), _ms(b["p90_ms"]),
+                      _ms(b["p99_ms"]), _ms(b["mean_ms"]), f"{b['cv']:.3f}",
+                      f"{b['throughput_ips']:.1f}",
+                      "—" if b.get("peak_rss_mb") is None else f"{b['peak_rss_mb']:.0f}",
+                      b["label"] + (" (unstable)" if b.get("unstable") else ""))
+    return table

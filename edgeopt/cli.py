@@ -1,0 +1,149 @@
+"""The `edgeopt` command line: optimize, bench, devices.
+
+A user's mistake prints one line and exits 2 (the traceback only with --debug); an
+internal failure exits 1. Human output goes to stderr, so `--json` keeps stdout clean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump), exit 2 as before."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+def _bench_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("benchmark protocol")
+    g.add_argument("--warmup", type=int, default=10, help="warm-up runs (default 10)")
+    g.add_argument("--bench-iterations", type=int, default=100,
+                   help="minimum timed runs per repeat (default 100)")
+    g.add_argument("--bench-seconds", type=float, default=3.0,
+                   help="minimum timed seconds per repeat (default 3)")
+    g.add_argument("--bench-repeats", type=int, default=3,
+                   help="independent repeats, each in a fresh process (default 3)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="inference threads (default: the runtime's choice for latency)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser = _Parser(prog="edgeopt", description=__doc__.splitlines()[0], parents=[common])
+    from edgeopt import __version__
+
+    parser.add_argument("--version", action="version", version=f"edgeopt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    opt = sub.add_parser("optimize", parents=[common],
+                         help="model -> FP32 and INT8 artifacts, checked and benchmarked")
+    opt.add_argument("model", help="model.onnx, model.pt (TorchScript), model.pt2 "
+                     "(ExportedProgram), package.module:factory, or ref:NAME")
+    opt.add_argument("--device", action="append", dest="devices", metavar="ID[:UNIT]",
+                     help="device profile to benchmark on (repeatable; default host-cpu)")
+    opt.add_argument("--runtime", action="append", dest="runtimes",
+                     choices=["onnxruntime", "openvino"],
+                     help="runtime(s) to build for (repeatable; default both)")
+    opt.add_argument("--out", type=Path, default=None,
+                     help="output folder (default edgeopt-out/<model name>)")
+    opt.add_argument("--input-shape", help="e.g. 1,3,224,224 or name=1,3,224,224;mask=1,128")
+    opt.add_argument("--calib", help="calibration data: a .npy/.npz file or folder, or 'random'")
+    opt.add_argument("--calib-samples", type=int, help="use at most N calibration samples")
+    opt.add_argument("--eval-samples", type=int, help="evaluate on N samples")
+    opt.add_argument("--no-quantize", action="store_true", help="FP32 artifacts only")
+    opt.add_argument("--json", action="store_true", help="print report.json on stdout")
+    opt.add_argument("--quiet", action="store_true", help="no progress output")
+    _bench_flags(opt)
+
+    bench = sub.add_parser("bench", parents=[common], help="benchmark a model on a device")
+    bench.add_argument("model", help="model.onnx or model.xml (OpenVINO IR, .bin beside it)")
+    bench.add_argument("--device", action="append", dest="devices", metavar="ID[:UNIT]",
+                       help="device profile (repeatable; default host-cpu)")
+    bench.add_argument("--runtime", action="append", dest="runtimes",
+                       choices=["onnxruntime", "openvino"], help="default: every one that loads it")
+    bench.add_argument("--input-shape", help="concrete shape for dynamic inputs")
+    bench.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    bench.add_argument("--quiet", action="store_true", help="no progress output")
+    _bench_flags(bench)
+
+    devices = sub.add_parser("devices", parents=[common], help="device profiles")
+    dsub = devices.add_subparsers(dest="devices_command", required=True, parser_class=_Parser)
+    dlist = dsub.add_parser("list", parents=[common], help="every profile and its units")
+    dlist.add_argument("--json", action="store_true")
+    dshow = dsub.add_parser("show", parents=[common], help="one profile in full")
+    dshow.add_argument("id")
+    dshow.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from edgeopt.errors import user_errors
+
+    try:
+        if args.command == "optimize":
+            return _optimize(args)
+        if args.command == "bench":
+            from edgeopt._bench_cli import run_bench
+
+            return run_bench(args)
+        from edgeopt._devices_cli import run_devices
+
+        return run_devices(args)
+    except user_errors() as e:
+        if args.debug:
+            raise
+        sys.stderr.write(f"edgeopt: error: {e}\n")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("edgeopt: interrupted; nothing was left under a final name\n")
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        sys.stderr.write(f"edgeopt: internal error: {type(e).__name__}: {e} "
+                         "(rerun with --debug for the traceback)\n")
+        return EXIT_INTERNAL
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from edgeopt._progress import Steps
+    from edgeopt._source import artifact_stem
+    from edgeopt.pipeline import optimize
+    from edgeopt.recipe import BenchSettings, OptimizeConfig
+
+    config = OptimizeConfig(
+        model=args.model,
+        out=args.out or Path("edgeopt-out") / artifact_stem(args.model),
+        devices=tuple(args.devices or ("host-cpu",)),
+        runtimes=tuple(dict.fromkeys(args.runtimes or ("onnxruntime", "openvino"))),
+        input_shape=args.input_shape,
+        calib=args.calib,
+        calib_samples=args.calib_samples,
+        eval_samples=args.eval_samples,
+        quantize=not args.no_quantize,
+        bench=BenchSettings(warmup=args.warmup, min_iterations=args.bench_iterations,
+                            min_seconds=args.bench_seconds, repeats=args.bench_repeats,
+                            threads=args.threads),
+    )
+    steps = Steps(quiet=args.quiet)
+    report = optimize(config, steps=steps)
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        from edgeopt._tables import artifacts_table
+
+        steps.console.print(artifacts_table(report))
+        steps.console.print(f"wrote {config.out}/report.json and report.md")
+    return 0

@@ -1,0 +1,320 @@
+"""`edgeopt optimize`: model -> FP32 and INT8 artifacts per runtime, checked and measured."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeopt import report as reporting
+from edgeopt._outdir import Staging, check_output_dir
+from edgeopt._progress import Steps
+from edgeopt._source import Prepared, load_source, prepare
+from edgeopt._targets import Target, resolve_targets
+from edgeopt.errors import UsageError
+from edgeopt.recipe import OptimizeConfig
+
+# Which adapter evaluates accuracy and checks parity for each runtime, on this host.
+HOST_ADAPTER = {"onnxruntime": "ort-cpu", "openvino": "ov-cpu"}
+PARITY_SAMPLES = 8
+
+
+@dataclass
+class Artifact:
+    """One file edgeopt made, before it is benchmarked on each device."""
+
+    key: str                    # "fp32-onnx", "int8-ort", ...
+    file: str                   # final file name in OUT
+    format: str                 # onnx | openvino-ir
+    precision: str              # fp32 | int8
+    runtime: str                # onnxruntime | openvino
+    companions: tuple[str, ...] = ()    # e.g. the .bin of an .xml
+    accuracy: dict | None = None
+    quantization: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _run_all(loaded, inputs: list[dict[str, np.ndarray]], update=None) -> list[list[np.ndarray]]:
+    outs = []
+    for i, feeds in enumerate(inputs):
+        outs.append(loaded.run(feeds))
+        if update is not None:
+            update(i + 1, len(inputs))
+    return outs
+
+
+def _stack_first(outputs: list[list[np.ndarray]]) -> np.ndarray:
+    return np.concatenate([o[0].reshape(1, -1) for o in outputs], axis=0)
+
+
+def optimize(model: str | OptimizeConfig, out: str | Path | None = None, *,
+             steps: Steps | None = None, **options) -> dict:
+    """Run the pipeline and return the report (also written to ``OUT/report.json``).
+
+    ``edgeopt.optimize("ref:mobilenet-v2", out="build")`` or
+    ``edgeopt.optimize(OptimizeConfig(...))``; ``options`` are OptimizeConfig fields.
+
+    Every input problem is raised before anything is written; a failure later removes
+    what this run staged, so no half-written artifact is left under a final name.
+    """
+    from edgeopt.runtimes import BenchProtocol, get_adapter
+
+    if isinstance(model, OptimizeConfig):
+        config = model
+    else:
+        from edgeopt._source import artifact_stem
+
+        config = OptimizeConfig(model=model, out=Path(out or Path("edgeopt-out") /
+                                                      artifact_stem(model)), **options)
+    steps = steps or Steps(quiet=True)
+    started = time.time()
+    # 1. Everything the user gave is checked before any file is written.
+    targets = resolve_targets(config.devices, config.runtimes)
+    for runtime in config.runtimes:
+        adapter = get_adapter(HOST_ADAPTER[runtime])
+        availability = adapter.available()
+        if not availability.ok:
+            msg = f"{runtime} cannot run here: {availability.reason}"
+            raise UsageError(msg)
+    with steps.step("load model"):
+        source = load_source(config)
+    inputs = [source.path] if source.path else []
+    check_output_dir(config.out, inputs)
+    with steps.step("prepare data"):
+        prepared = prepare(config, source)
+    finals = _planned_files(prepared.name, config)
+    for final in finals:
+        for src in inputs:
+            if (config.out / final).absolute() == src.absolute():
+                msg = (f"--out {config.out} would overwrite the input {src} with an artifact of "
+                       "the same name; choose another output folder")
+                raise UsageError(msg)
+
+    staging = Staging(config.out)
+    try:
+        record = _run(config, prepared, targets, staging, steps, BenchProtocol)
+        files = [name for art in record["_artifacts"] for name in (art.file, *art.companions)]
+        staging.commit(files)
+    except BaseException:
+        staging.abort()
+        raise
+    record.pop("_artifacts")
+    recorded = {s["name"] for s in record["steps"]}
+    record["steps"] += [{"name": k, "seconds": round(v, 3)} for k, v in steps.timings.items()
+                        if k not in recorded]
+    record["duration_s"] = round(time.time() - started, 2)
+    reporting.write(config.out, record)
+    return record
+
+
+def _planned_files(name: str, config: OptimizeConfig) -> list[str]:
+    files = []
+    if "onnxruntime" in config.runtimes or "openvino" in config.runtimes:
+        files.append(f"{name}.fp32.onnx")
+    if "onnxruntime" in config.runtimes and config.quantize:
+        files.append(f"{name}.int8-ort.onnx")
+    if "openvino" in config.runtimes:
+        files += [f"{name}.fp32.xml", f"{name}.fp32.bin"]
+        if config.quantize:
+            files += [f"{name}.int8-ov.xml", f"{name}.int8-ov.bin"]
+    return files + ["report.json", "report.md"]
+
+
+def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps, BenchProtocol) -> dict:
+    from edgeopt.calibrate import QuantConfig, quantize_for_openvino, quantize_onnx_for_ort
+    from edgeopt.convert import check, compare, export_onnx, to_openvino_ir
+    from edgeopt.runtimes import get_adapter
+
+    name = prepared.name
+    source = prepared.source
+    step_records: list[dict] = []
+    warnings: list[str] = []
+    artifacts: list[Artifact] = []
+    parity_inputs = prepared.eval_inputs[:PARITY_SAMPLES]
+    ort = get_adapter(HOST_ADAPTER["onnxruntime"])
+
+    # 2. The source model's own outputs on the evaluation set: the FP32 reference.
+    with steps.step("FP32 reference outputs") as update:
+        if source.is_torch:
+            ref_outs = _torch_outputs(prepared, prepared.eval_inputs, update)
+        else:
+            ref_outs = _run_all(ort.load(source.path), prepared.eval_inputs, update)
+        fp32_ref = _stack_first(ref_outs)
+
+    # 3. FP32 ONNX: exported from PyTorch, or a copy of the user's file (never modified).
+    fp32_onnx = staging.path(f"{name}.fp32.onnx")
+    if source.is_torch:
+        with steps.step("torch -> ONNX"):
+            result = export_onnx(source.module, source.example_inputs, fp32_onnx,
+                                 input_names=tuple(n for n, _, _ in prepared.input_specs),
+                                 output_names=prepared.output_names or None)
+            onnx_outs = _run_all(ort.load(fp32_onnx), parity_inputs)
+            parity = check(compare("torch -> ONNX", ref_outs[: len(parity_inputs)], onnx_outs))
+        for note in result.warnings:
+            steps.warn(note)
+            warnings.append(note)
+        step_records.append(_step(steps, "torch -> ONNX", exporter=result.exporter,
+                                  opset=result.opset, parity=parity.to_dict()))
+    else:
+        with steps.step("copy ONNX"):
+            _copy_onnx(source.path, fp32_onnx)
+        step_records.append(_step(steps, "copy ONNX"))
+    artifacts.append(Artifact("fp32-onnx", fp32_onnx.name, "onnx", "fp32", "onnxruntime"))
+
+    if "openvino" in config.runtimes:
+        fp32_xml = staging.path(f"{name}.fp32.xml")
+        with steps.step("ONNX -> OpenVINO IR"):
+            to_openvino_ir(fp32_onnx, fp32_xml)
+            ov = get_adapter(HOST_ADAPTER["openvino"])
+            onnx_outs = _run_all(ort.load(fp32_onnx), parity_inputs)
+            ir_outs = _run_all(ov.load(fp32_xml), parity_inputs)
+            parity = check(compare("ONNX -> OpenVINO IR", onnx_outs, ir_outs))
+        step_records.append(_step(steps, "ONNX -> OpenVINO IR", parity=parity.to_dict()))
+        artifacts.append(Artifact("fp32-ir", fp32_xml.name, "openvino-ir", "fp32", "openvino",
+                                  companions=(fp32_xml.with_suffix(".bin").name,)))
+
+    if config.quantize:
+        qconfig = QuantConfig()
+        if "onnxruntime" in config.runtimes:
+            out = staging.path(f"{name}.int8-ort.onnx")
+            with steps.step("quantize INT8 for ONNX Runtime") as update:
+                q = quantize_onnx_for_ort(fp32_onnx, out, prepared.calib, qconfig, progress=update)
+            step_records.append(_step(steps, "quantize INT8 for ONNX Runtime"))
+            artifacts.append(Artifact("int8-ort", out.name, "onnx", "int8", "onnxruntime",
+                                      quantization=_quant_record(q, prepared, qconfig)))
+        if "openvino" in config.runtimes:
+            out = staging.path(f"{name}.int8-ov.xml")
+            with steps.step("quantize INT8 for OpenVINO (NNCF)") as update:
+                q = quantize_for_openvino(staging.path(f"{name}.fp32.xml"), out, prepared.calib,
+                                          qconfig, progress=update)
+            step_records.append(_step(steps, "quantize INT8 for OpenVINO (NNCF)"))
+            artifacts.append(Artifact("int8-ov", out.name, "openvino-ir", "int8", "openvino",
+                                      companions=(out.with_suffix(".bin").name,),
+                                      quantization=_quant_record(q, prepared, qconfig)))
+
+    # 3. Accuracy of every artifact on its runtime, against the FP32 source.
+    for art in artifacts:
+        with steps.step(f"evaluate {art.file}") as update:
+            loaded = get_adapter(HOST_ADAPTER[art.runtime]).load(staging.path(art.file))
+            outs = _stack_first(_run_all(loaded, prepared.eval_inputs, update))
+            art.accuracy = {"metric": prepared.metric, "value": round(prepared.score(outs, fp32_ref), 6),
+                            "samples": len(prepared.eval_inputs)}
+
+    # 4. Benchmarks on each device unit that runs the artifact's runtime.
+    protocol = BenchProtocol(warmup=config.bench.warmup,
+                             min_iterations=config.bench.min_iterations,
+                             min_seconds=config.bench.min_seconds,
+                             repeats=config.bench.repeats, threads=config.bench.threads)
+    bench_inputs = prepared.eval_inputs[0]
+    entries = []
+    for target in targets:
+        adapter = get_adapter(target.adapter)
+        availability = adapter.available()
+        for art in artifacts:
+            if art.runtime != target.runtime:
+                continue
+            entry = _artifact_entry(art, staging, target)
+            if not availability.ok:
+                entry["bench"] = {"label": "unavailable", "reason": availability.reason}
+                warnings.append(f"{target.label} via {target.adapter} is not "
+                                f"available here: {availability.reason}")
+            else:
+                with steps.step(f"benchmark {art.file} on {target.label}") as update:
+                    result = adapter.benchmark(staging.path(art.file), bench_inputs, protocol,
+                                               target.unit_obj, progress=update)
+                entry["bench"] = result.to_dict()
+            entries.append(entry)
+    warnings += _check_int8_speed(entries, steps)
+    return {
+        **reporting.header(config, prepared),
+        "steps": step_records,
+        "artifacts": entries,
+        "warnings": warnings,
+        "_artifacts": artifacts,
+    }
+
+
+def _step(steps: Steps, name: str, **extra) -> dict:
+    return {"name": name, "seconds": round(steps.timings[name], 3), **extra}
+
+
+def _torch_outputs(prepared: Prepared, samples, update=None) -> list[list[np.ndarray]]:
+    import torch
+
+    from edgeopt.convert import run_torch
+
+    names = [n for n, _, _ in prepared.input_specs]
+    outs = []
+    for i, sample in enumerate(samples):
+        outs.append(run_torch(prepared.source.module,
+                              tuple(torch.from_numpy(sample[n]) for n in names)))
+        if update is not None:
+            update(i + 1, len(samples))
+    return outs
+
+
+def _copy_onnx(src: Path, dst: Path) -> None:
+    import onnx
+
+    proto = onnx.load(str(src))  # pulls external data in, so the copy stands alone
+    if proto.ByteSize() < 1_800_000_000:
+        onnx.save(proto, str(dst))
+    else:
+        shutil.copyfile(src, dst)
+
+
+def _quant_record(q, prepared: Prepared, qconfig) -> dict:
+    return {
+        "calibrator": qconfig.calibrator,
+        "calibration": prepared.calib_note,
+        "excluded_nodes": list(q.excluded_nodes),
+        "notes": list(q.notes),
+        **({"integer_kernels": q.integer_kernels} if getattr(q, "integer_kernels", None) else {}),
+    }
+
+
+def _artifact_entry(art: Artifact, staging: Staging, target: Target) -> dict:
+    from edgeopt.convert import file_sha256
+
+    files = [art.file, *art.companions]
+    size = sum(staging.path(f).stat().st_size for f in files)
+    return {
+        "path": art.file,
+        "files": files,
+        "format": art.format,
+        "precision": art.precision,
+        "runtime": art.runtime,
+        "device": target.label,
+        "adapter": target.adapter,
+        "size_bytes": size,
+        "sha256": file_sha256(staging.path(art.file)),
+        "sha256_files": {f: file_sha256(staging.path(f)) for f in files},
+        "accuracy": art.accuracy,
+        "quantization": art.quantization,
+        "status": "ok",
+    }
+
+
+def _check_int8_speed(entries: list[dict], steps: Steps) -> list[str]:
+    """An INT8 artifact not faster than FP32 on its runtime and device is never shipped silently."""
+    warnings = []
+    fp32 = {(e["runtime"], e["device"]): e for e in entries if e["precision"] == "fp32"}
+    for e in entries:
+        base = fp32.get((e["runtime"], e["device"]))
+        if e["precision"] != "int8" or base is None:
+            continue
+        p50, p50_fp32 = e["bench"].get("p50_ms"), base["bench"].get("p50_ms")
+        if p50 is None or p50_fp32 is None:
+            continue
+        e["speedup_vs_fp32"] = round(p50_fp32 / p50, 3)
+        if p50 >= p50_fp32:
+            e["status"] = "slower-than-fp32"
+            text = (f"INT8 artifact {e['path']} is NOT faster than FP32 on {e['runtime']} "
+                    f"{e['device']} (p50 {p50:.3f} ms vs {p50_fp32:.3f} ms): marked "
+                    f"'slower-than-fp32'; do not ship it for this runtime")
+            steps.warn(text)
+            warnings.append(text)
+    return warnings

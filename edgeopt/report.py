@@ -1,0 +1,114 @@
+"""report.json (schema-versioned, machine-readable) and report.md (for people)."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from edgeopt import __version__
+from edgeopt._outdir import write_json_atomic, write_text_atomic
+
+SCHEMA_VERSION = 1
+LIBRARIES = ("numpy", "onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "torch")
+
+
+def library_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def host_info() -> dict:
+    from edgeopt.runtimes import load_devices
+
+    info = {"platform": platform.platform(), "machine": platform.machine(),
+            "python": sys.version.split()[0]}
+    try:
+        host = load_devices().get("host-cpu")
+        cpu = host.units[0]
+        info.update({"cpu": host.name, "cores": cpu.cores, "isa": list(cpu.isa or ()),
+                     "memory_gb": cpu.memory_gb})
+    except Exception as e:  # the report must not fail on host detection
+        info["detection_error"] = str(e)
+    return info
+
+
+def header(config, prepared) -> dict:
+    """The part of the report that describes the run rather than its results."""
+    source = prepared.source
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "edgeopt": __version__,
+        "libraries": library_versions(),
+        "host": host_info(),
+        "input": {"spec": config.model, "kind": source.kind,
+                  "path": str(source.path) if source.path else None, "sha256": source.sha256,
+                  "inputs": [{"name": n, "dtype": d, "shape": list(s)}
+                             for n, d, s in prepared.input_specs],
+                  "preprocessing": prepared.preprocessing or None},
+        "recipe": config.to_dict(),
+        "data": {"calibration": prepared.calib_note, "evaluation": prepared.eval_note,
+                 "metric": prepared.metric},
+    }
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def to_markdown(report: dict) -> str:
+    lines = [f"# edgeopt report: {report['input']['spec']}", ""]
+    lines += [f"edgeopt {report['edgeopt']}, {report['created_at']}, host "
+              f"{report['host'].get('cpu', report['host']['machine'])}.", ""]
+    lines += [f"- Calibration: {report['data']['calibration']}",
+              f"- Evaluation: {report['data']['evaluation']}",
+              f"- Metric: `{report['data']['metric']}`", ""]
+    lines += ["## Artifacts", "",
+              "| file | runtime | device | precision | size (KB) | p50 ms | p90 ms | p99 ms | CV "
+              "| speedup vs FP32 | metric | label | status |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in report["artifacts"]:
+        b = a.get("bench") or {}
+        acc = a.get("accuracy") or {}
+        lines.append(
+            f"| {a['path']} | {a['runtime']} | {a['device']} | {a['precision']} | "
+            f"{a['size_bytes'] / 1024:.0f} | {_fmt(b.get('p50_ms'))} | {_fmt(b.get('p90_ms'))} | "
+            f"{_fmt(b.get('p99_ms'))} | {_fmt(b.get('cv'))} | {_fmt(a.get('speedup_vs_fp32'), '.2f')} | "
+            f"{_fmt(acc.get('value'), '.4f')} | {b.get('label', '—')} | {a['status']} |"
+        )
+    lines += ["", "## Steps", "", "| step | seconds | parity (max abs diff / cosine) |",
+              "|---|---|---|"]
+    for s in report["steps"]:
+        p = s.get("parity")
+        parity = f"{p['max_abs_diff']:.2e} / {p['cosine']:.6f}" if p else "—"
+        lines.append(f"| {s['name']} | {s['seconds']:.2f} | {parity} |")
+    quant = [a for a in report["artifacts"] if a.get("quantization")]
+    if quant:
+        lines += ["", "## Quantization", ""]
+        seen = set()
+        for a in quant:
+            if a["path"] in seen:
+                continue
+            seen.add(a["path"])
+            q = a["quantization"]
+            lines.append(f"- `{a['path']}`: calibrator {q['calibrator']}; "
+                         f"FP32 nodes: {', '.join(q['excluded_nodes']) or 'none'}")
+            lines += [f"  - {note}" for note in q.get("notes", [])]
+    if report.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- **{w}**" for w in report["warnings"]]
+    lines += ["", "## Versions", ""]
+    lines += [f"- {k}: {v}" for k, v in report["libraries"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write(out: Path, report: dict) -> None:
+    write_json_atomic(out / "report.json", report)
+    write_text_atomic(out / "report.md", to_markdown(report))

@@ -1,0 +1,200 @@
+"""Every bad input: one line on stderr, exit 2, nothing written, the input untouched."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import sha256, tree
+
+
+def assert_user_error(result, *fragments: str) -> None:
+    assert result.code == 2, (result.code, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("edgeopt: error: "), lines[0]
+    assert "Traceback" not in result.err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    return tmp_path / "out"
+
+
+def optimize(run_cli, model, out: Path, *extra):
+    return run_cli("optimize", model, "--out", out, "--quiet", "--bench-seconds", "0",
+                   "--bench-iterations", "2", "--bench-repeats", "1", *extra)
+
+
+def test_missing_file(run_cli, tmp_path, out):
+    result = optimize(run_cli, tmp_path / "nope.onnx", out)
+    assert_user_error(result, "nope.onnx", "no such file")
+    assert tree(out) == []
+
+
+def test_zero_byte_onnx(run_cli, tmp_path, out):
+    model = tmp_path / "empty.onnx"
+    model.write_bytes(b"")
+    result = optimize(run_cli, model, out, "--calib", "random")
+    assert_user_error(result, "empty.onnx", "empty (0 bytes)")
+    assert tree(out) == []
+    assert model.read_bytes() == b""
+
+
+def test_truncated_onnx(run_cli, tiny_onnx, tmp_path, out):
+    model = tmp_path / "truncated.onnx"
+    model.write_bytes(tiny_onnx.read_bytes()[:150])
+    before = sha256(model)
+    result = optimize(run_cli, model, out, "--calib", "random")
+    assert_user_error(result, "truncated.onnx", "not a valid ONNX model")
+    assert tree(out) == []
+    assert sha256(model) == before
+
+
+def test_non_onnx_file_named_onnx(run_cli, tmp_path, out):
+    model = tmp_path / "photo.onnx"
+    model.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    result = optimize(run_cli, model, out, "--calib", "random")
+    assert_user_error(result, "photo.onnx", "not a valid ONNX model")
+    assert tree(out) == []
+
+
+def test_xml_without_bin(run_cli, tmp_path, out):
+    xml = tmp_path / "model.xml"
+    xml.write_text('<?xml version="1.0"?>\n<net name="m" version="11"></net>\n')
+    result = run_cli("bench", xml, "--quiet")
+    assert_user_error(result, "model.xml", "model.bin")
+    result = optimize(run_cli, xml, out)
+    assert_user_error(result, "model.bin")
+    assert tree(out) == []
+
+
+def test_factory_that_does_not_import(run_cli, out):
+    result = optimize(run_cli, "no_such_pkg_for_edgeopt.models:make", out,
+                      "--input-shape", "1,3,16,16", "--calib", "random")
+    assert_user_error(result, "cannot import 'no_such_pkg_for_edgeopt.models'")
+    assert tree(out) == []
+
+
+def test_factory_that_returns_no_module(run_cli, out):
+    result = optimize(run_cli, "tiny_models:not_a_module", out, "--calib", "random")
+    assert_user_error(result, "returned dict, not a torch.nn.Module")
+    assert tree(out) == []
+
+
+def test_input_shape_that_does_not_fit_a_torch_model(run_cli, out):
+    result = optimize(run_cli, "tiny_models:tiny_cnn", out, "--input-shape", "1,5,16,16",
+                      "--calib", "random")
+    assert_user_error(result, "--input-shape 1,5,16,16 does not fit the model")
+    assert tree(out) == []
+
+
+def test_input_shape_that_does_not_fit_an_onnx_model(run_cli, tiny_onnx, out):
+    result = optimize(run_cli, tiny_onnx, out, "--input-shape", "1,3,9,9", "--calib", "random")
+    assert_user_error(result, "--input-shape 1,3,9,9 does not fit input 'input'")
+    assert tree(out) == []
+
+
+def test_malformed_input_shape(run_cli, tiny_onnx, out):
+    result = optimize(run_cli, tiny_onnx, out, "--input-shape", "1,three,8,8", "--calib", "random")
+    assert_user_error(result, "not a list of integers")
+    assert tree(out) == []
+
+
+def test_unknown_device_suggests_a_close_match(run_cli, tiny_onnx, out):
+    result = optimize(run_cli, tiny_onnx, out, "--device", "host-cpux", "--calib", "random")
+    assert_user_error(result, "unknown device 'host-cpux'", "did you mean 'host-cpu'")
+    assert tree(out) == []
+
+
+def test_unknown_reference_model(run_cli, out):
+    result = optimize(run_cli, "ref:mobilenet", out)
+    assert_user_error(result, "unknown reference model 'mobilenet'", "mobilenet-v2")
+    assert tree(out) == []
+
+
+def test_malformed_devices_yaml(run_cli, tiny_onnx, tmp_path, out, monkeypatch):
+    bad = tmp_path / "devices.yaml"
+    bad.write_text(
+        "schema_version: 1\n"
+        "devices:\n"
+        "  host-cpu:\n"
+        "    name: host\n"
+        "    host: true\n"
+        "    units:\n"
+        "      - id: cpu\n"
+        "        kind: toaster\n"
+        "        adapters: [ort-cpu, no-such-adapter]\n"
+        "        precisions: [fp32, int3]\n"
+    )
+    monkeypatch.setenv("EDGEOPT_DEVICES", str(bad))
+    result = optimize(run_cli, tiny_onnx, out, "--calib", "random")
+    assert result.code == 2
+    assert "Traceback" not in result.err
+    # every problem is reported, each with its key path
+    assert "toaster" in result.err and "int3" in result.err and "no-such-adapter" in result.err
+    assert "host-cpu.units[0]" in result.err
+    assert tree(out) == []
+
+
+def test_output_folder_not_writable(run_cli, tiny_onnx, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = optimize(run_cli, tiny_onnx, blocker / "out", "--calib", "random")
+    assert_user_error(result, "cannot be created", "is a file")
+    assert blocker.read_text() == "not a folder"
+    # a read-only file system (root ignores permission bits, so use /proc)
+    result = optimize(run_cli, tiny_onnx, Path("/proc/edgeopt-test-out"), "--calib", "random")
+    assert_user_error(result, "not writable")
+    assert not Path("/proc/edgeopt-test-out").exists()
+
+
+def test_output_path_equal_to_input(run_cli, tiny_onnx):
+    before = sha256(tiny_onnx)
+    result = optimize(run_cli, tiny_onnx, tiny_onnx, "--calib", "random")
+    assert_user_error(result, "is the input model itself")
+    assert sha256(tiny_onnx) == before
+
+
+def test_calibration_data_with_nan(run_cli, tiny_onnx, tmp_path, out):
+    calib = tmp_path / "calib.npy"
+    data = np.zeros((4, 3, 8, 8), dtype=np.float32)
+    data[2, 1, 3, 3] = np.nan
+    np.save(calib, data)
+    result = optimize(run_cli, tiny_onnx, out, "--calib", calib)
+    assert_user_error(result, "calib.npy", "sample 2", "NaN")
+    assert tree(out) == []
+
+
+def test_calibration_data_with_inf(run_cli, tiny_onnx, tmp_path, out):
+    calib = tmp_path / "calib.npz"
+    data = np.ones((1, 3, 8, 8), dtype=np.float32)
+    data[0, 0, 0, 0] = np.inf
+    np.savez(calib, input=data)
+    result = optimize(run_cli, tiny_onnx, out, "--calib", calib)
+    assert_user_error(result, "calib.npz", "Inf")
+    assert tree(out) == []
+
+
+def test_user_model_without_calibration_data_says_how(run_cli, tiny_onnx, out):
+    result = optimize(run_cli, tiny_onnx, out)
+    assert_user_error(result, "no calibration data", "--calib")
+    assert tree(out) == []
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    """The same contract through the console entry point, in a real process."""
+    result = subprocess.run(
+        [sys.executable, "-m", "edgeopt", "optimize", str(tmp_path / "missing.onnx"),
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("edgeopt: error: ")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

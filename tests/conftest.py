@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny models built in code, and a CLI runner."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS = Path(__file__).parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))   # lets specs like 'tiny_models:tiny_cnn' import
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tree(path: Path) -> list[str]:
+    """Every file and folder under ``path`` (relative), to prove nothing was written."""
+    if not path.exists():
+        return []
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+@pytest.fixture
+def tiny_onnx(tmp_path: Path) -> Path:
+    """A 1x3x8x8 -> 1x4 Conv/Relu/GlobalAveragePool/Gemm ONNX model."""
+    from tiny_models import save_tiny_onnx
+
+    return save_tiny_onnx(tmp_path / "tiny.onnx")
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `edgeopt ARGS` in-process; returns exit code, stdout, stderr."""
+    from edgeopt.cli import main
+
+    def run(*args: str) -> CliResult:
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse
+            code = int(e.code or 0)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

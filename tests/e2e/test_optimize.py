@@ -1,0 +1,103 @@
+"""The whole pipeline through the CLI: tiny models (fast) and reference models (slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import sha256
+
+FAST_BENCH = ("--bench-seconds", "0", "--bench-iterations", "5", "--bench-repeats", "1",
+              "--warmup", "1")
+ARTIFACT_KEYS = {"path", "format", "precision", "runtime", "device", "size_bytes", "sha256",
+                 "accuracy", "bench"}
+BENCH_KEYS = {"label", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughput_ips",
+              "peak_rss_mb"}
+
+
+def check_report(out: Path, expected_metric: str) -> dict:
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema_version"] == 1
+    assert (out / "report.md").read_text().startswith("# edgeopt report")
+    kinds = {(a["runtime"], a["precision"], a["format"]) for a in report["artifacts"]}
+    assert kinds == {("onnxruntime", "fp32", "onnx"), ("onnxruntime", "int8", "onnx"),
+                     ("openvino", "fp32", "openvino-ir"), ("openvino", "int8", "openvino-ir")}
+    for a in report["artifacts"]:
+        assert ARTIFACT_KEYS <= set(a), set(a) ^ ARTIFACT_KEYS
+        assert BENCH_KEYS <= set(a["bench"])
+        assert a["bench"]["label"] == "measured"
+        assert a["bench"]["p50_ms"] > 0
+        assert a["device"] == "host-cpu:cpu"
+        assert a["accuracy"]["metric"] == expected_metric
+        path = out / a["path"]
+        assert path.is_file()
+        assert sha256(path) == a["sha256"]
+        assert sum((out / f).stat().st_size for f in a["files"]) == a["size_bytes"]
+        if a["precision"] == "int8":
+            assert "speedup_vs_fp32" in a
+            assert a["status"] in {"ok", "slower-than-fp32"}
+    assert report["libraries"]["onnxruntime"] and report["libraries"]["openvino"]
+    assert report["host"]["cores"] >= 1
+    names = [s["name"] for s in report["steps"]]
+    assert "ONNX -> OpenVINO IR" in names
+    ir_step = next(s for s in report["steps"] if s["name"] == "ONNX -> OpenVINO IR")
+    assert ir_step["parity"]["ok"] is True
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging left behind"
+    return report
+
+
+def test_optimize_onnx_with_random_calibration(run_cli, tiny_onnx, tmp_path):
+    out = tmp_path / "out"
+    before = sha256(tiny_onnx)
+    result = run_cli("optimize", tiny_onnx, "--out", out, "--calib", "random", "--quiet",
+                     "--json", *FAST_BENCH)
+    assert result.code == 0, result.err
+    report = check_report(out, "output_cosine_vs_fp32")
+    assert json.loads(result.out)["artifacts"] == report["artifacts"]
+    assert report["input"]["sha256"] == before == sha256(tiny_onnx)
+    assert "RANDOM" in report["data"]["calibration"]
+    int8 = [a for a in report["artifacts"] if a["precision"] == "int8"]
+    assert all(a["accuracy"]["value"] > 0.98 for a in int8), int8
+
+
+def test_optimize_torch_factory_exports_with_parity(run_cli, tmp_path, rng):
+    import numpy as np
+
+    calib = tmp_path / "calib.npy"
+    np.save(calib, rng.standard_normal((16, 3, 16, 16)).astype(np.float32))
+    out = tmp_path / "out"
+    result = run_cli("optimize", "tiny_models:tiny_cnn", "--input-shape", "1,3,16,16",
+                     "--calib", calib, "--out", out, "--quiet", *FAST_BENCH)
+    assert result.code == 0, result.err
+    report = check_report(out, "output_cosine_vs_fp32")
+    export = next(s for s in report["steps"] if s["name"] == "torch -> ONNX")
+    assert export["exporter"] == "dynamo"
+    assert export["parity"]["ok"] and export["parity"]["cosine"] > 0.9999
+    assert (out / "tiny_cnn.fp32.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_digits_cnn_int8_within_one_point(run_cli, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("optimize", "ref:digits-cnn", "--out", out, "--quiet", *FAST_BENCH)
+    assert result.code == 0, result.err
+    report = check_report(out, "accuracy")
+    acc = {(a["runtime"], a["precision"]): a["accuracy"]["value"] for a in report["artifacts"]}
+    for runtime in ("onnxruntime", "openvino"):
+        assert acc[(runtime, "fp32")] >= 0.95
+        assert acc[(runtime, "int8")] >= acc[(runtime, "fp32")] - 0.01, acc
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_int8_agreement(run_cli, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("optimize", "ref:mobilenet-v2", "--out", out, "--quiet", *FAST_BENCH)
+    assert result.code == 0, result.err
+    report = check_report(out, "top1_agreement")
+    for a in report["artifacts"]:
+        threshold = 0.99 if a["precision"] == "fp32" else 0.90
+        assert a["accuracy"]["value"] >= threshold, (a["path"], a["accuracy"])
+    ort_int8 = next(a for a in report["artifacts"] if a["path"].endswith("int8-ort.onnx"))
+    kernels = ort_int8["quantization"]["integer_kernels"]
+    assert kernels.get("QLinearConv", 0) + kernels.get("ConvInteger", 0) >= 40, kernels

@@ -1,0 +1,79 @@
+"""Tiny models built in code for tests (importable as 'tiny_models:NAME' factory specs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def save_tiny_onnx(path: Path, seed: int = 0) -> Path:
+    """Conv(3->8) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(8->4), input 1x3x8x8."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "fw"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "fb"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _tiny_cnn_class():
+    import torch
+    from torch import nn
+
+    class TinyCnn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+            self.bn1 = nn.BatchNorm2d(8)
+            self.conv2 = nn.Conv2d(8, 16, 3, padding=1, stride=2)
+            self.bn2 = nn.BatchNorm2d(16)
+            self.fc = nn.Linear(16, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(self.bn1(self.conv1(x)))
+            x = torch.relu(self.bn2(self.conv2(x)))
+            return self.fc(x.mean(dim=(2, 3)))
+
+    return TinyCnn
+
+
+def tiny_cnn():
+    """A small CNN on 1x3x16x16 inputs; pass --input-shape 1,3,16,16."""
+    import torch
+
+    torch.manual_seed(0)
+    return _tiny_cnn_class()().eval()
+
+
+def tiny_cnn_with_example():
+    """The same CNN, returned with its example inputs (no --input-shape needed)."""
+    import torch
+
+    return tiny_cnn(), (torch.randn(1, 3, 16, 16),)
+
+
+def not_a_module():
+    return {"weights": [1, 2, 3]}
