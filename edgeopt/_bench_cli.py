@@ -56,7 +56,7 @@ def _parse_shapes(text: str | None):
 def run_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from edgeopt._tables import bench_table
+    from edgeopt._tables import bench_table, console_width
     from edgeopt._targets import resolve_targets
     from edgeopt.runtimes import BenchProtocol, get_adapter
 
@@ -99,6 +99,6 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(results, indent=2) + "\n")
     else:
-        Console().print(bench_table(results))
+        Console(width=console_width()).print(bench_table(results))
     measured = [r for r in results if r["bench"].get("label") == "measured"]
     return 0 if measured else 2

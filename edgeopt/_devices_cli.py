@@ -28,10 +28,11 @@ def run_devices(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from edgeopt._tables import console_width
     from edgeopt.runtimes import load_devices
 
     catalog = load_devices()
-    console = Console()
+    console = Console(width=console_width())
     if args.devices_command == "list":
         profiles = [catalog.get(i) for i in catalog.ids()]
         if args.json:
@@ -63,7 +64,7 @@ def run_devices(args: argparse.Namespace) -> int:
         for key, value in raw.items():
             if key in {"id", "kind", "adapter_status"} or value in (None, (), [], {}):
                 continue
-            console.print(f"    {key}: {value}")
+            console.print(f"    {key}: {', '.join(map(str, value)) if isinstance(value, (list, tuple)) else value}")
         for status in raw["adapter_status"]:
             state = "usable here" if status["usable_here"] else f"not usable here: {status['reason']}"
             console.print(f"    adapter {status['adapter']}: {state}")

@@ -14,7 +14,9 @@ class Steps:
     """Shows each pipeline step as it runs and records how long it took."""
 
     def __init__(self, quiet: bool = False) -> None:
-        self.console = Console(stderr=True, quiet=quiet, highlight=False)
+        from edgeopt._tables import console_width
+
+        self.console = Console(stderr=True, quiet=quiet, highlight=False, width=console_width())
         self.timings: dict[str, float] = {}
         self._progress: Progress | None = None
 

@@ -47,3 +47,11 @@ def bench_table(results: list[dict]) -> Table:
                       "—" if b.get("peak_rss_mb") is None else f"{b['peak_rss_mb']:.0f}",
                       b["label"] + (" (unstable)" if b.get("unstable") else ""))
     return table
+
+
+def console_width() -> int | None:
+    """Full-width tables in pipes and CI logs, where rich would otherwise wrap at 80."""
+    import shutil
+    import sys
+
+    return None if sys.stdout.isatty() else max(shutil.get_terminal_size((160, 24)).columns, 160)

@@ -7,7 +7,9 @@ internal failure exits 1. Human output goes to stderr, so `--json` keeps stdout 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -117,6 +119,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _optimize(args: argparse.Namespace) -> int:
     from edgeopt._progress import Steps
     from edgeopt._source import artifact_stem
@@ -138,7 +154,10 @@ def _optimize(args: argparse.Namespace) -> int:
                             threads=args.threads),
     )
     steps = Steps(quiet=args.quiet)
-    report = optimize(config, steps=steps)
+    # Libraries (NNCF, ONNX Runtime's quantizer) print to stdout; with --json, stdout is
+    # the report's alone, so everything else goes to stderr while the pipeline runs.
+    with _stdout_to_stderr() if args.json else contextlib.nullcontext():
+        report = optimize(config, steps=steps)
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:

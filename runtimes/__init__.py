@@ -1,1 +1,59 @@
-"""runtimes"""
+"""edgeopt.runtimes: device profiles, runtime adapters, the benchmark protocol.
+
+Imports nothing else of edgeopt and neither torch nor nncf, so `edgeopt bench` runs on a
+device that has only onnxruntime (or openvino), numpy and pyyaml.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from edgeopt.runtimes.base import Availability, Loaded, RuntimeAdapter, TensorSpec
+from edgeopt.runtimes.bench import BenchProtocol, BenchResult
+from edgeopt.runtimes.devices import ComputeUnit, DeviceCatalog, DeviceProfile, load_devices
+from edgeopt.runtimes.errors import (
+    AdapterUnavailable,
+    DeviceProfileError,
+    InvalidDeviceProfiles,
+    ModelLoadFailed,
+    RuntimeAdapterError,
+    UnknownAdapter,
+    UnknownDevice,
+)
+
+# The one adapter registry, resolved lazily so importing this package imports no runtime.
+ADAPTERS = {
+    "ort-cpu": "edgeopt.runtimes.ort_cpu:OrtCpu",
+    "ov-cpu": "edgeopt.runtimes.ov_cpu:OvCpu",
+}
+
+
+def get_adapter(name: str) -> RuntimeAdapter:
+    if name not in ADAPTERS:
+        msg = f"unknown adapter '{name}' (known: {', '.join(ADAPTERS)})"
+        raise UnknownAdapter(msg)
+    module, _, cls = ADAPTERS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+__all__ = [
+    "ADAPTERS",
+    "AdapterUnavailable",
+    "Availability",
+    "BenchProtocol",
+    "BenchResult",
+    "ComputeUnit",
+    "DeviceCatalog",
+    "DeviceProfile",
+    "DeviceProfileError",
+    "InvalidDeviceProfiles",
+    "Loaded",
+    "ModelLoadFailed",
+    "RuntimeAdapter",
+    "RuntimeAdapterError",
+    "TensorSpec",
+    "UnknownAdapter",
+    "UnknownDevice",
+    "get_adapter",
+    "load_devices",
+]

@@ -1,0 +1,244 @@
+"""INT8 post-training quantization, per target runtime.
+
+ONNX Runtime: a QDQ graph laid out the way ONNX Runtime's quantizer lays it out (so its CPU
+EP fuses Q/DQ pairs into QLinearConv / QGemm / QLinearAdd), per-channel S8 weights, U8
+activations with Min-Max ranges. The first convolution (it sees raw pixels) and the
+classifier head stay FP32 by default: DESIGN.md measured that the head's range decides
+most of the accuracy loss for a few percent of the time.
+
+OpenVINO: NNCF's post-training quantization on the OpenVINO model (Min-Max range
+estimation plus fast bias correction), which OpenVINO's CPU plugin runs as int8.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeopt.calibrate.data import check_finite
+from edgeopt.calibrate.errors import CalibrationDataError, CalibrationError
+
+Progress = Callable[[int, int], None] | None
+INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger",
+                   "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearSigmoid",
+                   "QLinearConcat", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How to quantize. ``keep_ends_fp32`` keeps the first conv and the last Gemm/MatMul."""
+
+    calibrator: str = "minmax"
+    per_channel: bool = True
+    keep_ends_fp32: bool = True
+    exclude_nodes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.calibrator != "minmax":
+            msg = f"unknown calibrator '{self.calibrator}' (known: minmax)"
+            raise CalibrationError(msg)
+
+
+@dataclass(frozen=True)
+class QuantResult:
+    path: Path
+    excluded_nodes: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+    integer_kernels: dict[str, int] = field(default_factory=dict)
+
+
+def check_calibration(samples: Sequence[dict[str, np.ndarray]],
+                      inputs: Sequence[tuple[str, str, tuple]]) -> None:
+    """Names, dtypes, shapes and finiteness of every sample, before anything runs."""
+    if not samples:
+        raise CalibrationDataError("no calibration samples")
+    expected = {name: (dtype, tuple(shape)) for name, dtype, shape in inputs}
+    for index, sample in enumerate(samples):
+        if set(sample) != set(expected):
+            msg = (f"calibration sample {index} has inputs {', '.join(sorted(sample))}, the model "
+                   f"takes {', '.join(sorted(expected))}")
+            raise CalibrationDataError(msg)
+        for name, array in sample.items():
+            dtype, shape = expected[name]
+            if str(array.dtype) != dtype:
+                msg = f"calibration sample {index} input '{name}' is {array.dtype}, the model takes {dtype}"
+                raise CalibrationDataError(msg)
+            if all(isinstance(d, int) and d > 0 for d in shape) and tuple(array.shape) != shape:
+                msg = (f"calibration sample {index} input '{name}' has shape "
+                       f"{'x'.join(map(str, array.shape))}, the model takes {'x'.join(map(str, shape))}")
+                raise CalibrationDataError(msg)
+    check_finite(samples, "calibration data")
+
+
+def _onnx_inputs(path: Path) -> list[tuple[str, str, tuple]]:
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for v in model.graph.input:
+        if v.name in inits:
+            continue
+        t = v.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else "?" for d in t.shape.dim)
+        specs.append((v.name, np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).name, shape))
+    return specs
+
+
+def integer_kernel_counts(onnx_path: Path) -> dict[str, int]:
+    """Operator counts of the graph ONNX Runtime's CPU EP actually runs after optimization."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(optimized)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        counts = Counter(n.op_type for n in onnx.load(str(optimized)).graph.node)
+    keep = (*INTEGER_KERNELS, "Conv", "FusedConv", "Gemm", "MatMul", "FusedMatMul",
+            "QuantizeLinear", "DequantizeLinear")
+    return {k: counts[k] for k in keep if counts.get(k)}
+
+
+def _end_nodes(model) -> list[str]:
+    """The first Conv fed by a graph input and the last Gemm/MatMul feeding an output."""
+    inputs = {i.name for i in model.graph.input}
+    names = []
+    first = next((n for n in model.graph.node if n.op_type == "Conv" and n.input[0] in inputs), None)
+    if first is not None and first.name:
+        names.append(first.name)
+    last = next((n for n in reversed(model.graph.node) if n.op_type in {"Gemm", "MatMul"}), None)
+    if last is not None and last.name:
+        names.append(last.name)
+    return names
+
+
+class _Reader:
+    """ONNX Runtime CalibrationDataReader over a list of samples, reporting progress."""
+
+    def __init__(self, samples, progress: Progress) -> None:
+        self._samples = samples
+        self._progress = progress
+        self._i = 0
+
+    def get_next(self):
+        if self._i >= len(self._samples):
+            return None
+        sample = self._samples[self._i]
+        self._i += 1
+        if self._progress is not None:
+            self._progress(self._i, len(self._samples))
+        return sample
+
+    def rewind(self) -> None:
+        self._i = 0
+
+
+def _tmp_name(out: Path, suffix: str) -> Path:
+    return out.with_name(f".{out.stem}.{os.getpid()}.tmp{suffix}")
+
+
+def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, np.ndarray]],
+                          config: QuantConfig = QuantConfig(), progress: Progress = None) -> QuantResult:
+    """A QDQ INT8 model that ONNX Runtime's CPU EP runs with integer kernels."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    check_calibration(calib, _onnx_inputs(fp32_onnx))
+    out = Path(out)
+    prepped = _tmp_name(out, ".prep.onnx")
+    tmp = _tmp_name(out, ".onnx")
+    try:
+        quant_pre_process(str(fp32_onnx), str(prepped), skip_symbolic_shape=True)
+        model = onnx.load(str(prepped))
+        excluded = list(config.exclude_nodes)
+        notes = []
+        if config.keep_ends_fp32:
+            ends = _end_nodes(model)
+            excluded += [n for n in ends if n not in excluded]
+            if ends:
+                notes.append(f"kept FP32 (first conv / classifier head): {', '.join(ends)}")
+        quantize_static(
+            str(prepped), str(tmp), _Reader(list(calib), progress),
+            quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
+        )
+        os.replace(tmp, out)
+    except CalibrationError:
+        raise
+    except Exception as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = f"ONNX Runtime quantization of {Path(fp32_onnx).name} failed: {text[:300]}"
+        raise CalibrationError(msg) from e
+    finally:
+        prepped.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    notes.append("QDQ, per-channel S8 weights, U8 activations, Min-Max ranges "
+                 f"from {len(calib)} samples")
+    return QuantResult(out, tuple(excluded), tuple(notes), integer_kernel_counts(out))
+
+
+def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[str, np.ndarray]],
+                          config: QuantConfig = QuantConfig(), progress: Progress = None) -> QuantResult:
+    """NNCF post-training INT8 quantization of the OpenVINO model, saved as IR."""
+    import logging
+
+    import nncf
+    import openvino as ov
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    core = ov.Core()
+    model = core.read_model(str(fp32_model))
+    specs = [(p.get_any_name(), p.get_element_type().to_dtype().name,
+              tuple(d.get_length() if d.is_static else "?" for d in p.get_partial_shape()))
+             for p in model.inputs]
+    check_calibration(calib, specs)
+    samples = list(calib)
+    done = {"n": 0}
+
+    def transform(sample):
+        done["n"] += 1
+        if progress is not None:
+            progress(min(done["n"], len(samples)), len(samples))
+        return sample
+
+    ignored = nncf.IgnoredScope(names=list(config.exclude_nodes), validate=False) \
+        if config.exclude_nodes else None
+    out_xml = Path(out_xml)
+    tmp = _tmp_name(out_xml, ".xml")
+    try:
+        quantized = nncf.quantize(model, nncf.Dataset(samples, transform),
+                                  subset_size=len(samples),
+                                  **({"ignored_scope": ignored} if ignored else {}))
+        ov.save_model(quantized, str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), out_xml.with_suffix(".bin"))
+        os.replace(tmp, out_xml)
+    except Exception as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = f"NNCF quantization of {Path(fp32_model).name} failed: {text[:300]}"
+        raise CalibrationError(msg) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_suffix(".bin").unlink(missing_ok=True)
+    fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
+    notes = (f"NNCF {nncf.__version__} post-training quantization (Min-Max ranges, fast bias "
+             f"correction) from {len(samples)} samples; {fq} FakeQuantize ops",)
+    return QuantResult(out_xml, tuple(config.exclude_nodes), notes)

