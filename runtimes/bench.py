@@ -103,7 +103,8 @@ def run_benchmark(adapter, model: Path, inputs: dict[str, np.ndarray], protocol:
     """Benchmark ``model`` with ``adapter``: ``protocol.repeats`` fresh processes."""
     availability = adapter.available()
     if not availability.ok:
-        raise AdapterUnavailable(f"{adapter.name}: {availability.reason}")
+        msg = f"{adapter.name}: {availability.reason}"
+        raise AdapterUnavailable(msg)
     model = Path(model)
     times: list[np.ndarray] = []
     repeat_p50, loads, firsts, peaks = [], [], [], []

@@ -86,7 +86,8 @@ class OrtSessionAdapter:
     def load(self, model: Path, unit=None, threads: int | None = None) -> OrtLoaded:
         availability = self.available()
         if not availability.ok:
-            raise AdapterUnavailable(f"{self.name}: {availability.reason}")
+            msg = f"{self.name}: {availability.reason}"
+            raise AdapterUnavailable(msg)
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -99,7 +100,8 @@ class OrtSessionAdapter:
             session = ort.InferenceSession(
                 str(model), options, providers=[(self.provider, self.provider_options(unit))])
         except Exception as e:
-            raise ModelLoadFailed(f"{self.name} cannot load {Path(model).name}: {first_line(e)}") from e
+            msg = f"{self.name} cannot load {Path(model).name}: {first_line(e)}"
+            raise ModelLoadFailed(msg) from e
         load_ms = (time.perf_counter() - start) * 1000
         check_providers(session, self.provider)
         return OrtLoaded(session, _specs(session.get_inputs()), _specs(session.get_outputs()),

@@ -71,17 +71,20 @@ class OvDeviceAdapter:
     def _read(self, core, model: Path):
         model = Path(model)
         if model.suffix.lower() == ".xml" and not model.with_suffix(".bin").is_file():
-            raise ModelLoadFailed(f"{model.name} has no {model.with_suffix('.bin').name} beside "
-                                  "it; OpenVINO IR needs both files")
+            msg = (f"{model.name} has no {model.with_suffix('.bin').name} beside it; "
+                   "OpenVINO IR needs both files")
+            raise ModelLoadFailed(msg)
         try:
             return core.read_model(str(model))
         except Exception as e:
-            raise ModelLoadFailed(f"{self.name} cannot read {model.name}: {first_line(e)}") from e
+            msg = f"{self.name} cannot read {model.name}: {first_line(e)}"
+            raise ModelLoadFailed(msg) from e
 
     def load(self, model: Path, unit=None, threads: int | None = None) -> OvLoaded:
         availability = self.available()
         if not availability.ok:
-            raise AdapterUnavailable(f"{self.name}: {availability.reason}")
+            msg = f"{self.name}: {availability.reason}"
+            raise AdapterUnavailable(msg)
         import openvino as ov
 
         core = ov.Core()
@@ -97,8 +100,8 @@ class OvDeviceAdapter:
         try:
             compiled = core.compile_model(ov_model, self.device, config)
         except Exception as e:
-            raise ModelLoadFailed(f"{self.name} cannot compile {Path(model).name}: "
-                                  f"{first_line(e)}") from e
+            msg = f"{self.name} cannot compile {Path(model).name}: {first_line(e)}"
+            raise ModelLoadFailed(msg) from e
         load_ms = (time.perf_counter() - start) * 1000
         info = {"device": self.device}
         for key in ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS"):

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import sha256
+
 from edgeopt.convert import (
     InputShapeError,
     ModelLoadError,
@@ -19,6 +19,8 @@ from edgeopt.convert import (
     run_torch,
     to_openvino_ir,
 )
+
+from conftest import sha256
 
 
 def _ort_run(path, feeds):

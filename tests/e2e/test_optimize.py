@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from conftest import sha256
 
 FAST_BENCH = ("--bench-seconds", "0", "--bench-iterations", "5", "--bench-repeats", "1",

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from edgeopt.reference_models import (
     REFERENCE_MODELS,
     EvalSet,
@@ -210,6 +211,7 @@ def test_digits_model_is_an_eval_mode_module_that_pickles():
 
 def test_digits_training_is_deterministic_and_restores_torch_settings():
     import torch
+
     from edgeopt.reference_models.digits_cnn import train
 
     threads = torch.get_num_threads()
@@ -225,6 +227,7 @@ def test_digits_training_is_deterministic_and_restores_torch_settings():
 @pytest.mark.slow
 def test_digits_retraining_reproduces_the_committed_weights():
     import torch
+
     from edgeopt.reference_models.digits_cnn import WEIGHTS, train
 
     retrained, _, test_accuracy = train()

@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 import pytest
-from runtimes.contract import AdapterContract
 
 from edgeopt.runtimes import ADAPTERS, AdapterUnavailable, get_adapter, load_devices
 from edgeopt.runtimes.errors import UnknownAdapter
+
+from contract import AdapterContract
 
 
 class TestOrtCpu(AdapterContract):
