@@ -79,7 +79,11 @@ def _onnx_inputs(path: Path) -> list[tuple[str, str, tuple]]:
     import onnx
     from onnx import helper
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        msg = f"cannot read ONNX model {Path(path).name}: {str(e).strip()[:200] or type(e).__name__}"
+        raise CalibrationError(msg) from e
     inits = {i.name for i in model.graph.initializer}
     specs = []
     for v in model.graph.input:
@@ -122,6 +126,15 @@ def _end_nodes(model) -> list[str]:
     if last is not None and last.name:
         names.append(last.name)
     return names
+
+
+def _ov_end_nodes(model) -> list[str]:
+    """The first convolution and the last MatMul of an OpenVINO model, by friendly name."""
+    ops = [op for op in model.get_ordered_ops()
+           if op.get_type_name() in {"Convolution", "GroupConvolution", "MatMul"}]
+    if len(ops) < 2:
+        return []
+    return list(dict.fromkeys([ops[0].get_friendly_name(), ops[-1].get_friendly_name()]))
 
 
 class _Reader:
@@ -175,11 +188,15 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
             excluded += [n for n in ends if n not in excluded]
             if ends:
                 notes.append(f"kept FP32 (first conv / classifier head): {', '.join(ends)}")
+        # Moving-average Min-Max (the mean of per-sample min/max, like NNCF's mean-min-max
+        # estimator): measured on mobilenet-v2 at 0.85 top-1 agreement vs 0.78 for global
+        # min/max, both with the first conv and head kept FP32.
         quantize_static(
             str(prepped), str(tmp), _Reader(list(calib), progress),
             quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
+            extra_options={"CalibMovingAverage": True},
         )
         os.replace(tmp, out)
     except CalibrationError:
@@ -220,13 +237,23 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
             progress(min(done["n"], len(samples)), len(samples))
         return sample
 
-    ignored = nncf.IgnoredScope(names=list(config.exclude_nodes), validate=False) \
-        if config.exclude_nodes else None
+    excluded = list(config.exclude_nodes)
+    notes = []
+    if config.keep_ends_fp32:
+        ends = _ov_end_nodes(model)
+        excluded += [n for n in ends if n not in excluded]
+        if ends:
+            notes.append(f"kept FP32 (first conv / classifier head): {', '.join(ends)}")
+    ignored = nncf.IgnoredScope(names=excluded, validate=False) if excluded else None
     out_xml = Path(out_xml)
     tmp = _tmp_name(out_xml, ".xml")
     try:
+        # Asymmetric activations (MIXED) and full bias correction: measured on
+        # mobilenet-v2 (300 crops) at 0.90 top-1 agreement vs 0.877 for NNCF's defaults.
         quantized = nncf.quantize(model, nncf.Dataset(samples, transform),
                                   subset_size=len(samples),
+                                  preset=nncf.QuantizationPreset.MIXED,
+                                  fast_bias_correction=False,
                                   **({"ignored_scope": ignored} if ignored else {}))
         ov.save_model(quantized, str(tmp), compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), out_xml.with_suffix(".bin"))
@@ -239,6 +266,7 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
         tmp.unlink(missing_ok=True)
         tmp.with_suffix(".bin").unlink(missing_ok=True)
     fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
-    notes = (f"NNCF {nncf.__version__} post-training quantization (Min-Max ranges, fast bias "
-             f"correction) from {len(samples)} samples; {fq} FakeQuantize ops",)
-    return QuantResult(out_xml, tuple(config.exclude_nodes), notes)
+    notes.append(f"NNCF {nncf.__version__} post-training quantization (Min-Max ranges, "
+                 f"MIXED preset, bias correction) from {len(samples)} samples; "
+                 f"{fq} FakeQuantize ops")
+    return QuantResult(out_xml, tuple(excluded), tuple(notes))

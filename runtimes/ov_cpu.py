@@ -106,11 +106,13 @@ class OvDeviceAdapter:
         info = {"device": self.device}
         for key in ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS"):
             try:
-                info[key.lower()] = str(compiled.get_property(key))
+                value = compiled.get_property(key)
+                info[key.lower()] = value.to_string() if hasattr(value, "to_string") else value
             except Exception:  # not every plugin has every property
                 pass
         info["inference_precision"] = info.pop("inference_precision_hint", None)
-        info["threads"] = info.pop("inference_num_threads", None)
+        threads_used = info.pop("inference_num_threads", None)
+        info["threads"] = int(threads_used) if threads_used not in (None, "") else None
         return OvLoaded(compiled, _specs(compiled.inputs), _specs(compiled.outputs), load_ms, info)
 
     def benchmark(self, model: Path, inputs: dict[str, np.ndarray], protocol, unit=None,

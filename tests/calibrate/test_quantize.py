@@ -1,0 +1,131 @@
+"""INT8 for both runtimes on a tiny CNN: integer kernels, closeness to FP32, clean failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeopt.calibrate import (
+    CalibrationDataError,
+    integer_kernel_counts,
+    quantize_for_openvino,
+    quantize_onnx_for_ort,
+)
+from edgeopt.convert import export_onnx, to_openvino_ir
+
+
+@pytest.fixture(scope="module")
+def cnn_onnx(tmp_path_factory) -> Path:
+    from tiny_models import tiny_cnn
+
+    path = tmp_path_factory.mktemp("q") / "cnn.onnx"
+    export_onnx(tiny_cnn(), (torch.randn(1, 3, 16, 16),), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def calib() -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return [{"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(16)]
+
+
+def _cosine(a, b) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _ort(path, x):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, x)[0]
+
+
+def test_ort_int8_runs_integer_kernels_and_stays_close(cnn_onnx, calib, tmp_path):
+    out = tmp_path / "cnn.int8.onnx"
+    seen = []
+    result = quantize_onnx_for_ort(cnn_onnx, out, calib, progress=lambda d, t: seen.append((d, t)))
+    assert result.path == out and out.is_file()
+    counts = integer_kernel_counts(out)
+    # the first conv is kept FP32 by default; the second must run as an integer kernel
+    assert counts.get("QLinearConv", 0) + counts.get("ConvInteger", 0) >= 1, counts
+    assert seen and seen[-1] == (16, 16)
+    x = calib[3]
+    assert _cosine(_ort(cnn_onnx, x), _ort(out, x)) > 0.99
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_ov_int8_has_fake_quantize_and_stays_close(cnn_onnx, calib, tmp_path):
+    import openvino as ov
+
+    fp32_xml = to_openvino_ir(cnn_onnx, tmp_path / "cnn.xml")
+    out = tmp_path / "cnn.int8.xml"
+    result = quantize_for_openvino(fp32_xml, out, calib)
+    assert out.is_file() and out.with_suffix(".bin").is_file()
+    model = ov.Core().read_model(str(out))
+    assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    assert any("NNCF" in note for note in result.notes)
+    compiled = ov.Core().compile_model(model, "CPU")
+    x = calib[5]
+    assert _cosine(_ort(cnn_onnx, x), compiled(x)[0]) > 0.99
+
+
+def test_nan_calibration_names_sample_and_input(cnn_onnx, calib, tmp_path):
+    bad = [dict(s) for s in calib]
+    bad[7] = {"input": np.full((1, 3, 16, 16), np.nan, dtype=np.float32)}
+    out = tmp_path / "x.onnx"
+    with pytest.raises(CalibrationDataError, match=r"sample 7 input 'input' contains NaN"):
+        quantize_onnx_for_ort(cnn_onnx, out, bad)
+    assert not out.exists()
+
+
+def test_mismatched_inputs_are_named(cnn_onnx, calib, tmp_path):
+    with pytest.raises(CalibrationDataError, match=r"has inputs pixels, the model takes input"):
+        quantize_onnx_for_ort(cnn_onnx, tmp_path / "x.onnx", [{"pixels": calib[0]["input"]}])
+    wrong = [{"input": np.zeros((1, 3, 8, 8), dtype=np.float32)}]
+    with pytest.raises(CalibrationDataError, match=r"has shape 1x3x8x8, the model takes 1x3x16x16"):
+        quantize_onnx_for_ort(cnn_onnx, tmp_path / "x.onnx", wrong)
+    as_int = [{"input": np.zeros((1, 3, 16, 16), dtype=np.int64)}]
+    with pytest.raises(CalibrationDataError, match=r"is int64, the model takes float32"):
+        quantize_onnx_for_ort(cnn_onnx, tmp_path / "x.onnx", as_int)
+    assert not list(tmp_path.iterdir())
+
+
+def test_calibration_files_loading(tmp_path):
+    from edgeopt.calibrate import load_calibration
+
+    specs = [("input", "float32", (1, 3, 4, 4))]
+    np.save(tmp_path / "stack.npy", np.ones((5, 3, 4, 4), dtype=np.float32))
+    np.savez(tmp_path / "one.npz", input=np.zeros((1, 3, 4, 4), dtype=np.float32))
+    samples = load_calibration(tmp_path, specs)
+    assert len(samples) == 6 and all(s["input"].shape == (1, 3, 4, 4) for s in samples)
+    assert len(load_calibration(tmp_path, specs, limit=2)) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CalibrationDataError, match="holds no .npy or .npz files"):
+        load_calibration(empty, specs)
+    (tmp_path / "broken.npy").write_bytes(b"not numpy")
+    with pytest.raises(CalibrationDataError, match=r"broken.npy: cannot read it"):
+        load_calibration(tmp_path / "broken.npy", specs)
+
+
+def test_statistics_are_exact_min_max_in_bounded_memory(tiny_onnx):
+    import onnx
+    import onnxruntime as ort
+
+    from edgeopt.calibrate.stats import collect_stats
+
+    rng = np.random.default_rng(3)
+    samples = [{"input": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(40)]
+    stats = collect_stats(tiny_onnx, samples, reservoir=256)
+    assert {"input", "c", "r", "logits"} <= set(stats)
+    assert all(s.reservoir.size <= 256 for s in stats.values())
+    model = onnx.load(str(tiny_onnx))
+    model.graph.output.append(onnx.ValueInfoProto(name="r"))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    relu = np.stack([session.run(["r"], s)[0] for s in samples])
+    assert stats["r"].min == pytest.approx(float(relu.min()))
+    assert stats["r"].max == pytest.approx(float(relu.max()), rel=1e-6)
+    assert stats["r"].count == relu.size

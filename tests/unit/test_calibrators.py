@@ -1,0 +1,46 @@
+"""Calibrator maths in numpy: no runtime needed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeopt.calibrate.calibrators import fake_quant, minmax, mse, sqnr_db
+from edgeopt.calibrate.stats import TensorStats
+
+
+def stats_of(values: np.ndarray) -> TensorStats:
+    return TensorStats("t", float(values.min()), float(values.max()), values.size,
+                       values.astype(np.float32))
+
+
+def test_fake_quant_keeps_zero_exact_and_stays_in_range():
+    v = np.linspace(-1.3, 2.7, 1001)
+    q = fake_quant(v, -1.3, 2.7)
+    assert len(np.unique(q)) <= 256
+    assert fake_quant(np.zeros(3), -1.3, 2.7).tolist() == [0.0, 0.0, 0.0]
+    step = 4.0 / 255
+    # the zero-point is rounded so 0 is exact: the grid may move by up to one step
+    assert q.min() >= -1.3 - step and q.max() <= 2.7 + step
+    assert np.abs(q - v).max() <= step
+
+
+def test_minmax_is_the_global_range_including_zero():
+    r = minmax(stats_of(np.array([0.5, 3.0, 1.0])))
+    assert (r.rmin, r.rmax) == (0.0, 3.0)
+
+
+@pytest.mark.parametrize("dist", ["gaussian", "laplace", "student_t", "outliers"])
+def test_mse_never_worse_than_minmax(dist):
+    rng = np.random.default_rng(0)
+    v = {
+        "gaussian": rng.standard_normal(20000),
+        "laplace": rng.laplace(size=20000),
+        "student_t": rng.standard_t(3, size=20000),
+        "outliers": np.concatenate([rng.standard_normal(20000), [80.0, -60.0]]),
+    }[dist]
+    s = stats_of(v)
+    a, b = minmax(s), mse(s)
+    assert sqnr_db(v, b.rmin, b.rmax) >= sqnr_db(v, a.rmin, a.rmax) - 1e-9
+    assert b.rmin <= 0.0 <= b.rmax
+    assert a.rmin <= b.rmin and b.rmax <= a.rmax
