@@ -208,8 +208,8 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
     finally:
         prepped.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
-    notes.append("QDQ, per-channel S8 weights, U8 activations, Min-Max ranges "
-                 f"from {len(calib)} samples")
+    notes.append("QDQ, per-channel S8 weights, U8 activations, Min-Max ranges (mean of "
+                 f"per-sample min/max) from {len(calib)} samples")
     return QuantResult(out, tuple(excluded), tuple(notes), integer_kernel_counts(out))
 
 

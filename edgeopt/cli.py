@@ -156,13 +156,15 @@ def _optimize(args: argparse.Namespace) -> int:
     steps = Steps(quiet=args.quiet)
     # Libraries (NNCF, ONNX Runtime's quantizer) print to stdout; with --json, stdout is
     # the report's alone, so everything else goes to stderr while the pipeline runs.
-    with _stdout_to_stderr() if args.json else contextlib.nullcontext():
+    with _stdout_to_stderr():
         report = optimize(config, steps=steps)
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
-        from edgeopt._tables import artifacts_table
+        from rich.console import Console
 
-        steps.console.print(artifacts_table(report))
+        from edgeopt._tables import artifacts_table, console_width
+
+        Console(width=console_width()).print(artifacts_table(report))
         steps.console.print(f"wrote {config.out}/report.json and report.md")
     return 0

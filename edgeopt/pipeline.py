@@ -102,9 +102,10 @@ def optimize(model: str | OptimizeConfig, out: str | Path | None = None, *,
         staging.abort()
         raise
     record.pop("_artifacts")
-    recorded = {s["name"] for s in record["steps"]}
-    record["steps"] += [{"name": k, "seconds": round(v, 3)} for k, v in steps.timings.items()
-                        if k not in recorded]
+    # Every timed step in the order it ran, with parity and exporter facts where it has them.
+    extras = {s["name"]: s for s in record["steps"]}
+    record["steps"] = [{**extras.get(k, {}), "name": k, "seconds": round(v, 3)}
+                       for k, v in steps.timings.items()]
     record["duration_s"] = round(time.time() - started, 2)
     reporting.write(config.out, record)
     return record

@@ -11,6 +11,15 @@ import numpy as np
 
 
 def _peak_rss_mb() -> float:
+    # VmHWM belongs to this process image; ru_maxrss on Linux survives exec and would report
+    # the (larger) parent that forked this worker.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024  # macOS: bytes
 

@@ -13,10 +13,6 @@ from edgeopt.runtimes.base import Availability, TensorSpec, first_line
 from edgeopt.runtimes.errors import AdapterUnavailable, ModelLoadFailed
 
 
-def _is_quantized(model) -> bool:
-    return any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
-
-
 def _specs(ports) -> tuple[TensorSpec, ...]:
     specs = []
     for i, port in enumerate(ports):
@@ -93,10 +89,10 @@ class OvDeviceAdapter:
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        # The CPU plugin runs FP32 models in bf16 on CPUs with avx512_bf16/AMX unless told
-        # otherwise; an FP32 artifact is measured as FP32.
-        if not _is_quantized(ov_model):
-            config["INFERENCE_PRECISION_HINT"] = "f32"
+        # The CPU plugin runs float layers in bf16 on CPUs with avx512_bf16/AMX unless told
+        # otherwise: FP32 artifacts, and the layers an INT8 artifact keeps in FP32, run as
+        # FP32, so the figures are what the artifact's precision says.
+        config["INFERENCE_PRECISION_HINT"] = "f32"
         try:
             compiled = core.compile_model(ov_model, self.device, config)
         except Exception as e:

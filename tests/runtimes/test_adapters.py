@@ -91,3 +91,16 @@ def test_runtimes_import_without_torch_or_nncf():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "clean"
+
+
+def test_peak_memory_is_the_benchmark_process_not_its_parent(tiny_onnx):
+    """ru_maxrss survives exec on Linux; the worker must report its own peak."""
+    import numpy as np
+
+    from contract import TINY_PROTOCOL
+
+    ballast = np.ones(600 * 1024 * 1024 // 8)  # 600 MB held by this (parent) process
+    result = get_adapter("ort-cpu").benchmark(
+        tiny_onnx, {"input": np.zeros((1, 3, 8, 8), dtype=np.float32)}, TINY_PROTOCOL)
+    assert ballast.sum() > 0
+    assert 0 < result.peak_rss_mb < 500
