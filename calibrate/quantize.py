@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeopt.calibrate.bias_correction import correct_weight_bias
 from edgeopt.calibrate.data import check_finite
 from edgeopt.calibrate.errors import CalibrationDataError, CalibrationError
 
@@ -36,6 +37,7 @@ class QuantConfig:
     calibrator: str = "minmax"
     per_channel: bool = True
     keep_ends_fp32: bool = True
+    bias_correction: bool = True
     exclude_nodes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -198,6 +200,12 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
             extra_options={"CalibMovingAverage": True},
         )
+        if config.bias_correction:
+            qdq = onnx.load(str(tmp))
+            corrected = correct_weight_bias(model, qdq, calib)
+            onnx.save(qdq, str(tmp))
+            notes.append(f"bias correction: weight-rounding mean shift folded into the bias "
+                         f"of {corrected} convolutions")
         os.replace(tmp, out)
     except CalibrationError:
         raise

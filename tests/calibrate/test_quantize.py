@@ -129,3 +129,27 @@ def test_statistics_are_exact_min_max_in_bounded_memory(tiny_onnx):
     assert stats["r"].min == pytest.approx(float(relu.min()))
     assert stats["r"].max == pytest.approx(float(relu.max()), rel=1e-6)
     assert stats["r"].count == relu.size
+
+
+def test_bias_correction_removes_the_weight_rounding_mean_shift(cnn_onnx, calib, tmp_path):
+    """Each corrected conv's mean output matches its FP32-weight output on the same inputs."""
+    import onnx
+
+    from edgeopt.calibrate import QuantConfig
+    from edgeopt.calibrate.bias_correction import _channel_means
+
+    plain = quantize_onnx_for_ort(cnn_onnx, tmp_path / "plain.onnx", calib,
+                                  QuantConfig(keep_ends_fp32=False, bias_correction=False))
+    fixed = quantize_onnx_for_ort(cnn_onnx, tmp_path / "fixed.onnx", calib,
+                                  QuantConfig(keep_ends_fp32=False))
+    assert any("bias correction" in n and "2 convolutions" in n for n in fixed.notes), fixed.notes
+    fp32 = onnx.load(str(cnn_onnx))
+    fp_convs = [n.output[0] for n in fp32.graph.node if n.op_type == "Conv"]
+    q_convs = [n.output[0] for n in onnx.load(str(plain.path)).graph.node if n.op_type == "Conv"]
+    ref = _channel_means(fp32, fp_convs, calib)
+    before = _channel_means(onnx.load(str(plain.path)), q_convs, calib)
+    after = _channel_means(onnx.load(str(fixed.path)), q_convs, calib)
+    # the second conv: its shift is the one bias correction targets (input already quantized)
+    err_before = np.abs(before[q_convs[1]] - ref[fp_convs[1]]).mean()
+    err_after = np.abs(after[q_convs[1]] - ref[fp_convs[1]]).mean()
+    assert err_after < err_before
