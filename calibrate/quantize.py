@@ -78,23 +78,13 @@ def check_calibration(samples: Sequence[dict[str, np.ndarray]],
 
 
 def _onnx_inputs(path: Path) -> list[tuple[str, str, tuple]]:
-    import onnx
-    from onnx import helper
+    from edgeopt.convert import onnx_input_specs
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
+        return onnx_input_specs(path)
+    except Exception as e:  # protobuf DecodeError, OSError...
         msg = f"cannot read ONNX model {Path(path).name}: {str(e).strip()[:200] or type(e).__name__}"
         raise CalibrationError(msg) from e
-    inits = {i.name for i in model.graph.initializer}
-    specs = []
-    for v in model.graph.input:
-        if v.name in inits:
-            continue
-        t = v.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") else "?" for d in t.shape.dim)
-        specs.append((v.name, np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).name, shape))
-    return specs
 
 
 def integer_kernel_counts(onnx_path: Path) -> dict[str, int]:

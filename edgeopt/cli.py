@@ -137,7 +137,8 @@ def _optimize(args: argparse.Namespace) -> int:
     from edgeopt._progress import Steps
     from edgeopt._source import artifact_stem
     from edgeopt.pipeline import optimize
-    from edgeopt.recipe import BenchSettings, OptimizeConfig
+    from edgeopt.recipe import OptimizeConfig
+    from edgeopt.runtimes import BenchProtocol
 
     config = OptimizeConfig(
         model=args.model,
@@ -149,7 +150,7 @@ def _optimize(args: argparse.Namespace) -> int:
         calib_samples=args.calib_samples,
         eval_samples=args.eval_samples,
         quantize=not args.no_quantize,
-        bench=BenchSettings(warmup=args.warmup, min_iterations=args.bench_iterations,
+        bench=BenchProtocol(warmup=args.warmup, min_iterations=args.bench_iterations,
                             min_seconds=args.bench_seconds, repeats=args.bench_repeats,
                             threads=args.threads),
     )

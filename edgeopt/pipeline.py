@@ -60,7 +60,7 @@ def optimize(model: str | OptimizeConfig, out: str | Path | None = None, *,
     Every input problem is raised before anything is written; a failure later removes
     what this run staged, so no half-written artifact is left under a final name.
     """
-    from edgeopt.runtimes import BenchProtocol, get_adapter
+    from edgeopt.runtimes import get_adapter
 
     if isinstance(model, OptimizeConfig):
         config = model
@@ -95,7 +95,7 @@ def optimize(model: str | OptimizeConfig, out: str | Path | None = None, *,
 
     staging = Staging(config.out)
     try:
-        record = _run(config, prepared, targets, staging, steps, BenchProtocol)
+        record = _run(config, prepared, targets, staging, steps)
         files = [name for art in record["_artifacts"] for name in (art.file, *art.companions)]
         staging.commit(files)
     except BaseException:
@@ -124,7 +124,7 @@ def _planned_files(name: str, config: OptimizeConfig) -> list[str]:
     return files + ["report.json", "report.md"]
 
 
-def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps, BenchProtocol) -> dict:
+def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps) -> dict:
     from edgeopt.calibrate import QuantConfig, quantize_for_openvino, quantize_onnx_for_ort
     from edgeopt.convert import check, compare, export_onnx, to_openvino_ir
     from edgeopt.runtimes import get_adapter
@@ -205,10 +205,7 @@ def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps, Be
                             "samples": len(prepared.eval_inputs)}
 
     # 4. Benchmarks on each device unit that runs the artifact's runtime.
-    protocol = BenchProtocol(warmup=config.bench.warmup,
-                             min_iterations=config.bench.min_iterations,
-                             min_seconds=config.bench.min_seconds,
-                             repeats=config.bench.repeats, threads=config.bench.threads)
+    protocol = config.bench
     bench_inputs = prepared.eval_inputs[0]
     entries = []
     for target in targets:

@@ -6,34 +6,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgeopt.errors import UsageError
+from edgeopt.runtimes.bench import BenchProtocol
 
 RUNTIMES = ("onnxruntime", "openvino")
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    """Benchmark protocol knobs (see edgeopt.runtimes.BenchProtocol for their meaning)."""
-
-    warmup: int = 10
-    min_iterations: int = 100
-    min_seconds: float = 3.0
-    repeats: int = 3
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.warmup < 0:
-            problems.append(f"--warmup {self.warmup} must be >= 0")
-        if self.min_iterations < 1:
-            problems.append(f"--bench-iterations {self.min_iterations} must be >= 1")
-        if self.min_seconds < 0:
-            problems.append(f"--bench-seconds {self.min_seconds} must be >= 0")
-        if self.repeats < 1:
-            problems.append(f"--bench-repeats {self.repeats} must be >= 1")
-        if self.threads is not None and self.threads < 1:
-            problems.append(f"--threads {self.threads} must be >= 1")
-        if problems:
-            raise UsageError("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -49,7 +24,7 @@ class OptimizeConfig:
     calib_samples: int | None = None
     eval_samples: int | None = None
     quantize: bool = True
-    bench: BenchSettings = field(default_factory=BenchSettings)
+    bench: BenchProtocol = field(default_factory=BenchProtocol)
 
     def __post_init__(self) -> None:
         problems = []

@@ -21,7 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.runtimes.errors import AdapterUnavailable, ModelLoadFailed, RuntimeAdapterError
+from edgeopt.runtimes.errors import (
+    AdapterUnavailable,
+    InvalidProtocol,
+    ModelLoadFailed,
+    RuntimeAdapterError,
+)
 
 UNSTABLE_CV = 0.05
 
@@ -34,6 +39,23 @@ class BenchProtocol:
     max_seconds: float = 60.0
     repeats: int = 3
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.warmup < 0:
+            problems.append(f"--warmup {self.warmup} must be >= 0")
+        if self.min_iterations < 1:
+            problems.append(f"--bench-iterations {self.min_iterations} must be >= 1")
+        if self.min_seconds < 0:
+            problems.append(f"--bench-seconds {self.min_seconds} must be >= 0")
+        if self.max_seconds < self.min_seconds:
+            problems.append(f"max_seconds {self.max_seconds} is below --bench-seconds")
+        if self.repeats < 1:
+            problems.append(f"--bench-repeats {self.repeats} must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"--threads {self.threads} must be >= 1")
+        if problems:
+            raise InvalidProtocol("; ".join(problems))
 
 
 @dataclass(frozen=True)

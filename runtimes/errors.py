@@ -15,6 +15,10 @@ class ModelLoadFailed(RuntimeAdapterError):
     """The runtime could not load or compile the model."""
 
 
+class InvalidProtocol(RuntimeAdapterError):
+    """Benchmark protocol settings that cannot be run."""
+
+
 class UnknownAdapter(RuntimeAdapterError):
     """A name that is not in the adapter registry."""
 

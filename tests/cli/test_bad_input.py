@@ -199,3 +199,10 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert result.stderr.strip().startswith("edgeopt: error: ")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_impossible_benchmark_protocol(run_cli, tiny_onnx, out):
+    result = run_cli("optimize", tiny_onnx, "--out", out, "--calib", "random",
+                     "--bench-repeats", "0", "--threads", "0")
+    assert_user_error(result, "--bench-repeats 0 must be >= 1", "--threads 0 must be >= 1")
+    assert tree(out) == []
