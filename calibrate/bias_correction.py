@@ -17,7 +17,8 @@ import numpy as np
 MAX_SAMPLES = 32
 
 
-def _channel_means(model, names: list[str], samples) -> dict[str, np.ndarray]:
+def _run_tensors(model, names: list[str], samples):
+    """Yield {name: value} of the named tensors for each sample (unoptimized graph)."""
     import onnx
     import onnxruntime as ort
 
@@ -32,9 +33,14 @@ def _channel_means(model, names: list[str], samples) -> dict[str, np.ndarray]:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(probe.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
-    sums: dict[str, np.ndarray] = {}
     for sample in samples:
-        for name, value in zip(names, session.run(names, sample), strict=True):
+        yield dict(zip(names, session.run(names, sample), strict=True))
+
+
+def _channel_means(model, names: list[str], samples) -> dict[str, np.ndarray]:
+    sums: dict[str, np.ndarray] = {}
+    for values in _run_tensors(model, names, samples):
+        for name, value in values.items():
             value = np.asarray(value, dtype=np.float64)
             axes = tuple(i for i in range(value.ndim) if i != 1)
             sums[name] = sums.get(name, 0.0) + value.mean(axis=axes)

@@ -2,12 +2,14 @@
 
 ONNX Runtime: a QDQ graph laid out the way ONNX Runtime's quantizer lays it out (so its CPU
 EP fuses Q/DQ pairs into QLinearConv / QGemm / QLinearAdd), per-channel S8 weights, U8
-activations with Min-Max ranges. The first convolution (it sees raw pixels) and the
-classifier head stay FP32 by default: DESIGN.md measured that the head's range decides
-most of the accuracy loss for a few percent of the time.
+activations with Min-Max ranges (mean of per-sample min/max), then data-aware weight
+rounding (rounding.py) and bias correction (bias_correction.py) on the int8 values, so the
+graph and its integer kernels stay exactly ONNX Runtime's. The first convolution (it sees
+raw pixels) and the classifier head stay FP32 by default: DESIGN.md measured that the
+head's range decides most of the accuracy loss for a few percent of the time.
 
 OpenVINO: NNCF's post-training quantization on the OpenVINO model (Min-Max range
-estimation plus fast bias correction), which OpenVINO's CPU plugin runs as int8.
+estimation, MIXED preset, bias correction), which OpenVINO's CPU plugin runs as int8.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from edgeopt.calibrate.bias_correction import correct_weight_bias
 from edgeopt.calibrate.data import check_finite
 from edgeopt.calibrate.errors import CalibrationDataError, CalibrationError
+from edgeopt.calibrate.rounding import optimize_weight_rounding
 
 Progress = Callable[[int, int], None] | None
 INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger",
@@ -37,6 +40,7 @@ class QuantConfig:
     calibrator: str = "minmax"
     per_channel: bool = True
     keep_ends_fp32: bool = True
+    weight_rounding: bool = True
     bias_correction: bool = True
     exclude_nodes: tuple[str, ...] = ()
 
@@ -190,12 +194,17 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
             extra_options={"CalibMovingAverage": True},
         )
-        if config.bias_correction:
+        if config.weight_rounding or config.bias_correction:
             qdq = onnx.load(str(tmp))
-            corrected = correct_weight_bias(model, qdq, calib)
+            if config.weight_rounding:
+                rounded = optimize_weight_rounding(model, qdq, calib)
+                notes.append(f"weight rounding: GPTQ-style, data-aware int8 rounding of "
+                             f"{rounded} pointwise/depthwise convolutions")
+            if config.bias_correction:
+                corrected = correct_weight_bias(model, qdq, calib)
+                notes.append(f"bias correction: weight-rounding mean shift folded into the "
+                             f"bias of {corrected} convolutions")
             onnx.save(qdq, str(tmp))
-            notes.append(f"bias correction: weight-rounding mean shift folded into the bias "
-                         f"of {corrected} convolutions")
         os.replace(tmp, out)
     except CalibrationError:
         raise

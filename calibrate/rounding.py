@@ -1,0 +1,107 @@
+"""Weight rounding that minds the data (GPTQ-style) for ONNX Runtime QDQ graphs.
+
+Rounding each weight to its nearest int8 level ignores how inputs correlate. With the
+second moments H = E[x x^T] of a convolution's input patches, the rounding of one weight
+column at a time is chosen and its error pushed onto the columns not yet rounded (the
+GPTQ update, Frantar et al. 2022), so the layer's output error (w - w_q)^T H (w - w_q) is
+what gets minimised. The per-channel scales stay as ONNX Runtime chose them, so the graph
+and its integer kernels are unchanged; only the int8 values move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+MAX_SAMPLES = 32
+DAMPING = 0.01
+
+
+def _gptq_rows(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
+    """Round rows of ``w`` (one output channel each, sharing ``h``) to ints of ``scale``."""
+    k = w.shape[1]
+    h = h + np.eye(k) * (DAMPING * max(float(np.mean(np.diag(h))), 1e-12))
+    try:
+        hinv = np.linalg.cholesky(np.linalg.inv(h)).T          # upper triangular
+    except np.linalg.LinAlgError:
+        return np.clip(np.round(w / scale[:, None]), qmin, qmax)
+    w = w.copy()
+    q = np.empty_like(w)
+    for i in range(k):
+        q[:, i] = np.clip(np.round(w[:, i] / scale), qmin, qmax)
+        err = (w[:, i] - q[:, i] * scale) / hinv[i, i]
+        w[:, i + 1:] -= np.outer(err, hinv[i, i + 1:])
+    return q
+
+
+def _patches_depthwise(x: np.ndarray, kh: int, kw: int, stride, pads) -> np.ndarray:
+    """(C, positions, kh*kw) patches of a (1, C, H, W) input."""
+    xp = np.pad(x[0], ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))
+    win = win[:, ::stride[0], ::stride[1]]
+    return win.reshape(win.shape[0], -1, kh * kw)
+
+
+def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, np.ndarray]]) -> int:
+    """Re-round the int8 weights of 1x1 and depthwise convolutions in place; returns how many."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeopt.calibrate.bias_correction import _run_tensors
+
+    fp32_weights = {i.name: i for i in fp32_model.graph.initializer}
+    inits = {i.name: i for i in qdq_model.graph.initializer}
+    producer = {o: n for n in qdq_model.graph.node for o in n.output}
+    jobs = []
+    for node in qdq_model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        w_dq = producer.get(node.input[1])
+        if w_dq is None or w_dq.op_type != "DequantizeLinear" or w_dq.input[0] not in inits:
+            continue
+        original = fp32_weights.get(w_dq.input[0].removesuffix("_quantized"))
+        if original is None:
+            continue
+        w = numpy_helper.to_array(original).astype(np.float64)
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        group = attrs.get("group", 1)
+        c_out, c_in_g, kh, kw = w.shape
+        pointwise = kh == kw == 1 and group == 1
+        depthwise = group == c_out and c_in_g == 1
+        if not (pointwise or depthwise):
+            continue
+        jobs.append((node, w_dq, w, attrs, pointwise))
+    if not jobs:
+        return 0
+    names = sorted({node.input[0] for node, *_ in jobs})
+    hessians: dict[str, np.ndarray] = {}
+    count = 0
+    for values in _run_tensors(qdq_model, names, list(samples)[:MAX_SAMPLES]):
+        count += 1
+        for node, _w_dq, w, attrs, pointwise in jobs:
+            x = values[node.input[0]].astype(np.float64)
+            if pointwise:
+                flat = x[0].reshape(x.shape[1], -1)
+                h = flat @ flat.T / flat.shape[1]
+            else:
+                p = _patches_depthwise(x, w.shape[2], w.shape[3], attrs.get("strides", [1, 1]),
+                                       attrs.get("pads", [0, 0, 0, 0]))
+                h = np.einsum("cpk,cpl->ckl", p, p) / p.shape[1]
+            key = node.name or node.output[0]
+            hessians[key] = hessians.get(key, 0.0) + h
+    for node, w_dq, w, _attrs, pointwise in jobs:
+        h = hessians[node.name or node.output[0]] / count
+        scale = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float64).reshape(-1)
+        q_init = inits[w_dq.input[0]]
+        dtype = numpy_helper.to_array(q_init).dtype
+        info = np.iinfo(dtype)
+        qmin, qmax = (-127, 127) if dtype == np.int8 else (info.min, info.max)
+        rows = w.reshape(w.shape[0], -1)
+        if pointwise:
+            q = _gptq_rows(rows, scale, h, qmin, qmax)
+        else:
+            q = np.stack([_gptq_rows(rows[c:c + 1], scale[c:c + 1], h[c], qmin, qmax)[0]
+                          for c in range(rows.shape[0])])
+        q_init.CopyFrom(numpy_helper.from_array(q.reshape(w.shape).astype(dtype), q_init.name))
+    return len(jobs)
