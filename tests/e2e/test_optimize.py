@@ -97,10 +97,9 @@ def test_mobilenet_v2_int8_agreement(run_cli, tmp_path):
     assert result.code == 0, result.err
     report = check_report(out, "top1_agreement")
     for a in report["artifacts"]:
-        # regression guards at the figures measured here (report.md of this run: ORT 0.85,
-        # OpenVINO 0.90); the issue asks 0.90 on both and ORT does not reach it yet.
-        threshold = {"fp32": 0.99, "onnxruntime": 0.83, "openvino": 0.88}[
-            "fp32" if a["precision"] == "fp32" else a["runtime"]]
+        # measured here: 0.903 (271/300) on both runtimes; the guard leaves room for a
+        # sample or two of thread-order noise in float accumulation
+        threshold = 0.99 if a["precision"] == "fp32" else 0.89
         assert a["accuracy"]["value"] >= threshold, (a["path"], a["accuracy"])
     ort_int8 = next(a for a in report["artifacts"] if a["path"].endswith("int8-ort.onnx"))
     kernels = ort_int8["quantization"]["integer_kernels"]
