@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,6 @@ class Artifact:
     companions: tuple[str, ...] = ()    # e.g. the .bin of an .xml
     accuracy: dict | None = None
     quantization: dict | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def _run_all(loaded, inputs: list[dict[str, np.ndarray]], update=None) -> list[list[np.ndarray]]:
@@ -96,25 +95,23 @@ def optimize(model: str | OptimizeConfig, out: str | Path | None = None, *,
     staging = Staging(config.out)
     try:
         record = _run(config, prepared, targets, staging, steps)
-        files = [name for art in record["_artifacts"] for name in (art.file, *art.companions)]
+        files = [name for art in record.pop("_artifacts") for name in (art.file, *art.companions)]
+        # Every timed step in the order it ran, with parity and exporter facts where known.
+        extras = {s["name"]: s for s in record["steps"]}
+        record["steps"] = [{**extras.get(k, {}), "name": k, "seconds": round(v, 3)}
+                           for k, v in steps.timings.items()]
+        record["duration_s"] = round(time.time() - started, 2)
+        # The report is staged with the artifacts: all of them land together or none does.
+        files += reporting.write(staging.dir, record)
         staging.commit(files)
     except BaseException:
         staging.abort()
         raise
-    record.pop("_artifacts")
-    # Every timed step in the order it ran, with parity and exporter facts where it has them.
-    extras = {s["name"]: s for s in record["steps"]}
-    record["steps"] = [{**extras.get(k, {}), "name": k, "seconds": round(v, 3)}
-                       for k, v in steps.timings.items()]
-    record["duration_s"] = round(time.time() - started, 2)
-    reporting.write(config.out, record)
     return record
 
 
 def _planned_files(name: str, config: OptimizeConfig) -> list[str]:
-    files = []
-    if "onnxruntime" in config.runtimes or "openvino" in config.runtimes:
-        files.append(f"{name}.fp32.onnx")
+    files = [f"{name}.fp32.onnx"]  # the ONNX export feeds both runtimes
     if "onnxruntime" in config.runtimes and config.quantize:
         files.append(f"{name}.int8-ort.onnx")
     if "openvino" in config.runtimes:

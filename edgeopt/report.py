@@ -109,6 +109,8 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(out: Path, report: dict) -> None:
-    write_json_atomic(out / "report.json", report)
-    write_text_atomic(out / "report.md", to_markdown(report))
+def write(folder: Path, report: dict) -> list[str]:
+    """Write report.json and report.md into ``folder``; returns their names."""
+    write_json_atomic(folder / "report.json", report)
+    write_text_atomic(folder / "report.md", to_markdown(report))
+    return ["report.json", "report.md"]

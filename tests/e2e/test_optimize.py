@@ -104,3 +104,27 @@ def test_mobilenet_v2_int8_agreement(run_cli, tmp_path):
     ort_int8 = next(a for a in report["artifacts"] if a["path"].endswith("int8-ort.onnx"))
     kernels = ort_int8["quantization"]["integer_kernels"]
     assert kernels.get("QLinearConv", 0) + kernels.get("ConvInteger", 0) >= 40, kernels
+
+
+def test_failure_midway_leaves_nothing_under_a_final_name(run_cli, tiny_onnx, tmp_path,
+                                                         monkeypatch):
+    import edgeopt.calibrate as calibrate
+    from edgeopt.calibrate import CalibrationError
+
+    def broken(*args, **kwargs):
+        raise CalibrationError("simulated quantization failure")
+
+    monkeypatch.setattr(calibrate, "quantize_for_openvino", broken)
+    out = tmp_path / "out"
+    result = run_cli("optimize", tiny_onnx, "--out", out, "--calib", "random", "--quiet",
+                     *FAST_BENCH)
+    assert result.code == 2
+    assert "simulated quantization failure" in result.err
+    assert not out.exists()   # the run created it, so the run removed it
+    existing = tmp_path / "kept"
+    existing.mkdir()
+    (existing / "mine.txt").write_text("user file")
+    result = run_cli("optimize", tiny_onnx, "--out", existing, "--calib", "random", "--quiet",
+                     *FAST_BENCH)
+    assert result.code == 2
+    assert sorted(p.name for p in existing.iterdir()) == ["mine.txt"]
