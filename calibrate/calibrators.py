@@ -29,9 +29,9 @@ def fake_quant(values: np.ndarray, rmin: float, rmax: float, levels: int = QMAX_
     return (q - zero) * scale
 
 
-def sqnr_db(values: np.ndarray, rmin: float, rmax: float) -> float:
+def sqnr_db(values: np.ndarray, rmin: float, rmax: float, levels: int = QMAX_U8) -> float:
     values = values.astype(np.float64)
-    err = float(np.sum((values - fake_quant(values, rmin, rmax)) ** 2))
+    err = float(np.sum((values - fake_quant(values, rmin, rmax, levels)) ** 2))
     sig = float(np.sum(values ** 2))
     if err == 0.0:
         return float("inf")
@@ -43,7 +43,7 @@ def minmax(stats: TensorStats) -> QuantRange:
     return QuantRange(min(stats.min, 0.0), max(stats.max, 0.0))
 
 
-def mse(stats: TensorStats, steps: int = 40, rounds: int = 2) -> QuantRange:
+def mse(stats: TensorStats, steps: int = 40, rounds: int = 2, levels: int = QMAX_U8) -> QuantRange:
     """The clip range whose uniform grid has the least squared error on the sampled
     values: coordinate search over each end, shrinking from min-max; kept at min-max
     unless it is better on the calibration sample, so it is never worse."""
@@ -54,7 +54,7 @@ def mse(stats: TensorStats, steps: int = 40, rounds: int = 2) -> QuantRange:
     values = values.astype(np.float64)
 
     def err(lo: float, hi: float) -> float:
-        return float(np.mean((values - fake_quant(values, lo, hi)) ** 2))
+        return float(np.mean((values - fake_quant(values, lo, hi, levels)) ** 2))
 
     lo, hi = base.rmin, base.rmax
     best = err(lo, hi)
@@ -73,4 +73,47 @@ def mse(stats: TensorStats, steps: int = 40, rounds: int = 2) -> QuantRange:
     return QuantRange(lo, hi)
 
 
-CALIBRATORS = {"minmax": minmax, "mse": mse}
+@dataclass(frozen=True)
+class KMeansConfig:
+    bits: int = 8
+    clip_steps: int = 40
+    lloyd_iterations: int = 10
+    min_gain_db: float = 0.05      # keep min-max unless the fit is better by this much
+
+
+def kmeans(stats: TensorStats, cfg: KMeansConfig = KMeansConfig()) -> QuantRange:
+    """The range whose uniform grid best fits the sampled values: 1-D k-means with the
+    2^bits centroids tied to a uniform grid (Lloyd-Max under that constraint).
+
+    Starts from the best clip of min-max (``mse``), then alternates Lloyd steps: assign
+    each value to its nearest grid level, then refit the grid's offset and step by least
+    squares to the values so assigned. Kept at min-max unless calibration SQNR improves by
+    ``min_gain_db``, so it is never worse than min-max on the calibration data.
+    """
+    levels = (1 << cfg.bits) - 1
+    base = minmax(stats)
+    values = stats.sample().astype(np.float64)
+    if values.size < 2 or base.rmax <= base.rmin:
+        return base
+    start = mse(stats, steps=cfg.clip_steps, levels=levels)
+    lo, hi = start.rmin, start.rmax
+    best_lo, best_hi = lo, hi
+    best_sqnr = sqnr_db(values, lo, hi, levels)
+    for _ in range(cfg.lloyd_iterations):
+        step = (hi - lo) / levels
+        k = np.clip(np.round((values - lo) / step), 0, levels)
+        # least squares for v ~ offset + step * k
+        design = np.stack([np.ones_like(k), k], axis=1)
+        (offset, new_step), *_ = np.linalg.lstsq(design, values, rcond=None)
+        if new_step <= 0:
+            break
+        lo, hi = min(offset, 0.0), max(offset + new_step * levels, 0.0)
+        sqnr = sqnr_db(values, lo, hi, levels)
+        if sqnr > best_sqnr:
+            best_lo, best_hi, best_sqnr = lo, hi, sqnr
+    if best_sqnr < sqnr_db(values, base.rmin, base.rmax, levels) + cfg.min_gain_db:
+        return base
+    return QuantRange(best_lo, best_hi)
+
+
+CALIBRATORS = {"minmax": minmax, "mse": mse, "kmeans": kmeans}

@@ -44,3 +44,37 @@ def test_mse_never_worse_than_minmax(dist):
     assert sqnr_db(v, b.rmin, b.rmax) >= sqnr_db(v, a.rmin, a.rmax) - 1e-9
     assert b.rmin <= 0.0 <= b.rmax
     assert a.rmin <= b.rmin and b.rmax <= a.rmax
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("dist", ["gaussian", "laplace", "student_t", "outliers"])
+def test_kmeans_never_worse_than_minmax_and_wins_below_8_bits(dist, bits):
+    from edgeopt.calibrate.calibrators import KMeansConfig, kmeans
+
+    rng = np.random.default_rng(1)
+    v = {
+        "gaussian": rng.standard_normal(20000),
+        "laplace": rng.laplace(size=20000),
+        "student_t": rng.standard_t(3, size=20000),
+        "outliers": np.concatenate([rng.standard_normal(20000), [40.0, -30.0]]),
+    }[dist]
+    levels = (1 << bits) - 1
+    s = stats_of(v)
+    base = minmax(s)
+    fit = kmeans(s, KMeansConfig(bits=bits))
+    gain = sqnr_db(v, fit.rmin, fit.rmax, levels) - sqnr_db(v, base.rmin, base.rmax, levels)
+    assert gain >= 0.0
+    assert fit.rmin <= 0.0 <= fit.rmax
+    if bits == 4:  # a coarse grid: fitting the range to the values pays by several dB
+        assert gain > 2.0, gain
+
+
+def test_kmeans_stays_near_minmax_on_uniform_data():
+    """Min-max is already the best uniform grid for uniform values."""
+    from edgeopt.calibrate.calibrators import kmeans
+
+    v = np.random.default_rng(2).uniform(0.0, 1.0, 20000)
+    s = stats_of(v)
+    fit, base = kmeans(s), minmax(s)
+    assert abs(fit.rmax - base.rmax) < 0.02 * base.rmax
+    assert sqnr_db(v, fit.rmin, fit.rmax) - sqnr_db(v, base.rmin, base.rmax) < 0.2
