@@ -26,6 +26,7 @@ from edgeopt.calibrate.bias_correction import correct_weight_bias
 from edgeopt.calibrate.data import check_finite
 from edgeopt.calibrate.errors import CalibrationDataError, CalibrationError
 from edgeopt.calibrate.rounding import optimize_weight_rounding
+from edgeopt.convert.errors import first_line
 
 Progress = Callable[[int, int], None] | None
 INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger",
@@ -215,7 +216,7 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
     except CalibrationError:
         raise
     except Exception as e:
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = first_line(e)
         msg = f"ONNX Runtime quantization of {Path(fp32_onnx).name} failed: {text[:300]}"
         raise CalibrationError(msg) from e
     finally:
@@ -266,7 +267,7 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
         os.replace(tmp.with_suffix(".bin"), out_xml.with_suffix(".bin"))
         os.replace(tmp, out_xml)
     except Exception as e:
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = first_line(e)
         msg = f"NNCF quantization of {Path(fp32_model).name} failed: {text[:300]}"
         raise CalibrationError(msg) from e
     finally:

@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 
+def first_line(error: BaseException | None) -> str:
+    """The first line of an error's text (or its type's name): enough for a one-line message."""
+    if error is None:
+        return "unknown error"
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class ConvertError(Exception):
     """Root of every error raised by edgeopt.convert."""
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeopt.convert.errors import InputShapeError, ModelLoadError
+from edgeopt.convert.errors import InputShapeError, ModelLoadError, first_line
 
 _FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 TORCH_KINDS = ("torch-factory", "torchscript", "exported-program")
@@ -127,7 +127,7 @@ def _load_onnx(spec: str, path: Path) -> SourceModel:
         onnx.checker.check_model(str(path))
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError, ValidationError, OSError...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise ModelLoadError(
             spec, f"not a valid ONNX model ({reason[:200]})", "re-export it or check the file"
         ) from e
@@ -171,7 +171,7 @@ def _load_torchscript(spec: str, path: Path, shapes) -> SourceModel:
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise ModelLoadError(
             spec, f"not a TorchScript archive ({reason[:160]})",
             "save it with torch.jit.save, or pass package.module:factory for an nn.Module",
@@ -188,7 +188,7 @@ def _load_exported_program(spec: str, path: Path) -> SourceModel:
     try:
         program = torch.export.load(str(path))
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise ModelLoadError(
             spec, f"not an ExportedProgram archive ({reason[:160]})",
             "save it with torch.export.save",

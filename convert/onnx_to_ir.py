@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edgeopt.convert.errors import ExportError
+from edgeopt.convert.errors import ExportError, first_line
 
 
 def to_openvino_ir(onnx_path: Path, out_xml: Path, *, compress_to_fp16: bool = False) -> Path:
@@ -24,7 +24,7 @@ def to_openvino_ir(onnx_path: Path, out_xml: Path, *, compress_to_fp16: bool = F
     except Exception as e:
         for p in (tmp_xml, tmp_xml.with_suffix(".bin")):
             p.unlink(missing_ok=True)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ExportError("ONNX -> OpenVINO IR conversion", first[:300]) from e
     os.replace(tmp_xml.with_suffix(".bin"), out_xml.with_suffix(".bin"))
     os.replace(tmp_xml, out_xml)
