@@ -41,6 +41,3 @@ class Steps:
 
     def warn(self, text: str) -> None:
         self.console.print(f"[bold red]WARNING[/bold red] {text}")
-
-    def info(self, text: str) -> None:
-        self.console.print(text)

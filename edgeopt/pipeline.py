@@ -26,7 +26,6 @@ PARITY_SAMPLES = 8
 class Artifact:
     """One file edgeopt made, before it is benchmarked on each device."""
 
-    key: str                    # "fp32-onnx", "int8-ort", ...
     file: str                   # final file name in OUT
     format: str                 # onnx | openvino-ir
     precision: str              # fp32 | int8
@@ -160,7 +159,7 @@ def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps) ->
         with steps.step("copy ONNX"):
             _copy_onnx(source.path, fp32_onnx)
         step_records.append(_step(steps, "copy ONNX"))
-    artifacts.append(Artifact("fp32-onnx", fp32_onnx.name, "onnx", "fp32", "onnxruntime"))
+    artifacts.append(Artifact(fp32_onnx.name, "onnx", "fp32", "onnxruntime"))
 
     if "openvino" in config.runtimes:
         fp32_xml = staging.path(f"{name}.fp32.xml")
@@ -171,7 +170,7 @@ def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps) ->
             ir_outs = _run_all(ov.load(fp32_xml), parity_inputs)
             parity = check(compare("ONNX -> OpenVINO IR", onnx_outs, ir_outs))
         step_records.append(_step(steps, "ONNX -> OpenVINO IR", parity=parity.to_dict()))
-        artifacts.append(Artifact("fp32-ir", fp32_xml.name, "openvino-ir", "fp32", "openvino",
+        artifacts.append(Artifact(fp32_xml.name, "openvino-ir", "fp32", "openvino",
                                   companions=(fp32_xml.with_suffix(".bin").name,)))
 
     if config.quantize:
@@ -181,7 +180,7 @@ def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps) ->
             with steps.step("quantize INT8 for ONNX Runtime") as update:
                 q = quantize_onnx_for_ort(fp32_onnx, out, prepared.calib, qconfig, progress=update)
             step_records.append(_step(steps, "quantize INT8 for ONNX Runtime"))
-            artifacts.append(Artifact("int8-ort", out.name, "onnx", "int8", "onnxruntime",
+            artifacts.append(Artifact(out.name, "onnx", "int8", "onnxruntime",
                                       quantization=_quant_record(q, prepared, qconfig)))
         if "openvino" in config.runtimes:
             out = staging.path(f"{name}.int8-ov.xml")
@@ -189,7 +188,7 @@ def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps) ->
                 q = quantize_for_openvino(staging.path(f"{name}.fp32.xml"), out, prepared.calib,
                                           qconfig, progress=update)
             step_records.append(_step(steps, "quantize INT8 for OpenVINO (NNCF)"))
-            artifacts.append(Artifact("int8-ov", out.name, "openvino-ir", "int8", "openvino",
+            artifacts.append(Artifact(out.name, "openvino-ir", "int8", "openvino",
                                       companions=(out.with_suffix(".bin").name,),
                                       quantization=_quant_record(q, prepared, qconfig)))
 

@@ -14,6 +14,18 @@ def stats_of(values: np.ndarray) -> TensorStats:
                        values.astype(np.float32))
 
 
+def sample(dist: str, seed: int, outliers: tuple[float, float]) -> np.ndarray:
+    """20,000 values from a named distribution (outliers: a Gaussian plus two far values)."""
+    rng = np.random.default_rng(seed)
+    if dist == "gaussian":
+        return rng.standard_normal(20000)
+    if dist == "laplace":
+        return rng.laplace(size=20000)
+    if dist == "student_t":
+        return rng.standard_t(3, size=20000)
+    return np.concatenate([rng.standard_normal(20000), outliers])
+
+
 def test_fake_quant_keeps_zero_exact_and_stays_in_range():
     v = np.linspace(-1.3, 2.7, 1001)
     q = fake_quant(v, -1.3, 2.7)
@@ -32,13 +44,7 @@ def test_minmax_is_the_global_range_including_zero():
 
 @pytest.mark.parametrize("dist", ["gaussian", "laplace", "student_t", "outliers"])
 def test_mse_never_worse_than_minmax(dist):
-    rng = np.random.default_rng(0)
-    v = {
-        "gaussian": rng.standard_normal(20000),
-        "laplace": rng.laplace(size=20000),
-        "student_t": rng.standard_t(3, size=20000),
-        "outliers": np.concatenate([rng.standard_normal(20000), [80.0, -60.0]]),
-    }[dist]
+    v = sample(dist, seed=0, outliers=(80.0, -60.0))
     s = stats_of(v)
     a, b = minmax(s), mse(s)
     assert sqnr_db(v, b.rmin, b.rmax) >= sqnr_db(v, a.rmin, a.rmax) - 1e-9
@@ -51,13 +57,7 @@ def test_mse_never_worse_than_minmax(dist):
 def test_kmeans_never_worse_than_minmax_and_wins_below_8_bits(dist, bits):
     from edgeopt.calibrate.calibrators import KMeansConfig, kmeans
 
-    rng = np.random.default_rng(1)
-    v = {
-        "gaussian": rng.standard_normal(20000),
-        "laplace": rng.laplace(size=20000),
-        "student_t": rng.standard_t(3, size=20000),
-        "outliers": np.concatenate([rng.standard_normal(20000), [40.0, -30.0]]),
-    }[dist]
+    v = sample(dist, seed=1, outliers=(40.0, -30.0))
     levels = (1 << bits) - 1
     s = stats_of(v)
     base = minmax(s)
