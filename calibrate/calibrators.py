@@ -43,6 +43,13 @@ def minmax(stats: TensorStats) -> QuantRange:
     return QuantRange(min(stats.min, 0.0), max(stats.max, 0.0))
 
 
+def mean_minmax(stats: TensorStats) -> QuantRange:
+    """The mean over calibration samples of each sample's min and max (NNCF's default
+    activation estimator; ONNX Runtime's MinMax with moving average). It clips the rare
+    extremes that a single sample brings, without looking at the distribution."""
+    return QuantRange(min(stats.mean_min, 0.0), max(stats.mean_max, 0.0))
+
+
 def mse(stats: TensorStats, steps: int = 40, rounds: int = 2, levels: int = QMAX_U8) -> QuantRange:
     """The clip range whose uniform grid has the least squared error on the sampled
     values: coordinate search over each end, shrinking from min-max; kept at min-max
@@ -116,4 +123,26 @@ def kmeans(stats: TensorStats, cfg: KMeansConfig = KMeansConfig()) -> QuantRange
     return QuantRange(best_lo, best_hi)
 
 
-CALIBRATORS = {"minmax": minmax, "mse": mse, "kmeans": kmeans}
+CALIBRATORS = {"minmax": minmax, "mean-minmax": mean_minmax, "mse": mse, "kmeans": kmeans}
+DEFAULT_CALIBRATOR = "mean-minmax"
+
+
+def compute_ranges(stats: dict[str, TensorStats], calibrator: str) -> dict[str, QuantRange]:
+    """Each tensor's range by the named calibrator."""
+    choose = CALIBRATORS[calibrator]
+    return {name: choose(s) for name, s in stats.items() if s.count}
+
+
+def sqnr_gain_db(stats: dict[str, TensorStats], ranges: dict[str, QuantRange],
+                 levels: int = QMAX_U8) -> dict[str, float]:
+    """Calibration SQNR of ``ranges`` minus that of min-max, per tensor (on the reservoirs)."""
+    gains = {}
+    for name, r in ranges.items():
+        values = stats[name].sample()
+        if values.size == 0:
+            continue
+        base = minmax(stats[name])
+        a, b = sqnr_db(values, r.rmin, r.rmax, levels), sqnr_db(values, base.rmin, base.rmax, levels)
+        if np.isfinite(a) and np.isfinite(b):
+            gains[name] = a - b
+    return gains

@@ -1,12 +1,14 @@
 """Activation statistics in bounded memory: exact min/max plus a reservoir per tensor.
 
-Each calibration sample contributes an equal share of each tensor's reservoir, so memory
-is fixed by the reservoir size, never by the number of samples.
+Per tensor: the exact global min/max, the running mean of each sample's min/max, and a
+reservoir sample (Vitter's algorithm R, vectorised per sample) of fixed size for the
+calibrators that need the distribution. Memory is fixed by the reservoir size, never by
+the number of samples, and samples are consumed one at a time (any iterable works).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +24,44 @@ class TensorStats:
     max: float = float("-inf")
     count: int = 0                                  # values seen
     reservoir: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float32))
+    samples: int = 0                                # calibration samples seen
+    sum_min: float = 0.0                            # sums of per-sample min / max
+    sum_max: float = 0.0
 
     def sample(self) -> np.ndarray:
         return self.reservoir
+
+    @property
+    def mean_min(self) -> float:
+        return self.sum_min / self.samples if self.samples else self.min
+
+    @property
+    def mean_max(self) -> float:
+        return self.sum_max / self.samples if self.samples else self.max
+
+    def update(self, flat: np.ndarray, capacity: int, rng: np.random.Generator) -> None:
+        """Fold one sample's values in: extremes, per-sample means, reservoir (algorithm R)."""
+        if not flat.size:
+            return
+        lo, hi = float(flat.min()), float(flat.max())
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        self.samples += 1
+        self.sum_min += lo
+        self.sum_max += hi
+        seen = self.count
+        self.count += flat.size
+        if self.reservoir.size < capacity:                  # still filling
+            room = capacity - self.reservoir.size
+            self.reservoir = np.concatenate([self.reservoir, flat[:room]])
+            flat, seen = flat[room:], seen + room
+            if not flat.size:
+                return
+        # value i of this sample (global index seen + i) replaces a random slot with
+        # probability capacity / (seen + i + 1); its slot is uniform.
+        positions = seen + np.arange(1, flat.size + 1)
+        keep = rng.random(flat.size) < capacity / positions
+        slots = rng.integers(0, capacity, size=int(keep.sum()))
+        self.reservoir[slots] = flat[keep]
 
 
 def _float_tensors(model) -> list[str]:
@@ -38,16 +75,18 @@ def _float_tensors(model) -> list[str]:
     inits = {i.name for i in model.graph.initializer}
     names = [i.name for i in model.graph.input if i.name not in inits]
     for node in model.graph.node:
-        if node.op_type in {"Constant", "Shape", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}:
+        if node.op_type in {"Constant", "Shape"}:
             continue
         names += [o for o in node.output if o and types.get(o) in float_types]
     return list(dict.fromkeys(names))
 
 
-def collect_stats(onnx_path: Path, samples: Sequence[dict[str, np.ndarray]],
+def collect_stats(onnx_path: Path, samples: Iterable[dict[str, np.ndarray]],
                   reservoir: int = DEFAULT_RESERVOIR, seed: int = 0,
-                  progress: Callable[[int, int], None] | None = None) -> dict[str, TensorStats]:
-    """Run the FP32 model over ``samples`` and gather per-tensor statistics."""
+                  progress: Callable[[int, int], None] | None = None,
+                  total: int | None = None) -> dict[str, TensorStats]:
+    """Run the FP32 model over ``samples`` (consumed one at a time) and gather per-tensor
+    statistics; ``total`` is only for progress."""
     import onnx
     import onnxruntime as ort
 
@@ -62,26 +101,16 @@ def collect_stats(onnx_path: Path, samples: Sequence[dict[str, np.ndarray]],
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
+    del model
     rng = np.random.default_rng(seed)
-    per_sample = max(1, reservoir // max(len(samples), 1))
     stats = {n: TensorStats(n) for n in names}
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     input_names = {i.name for i in session.get_inputs()}
+    if total is None and isinstance(samples, Sequence):
+        total = len(samples)
     for i, sample in enumerate(samples):
         feeds = {k: v for k, v in sample.items() if k in input_names}
-        values = session.run(names, feeds)
-        for name, value in zip(names, values, strict=True):
-            flat = np.asarray(value, dtype=np.float32).ravel()
-            s = stats[name]
-            if flat.size:
-                s.min = min(s.min, float(flat.min()))
-                s.max = max(s.max, float(flat.max()))
-                s.count += flat.size
-                take = rng.choice(flat.size, size=min(per_sample, flat.size), replace=False)
-                parts[name].append(flat[take])
+        for name, value in zip(names, session.run(names, feeds), strict=True):
+            stats[name].update(np.asarray(value, dtype=np.float32).ravel(), reservoir, rng)
         if progress is not None:
-            progress(i + 1, len(samples))
-    for name, s in stats.items():
-        if parts[name]:
-            s.reservoir = np.concatenate(parts[name])[:reservoir]
+            progress(i + 1, total or i + 1)
     return stats

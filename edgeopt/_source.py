@@ -41,6 +41,11 @@ class Prepared:
     fp32_outputs: np.ndarray | None = None     # source model's outputs on eval_inputs
     preprocessing: dict = field(default_factory=dict)
 
+    def extra_metrics(self, outputs: np.ndarray, fp32_outputs: np.ndarray) -> dict:
+        """Secondary figures beside the metric (e.g. embedding cosine to FP32)."""
+        extra = getattr(self.reference, "extra_metrics", None)
+        return dict(extra(outputs, fp32_outputs)) if callable(extra) else {}
+
     def score(self, outputs: np.ndarray, fp32_outputs: np.ndarray | None) -> float:
         """The run's metric of stacked first outputs, against the FP32 source where needed."""
         if self.reference is not None:
@@ -54,8 +59,11 @@ def mean_cosine(outputs: np.ndarray, reference: np.ndarray | None) -> float:
         raise ValueError(msg)
     a = outputs.reshape(len(outputs), -1).astype(np.float64)
     b = reference.reshape(len(reference), -1).astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cos = np.where(norms > 0, (a * b).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    norms = na * nb
+    # two zero vectors agree; a zero vector against a non-zero one does not
+    cos = np.where(norms > 0, (a * b).sum(axis=1) / np.maximum(norms, 1e-300),
+                   np.where((na == 0) & (nb == 0), 1.0, 0.0))
     return float(cos.mean())
 
 

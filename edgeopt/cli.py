@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--calib", help="calibration data: a .npy/.npz file or folder, or 'random'")
     opt.add_argument("--calib-samples", type=int, help="use at most N calibration samples")
     opt.add_argument("--eval-samples", type=int, help="evaluate on N samples")
+    opt.add_argument("--calibrator", default="mean-minmax",
+                     choices=("mean-minmax", "minmax", "kmeans", "mse"),
+                     help="activation ranges: mean-minmax (mean of per-sample min/max, the "
+                          "default), minmax (global), kmeans (grid-fit clip), mse")
+    opt.add_argument("--max-accuracy-drop", metavar="X",
+                     help="accuracy budget on the model's metric: absolute (0.01) or relative "
+                          "(1%%); sensitive layers return to FP32 until it holds, else exit 3")
+    opt.add_argument("--max-fp32-nodes", type=int, metavar="N",
+                     help="with --max-accuracy-drop: return at most N nodes to FP32")
     opt.add_argument("--no-quantize", action="store_true", help="FP32 artifacts only")
     opt.add_argument("--json", action="store_true", help="print report.json on stdout")
     opt.add_argument("--quiet", action="store_true", help="no progress output")
@@ -133,6 +142,9 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
+BUDGET_EXIT = 3                 # the run finished, but the accuracy budget was not met
+
+
 def _optimize(args: argparse.Namespace) -> int:
     from edgeopt._progress import Steps
     from edgeopt._source import artifact_stem
@@ -150,6 +162,9 @@ def _optimize(args: argparse.Namespace) -> int:
         calib_samples=args.calib_samples,
         eval_samples=args.eval_samples,
         quantize=not args.no_quantize,
+        calibrator=args.calibrator,
+        max_accuracy_drop=args.max_accuracy_drop,
+        max_fp32_nodes=args.max_fp32_nodes,
         bench=BenchProtocol(warmup=args.warmup, min_iterations=args.bench_iterations,
                             min_seconds=args.bench_seconds, repeats=args.bench_repeats,
                             threads=args.threads),
@@ -168,4 +183,12 @@ def _optimize(args: argparse.Namespace) -> int:
 
         Console(width=console_width()).print(artifacts_table(report))
         steps.console.print(f"wrote {config.out}/report.json and report.md")
+    budget = report.get("accuracy_budget")
+    if budget and not budget["met"]:
+        over = ", ".join(f"{rt} drop {b['drop']:.4f}" for rt, b in budget["runtimes"].items()
+                         if not b["met"])
+        sys.stderr.write(f"edgeopt: error: accuracy budget --max-accuracy-drop "
+                         f"{config.max_accuracy_drop} not met ({over} > allowed "
+                         f"{budget['allowed_drop']:.4f} with {budget['stopped']})\n")
+        return BUDGET_EXIT
     return 0

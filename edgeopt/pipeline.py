@@ -20,6 +20,7 @@ from edgeopt.recipe import OptimizeConfig
 # Which adapter evaluates accuracy and checks parity for each runtime, on this host.
 HOST_ADAPTER = {"onnxruntime": "ort-cpu", "openvino": "ov-cpu"}
 PARITY_SAMPLES = 8
+LAYER_SQNR_ROWS = 10
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Artifact:
     companions: tuple[str, ...] = ()    # e.g. the .bin of an .xml
     accuracy: dict | None = None
     quantization: dict | None = None
+    sensitivity: tuple = ()     # INT8: groups of its nodes, most damaged by quantization first
 
 
 def _run_all(loaded, inputs: list[dict[str, np.ndarray]], update=None) -> list[list[np.ndarray]]:
@@ -121,7 +123,8 @@ def _planned_files(name: str, config: OptimizeConfig) -> list[str]:
 
 
 def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps) -> dict:
-    from edgeopt.calibrate import QuantConfig, quantize_for_openvino, quantize_onnx_for_ort
+    from edgeopt.calibrate.calibrators import compute_ranges, sqnr_gain_db
+    from edgeopt.calibrate.quantize import QuantConfig, activation_stats
     from edgeopt.convert import check, compare, export_onnx, to_openvino_ir
     from edgeopt.runtimes import get_adapter
 
@@ -173,32 +176,70 @@ def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps) ->
         artifacts.append(Artifact(fp32_xml.name, "openvino-ir", "fp32", "openvino",
                                   companions=(fp32_xml.with_suffix(".bin").name,)))
 
-    if config.quantize:
-        qconfig = QuantConfig()
-        if "onnxruntime" in config.runtimes:
-            out = staging.path(f"{name}.int8-ort.onnx")
-            with steps.step("quantize INT8 for ONNX Runtime") as update:
-                q = quantize_onnx_for_ort(fp32_onnx, out, prepared.calib, qconfig, progress=update)
-            step_records.append(_step(steps, "quantize INT8 for ONNX Runtime"))
-            artifacts.append(Artifact(out.name, "onnx", "int8", "onnxruntime",
-                                      quantization=_quant_record(q, prepared, qconfig)))
-        if "openvino" in config.runtimes:
-            out = staging.path(f"{name}.int8-ov.xml")
-            with steps.step("quantize INT8 for OpenVINO (NNCF)") as update:
-                q = quantize_for_openvino(staging.path(f"{name}.fp32.xml"), out, prepared.calib,
-                                          qconfig, progress=update)
-            step_records.append(_step(steps, "quantize INT8 for OpenVINO (NNCF)"))
-            artifacts.append(Artifact(out.name, "openvino-ir", "int8", "openvino",
-                                      companions=(out.with_suffix(".bin").name,),
-                                      quantization=_quant_record(q, prepared, qconfig)))
-
-    # 3. Accuracy of every artifact on its runtime, against the FP32 source.
-    for art in artifacts:
+    def evaluate(art: Artifact) -> float:
         with steps.step(f"evaluate {art.file}") as update:
             loaded = get_adapter(HOST_ADAPTER[art.runtime]).load(staging.path(art.file))
             outs = _stack_first(_run_all(loaded, prepared.eval_inputs, update))
-            art.accuracy = {"metric": prepared.metric, "value": round(prepared.score(outs, fp32_ref), 6),
-                            "samples": len(prepared.eval_inputs)}
+            value = prepared.score(outs, fp32_ref)
+            art.accuracy = {"metric": prepared.metric, "value": round(value, 6),
+                            "samples": len(prepared.eval_inputs),
+                            **prepared.extra_metrics(outs, fp32_ref)}
+        return value
+
+    budget = None
+    if config.quantize:
+        with steps.step("calibration statistics") as update:
+            stats = activation_stats(fp32_onnx, prepared.calib, update)
+        gains = sqnr_gain_db(stats, compute_ranges(stats, config.calibrator))
+        step_records.append(_step(steps, "calibration statistics", tensors=len(stats),
+                                  samples=len(prepared.calib), calibrator=config.calibrator,
+                                  **_gain_summary(gains)))
+        fp32_value = prepared.score(fp32_ref, fp32_ref)
+        allowed = config.allowed_drop(fp32_value)
+        budget = {"max_accuracy_drop": config.max_accuracy_drop, "fp32_value": round(fp32_value, 6),
+                  "allowed_drop": None if allowed is None else round(allowed, 6),
+                  "met": True, "stopped": "every candidate node in FP32", "runtimes": {}}
+        ranking: list[str] | None = None
+        for runtime in [r for r in ("onnxruntime", "openvino") if r in config.runtimes]:
+            excluded: list[str] = []
+            while True:
+                qconfig = QuantConfig(calibrator=config.calibrator, exclude_nodes=tuple(excluded))
+                art = _quantize(runtime, name, fp32_onnx, prepared, qconfig, stats, staging, steps)
+                value = evaluate(art)
+                drop = fp32_value - value
+                if allowed is None or drop <= allowed + 1e-9:
+                    break
+                if ranking is None:
+                    ranking = _ranking(art, fp32_onnx, prepared, qconfig, stats, staging)
+                done = {*excluded, *art.quantization["excluded_nodes"]}
+                left = [g for g in ranking if not set(g) <= done]
+                limit = config.max_fp32_nodes
+                if left and limit is not None and len(excluded) + len(set(left[0]) - done) > limit:
+                    budget["stopped"] = f"--max-fp32-nodes {limit} reached"
+                    break
+                if not left:
+                    break
+                excluded += [n for n in left[0] if n not in done]
+                steps.warn(f"{art.file}: metric drop {drop:.4f} is over the budget "
+                           f"{allowed:.4f}; {', '.join(left[0])} return to FP32")
+            if ranking is None and art.sensitivity:
+                ranking = list(art.sensitivity)
+            met = allowed is None or drop <= allowed + 1e-9
+            budget["runtimes"][runtime] = {"value": round(value, 6), "drop": round(drop, 6),
+                                           "met": met, "reverted_to_fp32": excluded}
+            art.quantization["reverted_to_fp32"] = excluded
+            if not met:
+                budget["met"] = False
+                text = (f"{art.file}: metric drop {drop:.4f} stays over the budget "
+                        f"{allowed:.4f} ({budget['stopped']})")
+                steps.warn(text)
+                warnings.append(text)
+            artifacts.append(art)
+
+    # 3. Accuracy of every other artifact on its runtime, against the FP32 source.
+    for art in artifacts:
+        if art.accuracy is None:
+            evaluate(art)
 
     # 4. Benchmarks on each device unit that runs the artifact's runtime.
     protocol = config.bench
@@ -226,9 +267,65 @@ def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps) ->
         **reporting.header(config, prepared),
         "steps": step_records,
         "artifacts": entries,
+        **({"accuracy_budget": budget} if budget is not None and budget["allowed_drop"] is not None
+           else {}),
         "warnings": warnings,
         "_artifacts": artifacts,
     }
+
+
+def _quantize(runtime: str, name: str, fp32_onnx: Path, prepared: Prepared, qconfig,
+              stats, staging: Staging, steps: Steps) -> Artifact:
+    """One INT8 artifact for ``runtime`` with ``qconfig``, staged."""
+    from edgeopt.calibrate import quantize_for_openvino, quantize_onnx_for_ort
+    from edgeopt.calibrate.quantize import sensitivity_order
+
+    if runtime == "onnxruntime":
+        out = staging.path(f"{name}.int8-ort.onnx")
+        with steps.step("quantize INT8 for ONNX Runtime") as update:
+            q = quantize_onnx_for_ort(fp32_onnx, out, prepared.calib, qconfig, update, stats=stats)
+        return Artifact(out.name, "onnx", "int8", "onnxruntime",
+                        quantization=_quant_record(q, prepared, qconfig),
+                        sensitivity=tuple(sensitivity_order(q.layer_sqnr)))
+    out = staging.path(f"{name}.int8-ov.xml")
+    with steps.step("quantize INT8 for OpenVINO (NNCF)") as update:
+        q = quantize_for_openvino(staging.path(f"{name}.fp32.xml"), out, prepared.calib,
+                                  qconfig, update, stats=stats, fp32_onnx=fp32_onnx)
+    return Artifact(out.name, "openvino-ir", "int8", "openvino",
+                    companions=(out.with_suffix(".bin").name,),
+                    quantization=_quant_record(q, prepared, qconfig))
+
+
+def _ranking(art: Artifact, fp32_onnx: Path, prepared: Prepared, qconfig, stats,
+             staging: Staging) -> list[tuple[str, ...]]:
+    """Nodes most damaged by quantization first, from the per-layer SQNR of an ONNX Runtime
+    QDQ graph (the OpenVINO artifact borrows it: its names derive from the ONNX nodes)."""
+    from dataclasses import replace
+
+    from edgeopt.calibrate import quantize_onnx_for_ort
+    from edgeopt.calibrate.quantize import sensitivity_order
+
+    if art.sensitivity:
+        return list(art.sensitivity)
+    probe = staging.path(".sensitivity-probe.onnx")
+    try:
+        q = quantize_onnx_for_ort(fp32_onnx, probe, prepared.calib,
+                                  replace(qconfig, exclude_nodes=()), stats=stats)
+    finally:
+        probe.unlink(missing_ok=True)
+    return sensitivity_order(q.layer_sqnr)
+
+
+def _gain_summary(gains: dict[str, float]) -> dict:
+    """How the calibrator's ranges compare with min-max in calibration SQNR."""
+    if not gains:
+        return {}
+    values = np.array(list(gains.values()))
+    return {"sqnr_gain_vs_minmax_db": {"mean": round(float(values.mean()), 3),
+                                       "min": round(float(values.min()), 3),
+                                       "max": round(float(values.max()), 3),
+                                       "tensors_improved": int((values > 1e-9).sum()),
+                                       "tensors": int(values.size)}}
 
 
 def _step(steps: Steps, name: str, **extra) -> dict:
@@ -266,6 +363,8 @@ def _quant_record(q, prepared: Prepared, qconfig) -> dict:
         "calibration": prepared.calib_note,
         "excluded_nodes": list(q.excluded_nodes),
         "notes": list(q.notes),
+        # the worst layers: SQNR of the quantized activation against FP32, in dB
+        **({"layer_sqnr_worst": list(q.layer_sqnr[:LAYER_SQNR_ROWS])} if q.layer_sqnr else {}),
         **({"integer_kernels": q.integer_kernels} if getattr(q, "integer_kernels", None) else {}),
     }
 

@@ -24,6 +24,9 @@ class OptimizeConfig:
     calib_samples: int | None = None
     eval_samples: int | None = None
     quantize: bool = True
+    calibrator: str = "mean-minmax"
+    max_accuracy_drop: str | None = None       # "0.01" (absolute) or "1%" (relative)
+    max_fp32_nodes: int | None = None          # at most this many nodes return to FP32
     bench: BenchProtocol = field(default_factory=BenchProtocol)
 
     def __post_init__(self) -> None:
@@ -37,10 +40,44 @@ class OptimizeConfig:
                             ("--eval-samples", self.eval_samples)):
             if value is not None and value < 1:
                 problems.append(f"{flag} {value} must be >= 1")
+        if self.max_fp32_nodes is not None and self.max_fp32_nodes < 0:
+            problems.append(f"--max-fp32-nodes {self.max_fp32_nodes} must be >= 0")
+        from edgeopt.calibrate.calibrators import CALIBRATORS
+
+        if self.calibrator not in CALIBRATORS:
+            problems.append(f"unknown --calibrator {self.calibrator} "
+                            f"(known: {', '.join(CALIBRATORS)})")
+        if self.max_accuracy_drop is not None:
+            try:
+                parse_budget(self.max_accuracy_drop)
+            except ValueError as e:
+                problems.append(str(e))
         if problems:
             raise UsageError("; ".join(problems))
+
+    def allowed_drop(self, fp32_value: float) -> float | None:
+        """The largest metric drop the budget allows from ``fp32_value`` (None: no budget)."""
+        if self.max_accuracy_drop is None:
+            return None
+        value, relative = parse_budget(self.max_accuracy_drop)
+        return abs(fp32_value) * value / 100 if relative else value
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["out"] = str(self.out)
         return data
+
+
+def parse_budget(text: str) -> tuple[float, bool]:
+    """``"0.01"`` -> (0.01, absolute); ``"1%"`` -> (1.0, relative)."""
+    raw = str(text).strip()
+    relative = raw.endswith("%")
+    try:
+        value = float(raw.rstrip("%"))
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0) or value == float("inf"):
+        msg = (f"--max-accuracy-drop {text!r} must be a non-negative number "
+               "(absolute, e.g. 0.01) or a percentage (relative, e.g. 1%)")
+        raise ValueError(msg)
+    return value, relative

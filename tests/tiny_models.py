@@ -77,3 +77,39 @@ def tiny_cnn_with_example():
 
 def not_a_module():
     return {"weights": [1, 2, 3]}
+
+
+def save_outlier_onnx(path: Path, seed: int = 0) -> Path:
+    """Conv(3->8, 3x3) -> Conv(8->8, 1x1) whose channel 0 is ~1000x the others -> Conv(8->4,
+    1x1) that ignores channel 0. One per-tensor 8-bit range for the middle tensor leaves the
+    small channels a handful of levels, so plain INT8 breaks the output; the middle convs in
+    FP32 fix it. Input 1x3x8x8, output 1x4x8x8."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((8, 8, 1, 1)).astype(np.float32) * 0.3
+    w1[0] *= 3000.0
+    w2 = rng.standard_normal((4, 8, 1, 1)).astype(np.float32)
+    w2[:, 0] = 0.0
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w0"),
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(w2, "w2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w0"], ["a"], pads=[1, 1, 1, 1], name="conv0"),
+        helper.make_node("Conv", ["a", "w1"], ["b"], name="conv_outlier"),
+        helper.make_node("Conv", ["b", "w2"], ["output"], name="conv_reader"),
+    ]
+    graph = helper.make_graph(
+        nodes, "outlier",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

@@ -175,3 +175,59 @@ def test_gptq_rounding_lowers_the_layer_output_error():
         return float(np.einsum("ck,kl,cl->", d, h, d))
 
     assert output_error(gptq) < 0.8 * output_error(nearest)
+
+
+def _activation_scales(path) -> dict[str, float]:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]].ravel()[0]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+
+
+def test_the_calibrator_sets_the_scales_in_both_runtimes(cnn_onnx, tmp_path):
+    """Switching calibrator changes the INT8 graph's activation scales to that calibrator's."""
+    import openvino as ov
+
+    rng = np.random.default_rng(7)      # heavy tails, so k-means has a clip worth taking
+    calib = [{"input": rng.standard_t(2, (1, 3, 16, 16)).astype(np.float32)} for _ in range(16)]
+
+    from edgeopt.calibrate import QuantConfig
+    from edgeopt.calibrate.calibrators import compute_ranges
+    from edgeopt.calibrate.quantize import activation_stats
+
+    stats = activation_stats(cnn_onnx, calib)
+    xml = tmp_path / "cnn.xml"
+    to_openvino_ir(cnn_onnx, xml)
+    scales, fq_highs = {}, {}
+    for name in ("minmax", "kmeans", "mean-minmax"):
+        config = QuantConfig(calibrator=name)
+        quantize_onnx_for_ort(cnn_onnx, tmp_path / f"{name}.onnx", calib, config, stats=stats)
+        scales[name] = _activation_scales(tmp_path / f"{name}.onnx")
+        ranges = compute_ranges(stats, name)
+        for tensor, scale in scales[name].items():        # ORT: scale = range / 255
+            r = ranges[tensor]
+            assert scale == pytest.approx((max(r.rmax, 0) - min(r.rmin, 0)) / 255, rel=1e-5)
+        result = quantize_for_openvino(xml, tmp_path / f"{name}-ov.xml", calib, config,
+                                       stats=stats)
+        assert result.ranges_applied >= 1
+        model = ov.Core().read_model(str(tmp_path / f"{name}-ov.xml"))
+        fq_highs[name] = sorted(float(fq.input_value(2).get_node().get_data().ravel()[0])
+                                for fq in model.get_ops() if fq.get_type_name() == "FakeQuantize"
+                                and fq.input_value(0).get_node().get_type_name() != "Constant")
+    for other in ("kmeans", "mean-minmax"):
+        assert scales["minmax"] != scales[other]
+        assert fq_highs["minmax"] != fq_highs[other]
+
+
+def test_outputs_stay_float_and_layer_sqnr_is_reported(cnn_onnx, calib, tmp_path):
+    import onnx
+
+    result = quantize_onnx_for_ort(cnn_onnx, tmp_path / "q.onnx", calib)
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    assert all(producer[o.name].op_type != "DequantizeLinear" for o in model.graph.output)
+    sqnr = [r["sqnr_db"] for r in result.layer_sqnr]
+    assert sqnr and sqnr == sorted(sqnr) and all(5 < v < 80 for v in sqnr)

@@ -78,3 +78,47 @@ def test_kmeans_stays_near_minmax_on_uniform_data():
     fit, base = kmeans(s), minmax(s)
     assert abs(fit.rmax - base.rmax) < 0.02 * base.rmax
     assert sqnr_db(v, fit.rmin, fit.rmax) - sqnr_db(v, base.rmin, base.rmax) < 0.2
+
+
+def test_reservoir_is_bounded_uniform_and_tracks_exact_and_mean_extremes():
+    from edgeopt.calibrate.stats import TensorStats
+
+    rng = np.random.default_rng(0)
+    s = TensorStats("t")
+    chunks = [rng.normal(loc=i / 10, size=500).astype(np.float32) for i in range(200)]
+    for chunk in chunks:
+        s.update(chunk, capacity=4096, rng=rng)
+    everything = np.concatenate(chunks)
+    assert s.reservoir.size == 4096                       # fixed, not 200 x 500
+    assert s.count == everything.size and s.samples == 200
+    assert s.min == everything.min() and s.max == everything.max()
+    assert s.mean_max == pytest.approx(np.mean([c.max() for c in chunks]))
+    assert s.mean_min == pytest.approx(np.mean([c.min() for c in chunks]))
+    # uniform over all 100,000 values: sample i's values centre on i/10, so the reservoir's
+    # mean and quantiles match the whole stream's (tolerances are ~4 standard errors)
+    assert abs(float(s.reservoir.mean()) - float(everything.mean())) < 0.4
+    for q in (0.1, 0.5, 0.9):
+        assert abs(np.quantile(s.reservoir, q) - np.quantile(everything, q)) < 0.6
+
+
+def test_mean_minmax_lies_inside_the_global_range():
+    from edgeopt.calibrate.calibrators import mean_minmax
+    from edgeopt.calibrate.stats import TensorStats
+
+    rng = np.random.default_rng(1)
+    s = TensorStats("t")
+    for _ in range(50):
+        s.update(rng.standard_t(3, size=300).astype(np.float32), capacity=1024, rng=rng)
+    m, g = mean_minmax(s), minmax(s)
+    assert g.rmin < m.rmin < 0 < m.rmax < g.rmax
+
+
+def test_sqnr_gain_is_zero_for_minmax_and_non_negative_for_kmeans():
+    from edgeopt.calibrate.calibrators import compute_ranges, sqnr_gain_db
+
+    stats = {d: stats_of(sample(d, seed=2, outliers=(50.0, -40.0)))
+             for d in ("gaussian", "laplace", "student_t", "outliers")}
+    assert all(abs(v) < 1e-9 for v in sqnr_gain_db(stats, compute_ranges(stats, "minmax")).values())
+    gains = sqnr_gain_db(stats, compute_ranges(stats, "kmeans"))
+    assert set(gains) == set(stats) and min(gains.values()) >= 0.0
+    assert gains["outliers"] > 0.1                        # a far outlier is worth clipping
