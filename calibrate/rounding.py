@@ -43,8 +43,15 @@ def _patches_depthwise(x: np.ndarray, kh: int, kw: int, stride, pads) -> np.ndar
     return win.reshape(win.shape[0], -1, kh * kw)
 
 
+def _patches_full(x: np.ndarray, kh: int, kw: int, stride, pads) -> np.ndarray:
+    """(positions, C*kh*kw) im2col patches of a (1, C, H, W) input, in weight-row order."""
+    p = _patches_depthwise(x, kh, kw, stride, pads)
+    return p.transpose(1, 0, 2).reshape(p.shape[1], -1)
+
+
 def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, np.ndarray]]) -> int:
-    """Re-round the int8 weights of 1x1 and depthwise convolutions in place; returns how many."""
+    """Re-round the int8 weights of convolutions (groups 1 or depthwise) and Gemms in place;
+    returns how many."""
     import onnx
     from onnx import numpy_helper
 
@@ -55,7 +62,7 @@ def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, 
     producer = {o: n for n in qdq_model.graph.node for o in n.output}
     jobs = []
     for node in qdq_model.graph.node:
-        if node.op_type != "Conv":
+        if node.op_type not in {"Conv", "Gemm"}:
             continue
         w_dq = producer.get(node.input[1])
         if w_dq is None or w_dq.op_type != "DequantizeLinear" or w_dq.input[0] not in inits:
@@ -65,13 +72,22 @@ def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, 
             continue
         w = numpy_helper.to_array(original).astype(np.float64)
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        group = attrs.get("group", 1)
-        c_out, c_in_g, kh, kw = w.shape
-        pointwise = kh == kw == 1 and group == 1
-        depthwise = group == c_out and c_in_g == 1
-        if not (pointwise or depthwise):
+        if node.op_type == "Gemm":
+            # y = x W^T (+ b): rows of W are output channels, like a 1x1 convolution
+            if attrs.get("transA", 0) or not attrs.get("transB", 0) or w.ndim != 2:
+                continue
+            jobs.append((node, w_dq, w, attrs, "dense"))
             continue
-        jobs.append((node, w_dq, w, attrs, pointwise))
+        group = attrs.get("group", 1)
+        if w.ndim != 4 or any(d != 1 for d in attrs.get("dilations", [1, 1])):
+            continue
+        c_out, c_in_g, kh, kw = w.shape
+        if kh == kw == 1 and group == 1:
+            jobs.append((node, w_dq, w, attrs, "pointwise"))
+        elif group == c_out and c_in_g == 1:
+            jobs.append((node, w_dq, w, attrs, "depthwise"))
+        elif group == 1:
+            jobs.append((node, w_dq, w, attrs, "full"))
     if not jobs:
         return 0
     names = sorted({node.input[0] for node, *_ in jobs})
@@ -79,18 +95,26 @@ def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, 
     count = 0
     for values in _run_tensors(qdq_model, names, list(samples)[:MAX_SAMPLES]):
         count += 1
-        for node, _w_dq, w, attrs, pointwise in jobs:
+        for node, _w_dq, w, attrs, kind in jobs:
             x = values[node.input[0]].astype(np.float64)
-            if pointwise:
+            if kind == "dense":
+                flat = x.reshape(-1, w.shape[1]).T
+                h = flat @ flat.T / flat.shape[1]
+            elif kind == "pointwise":
                 flat = x[0].reshape(x.shape[1], -1)
                 h = flat @ flat.T / flat.shape[1]
             else:
-                p = _patches_depthwise(x, w.shape[2], w.shape[3], attrs.get("strides", [1, 1]),
-                                       attrs.get("pads", [0, 0, 0, 0]))
-                h = np.einsum("cpk,cpl->ckl", p, p) / p.shape[1]
+                geometry = (w.shape[2], w.shape[3], attrs.get("strides", [1, 1]),
+                            attrs.get("pads", [0, 0, 0, 0]))
+                if kind == "full":
+                    flat = _patches_full(x, *geometry)
+                    h = flat.T @ flat / flat.shape[0]
+                else:
+                    p = _patches_depthwise(x, *geometry)
+                    h = np.einsum("cpk,cpl->ckl", p, p) / p.shape[1]
             key = node.name or node.output[0]
             hessians[key] = hessians.get(key, 0.0) + h
-    for node, w_dq, w, _attrs, pointwise in jobs:
+    for node, w_dq, w, _attrs, kind in jobs:
         h = hessians[node.name or node.output[0]] / count
         scale = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float64).reshape(-1)
         q_init = inits[w_dq.input[0]]
@@ -98,7 +122,7 @@ def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, 
         info = np.iinfo(dtype)
         qmin, qmax = (-127, 127) if dtype == np.int8 else (info.min, info.max)
         rows = w.reshape(w.shape[0], -1)
-        if pointwise:
+        if kind != "depthwise":
             q = _gptq_rows(rows, scale, h, qmin, qmax)
         else:
             q = np.stack([_gptq_rows(rows[c:c + 1], scale[c:c + 1], h[c], qmin, qmax)[0]

@@ -49,8 +49,11 @@ def test_ort_int8_runs_integer_kernels_and_stays_close(cnn_onnx, calib, tmp_path
     result = quantize_onnx_for_ort(cnn_onnx, out, calib, progress=lambda d, t: seen.append((d, t)))
     assert result.path == out and out.is_file()
     counts = integer_kernel_counts(out)
-    # the first conv is kept FP32 by default; the second must run as an integer kernel
-    assert counts.get("QLinearConv", 0) + counts.get("ConvInteger", 0) >= 1, counts
+    # every conv, the first included, runs as an integer kernel by default for ONNX Runtime
+    import onnx
+
+    convs = sum(n.op_type == "Conv" for n in onnx.load(str(cnn_onnx)).graph.node)
+    assert counts.get("QLinearConv", 0) == convs and "Conv" not in counts, counts
     assert seen and seen[-1] == (16, 16)
     x = calib[3]
     assert _cosine(_ort(cnn_onnx, x), _ort(out, x)) > 0.99
@@ -139,10 +142,10 @@ def test_bias_correction_removes_the_weight_rounding_mean_shift(cnn_onnx, calib,
     from edgeopt.calibrate.bias_correction import _channel_means
 
     plain = quantize_onnx_for_ort(cnn_onnx, tmp_path / "plain.onnx", calib,
-                                  QuantConfig(keep_ends_fp32=False, weight_rounding=False,
+                                  QuantConfig(keep_first_fp32=False, weight_rounding=False,
                                               bias_correction=False))
     fixed = quantize_onnx_for_ort(cnn_onnx, tmp_path / "fixed.onnx", calib,
-                                  QuantConfig(keep_ends_fp32=False, weight_rounding=False))
+                                  QuantConfig(keep_first_fp32=False, weight_rounding=False))
     assert any("bias correction" in n and "2 convolutions" in n for n in fixed.notes), fixed.notes
     fp32 = onnx.load(str(cnn_onnx))
     fp_convs = [n.output[0] for n in fp32.graph.node if n.op_type == "Conv"]
@@ -231,3 +234,17 @@ def test_outputs_stay_float_and_layer_sqnr_is_reported(cnn_onnx, calib, tmp_path
     assert all(producer[o.name].op_type != "DequantizeLinear" for o in model.graph.output)
     sqnr = [r["sqnr_db"] for r in result.layer_sqnr]
     assert sqnr and sqnr == sorted(sqnr) and all(5 < v < 80 for v in sqnr)
+
+
+def test_full_conv_patches_are_in_weight_row_order():
+    """rows(W) @ patches reproduces the convolution, so GPTQ's H = E[p p^T] is the right one."""
+    from edgeopt.calibrate.rounding import _patches_full
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 3, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=2,
+                                      padding=1).numpy()
+    flat = _patches_full(x.astype(np.float64), 3, 3, [2, 2], [1, 1, 1, 1])
+    got = (w.reshape(5, -1) @ flat.T).reshape(want.shape)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
