@@ -3,26 +3,46 @@
 For each reference model, from the same FP32 model and the same calibration samples:
   (1) ONNX Runtime's quantize_static after quant_pre_process (QDQ, per-channel, U8S8, MinMax)
   (2) NNCF quantize with its defaults, run in OpenVINO
-  (3) edgeopt (minmax), for ONNX Runtime and for OpenVINO
-Timing is interleaved: every round runs a burst of each artifact in turn, so machine
-noise falls on all of them alike; figures are compared as ratios within this one run.
+  (3) edgeopt with each calibrator: mean-minmax (the default), minmax, kmeans
+Timing is interleaved: every round runs a burst of each artifact in turn, so machine noise
+falls on all of them alike. Speed is compared as ratios within this one run: the ratio of
+the p50s over all rounds, and the median of the per-round ratios (robust to a noisy round).
 
-    python benchmarks/peers.py [--models digits-cnn mobilenet-v2] [--rounds 20] [--burst 25]
+    python benchmarks/peers.py [--models digits-cnn mobilenet-v2 minilm] [--rounds 30]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+PEER = {"onnxruntime": "ORT quantize_static", "openvino": "NNCF defaults"}
+CALIBRATORS = ("mean-minmax", "minmax", "kmeans")
+DEFAULT = "mean-minmax"
 
-def _ort_session(path: Path, threads: int):
+
+@dataclass
+class Row:
+    what: str
+    runtime: str
+    path: Path
+    sqnr: float | None = None          # mean activation SQNR vs FP32 over quantized layers, dB
+    run: object = None
+    metric: float = float("nan")
+    extra: dict = field(default_factory=dict)
+    times: list[float] = field(default_factory=list)
+    round_p50: list[float] = field(default_factory=list)
+
+
+def _ort_runner(path: Path, threads: int):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -33,7 +53,7 @@ def _ort_session(path: Path, threads: int):
     return lambda feeds: session.run(None, feeds)[0]
 
 
-def _ov_compiled(path: Path, threads: int):
+def _ov_runner(path: Path, threads: int):
     import openvino as ov
 
     compiled = ov.Core().compile_model(str(path), "CPU", {
@@ -43,98 +63,146 @@ def _ov_compiled(path: Path, threads: int):
     return lambda feeds: np.array(request.infer(feeds)[compiled.outputs[0]])
 
 
-def build(name: str, work: Path) -> tuple[object, list[dict]]:
-    """FP32 artifacts and edgeopt's INT8 via the pipeline, then the peers from the same FP32."""
+def _size(path: Path) -> int:
+    files = [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" else [])
+    return sum(f.stat().st_size for f in files)
+
+
+def build(name: str, work: Path, console: Console) -> tuple[object, list[Row], dict]:
+    """FP32 artifacts via the pipeline, then every INT8 artifact from the same FP32 files."""
+    import logging
+
     import nncf
     import openvino as ov
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     import edgeopt
-    from edgeopt.calibrate.quantize import _Reader
+    from edgeopt.calibrate import QuantConfig, quantize_for_openvino, quantize_onnx_for_ort
+    from edgeopt.calibrate.calibrators import compute_ranges, sqnr_gain_db
+    from edgeopt.calibrate.quantize import _Reader, activation_stats
     from edgeopt.reference_models import get_reference
 
+    logging.getLogger("nncf").setLevel(logging.ERROR)
     ref = get_reference(name)
     out = work / name
-    edgeopt.optimize(f"ref:{name}", out=out, bench=edgeopt.runtimes.BenchProtocol(
+    edgeopt.optimize(f"ref:{name}", out=out, quantize=False, bench=edgeopt.runtimes.BenchProtocol(
         warmup=0, min_iterations=1, min_seconds=0.0, repeats=1))
     calib = ref.calibration_set()
     fp32_onnx, fp32_xml = out / f"{name}.fp32.onnx", out / f"{name}.fp32.xml"
+    rows = [Row("FP32", "onnxruntime", fp32_onnx), Row("FP32", "openvino", fp32_xml)]
+
+    console.log(f"{name}: ONNX Runtime quantize_static")
     prep = work / f"{name}.prep.onnx"
     quant_pre_process(str(fp32_onnx), str(prep), skip_symbolic_shape=True)
     ort_peer = work / f"{name}.ort-quantize_static.onnx"
     quantize_static(str(prep), str(ort_peer), _Reader(calib, None), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+    rows.append(Row(PEER["onnxruntime"], "onnxruntime", ort_peer))
+
+    console.log(f"{name}: NNCF defaults")
     nncf_peer = work / f"{name}.nncf-default.xml"
-    core = ov.Core()
-    quantized = nncf.quantize(core.read_model(str(fp32_xml)), nncf.Dataset(calib),
+    quantized = nncf.quantize(ov.Core().read_model(str(fp32_xml)), nncf.Dataset(calib),
                               subset_size=len(calib))
     ov.save_model(quantized, str(nncf_peer), compress_to_fp16=False)
-    rows = [
-        ("FP32", "onnxruntime", fp32_onnx), ("ORT quantize_static", "onnxruntime", ort_peer),
-        ("edgeopt minmax", "onnxruntime", out / f"{name}.int8-ort.onnx"),
-        ("FP32", "openvino", fp32_xml), ("NNCF defaults", "openvino", nncf_peer),
-        ("edgeopt minmax", "openvino", out / f"{name}.int8-ov.xml"),
-    ]
-    return ref, [{"what": w, "runtime": r, "path": p} for w, r, p in rows]
+    rows.append(Row(PEER["openvino"], "openvino", nncf_peer))
+
+    stats = activation_stats(fp32_onnx, calib)
+    gains = {}
+    for calibrator in CALIBRATORS:
+        console.log(f"{name}: edgeopt {calibrator}")
+        config = QuantConfig(calibrator=calibrator)
+        q = quantize_onnx_for_ort(fp32_onnx, work / f"{name}.{calibrator}.onnx", calib, config,
+                                  stats=stats)
+        finite = [r["sqnr_db"] for r in q.layer_sqnr if np.isfinite(r["sqnr_db"])]
+        rows.append(Row(f"edgeopt {calibrator}", "onnxruntime", q.path,
+                        sqnr=float(np.mean(finite)) if finite else None))
+        q = quantize_for_openvino(fp32_xml, work / f"{name}.{calibrator}.xml", calib, config,
+                                  stats=stats, fp32_onnx=fp32_onnx)
+        rows.append(Row(f"edgeopt {calibrator}", "openvino", q.path))
+        values = list(sqnr_gain_db(stats, compute_ranges(stats, calibrator)).values())
+        gains[calibrator] = (float(np.mean(values)), float(np.min(values)),
+                             int(sum(v > 1e-9 for v in values)), len(values))
+    return ref, rows, gains
 
 
-def measure(ref, rows: list[dict], rounds: int, burst: int, threads: int) -> None:
+def measure(ref, rows: list[Row], rounds: int, burst: int, threads: int) -> None:
     eval_set = ref.evaluation_set()
     feeds = eval_set.inputs[0]
     for row in rows:
-        run = (_ort_session if row["runtime"] == "onnxruntime" else _ov_compiled)(row["path"], threads)
-        row["run"] = run
-        outs = np.concatenate([run(x).reshape(1, -1) for x in eval_set.inputs])
-        row["outputs"] = outs
-        row["times"] = []
+        row.run = (_ort_runner if row.runtime == "onnxruntime" else _ov_runner)(row.path, threads)
+        outs = np.concatenate([np.asarray(row.run(x)).reshape(1, -1) for x in eval_set.inputs])
+        row.outputs = outs
         for _ in range(10):
-            run(feeds)
-    fp32 = {r["runtime"]: r["outputs"] for r in rows if r["what"] == "FP32"}
+            row.run(feeds)
+    fp32 = {r.runtime: r.outputs for r in rows if r.what == "FP32"}
     for row in rows:
-        row["metric"] = ref.score(row["outputs"], eval_set, fp32[row["runtime"]])
+        row.metric = ref.score(row.outputs, eval_set, fp32[row.runtime])
+        extra = getattr(ref, "extra_metrics", None)
+        row.extra = dict(extra(row.outputs, fp32[row.runtime])) if callable(extra) else {}
     for _ in range(rounds):                     # interleaved timing
         for row in rows:
+            times = []
             for _ in range(burst):
                 start = time.perf_counter()
-                row["run"](feeds)
-                row["times"].append((time.perf_counter() - start) * 1000)
+                row.run(feeds)
+                times.append((time.perf_counter() - start) * 1000)
+            row.times += times
+            row.round_p50.append(float(np.median(times)))
 
 
-def table(name: str, ref, rows: list[dict]) -> Table:
-    t = Table(title=f"{name}: INT8 side by side (one run, interleaved timing)")
-    for col in ("artifact", "runtime", "size KB", "p50 ms", "p90 ms", "speedup vs FP32",
-                ref.metric, "edgeopt p50 / peer p50"):
+def table(name: str, ref, rows: list[Row]) -> Table:
+    extra_keys = sorted({k for r in rows for k in r.extra})
+    t = Table(title=f"{name}: INT8 side by side (one run, interleaved timing, "
+                    f"{len(rows[0].round_p50)} rounds)")
+    for col in ("artifact", "runtime", "size KB", "p50 ms", "p90 ms", "vs FP32", ref.metric,
+                *extra_keys, "act SQNR dB", "p50 / peer p50", "per-round ratio"):
         t.add_column(col, justify="left" if col in {"artifact", "runtime"} else "right")
-    p50 = {(r["what"], r["runtime"]): float(np.percentile(r["times"], 50)) for r in rows}
+    by = {(r.what, r.runtime): r for r in rows}
     for r in rows:
-        files = [r["path"]] + ([r["path"].with_suffix(".bin")] if r["path"].suffix == ".xml" else [])
-        size = sum(f.stat().st_size for f in files)
-        mine = p50[(r["what"], r["runtime"])]
-        base = p50[("FP32", r["runtime"])]
-        peer = "ORT quantize_static" if r["runtime"] == "onnxruntime" else "NNCF defaults"
-        ratio = (f"{p50[('edgeopt minmax', r['runtime'])] / mine:.2f}"
-                 if r["what"] == peer else "")
-        t.add_row(r["what"], r["runtime"], f"{size / 1024:.0f}", f"{mine:.3f}",
-                  f"{np.percentile(r['times'], 90):.3f}", f"{base / mine:.2f}x",
-                  f"{r['metric']:.4f}", ratio)
+        p50 = float(np.median(r.times))
+        base = float(np.median(by[("FP32", r.runtime)].times))
+        peer = by[(PEER[r.runtime], r.runtime)]
+        ratio = per_round = ""
+        if r.what.startswith("edgeopt"):
+            ratio = f"{p50 / float(np.median(peer.times)):.3f}"
+            per_round = f"{np.median(np.array(r.round_p50) / np.array(peer.round_p50)):.3f}"
+        t.add_row(r.what, r.runtime, f"{_size(r.path) / 1024:.0f}", f"{p50:.3f}",
+                  f"{np.percentile(r.times, 90):.3f}", f"{base / p50:.2f}x", f"{r.metric:.4f}",
+                  *[f"{r.extra[k]:.4f}" if k in r.extra else "" for k in extra_keys],
+                  "" if r.sqnr is None else f"{r.sqnr:.1f}", ratio, per_round)
+    return t
+
+
+def gains_table(name: str, gains: dict) -> Table:
+    t = Table(title=f"{name}: activation SQNR on the calibration data, vs minmax "
+                    "(reservoir sample per tensor)")
+    for col in ("calibrator", "mean gain dB", "worst tensor dB", "tensors improved"):
+        t.add_column(col, justify="left" if col == "calibrator" else "right")
+    for calibrator, (mean, worst, improved, total) in gains.items():
+        t.add_row(calibrator, f"{mean:+.2f}", f"{worst:+.2f}", f"{improved} / {total}")
     return t
 
 
 def main() -> None:
+    from edgeopt.reference_models import list_references
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["digits-cnn", "mobilenet-v2"])
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--burst", type=int, default=25)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", nargs="+",
+                        default=[m for m in ("digits-cnn", "mobilenet-v2", "minilm")
+                                 if m in list_references()])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--burst", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args()
-    console = Console(width=160)
+    console = Console(width=200)
     with tempfile.TemporaryDirectory(prefix="edgeopt-peers-") as tmp:
         for name in args.models:
-            ref, rows = build(name, Path(tmp))
+            ref, rows, gains = build(name, Path(tmp), console)
             measure(ref, rows, args.rounds, args.burst, args.threads)
             console.print(table(name, ref, rows))
+            console.print(gains_table(name, gains))
 
 
 if __name__ == "__main__":
