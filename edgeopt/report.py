@@ -102,6 +102,25 @@ def to_markdown(report: dict) -> str:
             lines.append(f"- `{a['path']}`: calibrator {q['calibrator']}; "
                          f"FP32 nodes: {', '.join(q['excluded_nodes']) or 'none'}")
             lines += [f"  - {note}" for note in q.get("notes", [])]
+            if q.get("reverted_to_fp32"):
+                lines.append(f"  - returned to FP32 for the accuracy budget: "
+                             f"{', '.join(q['reverted_to_fp32'])}")
+            if q.get("layer_sqnr_worst"):
+                lines += ["", "  | worst layers: tensor | node | SQNR vs FP32 (dB) |",
+                          "  |---|---|---|"]
+                lines += [f"  | {r['tensor']} | {r['node']} | {r['sqnr_db']:.1f} |"
+                          for r in q["layer_sqnr_worst"]]
+                lines.append("")
+    budget = report.get("accuracy_budget")
+    if budget:
+        lines += ["", "## Accuracy budget", "",
+                  f"--max-accuracy-drop {budget['max_accuracy_drop']} (allowed drop "
+                  f"{budget['allowed_drop']:.4f} from FP32 {budget['fp32_value']:.4f}): "
+                  f"**{'met' if budget['met'] else 'NOT met'}**", ""]
+        for runtime, b in budget["runtimes"].items():
+            lines.append(f"- {runtime}: metric {b['value']:.4f}, drop {b['drop']:.4f}, "
+                         f"{'met' if b['met'] else 'not met'}; FP32 again: "
+                         f"{', '.join(b['reverted_to_fp32']) or 'none'}")
     if report.get("warnings"):
         lines += ["", "## Warnings", ""] + [f"- **{w}**" for w in report["warnings"]]
     lines += ["", "## Versions", ""]
