@@ -136,6 +136,19 @@ def _first_conv(model) -> list[str]:
     return [first.name] if first is not None and first.name else []
 
 
+def _linear_nodes(model) -> list[str]:
+    """For a graph without convolutions (a transformer): its MatMul/Gemm nodes whose weights
+    are constants. Quantizing only those keeps MiniLM's embeddings at 0.994 cosine to FP32
+    and runs faster than quantize_static's all-op graph (0.33 cosine). Empty for CNNs."""
+    if any(n.op_type == "Conv" for n in model.graph.node):
+        return []
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node
+            if n.op_type in {"MatMul", "Gemm"} and n.name and len(n.input) > 1
+            and n.input[1] in constants]
+
+
 def _ov_first_conv(model) -> list[str]:
     """The first convolution of an OpenVINO model, by friendly name."""
     ops = [op for op in model.get_ordered_ops()
@@ -337,12 +350,21 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
         # then runs on one sample only, for any tensor the statistics do not name.
         overrides = {name: [{"rmin": np.float32(r.rmin), "rmax": np.float32(r.rmax)}]
                      for name, r in ranges.items()}
+        linear = _linear_nodes(model)
+        if linear:
+            notes.append(f"transformer-style graph: only its {len(linear)} MatMul/Gemm layers "
+                         "with constant weights are quantized; attention, LayerNorm and "
+                         "softmax stay float")
+        # Gemm outputs stay float (QGemm with float output): the classifier's logits, and a
+        # transformer's FFN outputs (GELU input, residual), lose most when quantized.
         quantize_static(
             str(prepped), str(tmp), _Reader(list(calib)[:1], None),
             quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
-            extra_options={"TensorQuantOverrides": overrides},
+            nodes_to_quantize=linear or None,
+            extra_options={"TensorQuantOverrides": overrides,
+                           "OpTypesToExcludeOutputQuantization": ["Gemm"]},
         )
         qdq = onnx.load(str(tmp))
         if _float_outputs(qdq):
@@ -350,7 +372,7 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
         if config.weight_rounding:
             rounded = optimize_weight_rounding(model, qdq, calib)
             notes.append(f"weight rounding: GPTQ-style, data-aware int8 rounding of "
-                         f"{rounded} convolutions and Gemms")
+                         f"{rounded} Conv/Gemm/MatMul layers")
         if config.bias_correction:
             corrected = correct_weight_bias(model, qdq, calib)
             notes.append(f"bias correction: weight-rounding mean shift folded into the "
@@ -458,11 +480,16 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
 
     excluded, notes = _fp32_nodes(config, lambda: _ov_first_conv(model))
     onnx_outputs = {}
+    transformer = False
     if fp32_onnx is not None:
         import onnx
 
-        onnx_outputs = {n.name: list(n.output)
-                        for n in onnx.load(str(fp32_onnx), load_external_data=False).graph.node}
+        graph = onnx.load(str(fp32_onnx))
+        onnx_outputs = {n.name: list(n.output) for n in graph.graph.node}
+        transformer = bool(_linear_nodes(graph))
+        del graph
+    if transformer:
+        notes.append("transformer-style graph: NNCF's TRANSFORMER model type")
     excluded = _ov_names(model, excluded, onnx_outputs)
     ignored = nncf.IgnoredScope(names=excluded, validate=False) if excluded else None
     out_xml = Path(out_xml)
@@ -475,6 +502,8 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
                                   subset_size=len(samples),
                                   preset=nncf.QuantizationPreset.PERFORMANCE,
                                   fast_bias_correction=False,
+                                  **({"model_type": nncf.ModelType.TRANSFORMER} if transformer
+                                     else {}),
                                   **({"ignored_scope": ignored} if ignored else {}))
         if stats is not None:
             ranges = compute_ranges(stats, config.calibrator)

@@ -50,8 +50,8 @@ def _patches_full(x: np.ndarray, kh: int, kw: int, stride, pads) -> np.ndarray:
 
 
 def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, np.ndarray]]) -> int:
-    """Re-round the int8 weights of convolutions (groups 1 or depthwise) and Gemms in place;
-    returns how many."""
+    """Re-round the int8 weights of convolutions (groups 1 or depthwise), Gemms and MatMuls
+    with constant weights, in place; returns how many."""
     import onnx
     from onnx import numpy_helper
 
@@ -62,7 +62,7 @@ def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, 
     producer = {o: n for n in qdq_model.graph.node for o in n.output}
     jobs = []
     for node in qdq_model.graph.node:
-        if node.op_type not in {"Conv", "Gemm"}:
+        if node.op_type not in {"Conv", "Gemm", "MatMul"}:
             continue
         w_dq = producer.get(node.input[1])
         if w_dq is None or w_dq.op_type != "DequantizeLinear" or w_dq.input[0] not in inits:
@@ -72,11 +72,20 @@ def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, 
             continue
         w = numpy_helper.to_array(original).astype(np.float64)
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "MatMul":
+            # y = x W with W (K, N): its columns are output channels (per-channel axis 1)
+            if w.ndim != 2:
+                continue
+            jobs.append((node, w_dq, w.T.copy(), attrs, "matmul"))
+            continue
         if node.op_type == "Gemm":
             # y = x W^T (+ b): rows of W are output channels, like a 1x1 convolution
-            if attrs.get("transA", 0) or not attrs.get("transB", 0) or w.ndim != 2:
+            if attrs.get("transA", 0) or w.ndim != 2:
                 continue
-            jobs.append((node, w_dq, w, attrs, "dense"))
+            if attrs.get("transB", 0):
+                jobs.append((node, w_dq, w, attrs, "dense"))
+            else:                               # W (K, N), like a MatMul's
+                jobs.append((node, w_dq, w.T.copy(), attrs, "matmul"))
             continue
         group = attrs.get("group", 1)
         if w.ndim != 4 or any(d != 1 for d in attrs.get("dilations", [1, 1])):
@@ -97,7 +106,7 @@ def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, 
         count += 1
         for node, _w_dq, w, attrs, kind in jobs:
             x = values[node.input[0]].astype(np.float64)
-            if kind == "dense":
+            if kind in {"dense", "matmul"}:
                 flat = x.reshape(-1, w.shape[1]).T
                 h = flat @ flat.T / flat.shape[1]
             elif kind == "pointwise":
@@ -122,10 +131,15 @@ def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, 
         info = np.iinfo(dtype)
         qmin, qmax = (-127, 127) if dtype == np.int8 else (info.min, info.max)
         rows = w.reshape(w.shape[0], -1)
+        if scale.size == 1:
+            scale = np.full(rows.shape[0], scale[0])
         if kind != "depthwise":
             q = _gptq_rows(rows, scale, h, qmin, qmax)
         else:
             q = np.stack([_gptq_rows(rows[c:c + 1], scale[c:c + 1], h[c], qmin, qmax)[0]
                           for c in range(rows.shape[0])])
-        q_init.CopyFrom(numpy_helper.from_array(q.reshape(w.shape).astype(dtype), q_init.name))
+        q = q.reshape(w.shape)
+        if kind == "matmul":
+            q = q.T
+        q_init.CopyFrom(numpy_helper.from_array(q.astype(dtype), q_init.name))
     return len(jobs)
