@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from edgeopt.calibrate.data import check_finite, load_calibration, random_samples
-from edgeopt.calibrate.errors import CalibrationDataError, CalibrationError
+from edgeopt.calibrate.data import (
+    CalibrationSet,
+    check_finite,
+    load_calibration,
+    random_samples,
+    read_calibration,
+)
+from edgeopt.calibrate.errors import CalibrationDataError, CalibrationError, PreprocessError
+from edgeopt.calibrate.images import Preprocess, parse_preprocess
 from edgeopt.calibrate.quantize import (
     QuantConfig,
     QuantResult,
@@ -16,13 +23,18 @@ from edgeopt.calibrate.quantize import (
 __all__ = [
     "CalibrationDataError",
     "CalibrationError",
+    "CalibrationSet",
+    "Preprocess",
+    "PreprocessError",
     "QuantConfig",
     "QuantResult",
     "check_calibration",
     "check_finite",
     "integer_kernel_counts",
     "load_calibration",
+    "parse_preprocess",
     "quantize_for_openvino",
     "quantize_onnx_for_ort",
     "random_samples",
+    "read_calibration",
 ]

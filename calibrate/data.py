@@ -1,21 +1,60 @@
-"""Calibration samples from files (.npy / .npz, a file or a folder), or explicit random data.
+"""Calibration samples from every source a user has, or explicit random data.
+
+Sources (``read_calibration`` tells them apart):
+- a .npy/.npz file, or a folder of them;
+- an image file, or a folder of images, with a preprocessing spec (``images.py``);
+- ``package.module:factory``, a callable returning an iterable of ``{input_name: array}``.
 
 Every sample is checked against the model's inputs (names, dtypes, shapes) and for
-NaN/Inf before anything runs, and the error names the file and the problem.
+NaN/Inf before anything runs, and the error names the file (or sample) and the problem.
+Images and factory samples are read lazily: no more than the limit is decoded or drawn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+import re
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgeopt.calibrate.errors import CalibrationDataError
+from edgeopt.calibrate.images import (
+    IMAGE_SUFFIXES,
+    Preprocess,
+    image_files,
+    is_image,
+    load_image,
+    parse_preprocess,
+)
 
 InputSpec = tuple[str, str, tuple[int, ...]]   # name, numpy dtype name, concrete shape
 RANDOM = "random"
 DEFAULT_RANDOM_SAMPLES = 32
+# Images and factories can be unbounded and every sample is held in memory: without a
+# limit take this many (NNCF's and ONNX Runtime's default calibration subset size).
+DEFAULT_STREAM_SAMPLES = 300
+ARRAY_SUFFIXES = (".npy", ".npz")
+_FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Checked calibration samples and where they came from.
+
+    Attributes:
+        samples: one ``{input_name: array}`` per sample, each matching the model's inputs.
+        note: one line for the report: the source and, for images, the preprocessing.
+        preprocessing: the image preprocessing used (``Preprocess.to_dict()``), else None.
+    """
+
+    samples: list[dict[str, np.ndarray]]
+    note: str
+    preprocessing: dict[str, Any] | None = None
 
 
 def random_samples(inputs: Sequence[InputSpec], n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -93,34 +132,88 @@ def _read(path: Path, inputs: Sequence[InputSpec]) -> list[dict[str, np.ndarray]
 def check_finite(samples: Sequence[dict[str, np.ndarray]], source: str = "calibration data") -> None:
     """Raise naming the first sample and input that holds NaN or Inf."""
     for index, sample in enumerate(samples):
-        for name, array in sample.items():
-            if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-                bad = "NaN" if np.isnan(array).any() else "Inf"
-                msg = (f"{source}: sample {index} input '{name}' contains {bad}; "
-                       "calibration data must be finite")
-                raise CalibrationDataError(msg)
+        _check_finite_sample(sample, f"{source}: sample {index}")
+
+
+def _check_finite_sample(sample: dict[str, np.ndarray], where: str) -> None:
+    for name, array in sample.items():
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            bad = "NaN" if np.isnan(array).any() else "Inf"
+            msg = f"{where} input '{name}' contains {bad}; calibration data must be finite"
+            raise CalibrationDataError(msg)
 
 
 def load_calibration(
-    spec: str | Path, inputs: Sequence[InputSpec], limit: int | None = None
+    spec: str | Path, inputs: Sequence[InputSpec], limit: int | None = None,
+    preprocess: str | Path | Mapping[str, Any] | Preprocess | None = None,
 ) -> list[dict[str, np.ndarray]]:
-    """Read calibration samples from a .npy/.npz file or a folder of them.
+    """The samples of ``read_calibration`` (same arguments, same errors)."""
+    return read_calibration(spec, inputs, limit, preprocess).samples
+
+
+def read_calibration(
+    spec: str | Path, inputs: Sequence[InputSpec], limit: int | None = None,
+    preprocess: str | Path | Mapping[str, Any] | Preprocess | None = None,
+) -> CalibrationSet:
+    """Read and check calibration samples from any source, at most ``limit`` of them.
+
+    Args:
+        spec: a .npy/.npz file or a folder of them; an image file or a folder of images;
+            or ``package.module:factory`` returning an iterable of input dicts.
+        inputs: the model's inputs as (name, dtype, shape).
+        limit: at most this many samples (images and factories: ``DEFAULT_STREAM_SAMPLES``
+            when None); only that many images are decoded.
+        preprocess: the image preprocessing (``key=value,...``, a .json/.yaml path, a
+            mapping, or a Preprocess); required by image sources, unused by the others.
 
     Raises:
-        CalibrationDataError: missing path, empty folder, unreadable file, wrong
-            names/shapes/dtypes, or NaN/Inf; the message names the file.
+        CalibrationDataError: missing path, empty folder, no supported files, unreadable
+            file or image, a factory that fails, wrong names/shapes/dtypes, or NaN/Inf;
+            the message names the file or sample.
+        PreprocessError: a malformed ``preprocess``.
     """
     path = Path(spec)
     if not path.exists():
+        if _FACTORY.fullmatch(str(spec)):
+            return _from_factory(str(spec), inputs, limit)
         msg = f"calibration data {path}: no such file or folder"
         raise CalibrationDataError(msg)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in {".npy", ".npz"} and p.is_file())
-        if not files:
-            msg = f"calibration folder {path} holds no .npy or .npz files"
-            raise CalibrationDataError(msg)
+        return _from_folder(path, inputs, limit, preprocess)
+    if is_image(path):
+        return _from_images([path], str(path), inputs, limit, preprocess)
+    return _from_arrays([path], str(spec), inputs, limit)
+
+
+def _from_folder(folder: Path, inputs: Sequence[InputSpec], limit: int | None,
+                 preprocess) -> CalibrationSet:
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    files = [p for p in entries if p.is_file()]
+    arrays = sorted(p for p in files if p.suffix.lower() in ARRAY_SUFFIXES)
+    images = image_files(folder)
+    if arrays and images:
+        msg = (f"calibration folder {folder} holds both .npy/.npz files and images "
+               f"({arrays[0].name}, {images[0].name}); keep one kind per folder")
+        raise CalibrationDataError(msg)
+    if images:
+        return _from_images(images, f"{folder}", inputs, limit, preprocess)
+    if arrays:
+        return _from_arrays(arrays, str(folder), inputs, limit)
+    kinds = f".npy or .npz files, nor images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})"
+    if not entries:
+        msg = f"calibration folder {folder} is empty: it holds no {kinds}"
     else:
-        files = [path]
+        others = sorted(p.name for p in files)
+        found = (f"{len(others)} other file(s), e.g. {others[0]}" if others
+                 else "only subfolders")
+        msg = f"calibration folder {folder} holds no {kinds}; it has {found}"
+        if len(files) < len(entries):
+            msg += " (subfolders are not searched)"
+    raise CalibrationDataError(msg)
+
+
+def _from_arrays(files: list[Path], spec: str, inputs: Sequence[InputSpec],
+                 limit: int | None) -> CalibrationSet:
     samples: list[dict[str, np.ndarray]] = []
     for file in files:
         found = _read(file, inputs)
@@ -129,6 +222,151 @@ def load_calibration(
         if limit is not None and len(samples) >= limit:
             break
     if not samples:
-        msg = f"calibration data {path} holds no samples"
+        msg = f"calibration data {spec} holds no samples"
         raise CalibrationDataError(msg)
-    return samples[:limit] if limit is not None else samples
+    samples = samples[:limit] if limit is not None else samples
+    return CalibrationSet(samples, f"{spec} ({len(samples)} samples)")
+
+
+def _from_images(files: list[Path], spec: str, inputs: Sequence[InputSpec],
+                 limit: int | None, preprocess) -> CalibrationSet:
+    what = "folder" if len(files) > 1 or Path(spec).is_dir() else "image"
+    if preprocess is None:
+        msg = (f"calibration {what} {spec} holds images: pass --preprocess to say how they "
+               "become model inputs, e.g. --preprocess resize=256,crop=224,"
+               "mean=0.485:0.456:0.406,std=0.229:0.224:0.225 (keys: README, 'Calibration data')")
+        raise CalibrationDataError(msg)
+    pre = parse_preprocess(preprocess)
+    if len(inputs) != 1:
+        names = ", ".join(n for n, _, _ in inputs)
+        msg = (f"calibration {what} {spec}: images feed one input, the model takes "
+               f"{len(inputs)} ({names}); use .npz files or a package.module:factory")
+        raise CalibrationDataError(msg)
+    n = min(len(files), limit or DEFAULT_STREAM_SAMPLES)
+    samples = []
+    for file in files[:n]:      # only these are decoded
+        sample = _image_sample(file, inputs[0], pre)
+        _check_finite_sample(sample, f"calibration image {file}:")
+        samples.append(sample)
+    if what == "folder":
+        note = f"{n} of {len(files)} images in {spec} (name order)"
+    else:
+        note = f"image {spec}"
+    return CalibrationSet(samples, f"{note}, preprocessing {pre.to_spec()}", pre.to_dict())
+
+
+def _image_sample(path: Path, spec: InputSpec, pre: Preprocess) -> dict[str, np.ndarray]:
+    name, dtype, shape = spec
+    array = load_image(path, pre)
+    if len(shape) == array.ndim + 1 and shape[0] == 1:
+        array = array[None]
+    if array.shape != tuple(shape):
+        msg = (f"calibration image {path}: preprocessing gives {_dims(array.shape)}, input "
+               f"'{name}' takes {_dims(shape)}; set resize/crop/order/layout to match")
+        raise CalibrationDataError(msg)
+    if not np.issubdtype(np.dtype(dtype), np.floating):
+        if not (np.issubdtype(np.dtype(dtype), np.integer) and pre.keeps_integers):
+            msg = (f"calibration image {path}: input '{name}' takes {dtype}, preprocessing "
+                   "gives float32 (for raw integer pixels use scale=1 without mean/std)")
+            raise CalibrationDataError(msg)
+    return {name: np.ascontiguousarray(array.astype(dtype, copy=False))}
+
+
+def _from_factory(spec: str, inputs: Sequence[InputSpec], limit: int | None) -> CalibrationSet:
+    where = f"calibration factory {spec}"
+    module_name, _, attr = spec.partition(":")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))     # let users name modules in the working dir
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:
+        msg = (f"{where}: cannot import '{module_name}' ({type(e).__name__}: {_first_line(e)}); "
+               "check the module is on PYTHONPATH")
+        raise CalibrationDataError(msg) from e
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        msg = f"{where}: '{module_name}' has no callable '{attr}'"
+        raise CalibrationDataError(msg)
+    try:
+        made = factory()
+    except Exception as e:
+        msg = f"{where}: the factory raised {type(e).__name__}: {_first_line(e)}"
+        raise CalibrationDataError(msg) from e
+    if isinstance(made, (Mapping, str, bytes, np.ndarray)) or not hasattr(made, "__iter__"):
+        msg = (f"{where}: the factory returned {type(made).__name__}, not an iterable of "
+               "input dicts; return a list or generator of {input_name: array}")
+        raise CalibrationDataError(msg)
+    n = limit or DEFAULT_STREAM_SAMPLES
+    samples: list[dict[str, np.ndarray]] = []
+    items: Iterator = iter(made)
+    try:
+        while len(samples) < n:
+            index = len(samples)
+            try:
+                item = next(items)
+            except StopIteration:
+                break
+            except Exception as e:
+                msg = (f"{where}: raised {type(e).__name__} while giving sample {index}: "
+                       f"{_first_line(e)}")
+                raise CalibrationDataError(msg) from e
+            sample = _check_sample(item, inputs, f"{where}: sample {index}")
+            _check_finite_sample(sample, f"{where}: sample {index}")
+            samples.append(sample)
+    finally:
+        close = getattr(items, "close", None)
+        if callable(close):
+            close()     # a generator stopped early runs its cleanup now
+    if not samples:
+        msg = f"{where}: the factory gave no samples"
+        raise CalibrationDataError(msg)
+    return CalibrationSet(samples, f"factory {spec} ({len(samples)} samples)")
+
+
+def _check_sample(item: Any, inputs: Sequence[InputSpec], where: str) -> dict[str, np.ndarray]:
+    """One factory sample as the model takes it; raise naming the sample otherwise."""
+    if not isinstance(item, Mapping):
+        msg = f"{where} is {type(item).__name__}, not a dict {{input_name: array}}"
+        raise CalibrationDataError(msg)
+    expected = [n for n, _, _ in inputs]
+    missing = [n for n in expected if n not in item]
+    unknown = sorted(str(k) for k in item if k not in expected)
+    if missing or unknown:
+        problems = [f"no array for input(s) {', '.join(missing)}"] if missing else []
+        problems += [f"unknown input(s) {', '.join(unknown)}"] if unknown else []
+        msg = f"{where}: {'; '.join(problems)} (the model takes {', '.join(expected)})"
+        raise CalibrationDataError(msg)
+    sample = {}
+    for name, dtype, shape in inputs:
+        value = item[name]
+        if hasattr(value, "detach") and hasattr(value, "numpy"):   # a torch tensor
+            value = value.detach().cpu().numpy()
+        try:
+            array = np.asarray(value)
+        except Exception as e:
+            msg = f"{where} input '{name}' is not an array ({type(e).__name__}: {_first_line(e)})"
+            raise CalibrationDataError(msg) from e
+        if array.dtype != np.dtype(dtype):
+            if not (np.issubdtype(array.dtype, np.floating)
+                    and np.issubdtype(np.dtype(dtype), np.floating)):
+                msg = f"{where} input '{name}' is {array.dtype}, the model takes {dtype}"
+                raise CalibrationDataError(msg)
+            array = array.astype(dtype)
+        if array.shape != tuple(shape):
+            if len(shape) == array.ndim + 1 and shape[0] == 1 and array.shape == tuple(shape[1:]):
+                array = array[None]
+            else:
+                msg = (f"{where} input '{name}' has shape {_dims(array.shape)}, "
+                       f"the model takes {_dims(shape)}")
+                raise CalibrationDataError(msg)
+        sample[name] = np.ascontiguousarray(array)
+    return sample
+
+
+def _dims(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape) or "a scalar"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e)
+    return text.splitlines()[0][:160] if text else ""

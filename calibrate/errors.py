@@ -9,3 +9,12 @@ class CalibrationError(Exception):
 
 class CalibrationDataError(CalibrationError):
     """Calibration inputs are unusable: missing, malformed, non-finite, or not the model's."""
+
+
+class PreprocessError(CalibrationError):
+    """An image preprocessing spec is malformed; ``problems`` lists every one found."""
+
+    def __init__(self, where: str, problems: list[str]) -> None:
+        self.where = where
+        self.problems = list(problems)
+        super().__init__(f"{where}: {'; '.join(self.problems)}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ def _specs_from_example(names: tuple[str, ...], example: tuple) -> list:
 
 def prepare(config: OptimizeConfig, source: SourceModel) -> Prepared:
     """Check inputs fit and gather calibration/evaluation data, before anything is written."""
-    from edgeopt.calibrate.data import RANDOM, load_calibration, random_samples
+    from edgeopt.calibrate.data import RANDOM, random_samples
     from edgeopt.convert.torch_to_onnx import default_input_names
 
     name = artifact_stem(config.model)
@@ -141,7 +141,8 @@ def prepare(config: OptimizeConfig, source: SourceModel) -> Prepared:
         )
     if config.calib is None:
         msg = (f"no calibration data for {config.model}: pass --calib FILE_OR_FOLDER "
-               "(.npy/.npz samples matching the model's inputs), or --calib random "
+               "(.npy/.npz samples matching the model's inputs, or images with --preprocess), "
+               "--calib package.module:factory, or --calib random "
                "(INT8 ranges from random data; accuracy then unknown)")
         raise UsageError(msg)
     if config.calib == RANDOM:
@@ -149,13 +150,35 @@ def prepare(config: OptimizeConfig, source: SourceModel) -> Prepared:
         calib = random_samples(specs, n, seed=0)
         eval_inputs = random_samples(specs, config.eval_samples or n, seed=1)
         calib_note = f"RANDOM data ({n} samples), as asked with --calib random"
+        preprocessing = None
         eval_note = (f"random inputs ({len(eval_inputs)} samples): output cosine to FP32 only, "
                      "not task accuracy")
     else:
-        calib = load_calibration(config.calib, specs, config.calib_samples)
+        found = _read_user_calibration(config, specs, reference)
+        calib, calib_note, preprocessing = found.samples, found.note, found.preprocessing
         eval_inputs = calib[: config.eval_samples or USER_EVAL_SAMPLES]
-        calib_note = f"{config.calib} ({len(calib)} samples)"
         eval_note = (f"{len(eval_inputs)} of the calibration samples (no held-out set given): "
                      "output cosine to FP32")
     return Prepared(name, source, specs, source.output_names, calib, calib_note,
-                    eval_inputs, eval_note, "output_cosine_vs_fp32")
+                    eval_inputs, eval_note, "output_cosine_vs_fp32",
+                    preprocessing=preprocessing or {})
+
+
+def _read_user_calibration(config: OptimizeConfig, specs: list, reference: Any):
+    """--calib's samples; images take --preprocess, else a reference model's own preprocessing."""
+    from edgeopt.calibrate.data import read_calibration
+    from edgeopt.calibrate.images import reference_preprocess
+
+    preprocess, origin = config.preprocess, "--preprocess"
+    if preprocess is None and reference is not None:
+        preprocess = reference_preprocess(reference.preprocessing, specs[0][2])
+        origin = f"{config.model}'s preprocessing"
+    found = read_calibration(config.calib, specs, config.calib_samples, preprocess)
+    if found.preprocessing is None:
+        if config.preprocess is not None:
+            msg = (f"--preprocess applies to images, and --calib {config.calib} holds none; "
+                   "drop --preprocess")
+            raise UsageError(msg)
+        return found
+    return replace(found, note=f"{found.note} (from {origin})",
+                   preprocessing={**found.preprocessing, "from": origin})

@@ -59,8 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--out", type=Path, default=None,
                      help="output folder (default edgeopt-out/<model name>)")
     opt.add_argument("--input-shape", help="e.g. 1,3,224,224 or name=1,3,224,224;mask=1,128")
-    opt.add_argument("--calib", help="calibration data: a .npy/.npz file or folder, or 'random'")
-    opt.add_argument("--calib-samples", type=int, help="use at most N calibration samples")
+    opt.add_argument("--calib", help="calibration data: a .npy/.npz file or folder, an image "
+                     "or folder of images (see --preprocess), package.module:factory "
+                     "(yields {input_name: array} dicts), or 'random'")
+    opt.add_argument("--calib-samples", type=int,
+                     help="use at most N calibration samples (images and factories: default 300)")
+    opt.add_argument("--preprocess", metavar="SPEC",
+                     help="how --calib images become inputs: e.g. resize=256,crop=224,"
+                          "mean=0.485:0.456:0.406,std=0.229:0.224:0.225,order=rgb,layout=nchw "
+                          "(also scale=1/255, interp=bilinear), or a .json/.yaml file of those "
+                          "keys; default for ref:NAME: the model's own")
     opt.add_argument("--eval-samples", type=int, help="evaluate on N samples")
     opt.add_argument("--calibrator", default="mean-minmax",
                      choices=("mean-minmax", "minmax", "kmeans", "mse"),
@@ -160,6 +168,7 @@ def _optimize(args: argparse.Namespace) -> int:
         input_shape=args.input_shape,
         calib=args.calib,
         calib_samples=args.calib_samples,
+        preprocess=args.preprocess,
         eval_samples=args.eval_samples,
         quantize=not args.no_quantize,
         calibrator=args.calibrator,

@@ -22,6 +22,8 @@ class OptimizeConfig:
     input_shape: str | None = None
     calib: str | None = None
     calib_samples: int | None = None
+    # images in --calib: "resize=256,crop=224,...", a .json/.yaml path, or a dict of the keys
+    preprocess: str | dict | None = None
     eval_samples: int | None = None
     quantize: bool = True
     calibrator: str = "mean-minmax"
@@ -52,6 +54,8 @@ class OptimizeConfig:
                 parse_budget(self.max_accuracy_drop)
             except ValueError as e:
                 problems.append(str(e))
+        if self.preprocess is not None:
+            problems += _preprocess_problems(self.preprocess, self.calib)
         if problems:
             raise UsageError("; ".join(problems))
 
@@ -66,6 +70,19 @@ class OptimizeConfig:
         data = asdict(self)
         data["out"] = str(self.out)
         return data
+
+
+def _preprocess_problems(preprocess: str | dict, calib: str | None) -> list[str]:
+    from edgeopt.calibrate.errors import CalibrationError
+    from edgeopt.calibrate.images import parse_preprocess
+
+    if calib is None or calib == "random":
+        return ["--preprocess needs --calib naming images (a folder or an image file)"]
+    try:
+        parse_preprocess(preprocess)
+    except CalibrationError as e:
+        return [str(e)]
+    return []
 
 
 def parse_budget(text: str) -> tuple[float, bool]:

