@@ -85,14 +85,19 @@ def load_source(config: OptimizeConfig) -> SourceModel:
         shapes = parse_input_shapes(config.input_shape)
         import torch
 
-        if shapes is None:
+        specs = reference.input_specs
+        if len(specs) > 1 or specs[0][1] != "float32":
+            # several or integer inputs (token ids): a real calibration sample is the example
+            sample = reference.calibration_set(1)[0]
+            example = tuple(torch.from_numpy(sample[name]) for name, _, _ in specs)
+        elif shapes is None:
             example = (torch.zeros(reference.input_shape),)
         elif isinstance(shapes, tuple):
             example = (torch.zeros(shapes),)
         else:
             example = tuple(torch.zeros(s) for s in shapes.values())
         return SourceModel(config.model, "reference", module=module, example_inputs=example,
-                           input_names=(reference.input_name,),
+                           input_names=tuple(name for name, _, _ in specs),
                            output_names=(reference.output_name,),
                            extra={"reference": reference})
     source = load_model(config.model, config.input_shape)

@@ -23,6 +23,7 @@ __all__ = [
 REFERENCE_MODELS = {
     "digits-cnn": "edgeopt.reference_models.digits_cnn:DIGITS_CNN",
     "mobilenet-v2": "edgeopt.reference_models.mobilenet_v2:MOBILENET_V2",
+    "minilm": "edgeopt.reference_models.minilm:MINILM",
 }
 
 

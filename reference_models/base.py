@@ -16,7 +16,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-METRICS = ("accuracy", "top1_agreement")
+METRICS = ("accuracy", "top1_agreement", "lee_pearson")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,13 @@ class ReferenceModel:
     # Upper bounds on n (None: unbounded), for finite datasets.
     _max_calib: int | None = field(default=None, repr=False, compare=False)
     _max_eval: int | None = field(default=None, repr=False, compare=False)
+    # Models with several (or integer) inputs: (name, numpy dtype, batch-1 shape) each, and
+    # factories returning lists of input dicts; the first entry is input_name/input_shape.
+    inputs: tuple[tuple[str, str, tuple[int, ...]], ...] = ()
+    # Metrics other than the two classifier ones: (outputs, eval_set, fp32_outputs) -> float,
+    # and (outputs, fp32_outputs) -> {name: value} of secondary figures.
+    _score: Callable | None = field(default=None, repr=False, compare=False)
+    _extra: Callable | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Checked once here: these are written in code, so a bad one is a programming error.
@@ -77,6 +84,15 @@ class ReferenceModel:
         if not self.input_shape or self.input_shape[0] != 1:
             msg = f"reference model {self.name!r}: input_shape {self.input_shape} is not batch 1"
             raise ValueError(msg)
+
+    @property
+    def input_specs(self) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+        """(name, numpy dtype, batch-1 shape) of every input."""
+        return self.inputs or ((self.input_name, "float32", tuple(self.input_shape)),)
+
+    def extra_metrics(self, outputs: np.ndarray, fp32_outputs: np.ndarray) -> dict:
+        """Secondary figures beside the metric (e.g. embedding cosine to FP32)."""
+        return dict(self._extra(outputs, fp32_outputs)) if self._extra is not None else {}
 
     def build(self) -> torch.nn.Module:
         """The model in eval mode with its weights loaded."""
@@ -116,6 +132,8 @@ class ReferenceModel:
             ValueError: the metric's reference (labels or ``fp32_outputs``) is missing, or
                 the number of rows does not match the evaluation set.
         """
+        if self._score is not None:
+            return float(self._score(outputs, eval_set, fp32_outputs))
         predicted = self._top1(outputs, len(eval_set.inputs), "outputs")
         if self.metric == "accuracy":
             if eval_set.labels is None:
@@ -151,7 +169,19 @@ class ReferenceModel:
             raise ValueError(msg)
         return n
 
-    def _to_dicts(self, arrays: np.ndarray, n: int) -> list[dict[str, np.ndarray]]:
+    def _to_dicts(self, arrays, n: int) -> list[dict[str, np.ndarray]]:
+        if isinstance(arrays, list):                       # input dicts already
+            specs = self.input_specs
+            if len(arrays) != n:
+                msg = f"{self.name}: factory gave {len(arrays)} samples, expected {n}"
+                raise ValueError(msg)
+            for sample in arrays:
+                for name, dtype, shape in specs:
+                    a = sample.get(name)
+                    if a is None or a.dtype != np.dtype(dtype) or a.shape != tuple(shape):
+                        msg = f"{self.name}: factory sample does not match input {name} {dtype} {shape}"
+                        raise ValueError(msg)
+            return [{k: v.copy(order="C") for k, v in sample.items()} for sample in arrays]
         arrays = np.asarray(arrays, dtype=np.float32)
         expected = (n, *self.input_shape[1:])
         if arrays.shape != expected:
