@@ -40,14 +40,14 @@ def _torch_logits(ref: ReferenceModel, inputs: list[dict[str, np.ndarray]]) -> n
 
 # --- registry --------------------------------------------------------------------------
 
-def test_registry_lists_both_models_and_resolves_them():
-    assert list_references() == ["digits-cnn", "mobilenet-v2"]
+def test_registry_lists_the_models_and_resolves_them():
+    assert list_references() == ["digits-cnn", "minilm", "mobilenet-v2"]
     assert sorted(REFERENCE_MODELS) == list_references()
     for name in list_references():
         ref = get_reference(name)
         assert isinstance(ref, ReferenceModel)
         assert ref.name == name
-        assert ref.metric in ("accuracy", "top1_agreement")
+        assert ref.metric in ("accuracy", "top1_agreement", "lee_pearson")
         json.dumps(ref.preprocessing)   # JSON-able, for reports and manifests
 
 
@@ -55,7 +55,7 @@ def test_unknown_name_suggests_a_close_match():
     with pytest.raises(UnknownReferenceModel) as info:
         get_reference("mobilenet")
     assert str(info.value) == ("unknown reference model 'mobilenet'; did you mean "
-                               "'mobilenet-v2'? (known: digits-cnn, mobilenet-v2)")
+                               "'mobilenet-v2'? (known: digits-cnn, minilm, mobilenet-v2)")
     assert isinstance(info.value, LookupError)
     assert "\n" not in str(info.value)
 
@@ -64,7 +64,7 @@ def test_unknown_name_without_a_close_match_only_lists_the_known():
     with pytest.raises(UnknownReferenceModel) as info:
         get_reference("resnet50")
     assert str(info.value) == ("unknown reference model 'resnet50' "
-                               "(known: digits-cnn, mobilenet-v2)")
+                               "(known: digits-cnn, minilm, mobilenet-v2)")
 
 
 def test_importing_the_package_does_not_import_torch():
@@ -260,3 +260,42 @@ def test_mobilenet_makes_confident_imagenet_predictions():
     probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     confident = probs.max(axis=1) > 0.5
     assert confident.mean() >= 0.2
+
+
+# --- minilm ----------------------------------------------------------------------------
+
+def test_minilm_sets_are_token_ids_and_masks_from_disjoint_texts():
+    from edgeopt.reference_models import minilm
+
+    ref = get_reference("minilm")
+    calib, eval_set = ref.calibration_set(5), ref.evaluation_set()
+    assert len(eval_set.inputs) == 50 and eval_set.labels is None
+    for sample in calib + eval_set.inputs:
+        assert sorted(sample) == ["attention_mask", "input_ids"]
+        for name, dtype, shape in ref.input_specs:
+            assert sample[name].dtype == np.dtype(dtype) and sample[name].shape == shape
+        assert sample["attention_mask"][0, 0] == 1 and set(np.unique(sample["attention_mask"])) <= {0, 1}
+    texts = minilm.calibration_texts(300)
+    assert len(texts) == 300 and not set(texts) & set(minilm._corpus("lee.cor"))
+    with pytest.raises(ValueError, match="exceeds the 300 samples"):
+        ref.calibration_set(301)
+
+
+def test_lee_pearson_is_the_correlation_of_cosines_with_the_human_ratings():
+    from edgeopt.reference_models import minilm
+
+    rng = np.random.default_rng(0)
+    e = rng.standard_normal((50, 8))
+    unit = e / np.linalg.norm(e, axis=1, keepdims=True)
+    iu = np.triu_indices(50, 1)
+    want = np.corrcoef((unit @ unit.T)[iu], minilm.human_similarity()[iu])[0, 1]
+    scaled = e * rng.uniform(0.5, 3.0, (50, 1))          # the norm does not matter
+    assert minilm.lee_pearson(scaled, None) == pytest.approx(want, abs=1e-12)
+    human = minilm.human_similarity()
+    assert human.shape == (50, 50) and np.allclose(np.diag(human), 1.0)
+    with pytest.raises(ValueError, match="50 Lee documents"):
+        minilm.lee_pearson(e[:10], None)
+    same = minilm.embedding_cosine(e, e)
+    assert same["embedding_cosine_to_fp32"] == pytest.approx(1.0)
+    flipped = minilm.embedding_cosine(-e, e)
+    assert flipped["embedding_cosine_to_fp32_min"] == pytest.approx(-1.0)
