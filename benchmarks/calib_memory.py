@@ -38,7 +38,7 @@ def _samples(model: str, n: int):
     from edgeopt.reference_models import get_reference
 
     ref = get_reference(model)
-    base = ref.calibration_set()
+    base = ref.calibration_set(min(n, ref._max_calib or n))
     return islice(cycle(base), n), len(base)
 
 
@@ -102,8 +102,9 @@ def main() -> None:
                                        "--child", way, str(onnx_path), str(n)],
                                       capture_output=True, text=True, check=True)
                 results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    t = Table(title=f"{args.model}: calibration peak memory (fresh process each; "
-                    f"{results[0]['held']} distinct samples, cycled)")
+    held = sorted({r["held"] for r in results})
+    t = Table(title=f"{args.model}: calibration peak memory (fresh process each; at most "
+                    f"{held[-1]} distinct samples, cycled beyond)")
     for col in ("calibration", "samples", "RSS before MB", "peak RSS MB", "growth MB", "seconds"):
         t.add_column(col, justify="left" if col == "calibration" else "right")
     for r in results:

@@ -68,6 +68,12 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in files)
 
 
+def _mean_sqnr(q) -> float | None:
+    """Mean SQNR (dB) of the artifact's quantized activations against FP32, over layers."""
+    finite = [r["sqnr_db"] for r in q.layer_sqnr if np.isfinite(r["sqnr_db"])]
+    return float(np.mean(finite)) if finite else None
+
+
 def build(name: str, work: Path, console: Console) -> tuple[object, list[Row], dict]:
     """FP32 artifacts via the pipeline, then every INT8 artifact from the same FP32 files."""
     import logging
@@ -110,18 +116,20 @@ def build(name: str, work: Path, console: Console) -> tuple[object, list[Row], d
 
     stats = activation_stats(fp32_onnx, calib)
     gains = {}
+    quantized: set[str] = set()       # the tensors the ONNX Runtime artifacts quantize
     for calibrator in CALIBRATORS:
         console.log(f"{name}: edgeopt {calibrator}")
         config = QuantConfig(calibrator=calibrator)
         q = quantize_onnx_for_ort(fp32_onnx, work / f"{name}.{calibrator}.onnx", calib, config,
                                   stats=stats)
-        finite = [r["sqnr_db"] for r in q.layer_sqnr if np.isfinite(r["sqnr_db"])]
-        rows.append(Row(f"edgeopt {calibrator}", "onnxruntime", q.path,
-                        sqnr=float(np.mean(finite)) if finite else None))
+        rows.append(Row(f"edgeopt {calibrator}", "onnxruntime", q.path, sqnr=_mean_sqnr(q)))
+        quantized |= {r["tensor"] for r in q.layer_sqnr}
         q = quantize_for_openvino(fp32_xml, work / f"{name}.{calibrator}.xml", calib, config,
                                   stats=stats, fp32_onnx=fp32_onnx)
-        rows.append(Row(f"edgeopt {calibrator}", "openvino", q.path))
-        values = list(sqnr_gain_db(stats, compute_ranges(stats, calibrator)).values())
+        rows.append(Row(f"edgeopt {calibrator}", "openvino", q.path, sqnr=_mean_sqnr(q)))
+        ranges = compute_ranges(stats, calibrator)
+        values = list(sqnr_gain_db(stats, {t: r for t, r in ranges.items() if t in quantized})
+                      .values())
         gains[calibrator] = (float(np.mean(values)), float(np.min(values)),
                              int(sum(v > 1e-9 for v in values)), len(values))
     return ref, rows, gains
@@ -176,8 +184,8 @@ def table(name: str, ref, rows: list[Row]) -> Table:
 
 
 def gains_table(name: str, gains: dict) -> Table:
-    t = Table(title=f"{name}: activation SQNR on the calibration data, vs minmax "
-                    "(reservoir sample per tensor)")
+    t = Table(title=f"{name}: SQNR of each quantized activation on the calibration data "
+                    "(its reservoir sample), against minmax's range")
     for col in ("calibrator", "mean gain dB", "worst tensor dB", "tensors improved"):
         t.add_column(col, justify="left" if col == "calibrator" else "right")
     for calibrator, (mean, worst, improved, total) in gains.items():

@@ -56,12 +56,15 @@ class TensorStats:
             flat, seen = flat[room:], seen + room
             if not flat.size:
                 return
-        # value i of this sample (global index seen + i) replaces a random slot with
-        # probability capacity / (seen + i + 1); its slot is uniform.
-        positions = seen + np.arange(1, flat.size + 1)
-        keep = rng.random(flat.size) < capacity / positions
-        slots = rng.integers(0, capacity, size=int(keep.sum()))
-        self.reservoir[slots] = flat[keep]
+        # Algorithm R keeps value i of the stream with probability capacity / (i + 1), in a
+        # uniform slot. Over this sample's values that is, in expectation,
+        # capacity * ln((seen + n) / seen) of them: draw that many (Poisson), at uniform
+        # positions of the sample, without a random number per value.
+        n = flat.size
+        k = min(int(rng.poisson(capacity * np.log((seen + n) / seen))), n, capacity)
+        if k:
+            take = rng.choice(n, size=k, replace=False)
+            self.reservoir[rng.choice(capacity, size=k, replace=False)] = flat[take]
 
 
 def _float_tensors(model) -> list[str]:
