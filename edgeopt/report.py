@@ -84,6 +84,13 @@ def to_markdown(report: dict) -> str:
             f"{_fmt(b.get('p99_ms'))} | {_fmt(b.get('cv'))} | {_fmt(a.get('speedup_vs_fp32'), '.2f')} | "
             f"{_fmt(acc.get('value'), '.4f')} | {b.get('label', '—')} | {a['status']} |"
         )
+    # Secondary figures beside the metric (e.g. minilm's embedding cosine to FP32), per file.
+    extra = {a["path"]: {k: v for k, v in (a.get("accuracy") or {}).items()
+                         if k not in ("metric", "value", "samples")} for a in report["artifacts"]}
+    if any(extra.values()):
+        lines += [""] + [f"- `{path}`: " + ", ".join(
+            f"{k} {_fmt(v, '.4f') if isinstance(v, float) else v}" for k, v in e.items())
+            for path, e in extra.items() if e]
     lines += ["", "## Steps", "", "| step | seconds | parity (max abs diff / cosine) |",
               "|---|---|---|"]
     for s in report["steps"]:

@@ -299,3 +299,37 @@ def test_lee_pearson_is_the_correlation_of_cosines_with_the_human_ratings():
     assert same["embedding_cosine_to_fp32"] == pytest.approx(1.0)
     flipped = minilm.embedding_cosine(-e, e)
     assert flipped["embedding_cosine_to_fp32_min"] == pytest.approx(-1.0)
+
+
+def test_lee_pearson_is_one_for_ratings_that_follow_the_cosines_and_minus_one_against(
+        monkeypatch):
+    from edgeopt.reference_models import minilm
+
+    e = np.random.default_rng(1).standard_normal((50, 16))
+    unit = e / np.linalg.norm(e, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    # only the upper triangle counts, as in similarities0-1.txt: noise below is ignored
+    below = np.tril(np.full((50, 50), 7.0), -1)
+    monkeypatch.setattr(minilm, "human_similarity", lambda: 0.3 * cos + 0.5 + below)
+    assert minilm.lee_pearson(e, None) == pytest.approx(1.0, abs=1e-12)
+    monkeypatch.setattr(minilm, "human_similarity", lambda: 1.0 - cos - below)
+    assert minilm.lee_pearson(e, None) == pytest.approx(-1.0, abs=1e-12)
+
+
+def test_minilm_reads_the_lee_corpus_without_replacement_characters():
+    from edgeopt.reference_models import minilm
+
+    evaluation = minilm._corpus("lee.cor")
+    assert len(evaluation) == 50 and len(minilm._corpus("lee_background.cor")) == 300
+    assert not any("\ufffd" in t for t in evaluation)
+    assert any("£3,000" in t for t in evaluation)      # lee.cor's one Latin-1 byte
+
+
+def test_describing_minilm_imports_neither_torch_nor_transformers():
+    code = ("import sys, edgeopt.reference_models as r\n"
+            "ref = r.get_reference('minilm')\n"
+            "assert ref.metric == 'lee_pearson' and len(ref.input_specs) == 2, ref\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'gensim') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
