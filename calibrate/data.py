@@ -12,9 +12,7 @@ Images and factory samples are read lazily: no more than the limit is decoded or
 
 from __future__ import annotations
 
-import importlib
 import re
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,8 @@ from edgeopt.calibrate.images import (
     load_image,
     parse_preprocess,
 )
+from edgeopt.convert.errors import first_line
+from edgeopt.convert.load import FactoryError, call_factory
 
 InputSpec = tuple[str, str, tuple[int, ...]]   # name, numpy dtype name, concrete shape
 RANDOM = "random"
@@ -274,23 +274,10 @@ def _image_sample(path: Path, spec: InputSpec, pre: Preprocess) -> dict[str, np.
 
 def _from_factory(spec: str, inputs: Sequence[InputSpec], limit: int | None) -> CalibrationSet:
     where = f"calibration factory {spec}"
-    module_name, _, attr = spec.partition(":")
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))     # let users name modules in the working dir
     try:
-        module = importlib.import_module(module_name)
-    except Exception as e:
-        msg = (f"{where}: cannot import '{module_name}' ({type(e).__name__}: {_first_line(e)}); "
-               "check the module is on PYTHONPATH")
-        raise CalibrationDataError(msg) from e
-    factory = getattr(module, attr, None)
-    if factory is None or not callable(factory):
-        msg = f"{where}: '{module_name}' has no callable '{attr}'"
-        raise CalibrationDataError(msg)
-    try:
-        made = factory()
-    except Exception as e:
-        msg = f"{where}: the factory raised {type(e).__name__}: {_first_line(e)}"
+        made = call_factory(spec)
+    except FactoryError as e:
+        msg = f"{where}: {e}"
         raise CalibrationDataError(msg) from e
     if isinstance(made, (Mapping, str, bytes, np.ndarray)) or not hasattr(made, "__iter__"):
         msg = (f"{where}: the factory returned {type(made).__name__}, not an iterable of "
@@ -308,7 +295,7 @@ def _from_factory(spec: str, inputs: Sequence[InputSpec], limit: int | None) -> 
                 break
             except Exception as e:
                 msg = (f"{where}: raised {type(e).__name__} while giving sample {index}: "
-                       f"{_first_line(e)}")
+                       f"{first_line(e)[:160]}")
                 raise CalibrationDataError(msg) from e
             sample = _check_sample(item, inputs, f"{where}: sample {index}")
             _check_finite_sample(sample, f"{where}: sample {index}")
@@ -344,7 +331,7 @@ def _check_sample(item: Any, inputs: Sequence[InputSpec], where: str) -> dict[st
         try:
             array = np.asarray(value)
         except Exception as e:
-            msg = f"{where} input '{name}' is not an array ({type(e).__name__}: {_first_line(e)})"
+            msg = f"{where} input '{name}' is not an array ({type(e).__name__}: {first_line(e)[:160]})"
             raise CalibrationDataError(msg) from e
         if array.dtype != np.dtype(dtype):
             if not (np.issubdtype(array.dtype, np.floating)
@@ -367,6 +354,3 @@ def _dims(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape) or "a scalar"
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e)
-    return text.splitlines()[0][:160] if text else ""

@@ -200,28 +200,46 @@ def _load_exported_program(spec: str, path: Path) -> SourceModel:
                        module=program, example_inputs=example)
 
 
-def _load_factory(spec: str, shapes) -> SourceModel:
-    import torch
+class FactoryError(Exception):
+    """A ``package.module:factory`` that cannot be imported or called: what, and a hint."""
 
+    def __init__(self, problem: str, hint: str = "") -> None:
+        self.problem, self.hint = problem, hint
+        super().__init__(f"{problem}; {hint}" if hint else problem)
+
+
+def call_factory(spec: str) -> Any:
+    """Import ``package.module:attr`` (the working directory on the path) and call it.
+
+    Raises:
+        FactoryError: the module does not import, has no such callable, or the call raised.
+    """
     module_name, _, attr = spec.partition(":")
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # let users name modules in the working dir
     try:
         mod = importlib.import_module(module_name)
     except Exception as e:
-        raise ModelLoadError(
-            spec, f"cannot import '{module_name}' ({type(e).__name__}: {str(e)[:160]})",
-            "check the module is on PYTHONPATH",
-        ) from e
+        problem = f"cannot import '{module_name}' ({type(e).__name__}: {first_line(e)[:160]})"
+        raise FactoryError(problem, "check the module is on PYTHONPATH") from e
     factory = getattr(mod, attr, None)
     if factory is None or not callable(factory):
-        raise ModelLoadError(spec, f"'{module_name}' has no callable '{attr}'")
+        problem = f"'{module_name}' has no callable '{attr}'"
+        raise FactoryError(problem)
     try:
-        made = factory()
+        return factory()
     except Exception as e:
-        raise ModelLoadError(
-            spec, f"the factory raised {type(e).__name__}: {str(e)[:160]}"
-        ) from e
+        problem = f"the factory raised {type(e).__name__}: {first_line(e)[:160]}"
+        raise FactoryError(problem) from e
+
+
+def _load_factory(spec: str, shapes) -> SourceModel:
+    import torch
+
+    try:
+        made = call_factory(spec)
+    except FactoryError as e:
+        raise ModelLoadError(spec, e.problem, e.hint) from e
     example: tuple = ()
     if isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], torch.nn.Module):
         made, example = made
@@ -238,7 +256,7 @@ def _load_factory(spec: str, shapes) -> SourceModel:
         example = tuple(ex) if isinstance(ex, (tuple, list)) else (ex,)
     if not example:
         example = _example_from_shapes(None, spec)
-    source_file = getattr(mod, "__file__", None)
+    source_file = getattr(sys.modules.get(spec.partition(":")[0]), "__file__", None)
     digest = file_sha256(Path(source_file)) if source_file else None
     return SourceModel(spec, "torch-factory", sha256=digest, module=made.eval(),
                        example_inputs=example)
