@@ -199,31 +199,21 @@ def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps) ->
         budget = {"max_accuracy_drop": config.max_accuracy_drop, "fp32_value": round(fp32_value, 6),
                   "allowed_drop": None if allowed is None else round(allowed, 6),
                   "met": True, "stopped": "every candidate node in FP32", "runtimes": {}}
-        ranking: list[str] | None = None
+        ranking: list[tuple[str, ...]] | None = None
+
+        def build(runtime: str, excluded: list[str]) -> Artifact:
+            qconfig = QuantConfig(calibrator=config.calibrator, exclude_nodes=tuple(excluded))
+            return _quantize(runtime, name, fp32_onnx, prepared, qconfig, stats, staging, steps)
+
+        def rank(art: Artifact) -> list[tuple[str, ...]]:
+            return _ranking(art, fp32_onnx, prepared, QuantConfig(calibrator=config.calibrator),
+                            stats, staging)
+
         for runtime in [r for r in ("onnxruntime", "openvino") if r in config.runtimes]:
-            excluded: list[str] = []
-            while True:
-                qconfig = QuantConfig(calibrator=config.calibrator, exclude_nodes=tuple(excluded))
-                art = _quantize(runtime, name, fp32_onnx, prepared, qconfig, stats, staging, steps)
-                value = evaluate(art)
-                drop = fp32_value - value
-                if allowed is None or drop <= allowed + 1e-9:
-                    break
-                if ranking is None:
-                    ranking = _ranking(art, fp32_onnx, prepared, qconfig, stats, staging)
-                done = {*excluded, *art.quantization["excluded_nodes"]}
-                left = [g for g in ranking if not set(g) <= done]
-                limit = config.max_fp32_nodes
-                if left and limit is not None and len(excluded) + len(set(left[0]) - done) > limit:
-                    budget["stopped"] = f"--max-fp32-nodes {limit} reached"
-                    break
-                if not left:
-                    break
-                excluded += [n for n in left[0] if n not in done]
-                steps.warn(f"{art.file}: metric drop {drop:.4f} is over the budget "
-                           f"{allowed:.4f}; {', '.join(left[0])} return to FP32")
-            if ranking is None and art.sensitivity:
-                ranking = list(art.sensitivity)
+            art, value, excluded, ranking = _within_budget(
+                runtime, config, allowed, fp32_value, ranking, budget, build, rank, evaluate,
+                steps)
+            drop = fp32_value - value
             met = allowed is None or drop <= allowed + 1e-9
             budget["runtimes"][runtime] = {"value": round(value, 6), "drop": round(drop, 6),
                                            "met": met, "reverted_to_fp32": excluded}
@@ -272,6 +262,46 @@ def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps) ->
         "warnings": warnings,
         "_artifacts": artifacts,
     }
+
+
+def _within_budget(runtime: str, config: OptimizeConfig, allowed: float | None,
+                   fp32_value: float, ranking, budget: dict, build, rank, evaluate,
+                   steps: Steps):
+    """Quantize for ``runtime``; while the metric drop is over ``allowed``, try the next
+    most damaged node group in FP32 and keep it only if the drop shrinks (the metric is
+    noisy: a revert that does not help is undone). Returns the artifact, its metric value,
+    the nodes returned to FP32 and the ranking (reused by the next runtime)."""
+    current: list[str] = []
+    art = build(runtime, current)
+    value = evaluate(art)
+    best_drop, best = fp32_value - value, current
+    tried: set[tuple[str, ...]] = set()
+    while allowed is not None and best_drop > allowed + 1e-9:
+        if ranking is None:
+            ranking = rank(art)
+        done = {*best, *art.quantization["excluded_nodes"]}
+        left = [g for g in ranking if g not in tried and not set(g) <= done]
+        if not left:
+            break
+        group = left[0]
+        tried.add(group)
+        trial = best + [n for n in group if n not in done]
+        if config.max_fp32_nodes is not None and len(trial) > config.max_fp32_nodes:
+            budget["stopped"] = f"--max-fp32-nodes {config.max_fp32_nodes} reached"
+            break
+        steps.warn(f"{runtime}: metric drop {best_drop:.4f} is over the budget {allowed:.4f}; "
+                   f"trying {', '.join(group)} in FP32")
+        current = trial
+        art = build(runtime, current)
+        value = evaluate(art)
+        if fp32_value - value < best_drop:
+            best_drop, best = fp32_value - value, current
+    if current != best:                  # the last trial did not help: rebuild the best
+        art = build(runtime, best)
+        value = evaluate(art)
+    if ranking is None and art.sensitivity:
+        ranking = list(art.sensitivity)
+    return art, value, best, ranking
 
 
 def _quantize(runtime: str, name: str, fp32_onnx: Path, prepared: Prepared, qconfig,
