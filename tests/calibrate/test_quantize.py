@@ -73,6 +73,12 @@ def test_ov_int8_has_fake_quantize_and_stays_close(cnn_onnx, calib, tmp_path):
     compiled = ov.Core().compile_model(model, "CPU")
     x = calib[5]
     assert _cosine(_ort(cnn_onnx, x), compiled(x)[0]) > 0.99
+    # per-layer SQNR of the FakeQuantize outputs against the FP32 IR, worst first
+    sqnr = [r["sqnr_db"] for r in result.layer_sqnr]
+    fq = sum(op.get_type_name() == "FakeQuantize"
+             and op.input_value(0).get_node().get_type_name() != "Constant"
+             for op in model.get_ops())
+    assert len(sqnr) == fq and sqnr == sorted(sqnr) and all(5 < v < 80 for v in sqnr)
 
 
 def test_nan_calibration_names_sample_and_input(cnn_onnx, calib, tmp_path):
