@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(1%%); sensitive layers return to FP32 until it holds, else exit 3")
     opt.add_argument("--max-fp32-nodes", type=int, metavar="N",
                      help="with --max-accuracy-drop: return at most N nodes to FP32")
+    opt.add_argument("--keep-first-fp32", action="store_true",
+                     help="keep the first convolution FP32 (more accurate, a little slower)")
     opt.add_argument("--no-quantize", action="store_true", help="FP32 artifacts only")
     opt.add_argument("--json", action="store_true", help="print report.json on stdout")
     opt.add_argument("--quiet", action="store_true", help="no progress output")
@@ -174,6 +176,7 @@ def _optimize(args: argparse.Namespace) -> int:
         calibrator=args.calibrator,
         max_accuracy_drop=args.max_accuracy_drop,
         max_fp32_nodes=args.max_fp32_nodes,
+        keep_first_fp32=args.keep_first_fp32,
         bench=BenchProtocol(warmup=args.warmup, min_iterations=args.bench_iterations,
                             min_seconds=args.bench_seconds, repeats=args.bench_repeats,
                             threads=args.threads),

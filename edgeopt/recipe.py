@@ -29,6 +29,7 @@ class OptimizeConfig:
     calibrator: str = "mean-minmax"
     max_accuracy_drop: str | None = None       # "0.01" (absolute) or "1%" (relative)
     max_fp32_nodes: int | None = None          # at most this many nodes return to FP32
+    keep_first_fp32: bool = False              # the first convolution stays FP32
     bench: BenchProtocol = field(default_factory=BenchProtocol)
 
     def __post_init__(self) -> None:

@@ -181,3 +181,18 @@ def test_minilm_int8_keeps_the_lee_correlation(run_cli, tmp_path):
     ort_int8 = next(a for a in report["artifacts"] if a["path"].endswith("int8-ort.onnx"))
     kernels = ort_int8["quantization"]["integer_kernels"]
     assert kernels.get("QLinearMatMul", 0) + kernels.get("QGemm", 0) == 36, kernels
+
+
+def test_keep_first_fp32_leaves_the_first_convolution_in_float(run_cli, tiny_onnx, tmp_path):
+    excluded = {}
+    for flag in ((), ("--keep-first-fp32",)):
+        out = tmp_path / f"out{len(flag)}"
+        result = run_cli("optimize", tiny_onnx, "--out", out, "--calib", "random", "--quiet",
+                         *FAST_BENCH, *flag)
+        assert result.code == 0, result.err
+        report = json.loads((out / "report.json").read_text())
+        excluded[flag] = {a["runtime"]: a["quantization"]["excluded_nodes"]
+                          for a in report["artifacts"] if a["precision"] == "int8"}
+    assert excluded[()] == {"onnxruntime": [], "openvino": []}
+    kept = excluded[("--keep-first-fp32",)]
+    assert kept["onnxruntime"] == ["conv"] and kept["openvino"], kept
