@@ -7,10 +7,27 @@ from pathlib import Path
 import numpy as np
 
 
+def _save(path: Path, name: str, nodes: list, inits: list, output: tuple[str, list]) -> Path:
+    """A checked opset-17 model with one 1x3x8x8 float input, saved to ``path``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info(output[0], TensorProto.FLOAT, output[1])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def save_tiny_onnx(path: Path, seed: int = 0) -> Path:
     """Conv(3->8) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(8->4), input 1x3x8x8."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     inits = [
@@ -26,17 +43,7 @@ def save_tiny_onnx(path: Path, seed: int = 0) -> Path:
         helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "fw", "fb"], ["logits"], transB=1, name="fc"),
     ]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save(path, "tiny", nodes, inits, ("logits", [1, 4]))
 
 
 def _tiny_cnn_class():
@@ -84,8 +91,7 @@ def save_outlier_onnx(path: Path, seed: int = 0) -> Path:
     1x1) that ignores channel 0. One per-tensor 8-bit range for the middle tensor leaves the
     small channels a handful of levels, so plain INT8 breaks the output; the middle convs in
     FP32 fix it. Input 1x3x8x8, output 1x4x8x8."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     w1 = rng.standard_normal((8, 8, 1, 1)).astype(np.float32) * 0.3
@@ -102,14 +108,4 @@ def save_outlier_onnx(path: Path, seed: int = 0) -> Path:
         helper.make_node("Conv", ["a", "w1"], ["b"], name="conv_outlier"),
         helper.make_node("Conv", ["b", "w2"], ["output"], name="conv_reader"),
     ]
-    graph = helper.make_graph(
-        nodes, "outlier",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 8, 8])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save(path, "outlier", nodes, inits, ("output", [1, 4, 8, 8]))
