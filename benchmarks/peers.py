@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from _timing import interleave, runner
 from rich.console import Console
 from rich.table import Table
 
@@ -40,27 +40,6 @@ class Row:
     extra: dict = field(default_factory=dict)
     times: list[float] = field(default_factory=list)
     round_p50: list[float] = field(default_factory=list)
-
-
-def _ort_runner(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda feeds: session.run(None, feeds)[0]
-
-
-def _ov_runner(path: Path, threads: int):
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(path), "CPU", {
-        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
-        "INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled.create_infer_request()
-    return lambda feeds: np.array(request.infer(feeds)[compiled.outputs[0]])
 
 
 def _size(path: Path) -> int:
@@ -139,25 +118,17 @@ def measure(ref, rows: list[Row], rounds: int, burst: int, threads: int) -> None
     eval_set = ref.evaluation_set()
     feeds = eval_set.inputs[0]
     for row in rows:
-        row.run = (_ort_runner if row.runtime == "onnxruntime" else _ov_runner)(row.path, threads)
+        row.run = runner(row.path, row.runtime, threads)
         outs = np.concatenate([np.asarray(row.run(x)).reshape(1, -1) for x in eval_set.inputs])
         row.outputs = outs
-        for _ in range(10):
-            row.run(feeds)
     fp32 = {r.runtime: r.outputs for r in rows if r.what == "FP32"}
     for row in rows:
         row.metric = ref.score(row.outputs, eval_set, fp32[row.runtime])
         extra = getattr(ref, "extra_metrics", None)
         row.extra = dict(extra(row.outputs, fp32[row.runtime])) if callable(extra) else {}
-    for _ in range(rounds):                     # interleaved timing
-        for row in rows:
-            times = []
-            for _ in range(burst):
-                start = time.perf_counter()
-                row.run(feeds)
-                times.append((time.perf_counter() - start) * 1000)
-            row.times += times
-            row.round_p50.append(float(np.median(times)))
+    times, round_p50 = interleave([r.run for r in rows], feeds, rounds, burst)
+    for row, t, p in zip(rows, times, round_p50, strict=True):
+        row.times, row.round_p50 = t, p
 
 
 def table(name: str, ref, rows: list[Row]) -> Table:

@@ -19,17 +19,22 @@ DAMPING = 0.01
 
 
 def _gptq_rows(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
-    """Round rows of ``w`` (one output channel each, sharing ``h``) to ints of ``scale``."""
+    """Round rows of ``w`` (one output channel each, sharing ``h``) to ints of ``scale``.
+
+    Weights that are exactly zero (pruned) stay zero: their rounding error is pushed onto
+    the weights not yet rounded, as SparseGPT does, so a pruned model keeps its sparsity.
+    """
     k = w.shape[1]
+    pruned = w == 0
     h = h + np.eye(k) * (DAMPING * max(float(np.mean(np.diag(h))), 1e-12))
     try:
         hinv = np.linalg.cholesky(np.linalg.inv(h)).T          # upper triangular
     except np.linalg.LinAlgError:
-        return np.clip(np.round(w / scale[:, None]), qmin, qmax)
+        return np.where(pruned, 0, np.clip(np.round(w / scale[:, None]), qmin, qmax))
     w = w.copy()
     q = np.empty_like(w)
     for i in range(k):
-        q[:, i] = np.clip(np.round(w[:, i] / scale), qmin, qmax)
+        q[:, i] = np.where(pruned[:, i], 0, np.clip(np.round(w[:, i] / scale), qmin, qmax))
         err = (w[:, i] - q[:, i] * scale) / hinv[i, i]
         w[:, i + 1:] -= np.outer(err, hinv[i, i + 1:])
     return q

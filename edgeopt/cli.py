@@ -38,6 +38,53 @@ def _bench_flags(p: argparse.ArgumentParser) -> None:
                    help="inference threads (default: the runtime's choice for latency)")
 
 
+def _prune_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
+    # Modes and importances are checked by PruneConfig, where they are defined: the parser
+    # stays importable on a device without torch or nncf (edgeopt bench).
+    g = p.add_argument_group("pruning (PyTorch models) and fine-tuning")
+    g.add_argument("--prune-mode", required=required, metavar="MODE",
+                   help="magnitude-global|magnitude-local (NNCF, unstructured zeros), channels "
+                        "(whole channels removed: fewer MACs), regularization (NNCF RB loss "
+                        "while fine-tuning)")
+    g.add_argument("--prune-ratio", type=float, default=None,
+                   help="fraction of weights (unstructured) or channels per layer removed, "
+                        "in [0, 1) (default 0.5)")
+    g.add_argument("--prune-ignore", action="append", default=[], metavar="LAYER",
+                   help="module name to keep whole, e.g. features.0.0 (repeatable or "
+                        "comma-separated)")
+    g.add_argument("--prune-importance", default="l1", metavar="l1|l2|taylor",
+                   help="channels: rank by L1/L2 weight norm, or taylor (data-driven)")
+    g.add_argument("--finetune-data", metavar="PATH",
+                   help="fine-tune after pruning on: .npz (inputs + optional 'labels'), a folder "
+                        "of class folders of images (labels), or images/.npy (distilled from "
+                        "the unpruned model); default for ref:NAME: its own set")
+    g.add_argument("--epochs", type=int, help="fine-tuning epochs (none without it)")
+    g.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (1e-3)")
+    g.add_argument("--weight-decay", type=float, default=1e-4,
+                   help="L2 regularization while fine-tuning (1e-4)")
+    g.add_argument("--batch-size", type=int, default=32,
+                   help="global batch size (split across torchrun processes; 32)")
+
+
+def _prune_options(args: argparse.Namespace):
+    from edgeopt.errors import UsageError
+    from edgeopt.recipe import PruneOptions
+
+    given = [f for f in ("prune_ratio", "finetune_data", "epochs") if getattr(args, f) is not None]
+    if args.prune_mode is None:
+        if given or args.prune_ignore:
+            flags = ", ".join("--" + f.replace("_", "-") for f in given) or "--prune-ignore"
+            msg = f"{flags} needs --prune-mode (magnitude-global, channels, ...)"
+            raise UsageError(msg)
+        return None
+    ignore = tuple(n.strip() for item in args.prune_ignore for n in item.split(",") if n.strip())
+    return PruneOptions(mode=args.prune_mode,
+                        ratio=0.5 if args.prune_ratio is None else args.prune_ratio,
+                        ignore=ignore, importance=args.prune_importance,
+                        finetune_data=args.finetune_data, epochs=args.epochs, lr=args.lr,
+                        weight_decay=args.weight_decay, batch_size=args.batch_size)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -84,7 +131,23 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--no-quantize", action="store_true", help="FP32 artifacts only")
     opt.add_argument("--json", action="store_true", help="print report.json on stdout")
     opt.add_argument("--quiet", action="store_true", help="no progress output")
+    _prune_flags(opt, required=False)
     _bench_flags(opt)
+
+    prune = sub.add_parser("prune", parents=[common],
+                           help="PyTorch model -> pruned (and fine-tuned) FP32 ONNX + weights")
+    prune.add_argument("model", help="package.module:factory or ref:NAME (an nn.Module)")
+    prune.add_argument("--out", type=Path, default=None,
+                       help="output folder (default edgeopt-out/<model name>-pruned)")
+    prune.add_argument("--input-shape", help="e.g. 1,3,224,224")
+    prune.add_argument("--calib", help="inputs to measure the metric on and for "
+                       "--prune-importance taylor (as for optimize; default for ref:NAME: its own)")
+    prune.add_argument("--calib-samples", type=int, help="use at most N --calib samples")
+    prune.add_argument("--preprocess", metavar="SPEC", help="how images become inputs")
+    prune.add_argument("--eval-samples", type=int, help="evaluate on N samples")
+    prune.add_argument("--json", action="store_true", help="print report.json on stdout")
+    prune.add_argument("--quiet", action="store_true", help="no progress output")
+    _prune_flags(prune, required=True)
 
     bench = sub.add_parser("bench", parents=[common], help="benchmark a model on a device")
     bench.add_argument("model", help="model.onnx or model.xml (OpenVINO IR, .bin beside it)")
@@ -115,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "optimize":
             return _optimize(args)
+        if args.command == "prune":
+            return _prune(args)
         if args.command == "bench":
             from edgeopt._bench_cli import run_bench
 
@@ -177,6 +242,7 @@ def _optimize(args: argparse.Namespace) -> int:
         max_accuracy_drop=args.max_accuracy_drop,
         max_fp32_nodes=args.max_fp32_nodes,
         keep_first_fp32=args.keep_first_fp32,
+        prune=_prune_options(args),
         bench=BenchProtocol(warmup=args.warmup, min_iterations=args.bench_iterations,
                             min_seconds=args.bench_seconds, repeats=args.bench_repeats,
                             threads=args.threads),
@@ -204,3 +270,36 @@ def _optimize(args: argparse.Namespace) -> int:
                          f"{budget['allowed_drop']:.4f} with {budget['stopped']})\n")
         return BUDGET_EXIT
     return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from edgeopt._progress import Steps
+    from edgeopt.pruning import default_out, prune
+    from edgeopt.recipe import OptimizeConfig
+
+    config = OptimizeConfig(
+        model=args.model, out=args.out or default_out(args.model), runtimes=("onnxruntime",),
+        input_shape=args.input_shape, calib=args.calib, calib_samples=args.calib_samples,
+        preprocess=args.preprocess, eval_samples=args.eval_samples, quantize=False,
+        prune=_prune_options(args))
+    steps = Steps(quiet=args.quiet or _rank() != 0)
+    with _stdout_to_stderr():
+        report = prune(config, steps=steps)
+    if not report:                      # a DDP rank other than 0: rank 0 reports
+        return 0
+    if args.json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        p = report["pruning"]
+        onnx_art = report["artifacts"][0]
+        steps.console.print(
+            f"{onnx_art['path']}: MACs {p['macs_ratio']:.3f}x, params {p['params_ratio']:.3f}x, "
+            f"zeros {p['artifact']['sparsity']:.1%}, {onnx_art['size_bytes'] / 1024:.0f} KB "
+            f"({onnx_art['size_zipped_bytes'] / 1024:.0f} KB zipped), {p['metric']} "
+            f"{onnx_art['accuracy']['value']:.4f}")
+        steps.console.print(f"wrote {config.out}/report.json and report.md")
+    return 0
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)

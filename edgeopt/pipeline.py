@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -71,6 +72,10 @@ def optimize(model: str | OptimizeConfig, out: str | Path | None = None, *,
                                                       artifact_stem(model)), **options)
     steps = steps or Steps(quiet=True)
     started = time.time()
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        msg = ("optimize runs in one process; fine-tune on several with 'torchrun ... -m "
+               "edgeopt prune', then optimize its NAME.pruned.onnx")
+        raise UsageError(msg)
     # 1. Everything the user gave is checked before any file is written.
     targets = resolve_targets(config.devices, config.runtimes)
     for runtime in config.runtimes:
@@ -81,10 +86,19 @@ def optimize(model: str | OptimizeConfig, out: str | Path | None = None, *,
             raise UsageError(msg)
     with steps.step("load model"):
         source = load_source(config)
+    if config.prune is not None:
+        from edgeopt.calibrate.pruning import check_prunable
+
+        check_prunable(source.module, config.model)
     inputs = [source.path] if source.path else []
     check_output_dir(config.out, inputs)
     with steps.step("prepare data"):
         prepared = prepare(config, source)
+        finetune_data = None
+        if config.prune is not None:
+            from edgeopt._prune_step import check_prune
+
+            finetune_data = check_prune(config.prune, prepared)
     finals = _planned_files(prepared.name, config)
     for final in finals:
         for src in inputs:
@@ -95,7 +109,7 @@ def optimize(model: str | OptimizeConfig, out: str | Path | None = None, *,
 
     staging = Staging(config.out)
     try:
-        record = _run(config, prepared, targets, staging, steps)
+        record = _run(config, prepared, targets, staging, steps, finetune_data)
         files = [name for art in record.pop("_artifacts") for name in (art.file, *art.companions)]
         # Every timed step in the order it ran, with parity and exporter facts where known.
         extras = {s["name"]: s for s in record["steps"]}
@@ -122,7 +136,8 @@ def _planned_files(name: str, config: OptimizeConfig) -> list[str]:
     return files + ["report.json", "report.md"]
 
 
-def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps) -> dict:
+def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps,
+         finetune_data=None) -> dict:
     from edgeopt.calibrate.calibrators import compute_ranges, sqnr_gain_db
     from edgeopt.calibrate.quantize import QuantConfig, activation_stats
     from edgeopt.convert import check, compare, export_onnx, to_openvino_ir
@@ -144,15 +159,26 @@ def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps) ->
             ref_outs = _run_all(ort.load(source.path), prepared.eval_inputs, update)
         fp32_ref = _stack_first(ref_outs)
 
+    # 2b. Pruning (and fine-tuning) of the PyTorch model; the metric stays against the
+    # unpruned FP32 outputs above, so every artifact's figure includes what pruning cost.
+    pruning = None
+    module, parity_ref = source.module, ref_outs[: len(parity_inputs)]
+    if config.prune is not None:
+        from edgeopt._prune_step import run_prune
+
+        pruning = run_prune(config.prune, prepared, fp32_ref, steps, finetune_data)
+        module = pruning.module
+        parity_ref = _torch_outputs(prepared, parity_inputs, module=module)
+
     # 3. FP32 ONNX: exported from PyTorch, or a copy of the user's file (never modified).
     fp32_onnx = staging.path(f"{name}.fp32.onnx")
     if source.is_torch:
         with steps.step("torch -> ONNX"):
-            result = export_onnx(source.module, source.example_inputs, fp32_onnx,
+            result = export_onnx(module, source.example_inputs, fp32_onnx,
                                  input_names=tuple(n for n, _, _ in prepared.input_specs),
                                  output_names=prepared.output_names or None)
             onnx_outs = _run_all(ort.load(fp32_onnx), parity_inputs)
-            parity = check(compare("torch -> ONNX", ref_outs[: len(parity_inputs)], onnx_outs))
+            parity = check(compare("torch -> ONNX", parity_ref, onnx_outs))
         for note in result.warnings:
             steps.warn(note)
             warnings.append(note)
@@ -255,9 +281,14 @@ def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps) ->
                 entry["bench"] = result.to_dict()
             entries.append(entry)
     warnings += _check_int8_speed(entries, steps)
+    if pruning is not None:
+        from edgeopt._prune_step import artifact_figures
+
+        pruning.record["artifact"] = artifact_figures(fp32_onnx, pruning.pruned_tensors)
     return {
         **reporting.header(config, prepared),
         "steps": step_records,
+        **({"pruning": pruning.record} if pruning is not None else {}),
         "artifacts": entries,
         **({"accuracy_budget": budget} if budget is not None and budget["allowed_drop"] is not None
            else {}),
@@ -364,15 +395,16 @@ def _step(steps: Steps, name: str, **extra) -> dict:
     return {"name": name, "seconds": round(steps.timings[name], 3), **extra}
 
 
-def _torch_outputs(prepared: Prepared, samples, update=None) -> list[list[np.ndarray]]:
+def _torch_outputs(prepared: Prepared, samples, update=None, module=None) -> list[list[np.ndarray]]:
     import torch
 
     from edgeopt.convert import run_torch
 
     names = [n for n, _, _ in prepared.input_specs]
+    module = prepared.source.module if module is None else module
     outs = []
     for i, sample in enumerate(samples):
-        outs.append(run_torch(prepared.source.module,
+        outs.append(run_torch(module,
                               tuple(torch.from_numpy(sample[n]) for n in names)))
         if update is not None:
             update(i + 1, len(samples))
@@ -402,6 +434,7 @@ def _quant_record(q, prepared: Prepared, qconfig) -> dict:
 
 
 def _artifact_entry(art: Artifact, staging: Staging, target: Target) -> dict:
+    from edgeopt.calibrate.pruning import deflated_size
     from edgeopt.convert import file_sha256
 
     files = [art.file, *art.companions]
@@ -415,6 +448,7 @@ def _artifact_entry(art: Artifact, staging: Staging, target: Target) -> dict:
         "device": target.label,
         "adapter": target.adapter,
         "size_bytes": size,
+        "size_zipped_bytes": deflated_size([staging.path(f) for f in files]),
         "sha256": file_sha256(staging.path(art.file)),
         "sha256_files": {f: file_sha256(staging.path(f)) for f in files},
         "accuracy": art.accuracy,

@@ -12,6 +12,50 @@ RUNTIMES = ("onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
+class PruneOptions:
+    """Pruning before export, and the fine-tuning after it (``epochs`` None: none)."""
+
+    mode: str
+    ratio: float
+    ignore: tuple[str, ...] = ()
+    importance: str = "l1"                      # channels: l1 | l2 | taylor
+    finetune_data: str | None = None            # default for ref:NAME: its own set
+    epochs: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        from edgeopt.calibrate.pruning import PruneError
+
+        problems = []
+        try:
+            self.prune_config()
+        except PruneError as e:
+            problems.append(str(e))
+        if self.epochs is not None and self.epochs < 1:
+            problems.append(f"--epochs {self.epochs} must be >= 1")
+        if self.finetune_data is not None and self.epochs is None:
+            problems.append("--finetune-data needs --epochs N (how long to fine-tune)")
+        if self.mode == "regularization" and self.epochs is None:
+            problems.append("--prune-mode regularization prunes while fine-tuning: "
+                            "give --epochs N (and --finetune-data unless ref:NAME)")
+        if not self.lr > 0:
+            problems.append(f"--lr {self.lr} must be > 0")
+        if not self.weight_decay >= 0:
+            problems.append(f"--weight-decay {self.weight_decay} must be >= 0")
+        if self.batch_size < 1:
+            problems.append(f"--batch-size {self.batch_size} must be >= 1")
+        if problems:
+            raise UsageError("; ".join(problems))
+
+    def prune_config(self):
+        from edgeopt.calibrate.pruning import PruneConfig
+
+        return PruneConfig(self.mode, float(self.ratio), tuple(self.ignore), self.importance)
+
+
+@dataclass(frozen=True)
 class OptimizeConfig:
     """One optimize run. ``model`` is a path, ``package.module:factory`` or ``ref:NAME``."""
 
@@ -30,6 +74,7 @@ class OptimizeConfig:
     max_accuracy_drop: str | None = None       # "0.01" (absolute) or "1%" (relative)
     max_fp32_nodes: int | None = None          # at most this many nodes return to FP32
     keep_first_fp32: bool = False              # the first convolution stays FP32
+    prune: PruneOptions | None = None          # prune (and fine-tune) before export
     bench: BenchProtocol = field(default_factory=BenchProtocol)
 
     def __post_init__(self) -> None:

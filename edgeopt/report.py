@@ -72,15 +72,17 @@ def to_markdown(report: dict) -> str:
               f"- Evaluation: {report['data']['evaluation']}",
               f"- Metric: `{report['data']['metric']}`", ""]
     lines += ["## Artifacts", "",
-              "| file | runtime | device | precision | size (KB) | p50 ms | p90 ms | p99 ms | CV "
-              "| speedup vs FP32 | metric | label | status |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| file | runtime | device | precision | size (KB) | zipped (KB) | p50 ms | p90 ms "
+              "| p99 ms | CV | speedup vs FP32 | metric | label | status |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in report["artifacts"]:
         b = a.get("bench") or {}
         acc = a.get("accuracy") or {}
         lines.append(
             f"| {a['path']} | {a['runtime']} | {a['device']} | {a['precision']} | "
-            f"{a['size_bytes'] / 1024:.0f} | {_fmt(b.get('p50_ms'))} | {_fmt(b.get('p90_ms'))} | "
+            f"{a['size_bytes'] / 1024:.0f} | "
+            f"{_fmt(a.get('size_zipped_bytes') and a['size_zipped_bytes'] / 1024, '.0f')} | "
+            f"{_fmt(b.get('p50_ms'))} | {_fmt(b.get('p90_ms'))} | "
             f"{_fmt(b.get('p99_ms'))} | {_fmt(b.get('cv'))} | {_fmt(a.get('speedup_vs_fp32'), '.2f')} | "
             f"{_fmt(acc.get('value'), '.4f')} | {b.get('label', '—')} | {a['status']} |"
         )
@@ -97,6 +99,8 @@ def to_markdown(report: dict) -> str:
         p = s.get("parity")
         parity = f"{p['max_abs_diff']:.2e} / {p['cosine']:.6f}" if p else "—"
         lines.append(f"| {s['name']} | {s['seconds']:.2f} | {parity} |")
+    if report.get("pruning"):
+        lines += pruning_lines(report["pruning"])
     quant = [a for a in report["artifacts"] if a.get("quantization")]
     if quant:
         lines += ["", "## Quantization", ""]
@@ -135,8 +139,55 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(folder: Path, report: dict) -> list[str]:
+def pruning_lines(p: dict) -> list[str]:
+    """The pruning section: what was removed, what it cost, what the file holds."""
+    lines = ["", "## Pruning", "",
+             f"- mode {p['mode']}, ratio {p['ratio']:g}"
+             + (f", importance {p['importance']}" if p.get("importance") else "")
+             + (f"; kept whole: {', '.join(p['ignore'])}" if p.get("ignore") else ""),
+             f"- MACs {p['macs_before'] / 1e6:.1f} M -> {p['macs_after'] / 1e6:.1f} M "
+             f"({p['macs_ratio']:.3f}x); parameters {p['params_before'] / 1e6:.3f} M -> "
+             f"{p['params_after'] / 1e6:.3f} M ({p['params_ratio']:.3f}x)",
+             f"- {p['metric']}: {p['metric_before_finetune']:.4f} after pruning"
+             + (f", {p['metric_after_finetune']:.4f} after fine-tuning"
+                if "metric_after_finetune" in p else " (not fine-tuned)")]
+    lines += [f"- {note}" for note in p.get("notes", [])]
+    ft = p.get("finetune")
+    if ft:
+        lines += [f"- fine-tuning: {ft['mode']} on {ft['data']}; lr {ft['lr']:g}, weight decay "
+                  f"{ft['weight_decay']:g}, global batch {ft['global_batch']}, "
+                  f"{ft['world_size']} process(es)", "",
+                  "| epoch | loss | validation | seconds |", "|---|---|---|---|"]
+        lines += [f"| {e['epoch']} | {e['loss']:.4f} | {e['val_metric']:.4f} | "
+                  f"{e['seconds']:.1f} |" for e in ft["epochs"]]
+    art = p.get("artifact")
+    if art:
+        head = f"- in the exported FP32 ONNX: {art['zeros']:,} of {art['weights']:,} weights " \
+               f"are zero ({art['sparsity']:.2%})"
+        if "pruned_layers_sparsity" in art:
+            head += f"; {art['pruned_layers_sparsity']:.2%} over the {art['pruned_layers']} " \
+                    "pruned layers"
+        lines += ["", head, "", "| weight | shape | sparsity |", "|---|---|---|"]
+        lines += [f"| {r['tensor']} | {'x'.join(map(str, r['shape']))} | {r['sparsity']:.2%} |"
+                  for r in art["layers"]]
+    return lines
+
+
+def prune_markdown(report: dict) -> str:
+    lines = [f"# edgeopt prune: {report['input']['spec']}", ""]
+    lines += [f"- Evaluation: {report['data']['evaluation']}", ""]
+    lines += ["| file | size (KB) | zipped (KB) | metric |", "|---|---|---|---|"]
+    for a in report["artifacts"]:
+        acc = a.get("accuracy") or {}
+        zipped = a.get("size_zipped_bytes")
+        lines.append(f"| {a['path']} | {a['size_bytes'] / 1024:.0f} | "
+                     f"{_fmt(zipped and zipped / 1024, '.0f')} | {_fmt(acc.get('value'), '.4f')} |")
+    lines += pruning_lines(report["pruning"])
+    return "\n".join(lines) + "\n"
+
+
+def write(folder: Path, report: dict, markdown=None) -> list[str]:
     """Write report.json and report.md into ``folder``; returns their names."""
     write_json_atomic(folder / "report.json", report)
-    write_text_atomic(folder / "report.md", to_markdown(report))
+    write_text_atomic(folder / "report.md", (markdown or to_markdown)(report))
     return ["report.json", "report.md"]

@@ -75,6 +75,9 @@ class ReferenceModel:
     # and (outputs, fp32_outputs) -> {name: value} of secondary figures.
     _score: Callable | None = field(default=None, repr=False, compare=False)
     _extra: Callable | None = field(default=None, repr=False, compare=False)
+    # Fine-tuning after pruning: () -> (arrays or input dicts, labels or None), disjoint from
+    # evaluation; None when the model has no such set (a user passes --finetune-data).
+    _finetune: Callable | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Checked once here: these are written in code, so a bad one is a programming error.
@@ -102,6 +105,20 @@ class ReferenceModel:
         """``n`` (default ``calib_samples``) batch-1 input dicts, disjoint from evaluation."""
         n = self._count(n, self.calib_samples, self._max_calib, "calibration")
         return self._to_dicts(self._calibration(n), n)
+
+    @property
+    def has_finetune_set(self) -> bool:
+        return self._finetune is not None
+
+    def finetune_set(self) -> tuple[list[dict[str, np.ndarray]], np.ndarray | None]:
+        """Samples to fine-tune on after pruning (disjoint from evaluation), with labels
+        for the task loss, or ``None`` to distil from the unpruned model."""
+        if self._finetune is None:
+            msg = f"{self.name} has no fine-tuning set"
+            raise ValueError(msg)
+        arrays, labels = self._finetune()
+        n = len(arrays)
+        return self._to_dicts(arrays, n), (None if labels is None else np.asarray(labels))
 
     def evaluation_set(self, n: int | None = None) -> EvalSet:
         """``n`` (default ``eval_samples``) batch-1 inputs with labels (or ``None``)."""

@@ -68,6 +68,13 @@ def _calibration_images(n: int) -> np.ndarray:
     return _dataset()[0][chosen]
 
 
+def _training_images() -> tuple[np.ndarray, np.ndarray]:
+    # The whole train split with its labels: what fine-tuning after pruning trains on.
+    train, _ = split_indices()
+    images, labels = _dataset()
+    return images[train], labels[train]
+
+
 def _evaluation_images(n: int) -> tuple[np.ndarray, np.ndarray]:
     _, test = split_indices()
     images, labels = _dataset()
@@ -230,6 +237,7 @@ DIGITS_CNN = ReferenceModel(
     _build=pretrained_digits_cnn,
     _calibration=_calibration_images,
     _evaluation=_evaluation_images,
+    _finetune=_training_images,
     _max_calib=1258,    # the train split
     _max_eval=539,
 )

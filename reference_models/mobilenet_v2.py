@@ -198,6 +198,13 @@ def random_crops(n: int, seed: int) -> np.ndarray:
 
 CALIB_SEED = 1001
 EVAL_SEED = 2002    # a different seed from calibration, so the two sets of crops differ
+FINETUNE_SEED = 3003
+FINETUNE_CROPS = 400
+
+
+def _finetune_crops() -> tuple[np.ndarray, None]:
+    # Unlabelled crops (no ImageNet here): fine-tuning distils from the unpruned model.
+    return random_crops(FINETUNE_CROPS, FINETUNE_SEED), None
 
 
 def _evaluation_crops(n: int) -> tuple[np.ndarray, None]:
@@ -227,4 +234,5 @@ MOBILENET_V2 = ReferenceModel(
     _build=pretrained_mobilenet_v2,
     _calibration=functools.partial(random_crops, seed=CALIB_SEED),
     _evaluation=_evaluation_crops,
+    _finetune=_finetune_crops,
 )

@@ -109,3 +109,45 @@ def save_outlier_onnx(path: Path, seed: int = 0) -> Path:
         helper.make_node("Conv", ["b", "w2"], ["output"], name="conv_reader"),
     ]
     return _save(path, "outlier", nodes, inits, ("output", [1, 4, 8, 8]))
+
+
+def _tiny_blocks_class():
+    import torch
+    from torch import nn
+
+    class TinyBlocks(nn.Module):
+        """A residual add, a depthwise convolution and a concatenation: the dependencies
+        channel pruning must follow to keep the graph valid."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+            self.bn0 = nn.BatchNorm2d(16)
+            self.expand = nn.Conv2d(16, 32, 1, bias=False)
+            self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False)
+            self.project = nn.Conv2d(32, 16, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(16)
+            self.branch_a = nn.Conv2d(16, 16, 3, padding=1)
+            self.branch_b = nn.Conv2d(16, 16, 1)
+            self.fc = nn.Linear(32, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(self.bn0(self.stem(x)))
+            x = x + self.bn1(self.project(torch.relu(self.dw(torch.relu(self.expand(x))))))
+            x = torch.cat([torch.relu(self.branch_a(x)), torch.relu(self.branch_b(x))], dim=1)
+            return self.fc(x.mean(dim=(2, 3)))
+
+    return TinyBlocks
+
+
+def tiny_blocks():
+    """TinyBlocks on 1x3x16x16 inputs, seeded, in eval mode."""
+    import torch
+
+    torch.manual_seed(0)
+    model = _tiny_blocks_class()().eval()
+    with torch.no_grad():                       # non-trivial BatchNorm statistics
+        for bn in (model.bn0, model.bn1):
+            bn.running_mean.uniform_(-0.1, 0.1)
+            bn.running_var.uniform_(0.5, 1.5)
+    return model, (torch.randn(1, 3, 16, 16),)
