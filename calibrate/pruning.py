@@ -232,6 +232,80 @@ def _taylor_gradients(model, calib: list[dict[str, np.ndarray]],
                                           target.reshape(-1)).backward()
 
 
+def adapt_batchnorm(model, samples: list[dict[str, np.ndarray]], input_names: tuple[str, ...],
+                    batch: int = 16) -> int:
+    """Re-estimate BatchNorm running statistics on ``samples`` (NNCF's batch-norm adaptation,
+    with a cumulative average instead of the momentum one: every sample counts the same).
+
+    Pruning changes what each BatchNorm sees, so the statistics measured before it are
+    stale; without this, a channel-pruned MobileNetV2 predicts one class. Returns the number
+    of BatchNorm layers adapted."""
+    import nncf
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or not samples:
+        return 0
+    names = input_names or tuple(samples[0])
+    batches = [tuple(torch.from_numpy(np.concatenate([s[n] for s in samples[i:i + batch]]))
+                     for n in names) for i in range(0, len(samples), batch)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    try:
+        nncf.batch_norm_adaptation(model, nncf.Dataset(batches))
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+    model.eval()
+    return len(norms)
+
+
+# --- the pruned weights, saved and loaded back --------------------------------------------
+
+SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "num_features", "in_features",
+               "out_features")
+SAVED_FORMAT = "edgeopt-pruned-1"
+
+
+def pruned_state(module) -> dict:
+    """The pruned model's weights with the layer widths that changed, loadable with
+    ``torch.load(path, weights_only=True)`` and ``load_pruned`` into a fresh model."""
+    layers = {}
+    for name, m in module.named_modules():
+        attrs = {a: getattr(m, a) for a in SHAPE_ATTRS if type(getattr(m, a, None)) is int}
+        if attrs:
+            layers[name] = attrs
+    return {"format": SAVED_FORMAT, "layers": layers, "state_dict": module.state_dict()}
+
+
+def load_pruned(model, saved: dict):
+    """Resize ``model`` (the unpruned architecture, e.g. its factory's output) to the saved
+    widths and load the pruned weights into it; returns it."""
+    import torch
+
+    if saved.get("format") != SAVED_FORMAT:
+        msg = f"not an edgeopt pruned state (format {saved.get('format')!r})"
+        raise PruneError(msg)
+    named = dict(model.named_modules())
+    for name, attrs in saved["layers"].items():
+        for attr, value in attrs.items():
+            setattr(named[name], attr, value)
+    for key, tensor in saved["state_dict"].items():
+        owner, _, attr = key.rpartition(".")
+        module = named[owner]
+        current = getattr(module, attr)
+        if current is None or current.shape == tensor.shape:
+            continue
+        if isinstance(current, torch.nn.Parameter):
+            setattr(module, attr, torch.nn.Parameter(torch.empty_like(tensor)))
+        else:
+            module.register_buffer(attr, torch.empty_like(tensor))
+    model.load_state_dict(saved["state_dict"])
+    return model
+
+
 # --- what the artifact holds ----------------------------------------------------------
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")

@@ -42,7 +42,12 @@ def check_prune(options: PruneOptions, prepared: Prepared):
 def run_prune(options: PruneOptions, prepared: Prepared, fp32_ref: np.ndarray,
               steps: Steps, data=None) -> PruneOutcome:
     """Prune (and fine-tune on ``data`` if given) ``prepared``'s PyTorch model."""
-    from edgeopt.calibrate.pruning import count_macs_params, prune
+    from edgeopt.calibrate.pruning import (
+        adapt_batchnorm,
+        count_macs_params,
+        prune,
+        pruned_state,
+    )
 
     source = prepared.source
     names = tuple(n for n, _, _ in prepared.input_specs)
@@ -51,11 +56,19 @@ def run_prune(options: PruneOptions, prepared: Prepared, fp32_ref: np.ndarray,
     with steps.step(label):
         pruned = prune(source.module, source.example_inputs, config,
                        calib=prepared.calib, input_names=names)
-    before_ft = prepared.score(_outputs(pruned.module, prepared), fp32_ref)
     record = {"mode": config.mode, "ratio": config.ratio, "ignore": list(config.ignore),
               "importance": config.importance if config.structured else None,
-              "metric": prepared.metric, "metric_before_finetune": round(before_ft, 6),
-              "notes": pruned.notes}
+              "metric": prepared.metric, "notes": pruned.notes}
+    if config.ratio > 0 and pruned.rb_loss is None:
+        record["metric_before_batchnorm_adaptation"] = round(
+            prepared.score(_outputs(pruned.module, prepared), fp32_ref), 6)
+        with steps.step("batch-norm adaptation"):
+            adapted = adapt_batchnorm(pruned.module, prepared.calib, names)
+        if adapted:
+            record["notes"].append(f"BatchNorm statistics of {adapted} layers re-estimated on "
+                                   f"{len(prepared.calib)} calibration samples")
+    record["metric_before_finetune"] = round(
+        prepared.score(_outputs(pruned.module, prepared), fp32_ref), 6)
     if data is not None:
         record["finetune"] = _finetune(options, pruned, data, prepared, names, steps)
         record["metric_after_finetune"] = round(
@@ -68,7 +81,7 @@ def run_prune(options: PruneOptions, prepared: Prepared, fp32_ref: np.ndarray,
     record["macs_after"], record["params_after"] = after["macs"], after["params"]
     record["macs_ratio"] = round(after["macs"] / max(pruned.before["macs"], 1), 4)
     record["params_ratio"] = round(after["params"] / max(pruned.before["params"], 1), 4)
-    return PruneOutcome(module, record, pruned_tensors, _state(module, config))
+    return PruneOutcome(module, record, pruned_tensors, pruned_state(module))
 
 
 def _outputs(module, prepared: Prepared) -> np.ndarray:
@@ -89,16 +102,6 @@ def _masked_tensors(pruned) -> tuple[str, ...]:
     import nncf
 
     return tuple(sorted(t.tensor_name for t in nncf.pruning_statistic(pruned.module).pruned_tensors))
-
-
-def _state(module, config) -> dict:
-    """The pruned weights: a plain state dict (unstructured: shapes unchanged), or
-    Torch-Pruning's, which carries the new shapes (``torch_pruning.load_state_dict``)."""
-    if config.structured:
-        import torch_pruning as tp
-
-        return {"format": "torch-pruning", "state_dict": tp.state_dict(module)}
-    return {"format": "state_dict", "state_dict": module.state_dict()}
 
 
 def _finetune_data(options: PruneOptions, prepared: Prepared):

@@ -102,9 +102,9 @@ def _write(config: OptimizeConfig, prepared, outcome, fp32_ref, steps: Steps,
                 "exporter": result.exporter, "parity": parity.to_dict(),
                 "accuracy": {"metric": prepared.metric, "value": round(value, 6),
                              "samples": len(prepared.eval_inputs)},
-            }, {"path": weights.name, "format": f"pytorch-{outcome.state['format']}",
+            }, {"path": weights.name, "format": outcome.state["format"],
                 "size_bytes": weights.stat().st_size, "sha256": file_sha256(weights),
-                "load_with": _load_hint(outcome.state["format"])}],
+                "load_with": LOAD_HINT}],
             "warnings": list(result.warnings),
             "duration_s": round(time.time() - started, 2),
         }
@@ -116,11 +116,8 @@ def _write(config: OptimizeConfig, prepared, outcome, fp32_ref, steps: Steps,
     return report
 
 
-def _load_hint(fmt: str) -> str:
-    if fmt == "torch-pruning":
-        return ("torch_pruning.load_state_dict(build_model(), "
-                "state_dict=torch.load(path, weights_only=False)['state_dict'])")
-    return "build_model().load_state_dict(torch.load(path, weights_only=True)['state_dict'])"
+LOAD_HINT = ("edgeopt.calibrate.pruning.load_pruned(build_model(), "
+             "torch.load(path, weights_only=True))")
 
 
 def default_out(spec: str) -> Path:

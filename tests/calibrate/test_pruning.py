@@ -116,3 +116,35 @@ def test_int8_weight_rounding_keeps_pruned_zeros():
     q = _gptq_rows(w, np.abs(w).max(axis=1) / 127, x @ x.T / 200, -127, 127)
     assert np.all(q[w == 0] == 0)
     assert np.count_nonzero(q[w != 0]) > 0.9 * np.count_nonzero(w)
+
+
+def test_saved_pruned_weights_load_into_a_fresh_model(tmp_path):
+    from edgeopt.calibrate.pruning import PruneConfig, load_pruned, prune, pruned_state
+
+    model, example = tiny_blocks()
+    final = prune(model, example, PruneConfig("channels", 0.5, round_to=None)).finalize()
+    torch.save(pruned_state(final), tmp_path / "p.pth")
+    fresh, _ = tiny_blocks()
+    with torch.no_grad():
+        fresh.stem.weight.add_(1.0)                      # different weights before loading
+    loaded = load_pruned(fresh, torch.load(tmp_path / "p.pth", weights_only=True))
+    assert loaded.expand.out_channels == final.expand.out_channels
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded(example[0]).numpy(), final(example[0]).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm_adaptation_matches_the_new_statistics():
+    from edgeopt.calibrate.pruning import adapt_batchnorm
+
+    model, _ = tiny_blocks()
+    rng = np.random.default_rng(0)
+    samples = [{"input": (3 + 2 * rng.standard_normal((1, 3, 16, 16))).astype(np.float32)}
+               for _ in range(20)]
+    assert adapt_batchnorm(model, samples, ("input",), batch=5) == 2   # equal batches
+    with torch.no_grad():
+        x = torch.from_numpy(np.concatenate([s["input"] for s in samples]))
+        stem = model.stem(x)
+    np.testing.assert_allclose(model.bn0.running_mean.numpy(), stem.mean(dim=(0, 2, 3)).numpy(),
+                               rtol=1e-4, atol=1e-5)
+    assert not model.training and model.bn0.momentum == 0.1
