@@ -27,7 +27,7 @@ class PruneOutcome:
     state: dict                    # what NAME.pruned.pth holds
 
 
-def check_prune(options: PruneOptions, prepared: Prepared):
+def check_prune(options: PruneOptions, prepared: Prepared, preprocess=None):
     """Everything about the pruning request that can be wrong, before anything is written:
     the model must be an ``nn.Module``, ignored layers must exist, the fine-tuning data must
     read. Returns the fine-tuning data (None without ``--epochs``)."""
@@ -36,7 +36,7 @@ def check_prune(options: PruneOptions, prepared: Prepared):
     source = prepared.source
     check_prunable(source.module, source.spec)
     resolve_ignored(source.module, options.ignore)
-    return _finetune_data(options, prepared) if options.epochs else None
+    return _finetune_data(options, prepared, preprocess) if options.epochs else None
 
 
 def run_prune(options: PruneOptions, prepared: Prepared, fp32_ref: np.ndarray,
@@ -104,15 +104,19 @@ def _masked_tensors(pruned) -> tuple[str, ...]:
     return tuple(sorted(t.tensor_name for t in nncf.pruning_statistic(pruned.module).pruned_tensors))
 
 
-def _finetune_data(options: PruneOptions, prepared: Prepared):
-    """--finetune-data, or a reference model's own fine-tuning set."""
-    from edgeopt.calibrate.finetune import FinetuneData, read_finetune_data
+def _finetune_data(options: PruneOptions, prepared: Prepared, preprocess=None):
+    """--finetune-data (images take --preprocess, else a reference model's own), or a
+    reference model's own fine-tuning set."""
+    from edgeopt.calibrate.finetune import FinetuneData
+    from edgeopt.calibrate.finetune_data import read_finetune_data
+    from edgeopt.calibrate.images import reference_preprocess
 
-    if options.finetune_data is not None:
-        return read_finetune_data(options.finetune_data, prepared.input_specs,
-                                  preprocess=prepared.preprocessing or None,
-                                  val_fraction=VAL_FRACTION)
     reference = prepared.reference
+    if options.finetune_data is not None:
+        if preprocess is None and reference is not None:
+            preprocess = reference_preprocess(reference.preprocessing, prepared.input_specs[0][2])
+        return read_finetune_data(options.finetune_data, prepared.input_specs,
+                                  preprocess=preprocess, val_fraction=VAL_FRACTION)
     if reference is None or not reference.has_finetune_set:
         what = prepared.source.spec
         msg = (f"--epochs needs data to fine-tune {what} on: pass --finetune-data (.npz with "

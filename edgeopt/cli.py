@@ -204,17 +204,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr():
+def _stdout_to_stderr(quiet: bool = False):
+    """Library output (NNCF's progress bars, ONNX Runtime's quantizer) goes to stderr, so
+    stdout stays the report's; with --quiet it goes nowhere."""
     sys.stdout.flush()
     saved = os.dup(1)
+    sink = open(os.devnull, "w") if quiet else sys.stderr  # noqa: SIM115
     try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
+        os.dup2(sink.fileno(), 1)
+        with contextlib.redirect_stdout(sink):
             yield
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+        if quiet:
+            sink.close()
 
 
 BUDGET_EXIT = 3                 # the run finished, but the accuracy budget was not met
@@ -250,7 +255,7 @@ def _optimize(args: argparse.Namespace) -> int:
     steps = Steps(quiet=args.quiet)
     # Libraries (NNCF, ONNX Runtime's quantizer) print to stdout; with --json, stdout is
     # the report's alone, so everything else goes to stderr while the pipeline runs.
-    with _stdout_to_stderr():
+    with _stdout_to_stderr(args.quiet):
         report = optimize(config, steps=steps)
     if args.json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
@@ -283,7 +288,7 @@ def _prune(args: argparse.Namespace) -> int:
         preprocess=args.preprocess, eval_samples=args.eval_samples, quantize=False,
         prune=_prune_options(args))
     steps = Steps(quiet=args.quiet or _rank() != 0)
-    with _stdout_to_stderr():
+    with _stdout_to_stderr(args.quiet):
         report = prune(config, steps=steps)
     if not report:                      # a DDP rank other than 0: rank 0 reports
         return 0

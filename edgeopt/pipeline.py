@@ -98,7 +98,7 @@ def optimize(model: str | OptimizeConfig, out: str | Path | None = None, *,
         if config.prune is not None:
             from edgeopt._prune_step import check_prune
 
-            finetune_data = check_prune(config.prune, prepared)
+            finetune_data = check_prune(config.prune, prepared, config.preprocess)
     finals = _planned_files(prepared.name, config)
     for final in finals:
         for src in inputs:

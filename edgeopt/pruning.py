@@ -40,7 +40,7 @@ def prune(config: OptimizeConfig, steps: Steps | None = None) -> dict:
     check_output_dir(config.out, [])
     with steps.step("prepare data"):
         prepared = prepare(config, source)
-        finetune_data = check_prune(config.prune, prepared)
+        finetune_data = check_prune(config.prune, prepared, config.preprocess)
     with steps.step("FP32 reference outputs"):
         fp32_ref = _outputs(source.module, prepared, prepared.eval_inputs)
     try:

@@ -35,7 +35,7 @@ def test_digits_cnn_half_the_channels_fine_tuned_within_a_point(run_cli, tmp_pat
     assert result.code == 0, result.err
     result = run_cli("optimize", "ref:digits-cnn", "--runtime", "onnxruntime", "--out", pruned,
                      "--quiet", "--prune-mode", "channels", "--prune-ratio", "0.5",
-                     "--epochs", "15", "--lr", "2e-3", *FAST_BENCH)
+                     "--epochs", "40", "--lr", "5e-3", *FAST_BENCH)
     assert result.code == 0, result.err
     unpruned = _metric(_report(base), "fp32")
     report = _report(pruned)
