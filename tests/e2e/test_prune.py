@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from test_optimize import FAST_BENCH
 
 pytest.importorskip("torch_pruning")
