@@ -83,8 +83,19 @@ def _artifact(case: Case, precision: str) -> dict:
     return next(a for a in case.report["artifacts"] if a["precision"] == precision)
 
 
-def rows(cases: list[Case]) -> list[dict]:
+def _unpruned_size(name: str) -> dict:
+    import torch
+
+    from edgeopt.calibrate.pruning import count_macs_params
+    from edgeopt.reference_models import get_reference
+
+    ref = get_reference(name)
+    return count_macs_params(ref.build(), (torch.zeros(ref.input_shape),))
+
+
+def rows(name: str, cases: list[Case]) -> list[dict]:
     base = next(c for c in cases if c.ratio == 0)
+    unpruned = _unpruned_size(name)
     base_fp32 = np.array(base.times["fp32"][1])
     base_zip = _artifact(base, "int8")["size_zipped_bytes"]
     out = []
@@ -94,8 +105,8 @@ def rows(cases: list[Case]) -> list[dict]:
         art = p.get("artifact", {})
         out.append({
             "case": case.label,
-            "params": p.get("params_after", None),
-            "macs": p.get("macs_after", None),
+            "params": p.get("params_after", unpruned["params"]),
+            "macs": p.get("macs_after", unpruned["macs"]),
             "sparsity": art.get("pruned_layers_sparsity", art.get("sparsity", 0.0)),
             "fp32_kb": fp32["size_bytes"] / 1024, "fp32_zip_kb": fp32["size_zipped_bytes"] / 1024,
             "int8_kb": int8["size_bytes"] / 1024, "int8_zip_kb": int8["size_zipped_bytes"] / 1024,
@@ -119,7 +130,7 @@ def table(name: str, metric: str, data: list[dict], rounds: int) -> Table:
     cols = ("case", "params M", "MMACs", "zeros", "FP32 KB", "FP32 zip KB", "INT8 KB",
             "INT8 zip KB", "INT8 zip vs unpruned", "FP32 p50 ms", "INT8 p50 ms",
             "FP32 vs unpruned", "INT8 vs unpruned FP32", f"{metric} pruned",
-            "fine-tuned", "FP32 ONNX", "INT8")
+            "fine-tuned", "INT8")
     for col in cols:
         t.add_column(col, justify="left" if col == "case" else "right")
 
@@ -132,9 +143,27 @@ def table(name: str, metric: str, data: list[dict], rounds: int) -> Table:
                   f"{r['fp32_kb']:.0f}", f"{r['fp32_zip_kb']:.0f}", f"{r['int8_kb']:.0f}",
                   f"{r['int8_zip_kb']:.0f}", f"{r['int8_zip_ratio']:.3f}",
                   f"{r['fp32_p50']:.3f}", f"{r['int8_p50']:.3f}", f"{r['fp32_vs_base']:.3f}",
-                  f"{r['int8_vs_base']:.3f}", f(r["metric_pruned"]), f(r["metric_finetuned"]),
-                  f(r["metric_fp32_onnx"]), f(r["metric_int8"]))
+                  f"{r['int8_vs_base']:.3f}", f(r["metric_pruned"]),
+                  f(r["metric_finetuned"] if r["metric_finetuned"] is not None
+                    else r["metric_fp32_onnx"]), f(r["metric_int8"]))
     return t
+
+
+def markdown(name: str, metric: str, data: list[dict]) -> str:
+    """The table in Markdown, for the README."""
+    lines = [f"{name} | params M | MMACs | zeros | FP32 KB (zip) | INT8 KB (zip) | INT8 zip vs "
+             f"unpruned | FP32 p50 vs unpruned | INT8 p50 vs unpruned FP32 | {metric} pruned | "
+             "fine-tuned | INT8", "|".join(["---"] * 12)]
+    for r in data:
+        tuned = r["metric_finetuned"] if r["metric_finetuned"] is not None else r["metric_fp32_onnx"]
+        pruned = "—" if r["metric_pruned"] is None else f"{r['metric_pruned']:.4f}"
+        lines.append(
+            f"{r['case']} | {r['params'] / 1e6:.3f} | {r['macs'] / 1e6:.1f} | "
+            f"{r['sparsity']:.1%} | {r['fp32_kb']:.0f} ({r['fp32_zip_kb']:.0f}) | "
+            f"{r['int8_kb']:.0f} ({r['int8_zip_kb']:.0f}) | {r['int8_zip_ratio']:.3f} | "
+            f"{r['fp32_vs_base']:.3f} | {r['int8_vs_base']:.3f} | {pruned} | {tuned:.4f} | "
+            f"{r['metric_int8']:.4f}")
+    return "\n".join("| " + line + " |" for line in lines)
 
 
 def plot(name: str, metric: str, data: list[dict], path: Path) -> None:
@@ -187,7 +216,7 @@ def main() -> None:
             build(name, cases, Path(tmp), console, args.epochs)
             measure(name, cases, args.rounds, args.burst, args.threads)
             metric = get_reference(name).metric
-            data = rows(cases)
+            data = rows(name, cases)
             results[name] = data
             console.print(table(name, metric, data, args.rounds))
             png = args.plots / f"pruning-{name}.png"
@@ -195,6 +224,8 @@ def main() -> None:
             console.print(f"wrote {png}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    for name, data in results.items():
+        console.print(markdown(name, get_reference(name).metric, data), soft_wrap=True)
 
 
 if __name__ == "__main__":

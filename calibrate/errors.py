@@ -18,3 +18,7 @@ class PreprocessError(CalibrationError):
         self.where = where
         self.problems = list(problems)
         super().__init__(f"{where}: {'; '.join(self.problems)}")
+
+
+class FinetuneError(CalibrationError):
+    """Fine-tuning cannot run as asked: bad settings, or data that is missing or not the model's."""

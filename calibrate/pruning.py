@@ -24,6 +24,7 @@ from edgeopt.calibrate.errors import CalibrationError
 PRUNE_MODES = ("magnitude-global", "magnitude-local", "channels", "regularization")
 IMPORTANCES = ("l1", "l2", "taylor")
 UNSTRUCTURED = ("magnitude-global", "magnitude-local", "regularization")
+RECON_SAMPLES = 64
 
 
 class PruneError(CalibrationError):
@@ -78,6 +79,7 @@ class Pruned:
     before: dict                        # {"macs", "params"} of the unpruned model
     example_inputs: tuple
     rb_loss: Any = None                 # NNCF RBLoss (regularization mode)
+    reconstructed: int = 0              # channels: layers re-fitted by least squares
     notes: list[str] = field(default_factory=list)
 
     def finalize(self) -> Any:
@@ -141,7 +143,10 @@ def count_macs_params(module: Any, example_inputs: tuple) -> dict:
 def prune(module: Any, example_inputs: tuple, config: PruneConfig, *,
           calib: list[dict[str, np.ndarray]] | None = None,
           input_names: tuple[str, ...] = ()) -> Pruned:
-    """Prune a deep copy of ``module``; ``calib`` feeds the data-driven ``taylor`` score."""
+    """Prune a deep copy of ``module``. ``calib`` feeds the data-driven ``taylor`` score and,
+    for ``channels``, the least-squares re-fit of the layers that lost inputs."""
+    import torch
+
 
     check_prunable(module, "the model")
     model = copy.deepcopy(module).eval()
@@ -152,7 +157,17 @@ def prune(module: Any, example_inputs: tuple, config: PruneConfig, *,
         pruned.notes.append("--prune-ratio 0: nothing removed (a baseline)")
         return pruned
     if config.structured:
-        _prune_channels(model, example_inputs, config, ignored, calib, input_names)
+        kept_out, refit = _prune_channels(model, example_inputs, config, ignored, calib,
+                                          input_names)
+        if calib and refit:
+            from edgeopt.calibrate.reconstruct import reconstruct
+
+            names = input_names or tuple(calib[0])
+            samples = [tuple(torch.from_numpy(s[n]) for n in names) for s in calib[:RECON_SAMPLES]]
+            fitted = reconstruct(module, model, kept_out, refit, samples)
+            pruned.notes.append(f"{fitted} layers re-fitted by least squares to the unpruned "
+                                f"outputs on {len(samples)} calibration samples")
+            pruned.reconstructed = fitted
         return pruned
     pruned.module, pruned.rb_loss = _prune_unstructured(model, example_inputs, config)
     return pruned
@@ -195,7 +210,9 @@ def _output_layers(model, example_inputs: tuple) -> list[Any]:
 
 
 def _prune_channels(model, example_inputs: tuple, config: PruneConfig, ignored: list,
-                    calib, input_names: tuple[str, ...]) -> None:
+                    calib, input_names: tuple[str, ...]) -> tuple[dict, list[str]]:
+    """Remove channels; returns the original output channels each layer keeps, and the
+    layers that lost input channels (in the order Torch-Pruning met them)."""
     import torch_pruning as tp
 
     if config.importance == "taylor":
@@ -211,8 +228,36 @@ def _prune_channels(model, example_inputs: tuple, config: PruneConfig, ignored: 
             msg = "--prune-importance taylor needs data (--calib or --finetune-data)"
             raise PruneError(msg)
         _taylor_gradients(model, calib, input_names)
-    pruner.step()
+    names = {id(m): n for n, m in model.named_modules()}
+    removed_out: dict[str, set[int]] = {}
+    refit: list[str] = []
+    for group in pruner.step(interactive=True):
+        for dep, idxs in group:
+            name = names.get(id(dep.target.module))
+            handler = getattr(dep.handler, "__name__", "")
+            if name is None:
+                continue
+            if handler == "prune_out_channels":
+                removed_out.setdefault(name, set()).update(int(i) for i in idxs)
+            elif handler == "prune_in_channels" and name not in refit:
+                refit.append(name)
+        group.prune()
     model.zero_grad(set_to_none=True)
+    widths = {n: _out_width(m) for n, m in module_widths(model)}
+    kept_out = {n: [i for i in range(widths[n] + len(r)) if i not in r]
+                for n, r in removed_out.items() if n in widths}
+    return kept_out, refit
+
+
+def module_widths(model):
+    import torch
+
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+
+
+def _out_width(module) -> int:
+    return module.out_channels if hasattr(module, "out_channels") else module.out_features
 
 
 def _taylor_gradients(model, calib: list[dict[str, np.ndarray]],

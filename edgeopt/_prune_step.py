@@ -59,7 +59,10 @@ def run_prune(options: PruneOptions, prepared: Prepared, fp32_ref: np.ndarray,
     record = {"mode": config.mode, "ratio": config.ratio, "ignore": list(config.ignore),
               "importance": config.importance if config.structured else None,
               "metric": prepared.metric, "notes": pruned.notes}
-    if config.ratio > 0 and pruned.rb_loss is None:
+    # BatchNorm statistics re-estimated on the calibration data, unless least squares
+    # already re-fitted the layers to the unpruned outputs (the trained statistics then
+    # still hold, and a small calibration set estimates them worse).
+    if config.ratio > 0 and pruned.rb_loss is None and not pruned.reconstructed:
         record["metric_before_batchnorm_adaptation"] = round(
             prepared.score(_outputs(pruned.module, prepared), fp32_ref), 6)
         with steps.step("batch-norm adaptation"):
