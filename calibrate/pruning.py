@@ -89,11 +89,33 @@ class Pruned:
             return self.module
         import nncf
 
+        _import_torchao_quietly()
         return nncf.strip(self.module, strip_format=nncf.StripFormat.IN_PLACE,
                           example_input=self._nncf_example())
 
     def _nncf_example(self):
         return self.example_inputs[0] if len(self.example_inputs) == 1 else self.example_inputs
+
+
+def _import_torchao_quietly() -> None:
+    """nncf.strip imports torchao, which logs a warning for every CUDA kernel library it
+    cannot load on a CPU-only machine; those say nothing about the user's run."""
+    import logging
+    import warnings
+
+    quiet = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torchao  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        for lg, level in zip(quiet, levels, strict=True):
+            lg.setLevel(level)
 
 
 def check_prunable(module: Any, spec: str) -> None:
