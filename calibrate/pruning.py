@@ -247,7 +247,7 @@ def _prune_channels(model, example_inputs: tuple, config: PruneConfig, ignored: 
         pruning_ratio=config.ratio, ignored_layers=keep, round_to=config.round_to)
     if config.importance == "taylor":
         if not calib:
-            msg = "--prune-importance taylor needs data (--calib or --finetune-data)"
+            msg = "--prune-importance taylor scores channels on data: pass --calib (not random)"
             raise PruneError(msg)
         _taylor_gradients(model, calib, input_names)
     names = {id(m): n for n, m in model.named_modules()}

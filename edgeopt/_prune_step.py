@@ -52,16 +52,21 @@ def run_prune(options: PruneOptions, prepared: Prepared, fp32_ref: np.ndarray,
     names = tuple(n for n, _, _ in prepared.input_specs)
     config = options.prune_config()
     label = f"prune ({config.mode}, ratio {config.ratio:g})"
+    # Random inputs say nothing about the data the model will see: nothing is fitted to them.
+    real = [] if prepared.calib_note.startswith("RANDOM") else prepared.calib
     with steps.step(label):
-        pruned = prune(source.module, source.example_inputs, config,
-                       calib=prepared.calib, input_names=names)
+        pruned = prune(source.module, source.example_inputs, config, calib=real,
+                       input_names=names)
     record = {"mode": config.mode, "ratio": config.ratio, "ignore": list(config.ignore),
               "importance": config.importance if config.structured else None,
               "metric": prepared.metric, "notes": pruned.notes}
+    if not real:
+        record["notes"].append("no calibration data (--calib): no least-squares re-fit or "
+                               "BatchNorm re-estimation")
     # BatchNorm statistics re-estimated on the calibration data, unless least squares
     # already re-fitted the layers to the unpruned outputs (the trained statistics then
     # still hold, and a small calibration set estimates them worse).
-    if config.ratio > 0 and pruned.rb_loss is None and not pruned.reconstructed:
+    if real and config.ratio > 0 and pruned.rb_loss is None and not pruned.reconstructed:
         record["metric_before_batchnorm_adaptation"] = round(
             prepared.score(_outputs(pruned.module, prepared), fp32_ref), 6)
         with steps.step("batch-norm adaptation"):

@@ -59,7 +59,7 @@ def test_channels_keep_the_graph_valid_and_cut_macs(tmp_path):
 
 
 def test_taylor_importance_uses_data():
-    from edgeopt.calibrate.pruning import PruneConfig, prune
+    from edgeopt.calibrate.pruning import PruneConfig, PruneError, prune
 
     model, example = tiny_blocks()
     calib = [{"input": np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32)}
@@ -72,7 +72,7 @@ def test_taylor_importance_uses_data():
     differ = [k for k in a.keys() & b.keys()
               if a[k].shape == b[k].shape and not torch.equal(a[k], b[k])]
     assert differ                     # different channels (and least-squares re-fits)
-    with pytest.raises(Exception, match="taylor needs data"):
+    with pytest.raises(PruneError, match="taylor scores channels on data"):
         prune(model, example, PruneConfig("channels", 0.5, importance="taylor"))
 
 

@@ -110,3 +110,13 @@ def test_prune_writes_onnx_weights_and_report(run_cli, out):
     onnx_art = report["artifacts"][0]
     assert onnx_art["size_zipped_bytes"] < onnx_art["size_bytes"]
     assert "## Pruning" in (out / "report.md").read_text()
+
+
+def test_user_model_without_data_prunes_and_says_so(run_cli, out):
+    result = prune(run_cli, "tiny_models:tiny_cnn_with_example", out, "--prune-mode",
+                   "channels", "--prune-ratio", "0.5")
+    assert result.code == 0, result.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["pruning"]["macs_ratio"] < 0.5
+    assert any("no calibration data" in n for n in report["pruning"]["notes"])
+    assert "random inputs" in report["data"]["evaluation"]
