@@ -31,7 +31,7 @@ RATIOS = (0.25, 0.5)
 EXTRA = {"mobilenet-v2": [("channels", 0.3)]}
 # labelled digits train fast; MobileNetV2 distils on CPU, so fewer epochs
 FINETUNE = {"digits-cnn": {"epochs": 40, "lr": 5e-3, "batch_size": 32},
-            "mobilenet-v2": {"epochs": 3, "lr": 5e-4, "batch_size": 16}}
+            "mobilenet-v2": {"epochs": 3, "lr": 1e-4, "batch_size": 16}}
 
 
 @dataclass

@@ -64,7 +64,7 @@ class FinetuneConfig:
     """
 
     epochs: int
-    lr: float = 1e-3
+    lr: float = 1e-4
     weight_decay: float = 1e-4
     batch_size: int = 32
     seed: int = 0

@@ -59,7 +59,8 @@ def _prune_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
                         "of class folders of images (labels), or images/.npy (distilled from "
                         "the unpruned model); default for ref:NAME: its own set")
     g.add_argument("--epochs", type=int, help="fine-tuning epochs (none without it)")
-    g.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (1e-3)")
+    g.add_argument("--lr", type=float, default=1e-4,
+                   help="fine-tuning learning rate (Adam; 1e-4 suits pretrained models)")
     g.add_argument("--weight-decay", type=float, default=1e-4,
                    help="L2 regularization while fine-tuning (1e-4)")
     g.add_argument("--batch-size", type=int, default=32,

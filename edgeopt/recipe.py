@@ -21,7 +21,7 @@ class PruneOptions:
     importance: str = "l1"                      # channels: l1 | l2 | taylor
     finetune_data: str | None = None            # default for ref:NAME: its own set
     epochs: int | None = None
-    lr: float = 1e-3
+    lr: float = 1e-4
     weight_decay: float = 1e-4
     batch_size: int = 32
 
