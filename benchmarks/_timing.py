@@ -19,6 +19,9 @@ def ort_runner(path: Path, threads: int):
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # Idle sessions must not spin: with many sessions in one process, their spinning thread
+    # pools take the cores from the one being timed.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda feeds: session.run(None, feeds)[0]
 
