@@ -187,11 +187,10 @@ def _finetune_data(options: PruneOptions, prepared: Prepared, preprocess=None):
 
 
 def _finetune(options: PruneOptions, pruned, data, prepared: Prepared, names, steps: Steps) -> dict:
-    from edgeopt.calibrate.finetune import FinetuneConfig, finetune
+    from edgeopt.calibrate.finetune import finetune
     from edgeopt.calibrate.pruning import rb_hooks
 
-    config = FinetuneConfig(epochs=options.epochs, lr=options.lr,
-                            weight_decay=options.weight_decay, batch_size=options.batch_size)
+    config = options.finetune_config()
     extra_loss, on_epoch_end = rb_hooks(pruned, options.epochs)
 
     def progress(epoch: int, rec: dict) -> None:

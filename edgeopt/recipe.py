@@ -26,6 +26,7 @@ class PruneOptions:
     batch_size: int = 32
 
     def __post_init__(self) -> None:
+        from edgeopt.calibrate.finetune import FinetuneError
         from edgeopt.calibrate.pruning import PruneError
 
         problems = []
@@ -33,21 +34,24 @@ class PruneOptions:
             self.prune_config()
         except PruneError as e:
             problems.append(str(e))
-        if self.epochs is not None and self.epochs < 1:
-            problems.append(f"--epochs {self.epochs} must be >= 1")
+        try:   # the fine-tuning settings are FinetuneConfig's to check
+            self.finetune_config()
+        except FinetuneError as e:
+            problems.append(str(e))
         if self.finetune_data is not None and self.epochs is None:
             problems.append("--finetune-data needs --epochs N (how long to fine-tune)")
         if self.mode == "regularization" and self.epochs is None:
             problems.append("--prune-mode regularization prunes while fine-tuning: "
                             "give --epochs N (and --finetune-data unless ref:NAME)")
-        if not self.lr > 0:
-            problems.append(f"--lr {self.lr} must be > 0")
-        if not self.weight_decay >= 0:
-            problems.append(f"--weight-decay {self.weight_decay} must be >= 0")
-        if self.batch_size < 1:
-            problems.append(f"--batch-size {self.batch_size} must be >= 1")
         if problems:
             raise UsageError("; ".join(problems))
+
+    def finetune_config(self):
+        from edgeopt.calibrate.finetune import FinetuneConfig
+
+        epochs = 1 if self.epochs is None else self.epochs
+        return FinetuneConfig(epochs=epochs, lr=self.lr, weight_decay=self.weight_decay,
+                              batch_size=self.batch_size)
 
     def prune_config(self):
         from edgeopt.calibrate.pruning import PruneConfig
