@@ -219,9 +219,9 @@ def _prune_unstructured(model, example_inputs: tuple, config: PruneConfig):
                       examples_inputs=example), None
 
 
-def _output_layers(model, example_inputs: tuple) -> list[Any]:
-    """Layers whose outputs are the model's outputs (their channels are the task's classes or
-    features, never to be removed): the last Linear/Conv reached by the graph."""
+def _output_layers(model) -> list[Any]:
+    """The layer whose outputs are the task's classes or features, never to be pruned: the
+    last Linear/Conv the model registers (its head, for the models edgeopt handles)."""
     import torch
 
     last = None
@@ -241,7 +241,7 @@ def _prune_channels(model, example_inputs: tuple, config: PruneConfig, ignored: 
         importance = tp.importance.TaylorImportance()
     else:
         importance = tp.importance.MagnitudeImportance(p=1 if config.importance == "l1" else 2)
-    keep = list(ignored) + [m for m in _output_layers(model, example_inputs) if m not in ignored]
+    keep = list(ignored) + [m for m in _output_layers(model) if m not in ignored]
     pruner = tp.pruner.MetaPruner(
         model, _tp_example(example_inputs), importance=importance,
         pruning_ratio=config.ratio, ignored_layers=keep, round_to=config.round_to)
