@@ -1,6 +1,8 @@
-"""`edgeopt bench MODEL --device ID`: measured latency of one model file on a device.
+"""`edgeopt bench MODEL --device ID`: latency of one model file on each device target.
 
-Needs only a runtime (onnxruntime or openvino), numpy and pyyaml: no torch, no nncf.
+Measured where the device is here; estimated from its profile where it is not (or an
+error under --require-measured); with --emulate, ARM targets also run under qemu to check
+their outputs. Needs only a runtime (onnxruntime or openvino), numpy and pyyaml.
 """
 
 from __future__ import annotations
@@ -10,34 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from edgeopt.errors import UsageError
 
 FORMATS = {".onnx": "onnx", ".xml": "openvino-ir"}
-
-
-def _random_inputs(specs, shapes) -> dict[str, np.ndarray]:
-    """Benchmark inputs: values do not change latency for these models, shapes do."""
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for spec in specs:
-        shape = shapes.get(spec.name) if isinstance(shapes, dict) else shapes
-        if shape is None:
-            if any(not isinstance(d, int) or d <= 0 for d in spec.shape):
-                dims = ",".join(str(d) for d in spec.shape)
-                msg = (f"input '{spec.name}' has dynamic shape [{dims}]; "
-                       "pass --input-shape with concrete dimensions")
-                raise UsageError(msg)
-            shape = tuple(spec.shape)
-        dtype = np.dtype(spec.dtype)
-        if np.issubdtype(dtype, np.integer):
-            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[spec.name] = np.ones(shape, dtype=bool)
-        else:
-            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
-    return feeds
 
 
 def _parse_shapes(text: str | None):
@@ -53,14 +30,7 @@ def _parse_shapes(text: str | None):
         raise UsageError(msg) from e
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from edgeopt._tables import bench_table, console_width
-    from edgeopt._targets import resolve_targets
-    from edgeopt.runtimes import BenchProtocol, get_adapter
-
-    model = Path(args.model)
+def _check_model(model: Path) -> str:
     fmt = FORMATS.get(model.suffix.lower())
     if fmt is None:
         msg = f"cannot benchmark '{model}': expected a .onnx or .xml (OpenVINO IR) file"
@@ -71,34 +41,62 @@ def run_bench(args: argparse.Namespace) -> int:
     if model.stat().st_size == 0:
         msg = f"cannot benchmark '{model}': the file is empty (0 bytes)"
         raise UsageError(msg)
+    return fmt
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from edgeopt._measure import NotMeasured, run_target
+    from edgeopt._output import Output
+    from edgeopt._targets import resolve_targets
+    from edgeopt.runtimes import BenchProtocol
+
+    model = Path(args.model)
+    fmt = _check_model(model)
     protocol = BenchProtocol(warmup=args.warmup, min_iterations=args.bench_iterations,
                              min_seconds=args.bench_seconds, repeats=args.bench_repeats,
                              threads=args.threads)
     runtimes = tuple(dict.fromkeys(args.runtimes or ("onnxruntime", "openvino")))
     targets = resolve_targets(tuple(args.devices or ("host-cpu",)), runtimes, fmt)
-    console = Console(stderr=True, quiet=args.quiet)
+    out = Output(quiet=args.quiet)
+    for note in targets.notes if hasattr(targets, "notes") else ():
+        out.warn(note)
     shapes = _parse_shapes(args.input_shape)
-    results = []
+    results, refused = [], []
     for target in targets:
-        adapter = get_adapter(target.adapter)
-        availability = adapter.available()
-        row = {"device": target.label, "adapter": target.adapter, "runtime": target.runtime,
-               "model": str(model)}
-        if not availability.ok:
-            row["bench"] = {"label": "unavailable", "reason": availability.reason}
-            console.print(f"[yellow]{target.label} via {target.adapter}: not available here "
-                          f"({availability.reason})[/yellow]")
-            results.append(row)
-            continue
-        loaded = adapter.load(model, target.unit_obj)
-        feeds = _random_inputs(loaded.inputs, shapes)
-        with console.status(f"benchmarking on {target.label} via {target.adapter}"):
-            result = adapter.benchmark(model, feeds, protocol, target.unit_obj)
-        row["bench"] = result.to_dict()
+        with out.status(f"{target.label} via {target.adapter}"):
+            try:
+                row = run_target(target, model, None, protocol, shapes=shapes,
+                                 require_measured=args.require_measured, emulate=args.emulate)
+            except NotMeasured as e:
+                refused.append(str(e))
+                row = {"device": target.label, "adapter": target.adapter,
+                       "runtime": target.runtime, "model": str(model),
+                       "bench": {"label": "unavailable", "reason": str(e)}}
+        for key in ("static_shapes",):
+            if key in row:
+                out.warn(row[key])
+        if row.get("unsupported_ops"):
+            out.warn(f"{target.label} via {target.adapter}: {len(row['unsupported_ops'])} "
+                     f"operations cannot run on the device: {', '.join(row['unsupported_ops'])}")
+        if "unavailable" in row:
+            out.warn(f"{target.label} via {target.adapter}: not present here "
+                     f"({row['unavailable']})")
         results.append(row)
     if args.json:
         sys.stdout.write(json.dumps(results, indent=2) + "\n")
     else:
-        Console(width=console_width()).print(bench_table(results))
-    measured = [r for r in results if r["bench"].get("label") == "measured"]
-    return 0 if measured else 2
+        out.bench_table(results)
+    for line in refused:
+        sys.stderr.write(f"edgeopt: error: {line}\n")
+    if refused:
+        return 2
+    emulated_bad = [r for r in results
+                    if (r.get("emulation") or {}).get("within_tolerance") is False]
+    if emulated_bad:
+        for r in emulated_bad:
+            sys.stderr.write(f"edgeopt: error: {r['device']}: outputs under emulation differ "
+                             "from this machine's beyond tolerance\n")
+        return 1
+    figures = [r for r in results if r["bench"].get("p50_ms") is not None
+               or r.get("emulation", {}).get("label") == "emulated"]
+    return 0 if figures else 2

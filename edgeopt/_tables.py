@@ -28,27 +28,6 @@ def artifacts_table(report: dict) -> Table:
     return table
 
 
-def bench_table(results: list[dict]) -> Table:
-    table = Table(title="edgeopt bench")
-    for col in ("device", "adapter", "runtime", "load ms", "1st ms", "p50 ms", "p90 ms",
-                "p99 ms", "mean ms", "CV", "ips", "peak MB", "label"):
-        table.add_column(col, justify="left" if col in {"device", "adapter", "runtime",
-                                                         "label"} else "right")
-    for r in results:
-        b = r["bench"]
-        if b.get("label") != "measured":
-            table.add_row(r["device"], r["adapter"], r["runtime"], *["—"] * 9,
-                          f"{b.get('label')}: {b.get('reason', '')}")
-            continue
-        table.add_row(r["device"], r["adapter"], r["runtime"], f"{b['load_ms']:.1f}",
-                      _ms(b["first_inference_ms"]), _ms(b["p50_ms"]), _ms(b["p90_ms"]),
-                      _ms(b["p99_ms"]), _ms(b["mean_ms"]), f"{b['cv']:.3f}",
-                      f"{b['throughput_ips']:.1f}",
-                      "—" if b.get("peak_rss_mb") is None else f"{b['peak_rss_mb']:.0f}",
-                      b["label"] + (" (unstable)" if b.get("unstable") else ""))
-    return table
-
-
 def console_width() -> int | None:
     """Full-width tables in pipes and CI logs, where rich would otherwise wrap at 80."""
     import shutil

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(ExportedProgram), package.module:factory, or ref:NAME")
     opt.add_argument("--device", action="append", dest="devices", metavar="ID[:UNIT]",
                      help="device profile to benchmark on (repeatable; default host-cpu)")
+    opt.add_argument("--require-measured", action="store_true",
+                     help="a device that is not here is an error before any work, not an "
+                          "estimate (for CI gates)")
     opt.add_argument("--runtime", action="append", dest="runtimes",
                      choices=["onnxruntime", "openvino"],
                      help="runtime(s) to build for (repeatable; default both)")
@@ -157,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runtime", action="append", dest="runtimes",
                        choices=["onnxruntime", "openvino"], help="default: every one that loads it")
     bench.add_argument("--input-shape", help="concrete shape for dynamic inputs")
+    bench.add_argument("--require-measured", action="store_true",
+                       help="a device that cannot be measured here is an error (exit 2), "
+                            "not an estimate")
+    bench.add_argument("--emulate", action="store_true",
+                       help="ARM devices: also run the model under qemu-user in an aarch64 "
+                            "sysroot and compare its outputs with this machine's "
+                            "(correctness only, never speed)")
     bench.add_argument("--json", action="store_true", help="print results as JSON on stdout")
     bench.add_argument("--quiet", action="store_true", help="no progress output")
     _bench_flags(bench)
@@ -168,6 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
     dshow = dsub.add_parser("show", parents=[common], help="one profile in full")
     dshow.add_argument("id")
     dshow.add_argument("--json", action="store_true")
+    dcal = dsub.add_parser("calibrate", parents=[common],
+                           help="measure reference models on a device here and store the "
+                                "efficiency its estimates are scaled by")
+    dcal.add_argument("id", help="a device present here, e.g. host-cpu")
+    dcal.add_argument("--runtime", action="append", dest="runtimes",
+                      choices=["onnxruntime", "openvino"], help="default: both")
+    dcal.add_argument("--json", action="store_true")
+    dcal.add_argument("--quiet", action="store_true", help="no progress output")
+
+    run = sub.add_parser("run", parents=[common],
+                         help="run a model once on given inputs and save its outputs "
+                              "(what --emulate runs inside the aarch64 sysroot)")
+    run.add_argument("model", help="model.onnx or model.xml")
+    run.add_argument("--inputs", required=True, help=".npz of input name -> array")
+    run.add_argument("--out", required=True, help=".npz to write the outputs to")
+    run.add_argument("--adapter", default="ort-cpu", help="runtime adapter (default ort-cpu)")
     return parser
 
 
@@ -185,6 +211,14 @@ def main(argv: list[str] | None = None) -> int:
             from edgeopt._bench_cli import run_bench
 
             return run_bench(args)
+        if args.command == "run":
+            from edgeopt._run_cli import run_model
+
+            return run_model(args)
+        if args.command == "devices" and args.devices_command == "calibrate":
+            from edgeopt._calibrate_cli import run_calibrate
+
+            return run_calibrate(args)
         from edgeopt._devices_cli import run_devices
 
         return run_devices(args)
@@ -238,6 +272,7 @@ def _optimize(args: argparse.Namespace) -> int:
         out=args.out or Path("edgeopt-out") / artifact_stem(args.model),
         devices=tuple(args.devices or ("host-cpu",)),
         runtimes=tuple(dict.fromkeys(args.runtimes or ("onnxruntime", "openvino"))),
+        require_measured=args.require_measured,
         input_shape=args.input_shape,
         calib=args.calib,
         calib_samples=args.calib_samples,

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt import report as reporting
+from edgeopt._measure import run_target
 from edgeopt._outdir import Staging, check_output_dir
 from edgeopt._progress import Steps
 from edgeopt._source import Prepared, load_source, prepare
@@ -84,6 +85,13 @@ def optimize(model: str | OptimizeConfig, out: str | Path | None = None, *,
         if not availability.ok:
             msg = f"{runtime} cannot run here: {availability.reason}"
             raise UsageError(msg)
+    if config.require_measured:
+        for target in targets:
+            availability = get_adapter(target.adapter).available(target.unit_obj)
+            if not availability.ok:
+                msg = (f"--require-measured: {target.label} via {target.adapter} cannot be "
+                       f"measured here ({availability.reason})")
+                raise UsageError(msg)
     with steps.step("load model"):
         source = load_source(config)
     if config.prune is not None:
@@ -264,21 +272,21 @@ def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps,
     bench_inputs = prepared.eval_inputs[0]
     entries = []
     for target in targets:
-        adapter = get_adapter(target.adapter)
-        availability = adapter.available()
         for art in artifacts:
             if art.runtime != target.runtime:
                 continue
             entry = _artifact_entry(art, staging, target)
-            if not availability.ok:
-                entry["bench"] = {"label": "unavailable", "reason": availability.reason}
-                warnings.append(f"{target.label} via {target.adapter} is not "
-                                f"available here: {availability.reason}")
-            else:
-                with steps.step(f"benchmark {art.file} on {target.label}") as update:
-                    result = adapter.benchmark(staging.path(art.file), bench_inputs, protocol,
-                                               target.unit_obj, progress=update)
-                entry["bench"] = result.to_dict()
+            with steps.step(f"benchmark {art.file} on {target.label}") as update:
+                row = run_target(target, staging.path(art.file), bench_inputs, protocol,
+                                 progress=update)
+            entry["bench"] = row["bench"]
+            for key in ("unavailable", "unsupported_ops", "static_shapes"):
+                if key in row:
+                    entry[key] = row[key]
+            if "unavailable" in row:
+                warnings.append(f"{target.label} via {target.adapter} is not present here "
+                                f"({row['unavailable']}); its figure is "
+                                f"{row['bench'].get('label')}")
             entries.append(entry)
     warnings += _check_int8_speed(entries, steps)
     if pruning is not None:
@@ -464,6 +472,8 @@ def _check_int8_speed(entries: list[dict], steps: Steps) -> list[str]:
     for e in entries:
         base = fp32.get((e["runtime"], e["device"]))
         if e["precision"] != "int8" or base is None:
+            continue
+        if e["bench"].get("label") != "measured" or base["bench"].get("label") != "measured":
             continue
         p50, p50_fp32 = e["bench"].get("p50_ms"), base["bench"].get("p50_ms")
         if p50 is None or p50_fp32 is None:

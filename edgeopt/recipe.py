@@ -67,6 +67,7 @@ class OptimizeConfig:
     out: Path
     devices: tuple[str, ...] = ("host-cpu",)
     runtimes: tuple[str, ...] = RUNTIMES
+    require_measured: bool = False             # a device not here is an error, not an estimate
     input_shape: str | None = None
     calib: str | None = None
     calib_samples: int | None = None

@@ -26,10 +26,22 @@ from edgeopt.runtimes.errors import (
 ADAPTERS = {
     "ort-cpu": "edgeopt.runtimes.ort_cpu:OrtCpu",
     "ov-cpu": "edgeopt.runtimes.ov_cpu:OvCpu",
+    "ov-gpu": "edgeopt.runtimes.ov_devices:OvGpu",
+    "ov-npu": "edgeopt.runtimes.ov_devices:OvNpu",
+    "ov-arm": "edgeopt.runtimes.ov_devices:OvArm",
+    "ort-openvino": "edgeopt.runtimes.ort_openvino:OrtOpenVino",
+    "ort-arm": "edgeopt.runtimes.ort_cpu:OrtArm",
+}
+# Names kept for what users know them by: the MYRIAD VPU plugin left OpenVINO in 2023.0,
+# and NPUs took its place in OpenVINO's device list.
+ADAPTER_ALIASES = {
+    "ov-vpu": ("ov-npu", "the MYRIAD VPU plugin was removed in OpenVINO 2023.0; "
+                         "'ov-vpu' runs OpenVINO's NPU plugin"),
 }
 
 
 def get_adapter(name: str) -> RuntimeAdapter:
+    name = ADAPTER_ALIASES.get(name, (name,))[0]
     if name not in ADAPTERS:
         msg = f"unknown adapter '{name}' (known: {', '.join(ADAPTERS)})"
         raise UnknownAdapter(msg)
@@ -39,6 +51,7 @@ def get_adapter(name: str) -> RuntimeAdapter:
 
 __all__ = [
     "ADAPTERS",
+    "ADAPTER_ALIASES",
     "AdapterUnavailable",
     "Availability",
     "BenchProtocol",

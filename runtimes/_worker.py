@@ -6,6 +6,7 @@ import json
 import resource
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -34,7 +35,9 @@ def main() -> int:
         adapter = get_adapter(job["adapter"])
         with np.load(job["inputs"]) as data:
             feeds = {k: data[k] for k in data.files}
-        loaded = adapter.load(job["model"], None, p["threads"])
+        unit = SimpleNamespace(**job.get("unit") or {})
+        shapes = {name: tuple(array.shape) for name, array in feeds.items()}
+        loaded = adapter.load(job["model"], unit, p["threads"], shapes)
         start = time.perf_counter()
         loaded.run(feeds)
         first_ms = (time.perf_counter() - start) * 1000

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,9 @@ from edgeopt.runtimes.errors import (
 )
 
 UNSTABLE_CV = 0.05
+# Set by edgeopt's qemu runner (e.g. "qemu-aarch64:cortex-a76"): figures taken under
+# emulation are labelled so, never passed off as the emulated device's speed.
+EMULATED_ENV = "EDGEOPT_EMULATED"
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ def _cpu_model() -> str:
 def run_benchmark(adapter, model: Path, inputs: dict[str, np.ndarray], protocol: BenchProtocol,
                   unit=None, progress: Callable[[int, int], None] | None = None) -> BenchResult:
     """Benchmark ``model`` with ``adapter``: ``protocol.repeats`` fresh processes."""
-    availability = adapter.available()
+    availability = adapter.available(unit)
     if not availability.ok:
         msg = f"{adapter.name}: {availability.reason}"
         raise AdapterUnavailable(msg)
@@ -135,7 +138,8 @@ def run_benchmark(adapter, model: Path, inputs: dict[str, np.ndarray], protocol:
         feeds = Path(tmp) / "inputs.npz"
         np.savez(feeds, **inputs)
         job = {"adapter": adapter.name, "model": str(model), "inputs": str(feeds),
-               "protocol": asdict(protocol)}
+               "protocol": asdict(protocol),
+               "unit": {"id": getattr(unit, "id", None), "kind": getattr(unit, "kind", None)}}
         for repeat in range(protocol.repeats):
             if progress is not None:
                 progress(repeat, protocol.repeats)
@@ -157,9 +161,13 @@ def run_benchmark(adapter, model: Path, inputs: dict[str, np.ndarray], protocol:
         "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in inputs.items()},
         "protocol": asdict(protocol), "batch": 1, "streams": 1,
     }
+    emulated = os.environ.get(EMULATED_ENV)
+    if emulated:
+        setup["emulated_by"] = emulated
     peak = max(p for p in peaks if p is not None) if any(p is not None for p in peaks) else None
-    return summarize(np.concatenate(times), repeat_p50, float(np.median(loads)),
-                     float(np.median(firsts)), peak, setup)
+    result = summarize(np.concatenate(times), repeat_p50, float(np.median(loads)),
+                       float(np.median(firsts)), peak, setup)
+    return replace(result, label="emulated") if emulated else result
 
 
 def _run_worker(job: dict) -> dict:

@@ -42,3 +42,7 @@ class InvalidDeviceProfiles(DeviceProfileError):
         else:
             lines = [f"{source}: {len(problems)} problems:"] + [f"  {source}: {p}" for p in problems]
             super().__init__("\n".join(lines))
+
+
+class StaticShapesRequired(RuntimeAdapterError):
+    """The device compiles static shapes only and the model has a dynamic input."""

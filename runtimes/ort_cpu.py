@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +67,7 @@ class OrtSessionAdapter:
     formats: ClassVar[tuple[str, ...]] = ("onnx",)
     provider: ClassVar[str] = "CPUExecutionProvider"
 
-    def available(self) -> Availability:
+    def available(self, unit=None) -> Availability:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -83,14 +85,14 @@ class OrtSessionAdapter:
     def provider_options(self, unit) -> dict:
         return {}
 
-    def load(self, model: Path, unit=None, threads: int | None = None) -> OrtLoaded:
-        availability = self.available()
+    def _session(self, model: Path, unit, threads: int | None, options=None):
+        availability = self.available(unit)
         if not availability.ok:
             msg = f"{self.name}: {availability.reason}"
             raise AdapterUnavailable(msg)
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
+        options = options or ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or physical_cores()
         options.inter_op_num_threads = 1
@@ -104,10 +106,48 @@ class OrtSessionAdapter:
             raise ModelLoadFailed(msg) from e
         load_ms = (time.perf_counter() - start) * 1000
         check_providers(session, self.provider)
+        return session, options, load_ms
+
+    def load(self, model: Path, unit=None, threads: int | None = None,
+             shapes: dict | None = None) -> OrtLoaded:
+        session, options, load_ms = self._session(model, unit, threads)
         return OrtLoaded(session, _specs(session.get_inputs()), _specs(session.get_outputs()),
                          load_ms, {"threads": options.intra_op_num_threads,
                                    "providers": session.get_providers(),
                                    "inference_precision": "as in the graph"})
+
+    def node_assignment(self, model: Path, unit=None, shapes: dict | None = None) -> dict:
+        """Node name -> (operator, execution provider), as ONNX Runtime ran them.
+
+        ONNX Runtime assigns each node to the first provider that claims it and gives the
+        rest to the CPU EP without a word; its profiler records who ran each node, so one
+        profiled run with zero inputs tells the assignment, all of it.
+        """
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory(prefix="edgeopt-assign-") as tmp:
+            options = ort.SessionOptions()
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(tmp) / "profile")
+            session, _, _ = self._session(model, unit, None, options)
+            feeds = {}
+            for spec in _specs(session.get_inputs()):
+                dims = (shapes or {}).get(spec.name) or tuple(
+                    d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
+                feeds[spec.name] = np.zeros(dims, dtype=np.dtype(spec.dtype))
+            try:
+                session.run(None, feeds)
+            except Exception as e:
+                msg = f"{self.name} cannot run {Path(model).name}: {first_line(e)}"
+                raise ModelLoadFailed(msg) from e
+            events = json.loads(Path(session.end_profiling()).read_text())
+        assignment = {}
+        for event in events:
+            args = event.get("args") or {}
+            if event.get("cat") == "Node" and "provider" in args:
+                node = event["name"].removesuffix("_kernel_time")
+                assignment[node] = (args.get("op_name", "?"), args["provider"])
+        return assignment
 
     def benchmark(self, model: Path, inputs: dict[str, np.ndarray], protocol, unit=None,
                   progress=None):
@@ -115,14 +155,36 @@ class OrtSessionAdapter:
 
         return run_benchmark(self, model, inputs, protocol, unit, progress)
 
-    def unsupported_ops(self, model: Path) -> list[str]:
-        # The CPU EP implements every standard ONNX operator; a load failure names the rest.
-        try:
-            self.load(model)
-        except ModelLoadFailed as e:
-            return [str(e)]
-        return []
+    def unsupported_ops(self, model: Path, shapes: dict | None = None, unit=None) -> list[str]:
+        """Every node ONNX Runtime gave to another provider than this adapter's, by name.
+
+        All of them, not the first; a model the provider takes none of raises
+        AdapterUnavailable, since nothing of it would run on the device.
+        """
+        assignment = self.node_assignment(model, unit, shapes)
+        elsewhere = sorted(f"{node} ({op} on {provider})"
+                           for node, (op, provider) in assignment.items()
+                           if provider != self.provider)
+        if assignment and len(elsewhere) == len(assignment):
+            msg = (f"{self.name}: ONNX Runtime ran none of {Path(model).name}'s "
+                   f"{len(assignment)} nodes on {self.provider} (all fell back to "
+                   f"{', '.join(sorted({p for _, p in assignment.values()}))}); "
+                   "no figure is reported for a device that did not run")
+            raise AdapterUnavailable(msg)
+        return elsewhere
 
 
 class OrtCpu(OrtSessionAdapter):
     name: ClassVar[str] = "ort-cpu"
+
+
+class OrtArm(OrtSessionAdapter):
+    """ONNX Runtime's CPU EP on an ARM CPU (its MLAS kernels use NEON, dot-product, i8mm)."""
+
+    name: ClassVar[str] = "ort-arm"
+
+    def available(self, unit=None) -> Availability:
+        from edgeopt.runtimes.ov_devices import arm_problem
+
+        problem = arm_problem(self.name)
+        return Availability(False, problem) if problem else super().available(unit)

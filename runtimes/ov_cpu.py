@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import ClassVar
 import numpy as np
 
 from edgeopt.runtimes.base import Availability, TensorSpec, first_line
-from edgeopt.runtimes.errors import AdapterUnavailable, ModelLoadFailed
+from edgeopt.runtimes.errors import AdapterUnavailable, ModelLoadFailed, StaticShapesRequired
 
 
 def _specs(ports) -> tuple[TensorSpec, ...]:
@@ -40,6 +41,20 @@ class OvLoaded:
         return [np.array(result[out]) for out in self.compiled.outputs]
 
 
+def plugin_error(error: BaseException) -> str:
+    """The line of an OpenVINO exception that says what went wrong, not where it was thrown."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith("Exception from ")]
+    line = (useful or lines or [type(error).__name__])[0]
+    return re.sub(r'"[^"]*/([^"/]+\.so[^"]*)"', r'"\1"', line)[:300]
+
+
+def dynamic_inputs(ov_model) -> list[str]:
+    """``name [dims]`` of every model input whose shape is not fully static."""
+    return [f"{port.get_any_name()} {port.get_partial_shape()}"
+            for port in ov_model.inputs if port.get_partial_shape().is_dynamic]
+
+
 class OvDeviceAdapter:
     """An OpenVINO adapter for one device plugin (subclasses set the device)."""
 
@@ -47,16 +62,35 @@ class OvDeviceAdapter:
     runtime: ClassVar[str] = "openvino"
     formats: ClassVar[tuple[str, ...]] = ("onnx", "openvino-ir")
     device: ClassVar[str] = "CPU"
+    # Float layers run in FP32 where the plugin would otherwise pick bf16/f16 on its own;
+    # None keeps the device's native precision (GPU: f16), which the result then records.
+    precision_hint: ClassVar[str | None] = "f32"
+    static_shapes: ClassVar[bool] = False
+    hardware_hint: ClassVar[str] = ""
 
-    def available(self) -> Availability:
+    def platform_problem(self) -> str | None:
+        """Why this machine cannot have the device at all, before asking OpenVINO."""
+        return None
+
+    def available(self, unit=None) -> Availability:
+        problem = self.platform_problem()
+        if problem:
+            return Availability(False, problem)
         try:
             import openvino as ov
         except ImportError:
             return Availability(False, "openvino is not installed (pip install openvino)")
-        devices = ov.Core().available_devices
-        if not any(d.split(".")[0] == self.device for d in devices):
-            return Availability(False, f"OpenVINO sees no {self.device} device "
-                                       f"(available: {', '.join(devices) or 'none'})")
+        core = ov.Core()
+        try:
+            # Loads the plugin: a missing plugin or driver library fails here, by name.
+            found = core.get_property(self.device, "AVAILABLE_DEVICES")
+        except Exception as e:
+            return Availability(False, f"OpenVINO's {self.device} plugin cannot load: "
+                                       f"{plugin_error(e)}")
+        if self.device != "CPU" and not [d for d in found if d is not None]:
+            hint = f"; {self.hardware_hint}" if self.hardware_hint else ""
+            return Availability(False, f"OpenVINO's {self.device} plugin loaded but enumerated "
+                                       f"no {self.device} device{hint}")
         return Availability(True)
 
     def version(self) -> str:
@@ -76,8 +110,36 @@ class OvDeviceAdapter:
             msg = f"{self.name} cannot read {model.name}: {first_line(e)}"
             raise ModelLoadFailed(msg) from e
 
-    def load(self, model: Path, unit=None, threads: int | None = None) -> OvLoaded:
-        availability = self.available()
+    def prepare(self, ov_model, model: Path, shapes: dict | None):
+        """Fix the inputs to ``shapes`` (name -> dims) where given; devices that need static
+        shapes refuse a model that keeps a dynamic one, naming every such input."""
+        if shapes:
+            known = {p.get_any_name() for p in ov_model.inputs}
+            fixed = {k: list(v) for k, v in shapes.items() if k in known}
+            if fixed:
+                try:
+                    ov_model.reshape(fixed)
+                except Exception as e:
+                    msg = f"{self.name} cannot reshape {Path(model).name}: {plugin_error(e)}"
+                    raise ModelLoadFailed(msg) from e
+        if self.static_shapes:
+            dynamic = dynamic_inputs(ov_model)
+            if dynamic:
+                msg = (f"{self.name}: {self.device} needs static input shapes; "
+                       f"{Path(model).name} has dynamic {', '.join(dynamic)}: pass "
+                       "--input-shape NAME=d0,d1,... for each (or export with fixed shapes)")
+                raise StaticShapesRequired(msg)
+        return ov_model
+
+    def check_static_shapes(self, model: Path, shapes: dict | None = None) -> None:
+        """The static-shape check alone, without the device: see ``prepare``."""
+        import openvino as ov
+
+        self.prepare(self._read(ov.Core(), model), model, shapes)
+
+    def load(self, model: Path, unit=None, threads: int | None = None,
+             shapes: dict | None = None) -> OvLoaded:
+        availability = self.available(unit)
         if not availability.ok:
             msg = f"{self.name}: {availability.reason}"
             raise AdapterUnavailable(msg)
@@ -85,21 +147,22 @@ class OvDeviceAdapter:
 
         core = ov.Core()
         start = time.perf_counter()
-        ov_model = self._read(core, model)
+        ov_model = self.prepare(self._read(core, model), model, shapes)
         config = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads:
+        if threads and self.device == "CPU":
             config["INFERENCE_NUM_THREADS"] = threads
         # The CPU plugin runs float layers in bf16 on CPUs with avx512_bf16/AMX unless told
         # otherwise: FP32 artifacts, and the layers an INT8 artifact keeps in FP32, run as
         # FP32, so the figures are what the artifact's precision says.
-        config["INFERENCE_PRECISION_HINT"] = "f32"
+        if self.precision_hint:
+            config["INFERENCE_PRECISION_HINT"] = self.precision_hint
         try:
             compiled = core.compile_model(ov_model, self.device, config)
         except Exception as e:
-            msg = f"{self.name} cannot compile {Path(model).name}: {first_line(e)}"
+            msg = f"{self.name} cannot compile {Path(model).name}: {plugin_error(e)}"
             raise ModelLoadFailed(msg) from e
         load_ms = (time.perf_counter() - start) * 1000
-        info = {"device": self.device}
+        info = {"device": self.device, "full_device_name": _device_name(core, self.device)}
         for key in ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS"):
             try:
                 value = compiled.get_property(key)
@@ -117,14 +180,28 @@ class OvDeviceAdapter:
 
         return run_benchmark(self, model, inputs, protocol, unit, progress)
 
-    def unsupported_ops(self, model: Path) -> list[str]:
+    def unsupported_ops(self, model: Path, shapes: dict | None = None) -> list[str]:
+        """Every operation the device's plugin cannot run (``Core.query_model``), not the first."""
         import openvino as ov
 
         core = ov.Core()
-        ov_model = self._read(core, model)
-        supported = core.query_model(ov_model, self.device)
+        ov_model = self.prepare(self._read(core, model), model, shapes)
+        try:
+            supported = core.query_model(ov_model, self.device)
+        except Exception as e:
+            msg = f"{self.name} cannot query {Path(model).name}: {plugin_error(e)}"
+            raise AdapterUnavailable(msg) from e
         return sorted({f"{op.get_friendly_name()} ({op.get_type_name()})"
-                       for op in ov_model.get_ops() if op.get_friendly_name() not in supported})
+                       for op in ov_model.get_ops()
+                       if op.get_friendly_name() not in supported
+                       and op.get_type_name() not in {"Parameter", "Result", "Constant"}})
+
+
+def _device_name(core, device: str) -> str | None:
+    try:
+        return str(core.get_property(device, "FULL_DEVICE_NAME"))
+    except Exception:  # not every plugin reports it
+        return None
 
 
 class OvCpu(OvDeviceAdapter):

@@ -7,14 +7,16 @@ from pathlib import Path
 import numpy as np
 
 
-def _save(path: Path, name: str, nodes: list, inits: list, output: tuple[str, list]) -> Path:
-    """A checked opset-17 model with one 1x3x8x8 float input, saved to ``path``."""
+def _save(path: Path, name: str, nodes: list, inits: list, output: tuple[str, list],
+          inputs: list[tuple[str, list]] | None = None) -> Path:
+    """A checked opset-17 model (default: one 1x3x8x8 float input), saved to ``path``."""
     import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
         nodes, name,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, dims)
+         for n, dims in (inputs or [("input", [1, 3, 8, 8])])],
         [helper.make_tensor_value_info(output[0], TensorProto.FLOAT, output[1])],
         inits,
     )

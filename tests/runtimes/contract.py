@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeopt.runtimes import Availability, BenchProtocol, ModelLoadFailed, get_adapter
+from edgeopt.runtimes import (
+    AdapterUnavailable,
+    Availability,
+    BenchProtocol,
+    ModelLoadFailed,
+    get_adapter,
+)
 
 TINY_PROTOCOL = BenchProtocol(warmup=1, min_iterations=5, min_seconds=0.0, repeats=2)
 
@@ -29,7 +35,33 @@ def tiny_reference(x: np.ndarray, path: Path) -> np.ndarray:
 
 
 class AdapterContract:
+    """Where the device is here: it loads, runs right and benchmarks. Where it is not: it
+    says why in one line and refuses to load or benchmark (no figure for a device that did
+    not run). Each test runs in whichever case this machine is."""
+
     adapter_name: str = ""
+
+    @pytest.fixture
+    def absent(self):
+        adapter = get_adapter(self.adapter_name)
+        availability = adapter.available()
+        if availability.ok:
+            pytest.skip(f"{self.adapter_name} is available here")
+        return adapter, availability
+
+    def test_absent_device_says_why_in_one_line(self, absent):
+        _, availability = absent
+        assert availability.reason
+        assert "\n" not in availability.reason
+
+    def test_absent_device_is_never_loaded_or_benchmarked(self, absent, tiny_onnx):
+        adapter, availability = absent
+        with pytest.raises(AdapterUnavailable) as info:
+            adapter.load(tiny_onnx)
+        assert availability.reason in str(info.value)
+        x = np.zeros((1, 3, 8, 8), dtype=np.float32)
+        with pytest.raises(AdapterUnavailable):
+            adapter.benchmark(tiny_onnx, {"input": x}, TINY_PROTOCOL)
 
     @pytest.fixture
     def adapter(self):

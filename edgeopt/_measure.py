@@ -1,0 +1,157 @@
+"""One model on one device target: measured where the device is here, else estimated.
+
+Shared by `edgeopt bench` and `edgeopt optimize`. Every figure carries its label:
+``measured`` (ran on this device), ``emulated`` (ran under qemu: outputs checked, timings
+never the device's), ``estimated`` (roofline from the device profile, with an error band),
+or no figure at all: ``unavailable`` / ``unsupported`` with the reason. Imports only
+numpy and edgeopt.runtimes, so it works in the runtime-only install.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from edgeopt.runtimes.errors import (
+    AdapterUnavailable,
+    DeviceProfileError,
+    RuntimeAdapterError,
+    StaticShapesRequired,
+)
+
+
+class NotMeasured(RuntimeAdapterError):
+    """--require-measured, and a target that cannot be measured here."""
+
+
+def _estimate(model: Path, target, runtime: str) -> dict:
+    from edgeopt.runtimes import load_devices
+
+    try:
+        from edgeopt.runtimes.estimate import estimate
+    except ImportError:
+        return {"label": "unavailable", "reason": "no estimator in this install"}
+    profile = load_devices().get(target.device)
+    try:
+        return estimate(model, profile, target.unit_obj, runtime)
+    except (RuntimeAdapterError, DeviceProfileError, ImportError) as e:
+        return {"label": "unavailable", "reason": f"no estimate either: {e}"}
+
+
+def _static_shape_problem(adapter, model: Path, shapes: dict | None) -> str | None:
+    """An NPU's static-shape demand, checked even when the NPU is not here."""
+    check = getattr(adapter, "check_static_shapes", None)
+    if check is None or not getattr(adapter, "static_shapes", False):
+        return None
+    try:
+        check(model, shapes)
+    except StaticShapesRequired as e:
+        return str(e)
+    except Exception:  # the model cannot even be read: the measured path reports it
+        return None
+    return None
+
+
+def run_target(target, model: Path, feeds: dict[str, np.ndarray] | None, protocol, *,
+               shapes: dict | None = None, require_measured: bool = False,
+               emulate: bool = False,
+               progress: Callable[[int, int], None] | None = None) -> dict:
+    """Benchmark ``model`` on ``target`` (a ``_targets.Target``); a row for the report.
+
+    ``feeds`` are the benchmark inputs (None: made from the loaded model's inputs and
+    ``shapes``). Raises NotMeasured under ``require_measured`` when the target is absent.
+    """
+    from edgeopt.runtimes import get_adapter
+
+    adapter = get_adapter(target.adapter)
+    given = shapes
+    shapes = shapes if isinstance(shapes, dict) else None   # a bare shape: the one input
+    row = {"device": target.label, "adapter": target.adapter, "runtime": target.runtime,
+           "model": str(model)}
+    availability = adapter.available(target.unit_obj)
+    shape_problem = _static_shape_problem(adapter, model, shapes)
+    if shape_problem:
+        row["static_shapes"] = shape_problem
+    if availability.ok:
+        try:
+            unsupported = adapter.unsupported_ops(model, shapes)
+        except AdapterUnavailable as e:
+            availability = type(availability)(False, str(e))
+            unsupported = []
+    if availability.ok:
+        if unsupported:
+            row["unsupported_ops"] = unsupported
+        if unsupported and target.adapter.startswith("ov-"):
+            # OpenVINO compiles a model for one device or not at all.
+            row["bench"] = {"label": "unsupported",
+                            "reason": f"{len(unsupported)} operations the device cannot run: "
+                                      + ", ".join(unsupported)}
+        else:
+            if feeds is None:
+                loaded = adapter.load(model, target.unit_obj, protocol.threads, shapes)
+                feeds = random_inputs(loaded.inputs, given)
+            result = adapter.benchmark(model, feeds, protocol, target.unit_obj, progress)
+            row["bench"] = result.to_dict()
+            if unsupported:
+                row["bench"]["fallback_nodes"] = len(unsupported)
+    else:
+        row["unavailable"] = availability.reason
+        if require_measured:
+            msg = (f"--require-measured: {target.label} via {target.adapter} cannot be "
+                   f"measured here ({availability.reason})")
+            raise NotMeasured(msg)
+        row["bench"] = _estimate(model, target, target.runtime)
+        row["bench"].setdefault("reason", f"not measured: {availability.reason}")
+    if emulate:
+        row["emulation"] = _emulate(model, target, feeds, given)
+    return row
+
+
+def _emulate(model: Path, target, feeds, shapes) -> dict:
+    qemu_cpu = getattr(target.unit_obj, "qemu_cpu", None)
+    if not qemu_cpu:
+        return {"label": "unavailable",
+                "reason": f"{target.label} is not an ARM CPU with a qemu model in its profile"}
+    if target.runtime != "onnxruntime":
+        return {"label": "unavailable",
+                "reason": "emulation runs ONNX Runtime's CPU EP (the sysroot has no OpenVINO)"}
+    try:
+        from edgeopt.runtimes.emulation import emulate, emulation_available
+    except ImportError:
+        return {"label": "unavailable", "reason": "no emulation support in this install"}
+    availability = emulation_available()
+    if not availability.ok:
+        return {"label": "unavailable", "reason": availability.reason}
+    if feeds is None:
+        from edgeopt.runtimes import get_adapter
+
+        loaded = get_adapter("ort-cpu").load(model)
+        feeds = random_inputs(loaded.inputs, shapes)
+    return emulate(model, feeds, qemu_cpu, adapter="ort-arm")
+
+
+def random_inputs(specs, shapes) -> dict[str, np.ndarray]:
+    """Benchmark inputs: values do not change latency for these models, shapes do."""
+    from edgeopt.errors import UsageError
+
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for spec in specs:
+        shape = shapes.get(spec.name) if isinstance(shapes, dict) else shapes
+        if shape is None:
+            if any(not isinstance(d, int) or d <= 0 for d in spec.shape):
+                dims = ",".join(str(d) for d in spec.shape)
+                msg = (f"input '{spec.name}' has dynamic shape [{dims}]; "
+                       "pass --input-shape with concrete dimensions")
+                raise UsageError(msg)
+            shape = tuple(spec.shape)
+        dtype = np.dtype(spec.dtype)
+        if np.issubdtype(dtype, np.integer):
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[spec.name] = np.ones(shape, dtype=bool)
+        else:
+            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
