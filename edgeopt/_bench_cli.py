@@ -58,7 +58,7 @@ def run_bench(args: argparse.Namespace) -> int:
     runtimes = tuple(dict.fromkeys(args.runtimes or ("onnxruntime", "openvino")))
     targets = resolve_targets(tuple(args.devices or ("host-cpu",)), runtimes, fmt)
     out = Output(quiet=args.quiet)
-    for note in targets.notes if hasattr(targets, "notes") else ():
+    for note in targets.notes:
         out.warn(note)
     shapes = _parse_shapes(args.input_shape)
     results, refused = [], []

@@ -8,19 +8,24 @@ import json
 import sys
 
 
-def _usable(adapter_name: str, unit=None) -> dict:
-    from edgeopt.runtimes import get_adapter
+def _usable(adapter_name: str, unit=None, absent: str | None = None) -> dict:
+    from edgeopt.runtimes import Availability, get_adapter
 
-    availability = get_adapter(adapter_name).available(unit)
+    availability = (Availability(False, absent) if absent
+                    else get_adapter(adapter_name).available(unit))
     return {"adapter": adapter_name, "usable_here": availability.ok,
             "reason": None if availability.ok else availability.reason}
 
 
 def _profile_dict(profile, with_usability: bool = True) -> dict:
+    from edgeopt.runtimes.devices import absent_reason
+
     data = dataclasses.asdict(profile)
     if with_usability:
+        absent = absent_reason(profile)
+        data["present_here"] = absent is None
         for unit, raw in zip(profile.units, data["units"], strict=True):
-            raw["adapter_status"] = [_usable(a, unit) for a in unit.adapters]
+            raw["adapter_status"] = [_usable(a, unit, absent) for a in unit.adapters]
     return data
 
 

@@ -54,6 +54,16 @@ def _static_shape_problem(adapter, model: Path, shapes: dict | None) -> str | No
     return None
 
 
+def target_availability(target):
+    """The adapter's own check, after the device itself: a figure measured on this machine
+    is the device's only when the device is this machine."""
+    from edgeopt.runtimes import Availability, get_adapter
+
+    if target.absent:
+        return Availability(False, target.absent)
+    return get_adapter(target.adapter).available(target.unit_obj)
+
+
 def run_target(target, model: Path, feeds: dict[str, np.ndarray] | None, protocol, *,
                shapes: dict | None = None, require_measured: bool = False,
                emulate: bool = False,
@@ -70,7 +80,7 @@ def run_target(target, model: Path, feeds: dict[str, np.ndarray] | None, protoco
     shapes = shapes if isinstance(shapes, dict) else None   # a bare shape: the one input
     row = {"device": target.label, "adapter": target.adapter, "runtime": target.runtime,
            "model": str(model)}
-    availability = adapter.available(target.unit_obj)
+    availability = target_availability(target)
     shape_problem = _static_shape_problem(adapter, model, shapes)
     if shape_problem:
         row["static_shapes"] = shape_problem

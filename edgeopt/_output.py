@@ -33,8 +33,8 @@ def bench_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
                          "—" if b.get("peak_rss_mb") is None else f"{b['peak_rss_mb']:.0f}",
                          note])
         elif label == "estimated":
-            note = (f"{b['low_ms']:.3f}–{b['high_ms']:.3f} ms ({b.get('band', 'band')}); "
-                    f"calibration: {b.get('calibration', '?')}; {b.get('reason', '')}")
+            calibration = str(b.get("calibration", "?")).split(" (")[0]
+            note = f"{b['low_ms']:.3f}–{b['high_ms']:.3f} ms; {calibration}"
             rows.append([r["device"], r["adapter"], r["runtime"], label, _ms(b["p50_ms"]),
                          *["—"] * 7, note])
         else:

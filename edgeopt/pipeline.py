@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt import report as reporting
-from edgeopt._measure import run_target
+from edgeopt._measure import run_target, target_availability
 from edgeopt._outdir import Staging, check_output_dir
 from edgeopt._progress import Steps
 from edgeopt._source import Prepared, load_source, prepare
@@ -87,7 +87,7 @@ def optimize(model: str | OptimizeConfig, out: str | Path | None = None, *,
             raise UsageError(msg)
     if config.require_measured:
         for target in targets:
-            availability = get_adapter(target.adapter).available(target.unit_obj)
+            availability = target_availability(target)
             if not availability.ok:
                 msg = (f"--require-measured: {target.label} via {target.adapter} cannot be "
                        f"measured here ({availability.reason})")

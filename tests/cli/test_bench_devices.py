@@ -125,3 +125,13 @@ def test_optimize_require_measured_refuses_before_any_work(run_cli, laptop, tmp_
     assert result.code == 2
     assert "--require-measured: laptop:npu via ov-npu cannot be measured here" in result.err
     assert not out.exists()
+
+
+def test_an_x86_profile_that_is_not_this_machine_is_estimated_not_measured(run_cli, tiny_onnx):
+    """ort-cpu runs here, but this machine is not a Core Ultra: no "measured" figure."""
+    result = run_cli("bench", tiny_onnx, "--device", "core-ultra-7-258v:cpu", "--runtime",
+                     "onnxruntime", "--json", "--quiet")
+    rows = json.loads(result.out)
+    cpu = [r for r in rows if r["adapter"] == "ort-cpu"]
+    assert cpu and cpu[0]["bench"]["label"] != "measured"
+    assert "not Intel Core Ultra 7 258V" in cpu[0]["unavailable"]
