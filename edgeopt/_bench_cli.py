@@ -60,6 +60,9 @@ def run_bench(args: argparse.Namespace) -> int:
     out = Output(quiet=args.quiet)
     for note in targets.notes:
         out.warn(note)
+    if args.emulate and not any(getattr(t.unit_obj, "qemu_cpu", None) for t in targets):
+        out.warn("--emulate: none of these devices is an ARM CPU with a qemu model in its "
+                 "profile (e.g. --device rpi5); nothing to emulate")
     shapes = _parse_shapes(args.input_shape)
     results, refused = [], []
     for target in targets:

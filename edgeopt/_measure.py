@@ -114,7 +114,7 @@ def run_target(target, model: Path, feeds: dict[str, np.ndarray] | None, protoco
             raise NotMeasured(msg)
         row["bench"] = _estimate(model, target, target.runtime)
         row["bench"].setdefault("reason", f"not measured: {availability.reason}")
-    if emulate:
+    if emulate and getattr(target.unit_obj, "qemu_cpu", None):
         row["emulation"] = _emulate(model, target, feeds, given)
     return row
 

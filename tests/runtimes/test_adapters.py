@@ -180,6 +180,7 @@ def test_npu_refuses_dynamic_shapes_naming_every_dynamic_input(tmp_path):
     from onnx import helper
 
     from edgeopt.runtimes.errors import StaticShapesRequired
+
     from tiny_models import _save
 
     nodes = [helper.make_node("Add", ["a", "b"], ["y"], name="add")]
