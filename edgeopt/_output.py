@@ -14,8 +14,9 @@ def _ms(value) -> str:
 
 def bench_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
     """The bench table: one row per target, each figure with its label."""
-    header = ["device", "adapter", "runtime", "label", "p50 ms", "p90 ms", "p99 ms", "CV",
-              "load ms", "1st ms", "ips", "peak MB", "note"]
+    header = ["device", "adapter", "runtime", "label", "p50 ms", "p90 ms", "CV", "load ms",
+              "peak MB", "note"]
+    blank = ["—"] * 5
     rows = []
     for r in results:
         b = r["bench"]
@@ -27,18 +28,16 @@ def bench_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
             if b.get("fallback_nodes"):
                 note = f"{b['fallback_nodes']} nodes fell back to the CPU EP"
             rows.append([r["device"], r["adapter"], r["runtime"], label, _ms(b["p50_ms"]),
-                         _ms(b["p90_ms"]), _ms(b["p99_ms"]), f"{b['cv']:.3f}",
-                         f"{b['load_ms']:.1f}", _ms(b["first_inference_ms"]),
-                         f"{b['throughput_ips']:.1f}",
+                         _ms(b["p90_ms"]), f"{b['cv']:.3f}", f"{b['load_ms']:.1f}",
                          "—" if b.get("peak_rss_mb") is None else f"{b['peak_rss_mb']:.0f}",
                          note])
         elif label == "estimated":
             calibration = str(b.get("calibration", "?")).split(" (")[0]
-            note = f"{b['low_ms']:.3f}–{b['high_ms']:.3f} ms; {calibration}"
+            note = f"band {b['low_ms']:.3f}–{b['high_ms']:.3f} ms; {calibration}"
             rows.append([r["device"], r["adapter"], r["runtime"], label, _ms(b["p50_ms"]),
-                         *["—"] * 7, note])
+                         *blank[1:], note])
         else:
-            rows.append([r["device"], r["adapter"], r["runtime"], label, *["—"] * 8,
+            rows.append([r["device"], r["adapter"], r["runtime"], label, *blank,
                          b.get("reason", "")])
         emulation = r.get("emulation")
         if emulation:
@@ -52,7 +51,7 @@ def bench_rows(results: list[dict]) -> tuple[list[str], list[list[str]]]:
             else:
                 note = emulation.get("reason", "")
             rows.append([r["device"], "qemu-user", r["runtime"],
-                         emulation.get("label", "—"), *["—"] * 8, note])
+                         emulation.get("label", "—"), *blank, note])
     return header, rows
 
 
