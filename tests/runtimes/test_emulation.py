@@ -1,5 +1,5 @@
 """ARM emulation without qemu or network: index parsing, mirror detection, the verdict,
-availability reasons, `edgeopt run`. The real sysroot runs in tests/e2e/test_emulation.py."""
+availability reasons, `edgeopt run`. The real sysroot runs in tests/e2e/test_arm_emulation.py."""
 
 from __future__ import annotations
 
