@@ -67,6 +67,23 @@ def _prune_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
                    help="global batch size (split across torchrun processes; 32)")
 
 
+PACKAGE_TARGETS = ["android", "ios", "linux-arm", "openvino"]
+
+
+def _output_flags(p: argparse.ArgumentParser, json_help: str) -> None:
+    p.add_argument("--json", action="store_true", help=json_help)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _palettize_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("palettization (app bundles)")
+    g.add_argument("--palettize", type=int, metavar="BITS",
+                   help="k-means weight palettization, 2..8 bits per weight (a fp16 lookup "
+                        "table per group of output channels)")
+    g.add_argument("--group-size", type=int, metavar="N",
+                   help="output channels sharing one lookup table (default: one per channel)")
+
+
 def _prune_options(args: argparse.Namespace):
     from edgeopt.errors import UsageError
     from edgeopt.recipe import PruneOptions
@@ -134,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the first convolution FP32 (more accurate, a little slower)")
     opt.add_argument("--no-quantize", action="store_true", help="FP32 artifacts only")
     opt.add_argument("--json", action="store_true", help="print report.json on stdout")
+    opt.add_argument("--package", action="append", dest="packages", metavar="TARGET",
+                     choices=PACKAGE_TARGETS,
+                     help="also write OUT/<model>-<TARGET>.zip, an app bundle "
+                          f"({'|'.join(PACKAGE_TARGETS)}; repeatable)")
+    _palettize_flags(opt)
     opt.add_argument("--quiet", action="store_true", help="no progress output")
     _prune_flags(opt, required=False)
     _bench_flags(opt)
@@ -187,6 +209,31 @@ def build_parser() -> argparse.ArgumentParser:
     dcal.add_argument("--json", action="store_true")
     dcal.add_argument("--quiet", action="store_true", help="no progress output")
 
+    package = sub.add_parser("package", parents=[common],
+                             help="an app bundle: model in the target's format, manifest, "
+                                  "reference inputs and outputs")
+    package.add_argument("source", metavar="RUN_DIR|MODEL",
+                         help="an `edgeopt optimize` output folder, or a model file/spec")
+    package.add_argument("--target", required=True, choices=PACKAGE_TARGETS)
+    package.add_argument("--out", type=Path, required=True, help="bundle.zip to write")
+    package.add_argument("--precision", choices=["int8", "fp32"], default=None,
+                         help="which artifact of RUN_DIR (default: int8 where there is one)")
+    package.add_argument("--max-accuracy-drop", metavar="X",
+                         help="palettization: layers that break it keep more bits or stay "
+                              "unpalettized")
+    _output_flags(package, "print the manifest on stdout")
+    _palettize_flags(package)
+
+    verify = sub.add_parser("verify", parents=[common],
+                            help="check a bundle on this device: checksums, reference outputs, "
+                                 "then a benchmark")
+    verify.add_argument("bundle", help="bundle.zip")
+    verify.add_argument("--device", dest="devices", action="append", metavar="ID[:UNIT]",
+                        help="device to run on (default host-cpu)")
+    verify.add_argument("--no-bench", action="store_true", help="skip the benchmark")
+    _output_flags(verify, "print the result as JSON on stdout")
+    _bench_flags(verify)
+
     run = sub.add_parser("run", parents=[common],
                          help="run a model once on given inputs and save its outputs "
                               "(what --emulate runs inside the aarch64 sysroot)")
@@ -215,6 +262,14 @@ def main(argv: list[str] | None = None) -> int:
             from edgeopt._run_cli import run_model
 
             return run_model(args)
+        if args.command == "package":
+            from edgeopt._package_cli import run_package
+
+            return run_package(args)
+        if args.command == "verify":
+            from edgeopt._verify_cli import run_verify
+
+            return run_verify(args)
         if args.command == "devices" and args.devices_command == "calibrate":
             from edgeopt._calibrate_cli import run_calibrate
 
@@ -302,6 +357,13 @@ def _optimize(args: argparse.Namespace) -> int:
 
         Console(width=console_width()).print(artifacts_table(report))
         steps.console.print(f"wrote {config.out}/report.json and report.md")
+    for target in dict.fromkeys(args.packages or ()):
+        from edgeopt.package import package_run
+
+        bundle = config.out / f"{artifact_stem(args.model)}-{target}.zip"
+        with steps.step(f"package {bundle.name}"), _stdout_to_stderr(args.quiet):
+            package_run(config.out, target, bundle, palettize=args.palettize,
+                        group_size=args.group_size, max_accuracy_drop=args.max_accuracy_drop)
     budget = report.get("accuracy_budget")
     if budget and not budget["met"]:
         over = ", ".join(f"{rt} drop {b['drop']:.4f}" for rt, b in budget["runtimes"].items()

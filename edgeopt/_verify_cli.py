@@ -1,0 +1,248 @@
+"""`edgeopt verify bundle.zip [--device ID]`: prove a bundle on the device it will run on.
+
+1. the zip is checked before anything is extracted (paths, links, duplicates, sizes);
+2. every file matches the manifest's sha256, and no file is there that it does not list;
+3. the model loads with the target's adapter, the reference inputs run, and every output is
+   within the manifest's tolerance of the outputs stored at build time;
+4. unless --no-bench, the model is benchmarked (the usual protocol and labels).
+
+Exit 0: verified; 1: the bundle failed a check (one line says which file/output and why);
+2: not a bundle, or no device here can run it. Needs only a runtime (onnxruntime or
+openvino), numpy and pyyaml: no onnx, torch, nncf or rich.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edgeopt.errors import UsageError
+
+VERIFY_FAILED = 1
+# Adapters that run each bundled format: the mobile/ARM models are for the CPU EP.
+FORMAT_ADAPTERS = {"ort": ("ort-cpu", "ort-arm"), "onnx": ("ort-cpu", "ort-arm")}
+
+
+class _Failed(Exception):
+    """One check failed; the message is the line the user sees."""
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from edgeopt._output import Output
+    from edgeopt.bundle import REFERENCE, BundleRejected, check_files, open_bundle, read_npz
+    from edgeopt.runtimes import BenchProtocol
+
+    protocol = BenchProtocol(warmup=args.warmup, min_iterations=args.bench_iterations,
+                             min_seconds=args.bench_seconds, repeats=args.bench_repeats,
+                             threads=args.threads)
+    out = Output(quiet=args.quiet)
+    path = Path(args.bundle)
+    result: dict = {"bundle": path.name, "ok": False, "devices": []}
+    try:
+        with open_bundle(path) as bundle:
+            manifest = bundle.manifest
+            contents = check_files(bundle)
+        result.update({"target": manifest.get("target"), "files_checked": len(contents)})
+        model = manifest["model"]
+        if not isinstance(model, dict) or model.get("file") not in (model.get("files") or []):
+            msg = f"{path.name}: the manifest's model entry does not name one of its files"
+            raise _Failed(msg)
+        missing = [f for f in [*model["files"], REFERENCE] if f not in contents]
+        if missing:
+            msg = (f"{path.name}: {missing[0]}, named by the manifest, is not among "
+                   "its checksummed files")
+            raise _Failed(msg)
+        try:
+            arrays = read_npz(contents[REFERENCE])
+        except (ValueError, OSError) as e:
+            msg = f"{path.name}: {REFERENCE} is not a readable .npz ({e})"
+            raise _Failed(msg) from e
+        targets = _targets(tuple(args.devices or ("host-cpu",)), model, out)
+        folder = _extract(contents, model["files"])
+        try:
+            for target in targets:
+                row = _verify_on(target, folder / model["file"], manifest, arrays)
+                result["devices"].append(row)
+                _say(out, row, model["file"])
+                if not args.no_bench:
+                    row["bench"] = _bench(target, folder / model["file"], manifest, arrays,
+                                          protocol, out, table=not args.json)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    except (BundleRejected, _Failed) as e:
+        result["error"] = str(e)
+        _emit(args, result, out)
+        sys.stderr.write(f"edgeopt: verify failed: {e}\n")
+        return VERIFY_FAILED
+    result["ok"] = True
+    _emit(args, result, out)
+    return 0
+
+
+def _extract(contents: dict[str, bytes], names: list[str]) -> Path:
+    from edgeopt.bundle import extract_private
+
+    return extract_private(contents, names)
+
+
+def _targets(devices: tuple[str, ...], model: dict, out) -> list:
+    """The device targets here that run the bundle's format; none is an error (exit 2)."""
+    from edgeopt._measure import target_availability
+    from edgeopt._targets import resolve_targets
+
+    runtime, fmt = model.get("runtime"), model.get("format")
+    if runtime not in ("onnxruntime", "openvino"):
+        msg = f"the bundle's runtime {runtime!r} is not one edgeopt verify runs"
+        raise UsageError(msg)
+    targets = [t for t in resolve_targets(devices, (runtime,))
+               if t.adapter in FORMAT_ADAPTERS.get(fmt, (t.adapter,))]
+    present, absent = [], []
+    for t in targets:
+        availability = target_availability(t)
+        (present if availability.ok else absent).append((t, availability.reason))
+    if not present:
+        reasons = "; ".join(f"{t.label} via {t.adapter}: {r}" for t, r in absent) or \
+            f"no {fmt} adapter on {', '.join(devices)}"
+        msg = (f"no device here can run this {fmt} bundle ({reasons}); run edgeopt verify on "
+               "the device itself")
+        raise UsageError(msg)
+    for t, reason in absent:
+        out.warn(f"{t.label} via {t.adapter}: not here ({reason}); skipped")
+    return [t for t, _ in present]
+
+
+def _verify_on(target, model_path: Path, manifest: dict, arrays: dict) -> dict:
+    """Run the reference inputs on ``target``; raise _Failed on any difference."""
+    from edgeopt.runtimes import get_adapter
+    from edgeopt.runtimes.errors import RuntimeAdapterError
+
+    name = model_path.name
+    try:
+        loaded = get_adapter(target.adapter).load(model_path, target.unit_obj)
+    except RuntimeAdapterError as e:
+        msg = (f"{name} does not load on {target.label} via {target.adapter}: {e}")
+        raise _Failed(msg) from e
+    _check_signature(name, "input", loaded.inputs, manifest["inputs"])
+    _check_signature(name, "output", loaded.outputs, manifest["outputs"])
+    feeds_by_sample = _samples(manifest, arrays, loaded)
+    tolerances = manifest["tolerance"].get("outputs") or {}
+    rows = []
+    for j, spec in enumerate(loaded.outputs):
+        tol = tolerances.get(spec.name)
+        key = f"output.{j}"
+        if not tol or key not in arrays:
+            msg = (f"{name}: no reference or tolerance for output '{spec.name}'")
+            raise _Failed(msg)
+        rows.append({"name": spec.name, "max_abs_diff": 0.0, "min_cosine": 1.0,
+                     "allowed_max_abs_diff": tol["max_abs_diff"],
+                     "allowed_min_cosine": tol["min_cosine"], "worst_sample": 0})
+    for i, feeds in enumerate(feeds_by_sample):
+        try:
+            outputs = loaded.run(feeds)
+        except Exception as e:
+            msg = (f"{name} fails to run reference sample {i} on {target.label}: "
+                   f"{(str(e).splitlines() or [type(e).__name__])[0][:200]}")
+            raise _Failed(msg) from e
+        for j, row in enumerate(rows):
+            got, want = np.asarray(outputs[j]), arrays[f"output.{j}"][i]
+            if got.shape != want.shape:
+                msg = (f"{name} output '{row['name']}' has shape {list(got.shape)}, the "
+                       f"reference {list(want.shape)} (sample {i})")
+                raise _Failed(msg)
+            diff, cosine = _compare(got, want)
+            if diff > row["max_abs_diff"]:
+                row["max_abs_diff"], row["worst_sample"] = diff, i
+            row["min_cosine"] = min(row["min_cosine"], cosine)
+    for row in rows:
+        if not row["max_abs_diff"] <= row["allowed_max_abs_diff"] or \
+                not row["min_cosine"] >= row["allowed_min_cosine"]:
+            msg = (f"{name} output '{row['name']}' differs from the reference on {target.label}: "
+                   f"max |diff| {row['max_abs_diff']:.4g} (allowed {row['allowed_max_abs_diff']:.4g},"
+                   f" sample {row['worst_sample']}), cosine {row['min_cosine']:.6f} (allowed >= "
+                   f"{row['allowed_min_cosine']})")
+            raise _Failed(msg)
+    return {"device": target.label, "adapter": target.adapter, "runtime": target.runtime,
+            "samples": len(feeds_by_sample), "outputs": rows}
+
+
+def _compare(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
+    a = got.astype(np.float64).reshape(-1)
+    b = want.astype(np.float64).reshape(-1)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("inf"), 0.0
+    diff = float(np.abs(a - b).max()) if a.size else 0.0
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 and nb == 0:
+        cosine = 1.0
+    elif na == 0 or nb == 0:
+        cosine = 0.0
+    else:
+        cosine = float(a @ b / (na * nb))
+    return diff, cosine
+
+
+def _check_signature(name: str, kind: str, specs, expected: list[dict]) -> None:
+    have = [(s.name, s.dtype) for s in specs]
+    want = [(e.get("name"), e.get("dtype")) for e in expected]
+    if have != want:
+        msg = (f"{name} {kind}s {have} do not match the manifest's {want}")
+        raise _Failed(msg)
+
+
+def _samples(manifest: dict, arrays: dict, loaded) -> list[dict[str, np.ndarray]]:
+    stacks = {}
+    for i, spec in enumerate(loaded.inputs):
+        key = f"input.{i}"
+        if key not in arrays:
+            msg = (f"reference.npz has no {key} for input '{spec.name}'")
+            raise _Failed(msg)
+        stacks[spec.name] = arrays[key]
+    counts = {len(a) for a in stacks.values()}
+    if len(counts) != 1 or counts == {0}:
+        msg = ("reference.npz inputs do not hold the same number of samples")
+        raise _Failed(msg)
+    n = counts.pop()
+    if n != manifest["reference"].get("samples"):
+        msg = (f"reference.npz holds {n} samples, the manifest says "
+               f"{manifest['reference'].get('samples')}")
+        raise _Failed(msg)
+    return [{name: np.ascontiguousarray(stack[i]) for name, stack in stacks.items()}
+            for i in range(n)]
+
+
+def _bench(target, model_path: Path, manifest: dict, arrays: dict, protocol, out,
+           table: bool) -> dict:
+    from edgeopt._measure import run_target
+
+    feeds = {spec["name"]: np.ascontiguousarray(arrays[f"input.{i}"][0])
+             for i, spec in enumerate(manifest["inputs"])}
+    with out.status(f"benchmark {model_path.name} on {target.label}"):
+        row = run_target(target, model_path, feeds, protocol)
+    row["model"] = model_path.name
+    if table and not out.quiet:
+        from edgeopt._output import bench_rows
+
+        out.table("edgeopt verify: benchmark", *bench_rows([row]))
+    return row["bench"]
+
+
+def _say(out, row: dict, model_file: str) -> None:
+    parts = [f"{o['name']}: max |diff| {o['max_abs_diff']:.3g} <= {o['allowed_max_abs_diff']:.3g}"
+             f", cosine {o['min_cosine']:.6f}" for o in row["outputs"]]
+    if not out.quiet:
+        sys.stderr.write(f"{model_file} on {row['device']} via {row['adapter']}: "
+                         f"{row['samples']} reference samples match ({'; '.join(parts)})\n")
+
+
+def _emit(args, result: dict, out) -> None:
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    elif result["ok"] and not args.quiet:
+        sys.stderr.write(f"{result['bundle']}: verified ({result['files_checked']} files match "
+                         f"their checksums; outputs within tolerance on "
+                         f"{', '.join(d['device'] for d in result['devices'])})\n")
