@@ -137,7 +137,7 @@ def test_ort_conversion_matches_onnx_runtimes_converter(digits_run, tmp_path, mo
         convert_onnx_models_to_ort,
     )
 
-    from edgeopt.package import canonical_ort, to_ort
+    from edgeopt.convert.ort_format import canonical_ort, to_ort
 
     src = tmp_path / "m.onnx"
     shutil.copyfile(digits_run / "digits-cnn.int8-ort.onnx", src)
@@ -260,7 +260,7 @@ def test_verify_fails_on_a_model_that_computes_something_else(run_cli, digits_ru
     from onnx import numpy_helper
 
     from edgeopt.bundle import write_bundle
-    from edgeopt.package import to_ort
+    from edgeopt.convert.ort_format import to_ort
 
     good = tmp_path / "fp32.zip"
     assert package(run_cli, digits_run, "android", good, "--precision", "fp32").code == 0
