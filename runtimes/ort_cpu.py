@@ -161,6 +161,8 @@ class OrtSessionAdapter:
         All of them, not the first; a model the provider takes none of raises
         AdapterUnavailable, since nothing of it would run on the device.
         """
+        if self.provider == "CPUExecutionProvider":
+            return []       # the fallback itself: every node it is given runs on it
         assignment = self.node_assignment(model, unit, shapes)
         elsewhere = sorted(f"{node} ({op} on {provider})"
                            for node, (op, provider) in assignment.items()
