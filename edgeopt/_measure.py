@@ -27,15 +27,12 @@ class NotMeasured(RuntimeAdapterError):
 
 
 def _estimate(model: Path, target, runtime: str) -> dict:
-    from edgeopt.runtimes import load_devices
-
     try:
         from edgeopt.runtimes.estimate import estimate
     except ImportError:
         return {"label": "unavailable", "reason": "no estimator in this install"}
-    profile = load_devices().get(target.device)
     try:
-        return estimate(model, profile, target.unit_obj, runtime)
+        return estimate(model, target.profile_obj, target.unit_obj, runtime)
     except (RuntimeAdapterError, DeviceProfileError, ImportError) as e:
         return {"label": "unavailable", "reason": f"no estimate either: {e}"}
 

@@ -20,11 +20,6 @@ import numpy as np
 from edgeopt.errors import UsageError
 
 
-def emulated() -> str | None:
-    """``qemu-aarch64:CPU`` when running under emulation (set by runtimes.emulation)."""
-    return os.environ.get("EDGEOPT_EMULATED") or None
-
-
 def run_model(args) -> int:
     from edgeopt.runtimes import get_adapter
     from edgeopt.runtimes.emulation import run_in_chunks

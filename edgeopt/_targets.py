@@ -18,6 +18,7 @@ class Target:
     unit_obj: object
     # Why a figure measured here would not be this device's (None: the device is here).
     absent: str | None = None
+    profile_obj: object = None
 
     @property
     def label(self) -> str:
@@ -54,6 +55,7 @@ def resolve_targets(devices: tuple[str, ...], runtimes: tuple[str, ...],
             msg = (f"{profile.id}:{u.id} cannot be benchmarked: {' '.join(u.note.split())}"
                    if u.note else f"{profile.id}:{u.id} is not supported by current runtimes")
             raise UsageError(msg)
+        absent = absent_reason(profile)
         for u in units:
             if not u.supported:
                 targets.notes.append(f"{profile.id}:{u.id} skipped: not supported by current "
@@ -66,7 +68,7 @@ def resolve_targets(devices: tuple[str, ...], runtimes: tuple[str, ...],
                 if fmt is not None and fmt not in adapter.formats:
                     continue
                 targets.append(Target(profile.id, u.id, adapter_name, adapter.runtime, u,
-                                      absent_reason(profile)))
+                                      absent, profile))
     if not targets:
         what = f"{fmt} models with " if fmt else ""
         msg = (f"no adapter runs {what}{' or '.join(runtimes)} on {', '.join(devices)}; "

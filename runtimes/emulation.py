@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.runtimes.base import Availability, first_line
+from edgeopt.runtimes.bench import EMULATED_ENV
 from edgeopt.runtimes.errors import AdapterUnavailable
 
 __all__ = ["EmulationError", "build_sysroot", "compare_outputs", "emulate", "run_in_chunks",
@@ -444,7 +445,7 @@ def guest_env(qemu_cpu: str) -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
             "PYTHONPATH": GUEST_SITE, "PYTHONNOUSERSITE": "1", "PYTHONSAFEPATH": "1",
             "QEMU_CPU": qemu_cpu,
-            "EDGEOPT_EMULATED": f"qemu-aarch64:{qemu_cpu}"}
+            EMULATED_ENV: f"qemu-aarch64:{qemu_cpu}"}
 
 
 def guest_command(sysroot: Path, *args: str) -> list[str]:

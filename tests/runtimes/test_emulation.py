@@ -290,15 +290,6 @@ def test_run_bad_inputs_are_one_line_usage_errors(run_cli, tiny_onnx, tmp_path):
     assert not (tmp_path / "o.npz").exists()
 
 
-def test_run_knows_it_is_emulated(monkeypatch):
-    from edgeopt import _run_cli
-
-    monkeypatch.delenv("EDGEOPT_EMULATED", raising=False)
-    assert _run_cli.emulated() is None
-    monkeypatch.setenv("EDGEOPT_EMULATED", "qemu-aarch64:cortex-a76")
-    assert _run_cli.emulated() == "qemu-aarch64:cortex-a76"
-
-
 def test_runtime_only_imports():
     code = ("import sys, edgeopt.runtimes.emulation, edgeopt._run_cli; "
             "bad = {'torch', 'onnx', 'nncf', 'rich', 'openvino'} & set(sys.modules); "
