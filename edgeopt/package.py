@@ -41,10 +41,10 @@ from edgeopt.bundle import (
     REFERENCE,
     SCHEMA_VERSION,
     file_entries,
-    file_sha256,
     npz_bytes,
     write_bundle,
 )
+from edgeopt.convert import file_sha256
 from edgeopt.convert.ort_format import OPS_CONFIG, to_ort, widen_4bit
 from edgeopt.errors import UsageError
 
