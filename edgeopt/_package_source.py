@@ -1,0 +1,124 @@
+"""What a bundle is built from: the optimize run's folder (its report and chosen artifact) or a
+model file, as a ``_Source``; the helpers the bundle's parts share. Used by
+:mod:`edgeopt.package`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeopt.convert import file_sha256
+from edgeopt.errors import UsageError
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    runtime: str                  # onnxruntime | openvino
+    model_format: str             # ort | onnx | openvino-ir
+    host_adapter: str             # runs the bundle here for its reference outputs
+    device_note: str
+
+
+@dataclass
+class _Source:
+    """What one bundle is built from."""
+
+    name: str
+    precision: str
+    runtime: str
+    files: dict[str, Path]                  # role (onnx | xml | bin) -> path
+    origin: dict                            # manifest "source"
+    report: dict | None = None
+    artifact: dict | None = None            # the report's entry for the chosen artifact
+    notes: list[str] = field(default_factory=list)
+    fp32_onnx: Path | None = None           # the run's FP32 ONNX: the metric's reference
+
+
+# --- the run folder --------------------------------------------------------------------
+
+def _read_report(run_dir: Path) -> dict:
+    path = run_dir / "report.json"
+    if not path.is_file():
+        msg = (f"{run_dir} is not an edgeopt optimize output folder (no report.json); "
+               "give the folder passed to --out, or an .onnx file")
+        raise UsageError(msg)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        msg = f"{path}: not a readable report ({e})"
+        raise UsageError(msg) from e
+    if report.get("schema_version") != 1 or not isinstance(report.get("artifacts"), list):
+        msg = f"{path}: report schema_version {report.get('schema_version')!r} is not 1"
+        raise UsageError(msg)
+    return report
+
+
+def _run_source(run_dir: Path, report: dict, spec: TargetSpec, precision: str | None,
+                palettize: int | None) -> _Source:
+    by_precision: dict[str, dict] = {}
+    for a in report["artifacts"]:
+        if a.get("runtime") == spec.runtime:
+            by_precision.setdefault(a["precision"], a)
+    if not by_precision:
+        msg = (f"{run_dir} has no {spec.runtime} artifact (run optimize with --runtime "
+               f"{spec.runtime})")
+        raise UsageError(msg)
+    notes = []
+    chosen = precision or ("int8" if "int8" in by_precision else "fp32")
+    if chosen not in by_precision:
+        msg = (f"{run_dir} has no {chosen} {spec.runtime} artifact (has: "
+               f"{', '.join(sorted(by_precision))})")
+        raise UsageError(msg)
+    artifact = by_precision[chosen]
+    files = {}
+    for name in artifact.get("files") or [artifact["path"]]:
+        path = run_dir / name
+        if not path.is_file():
+            msg = f"{run_dir}: {name}, listed in report.json, is missing"
+            raise UsageError(msg)
+        expected = (artifact.get("sha256_files") or {}).get(name)
+        if expected and file_sha256(path) != expected:
+            msg = (f"{run_dir}: {name} changed since report.json was written (sha256 differs); "
+                   "rerun optimize")
+            raise UsageError(msg)
+        files[{".onnx": "onnx", ".xml": "xml", ".bin": "bin"}[path.suffix]] = path
+    spec_text = report.get("input", {}).get("spec") or ""
+    origin = {"kind": "edgeopt optimize run", "model": _model_label(spec_text),
+              "artifact": artifact["path"], "sha256": artifact.get("sha256"),
+              "run_edgeopt": report.get("edgeopt")}
+    name = Path(artifact["path"]).name.split(".")[0]
+    fp32 = by_precision.get("fp32")
+    return _Source(name, chosen, spec.runtime, files, origin, report, artifact, notes,
+                   fp32_onnx=run_dir / fp32["path"] if fp32 and fp32["format"] == "onnx"
+                   else None)
+
+
+def _model_label(spec: str) -> str:
+    """The model as the run named it, without machine paths."""
+    return spec if spec.startswith("ref:") or "/" not in spec else Path(spec).name
+
+
+_ABS_PATH = re.compile(r"(?<![\w.])/(?:[^\s,;()'\"]+/)*([^\s,;()'\"]+)")
+
+
+def _no_paths(text):
+    """Notes from the report may name folders of the machine that ran it: keep base names."""
+    if isinstance(text, str):
+        return _ABS_PATH.sub(r"\1", text)
+    if isinstance(text, list):
+        return [_no_paths(t) for t in text]
+    if isinstance(text, dict):
+        return {k: _no_paths(v) for k, v in text.items()}
+    return text
+
+
+def _version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
