@@ -25,286 +25,44 @@ one scale and zero point per group of output channels, decoded by an opset-21 bl
 
 from __future__ import annotations
 
-import copy
-import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgeopt.calibrate.errors import CalibrationError
+from edgeopt.calibrate._palette_graph import (
+    _decode_tail,
+    _Palette,
+    _palette_nodes,
+    _rewrite,
+    _save_atomic,
+    _Target,
+    _targets,
+)
+from edgeopt.calibrate._palette_kmeans import _sqnr_db, assign, kmeans_1d, uniform_grid
+from edgeopt.calibrate._palette_rules import (  # noqa: F401 (MIN_FAN_IN: re-exported)
+    _PAY_RULE,
+    _UINT4_OPSET,
+    MIN_FAN_IN,
+    PalettizeError,
+    _check_args,
+    _deflated,
+    _fail,
+    _index_bytes,
+    _layer_row,
+    _load,
+    _pays,
+    _scaled,
+    _select,
+)
 from edgeopt.convert.errors import first_line
 
 __all__ = ["PalettizeError", "assign", "kmeans_1d", "palettize_onnx", "uniform_blockwise_onnx",
            "uniform_grid"]
 
-_WEIGHT_INPUT = {"Conv": 1, "MatMul": 1, "Gemm": 1, "Gather": 0}
-_PAY_RULE = ("at least 16 x 2^bits elements, rank >= 2 (never a bias), and the tables no "
-             "larger than the packed indices")
-_UINT4_OPSET = 21
-
-
-class PalettizeError(CalibrationError):
-    """Palettization cannot run as asked: bad bits or group size, or nothing to palettize."""
-
-
-@dataclass(frozen=True)
-class _Target:
-    """One weight initializer: its values as [channels, rest] (output channels first)."""
-
-    name: str
-    shape: tuple[int, ...]
-    ops: tuple[str, ...]
-    channel_axis: int          # 0, or the last axis (stored transposed, decoded by Transpose)
-    matrix: np.ndarray         # [C, M]: output channels first
-    codes: bool                # int8/uint8 codes of a weight DequantizeLinear
-    dq_scale: np.ndarray | None = None    # [C, 1] per output channel, for SQNR of codes
-    dq_zero: np.ndarray | None = None
-
-    @property
-    def channels(self) -> int:
-        return self.matrix.shape[0]
-
-    @property
-    def original_bytes(self) -> int:
-        return self.matrix.size * self.matrix.dtype.itemsize
-
-    def float_values(self, matrix: np.ndarray) -> np.ndarray:
-        """What the runtime multiplies with: the codes dequantized, or the floats."""
-        if not self.codes:
-            return matrix.astype(np.float64)
-        return (matrix.astype(np.float64) - self.dq_zero) * self.dq_scale
-
-
-# ---------------------------------------------------------------- k-means maths (numpy only)
-
-
-def _batched_searchsorted(x: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per row g: how many of the sorted ``x[g]`` are < ``b[g, j]``."""
-    g, m = x.shape
-    lo = x[:, :1]
-    span = np.maximum(x[:, -1:] - lo, 1e-30)
-    offset = 4.0 * np.arange(g)[:, None]
-    xs = (x - lo) / span + offset
-    bs = np.clip((b - lo) / span, -1.0, 2.0) + offset
-    return np.searchsorted(xs.ravel(), bs.ravel(), side="left").reshape(b.shape) - m * np.arange(g)[:, None]
-
-
-def _cluster_sums(prefix: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    return np.take_along_axis(prefix, edges[:, 1:], 1) - np.take_along_axis(prefix, edges[:, :-1], 1)
-
-
-def _lloyd(x, cw, cwx, cwx2, c, iterations):
-    """Lloyd iterations on sorted rows with weight prefix sums; returns centroids, cost."""
-    g, m = x.shape
-    ends = (np.zeros((g, 1), np.int64), np.full((g, 1), m, np.int64))
-    for step in range(iterations + 1):
-        c = np.sort(c, axis=1)
-        edges = np.concatenate([ends[0], _batched_searchsorted(x, (c[:, 1:] + c[:, :-1]) / 2), ends[1]], 1)
-        sw, swx = _cluster_sums(cw, edges), _cluster_sums(cwx, edges)
-        if step == iterations:
-            break
-        c = np.where(sw > 0, swx / np.where(sw > 0, sw, 1.0), c)
-    cost = (_cluster_sums(cwx2, edges) - 2 * c * swx + c * c * sw).sum(1)
-    return c, cost
-
-
-def kmeans_1d(values: np.ndarray, k: int, importance: np.ndarray | None = None,
-              iterations: int = 30) -> np.ndarray:
-    """Weighted 1-D k-means of each row of ``values`` ([G, M]): the sorted centroids [G, k].
-
-    Lloyd iterations from three starts (weighted quantiles, the min-max uniform grid, the
-    symmetric abs-max grid), keeping each row's best. Lloyd never raises the cost, so the
-    result is never worse in weighted MSE than either uniform grid of the same size.
-    Deterministic (no random start).
-    """
-    x = np.asarray(values, dtype=np.float64)
-    w = np.ones_like(x) if importance is None else np.asarray(importance, dtype=np.float64)
-    order = np.argsort(x, axis=1, kind="stable")
-    x = np.take_along_axis(x, order, 1)
-    w = np.take_along_axis(w, order, 1) + 1e-12 * max(float(w.mean()), 1e-30)
-    zero = np.zeros((len(x), 1))
-    cw, cwx, cwx2 = (np.concatenate([zero, np.cumsum(v, axis=1)], 1) for v in (w, w * x, w * x * x))
-    lo, hi = x[:, :1], x[:, -1:]
-    steps = np.arange(k) / max(k - 1, 1)
-    absmax = np.maximum(np.abs(lo), np.abs(hi))
-    half = max(k // 2 - 1, 1)
-    quantile_pos = np.minimum(_batched_searchsorted(cw[:, 1:], cw[:, -1:] * (np.arange(k) + 0.5) / k),
-                              x.shape[1] - 1)
-    starts = [np.take_along_axis(x, quantile_pos, 1), lo + (hi - lo) * steps,
-              absmax / half * (np.arange(k) - k // 2)]
-    best_c, best_cost = None, None
-    for start in starts:
-        c, cost = _lloyd(x, cw, cwx, cwx2, start, iterations)
-        if best_c is None:
-            best_c, best_cost = c, cost
-        else:
-            better = cost < best_cost
-            best_c[better], best_cost[better] = c[better], cost[better]
-    return best_c
-
-
-def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Index of the nearest centroid for every value (rows matched), as uint8."""
-    out = np.empty(values.shape, np.uint8)
-    rows = max(1, (1 << 22) // max(values.shape[1] * centroids.shape[1], 1))
-    for start in range(0, len(values), rows):
-        v, c = values[start:start + rows], centroids[start:start + rows]
-        out[start:start + rows] = np.abs(v[:, :, None] - c[:, None, :]).argmin(2)
-    return out
-
-
-def uniform_grid(values: np.ndarray, k: int) -> np.ndarray:
-    """The min-max uniform grid of ``k`` levels per row (the baseline k-means must beat)."""
-    lo, hi = values.min(1, keepdims=True), values.max(1, keepdims=True)
-    return lo + (hi - lo) * (np.arange(k) / max(k - 1, 1))
-
-
-def _sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    noise = float(np.sum((ref - got) ** 2))
-    return float("inf") if noise == 0 else round(10 * np.log10(max(float(np.sum(ref * ref)), 1e-30) / noise), 2)
-
-
-# ---------------------------------------------------------------- finding the weights
-
-
-def _fail(message: str, cause: BaseException | None = None) -> PalettizeError:
-    error = PalettizeError(message)
-    error.__cause__ = cause
-    return error
-
-
-def _channel_axis(node, rank: int) -> int | None:
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return 0 if trans_b else 1
-    if node.op_type == "MatMul" and rank == 2:
-        return 1
-    if node.op_type == "Gather" and rank == 2:
-        return 1 if next((a.i for a in node.attribute if a.name == "axis"), 0) == 0 else None
-    return None
-
-
-def _targets(model) -> tuple[list[_Target], list[dict]]:
-    """Weights that could be palettized, and the skipped ones with the reason."""
-    from onnx import numpy_helper
-
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            consumers.setdefault(name, []).append((node, index))
-    targets, skipped = [], []
-    for name, init in inits.items():
-        uses = consumers.get(name, [])
-        if not uses or len(init.dims) < 2:
-            continue
-        readers, dqs = [], []
-        for node, index in uses:
-            if node.op_type == "DequantizeLinear" and index == 0:
-                dqs.append(node)
-                readers += consumers.get(node.output[0], [])
-            else:
-                readers.append((node, index))
-        if not readers or not all(_WEIGHT_INPUT.get(n.op_type) == i for n, i in readers):
-            continue
-        rank = len(init.dims)
-        axes = {_channel_axis(n, rank) for n, _ in readers}
-        ops = tuple(sorted({n.op_type for n, _ in readers}))
-        if len(axes) != 1 or None in axes:
-            skipped.append({"name": name, "ops": ops, "reason": "its readers disagree on the "
-                            "output-channel axis, or it is not a 2-D MatMul/embedding weight"})
-            continue
-        axis = axes.pop()
-        array = numpy_helper.to_array(init)
-        codes = bool(dqs)
-        if codes and (array.dtype not in (np.int8, np.uint8) or len(dqs) != 1):
-            skipped.append({"name": name, "ops": ops, "reason": f"{array.dtype} codes"})
-            continue
-        if not codes and array.dtype != np.float32:
-            skipped.append({"name": name, "ops": ops, "reason": f"{array.dtype} weights"})
-            continue
-        matrix = np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
-        scale = zero = None
-        if codes:
-            found = _dq_params(dqs[0], inits, array.shape, axis)
-            if found is None:
-                skipped.append({"name": name, "ops": ops,
-                                "reason": "blockwise or non-constant DequantizeLinear"})
-                continue
-            scale, zero = found
-        targets.append(_Target(name, tuple(array.shape), ops, axis, matrix, codes, scale, zero))
-    return targets, skipped
-
-
-def _dq_params(dq, inits, shape, axis):
-    """The DequantizeLinear's scale and zero point as [C, 1] along the output channels."""
-    from onnx import numpy_helper
-
-    if any(a.name == "block_size" and a.i for a in dq.attribute) or dq.input[1] not in inits:
-        return None
-    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
-    zero = (numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64)
-            if len(dq.input) > 2 and dq.input[2] in inits else np.zeros_like(scale))
-    channels = shape[axis]
-    if scale.size == 1:
-        return np.full((channels, 1), scale.item()), np.full((channels, 1), zero.item())
-    dq_axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % len(shape)
-    if dq_axis != axis or scale.size != channels:
-        return None
-    return scale.reshape(-1, 1), zero.reshape(-1, 1)
-
 
 # ---------------------------------------------------------------- one weight, one setting
-
-
-@dataclass(frozen=True)
-class _Palette:
-    lut: np.ndarray            # [G, 2^bits] float16 (or int8/uint8 codes)
-    indices: np.ndarray        # [G, group_size * M] uint8 values < 2^bits
-    sqnr_db: float
-    bytes: int
-    scale: np.ndarray | None = None    # [C] float16 per output channel (shared tables only)
-
-
-# Layers whose output channels have fewer weights than this stay as they are: in
-# mobilenet-v2 those are the stem and the first pointwise/depthwise layers, 2% of the
-# weights. Palettizing them at 4 bits (8 channels a table) saved 4% of the file and cost
-# 0.43 -> 0.16 top-1 agreement on the evaluation crops.
-MIN_FAN_IN = 64
-
-
-def _index_bytes(count: int, bits: int) -> int:
-    return (count + 1) // 2 if bits <= 4 else count
-
-
-def _scaled(target: _Target, group_size: int) -> bool:
-    """Float tables shared by several channels hold the weights divided by a per-channel
-    scale (BatchNorm-folded channels differ in range by orders of magnitude)."""
-    return group_size > 1 and not target.codes
-
-
-def _pays(target: _Target, bits: int, group_size: int) -> str | None:
-    """None if palettizing pays, else why not."""
-    k = 1 << bits
-    size = target.matrix.size
-    lut_bytes = (target.channels // group_size) * k * (1 if target.codes else 2)
-    lut_bytes += 2 * target.channels if _scaled(target, group_size) else 0
-    if size < 16 * k:
-        return f"{size} elements < 16 x 2^{bits}"
-    if size // target.channels < MIN_FAN_IN:
-        return (f"{size // target.channels} weights per output channel < {MIN_FAN_IN} "
-                "(small early layers: little to save, much to lose)")
-    if lut_bytes > _index_bytes(size, bits):
-        return f"tables ({lut_bytes} B) larger than the packed indices at group size {group_size}"
-    if lut_bytes + _index_bytes(size, bits) >= target.original_bytes:
-        return f"{bits}-bit indices and tables are no smaller than the weights"
-    return None
 
 
 def _palette(target: _Target, bits: int, group_size: int, importance: str) -> _Palette:
@@ -335,186 +93,6 @@ def _palette(target: _Target, bits: int, group_size: int, importance: str) -> _P
     sqnr = _sqnr_db(target.float_values(target.matrix), target.float_values(decoded))
     size = lut.nbytes + _index_bytes(indices.size, bits) + (0 if scale is None else scale.nbytes)
     return _Palette(lut, indices, sqnr, size, scale)
-
-
-# ---------------------------------------------------------------- graph rewriting
-
-
-def _decode_tail(target: _Target, source: str, nodes: list, inits: list,
-                 scale: np.ndarray | None = None) -> None:
-    """Reshape ``source`` [G, group*M] to [C, ...], times the per-channel ``scale`` if any,
-    Transposed back for last-axis weights, into the weight's name."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    name = target.name
-    moved = list(target.shape)
-    moved.insert(0, moved.pop(target.channel_axis))
-    inits.append(numpy_helper.from_array(np.array(moved, np.int64), f"{name}.palette_shape"))
-    steps = [("Reshape", [f"{name}.palette_shape"], {})]
-    if scale is not None:
-        column = scale.reshape(-1, *[1] * (len(moved) - 1))
-        inits.append(numpy_helper.from_array(column, f"{name}.palette_scale"))
-        nodes.append(helper.make_node("Cast", [f"{name}.palette_scale"],
-                                      [f"{name}.palette_scale32"], to=TensorProto.FLOAT,
-                                      name=f"{name}/palette/CastScale"))
-        steps.append(("Mul", [f"{name}.palette_scale32"], {}))
-    if target.channel_axis != 0:
-        perm = list(range(1, len(moved)))
-        perm.insert(target.channel_axis, 0)
-        steps.append(("Transpose", [], {"perm": perm}))
-    for i, (op, extra, attrs) in enumerate(steps):
-        result = name if i == len(steps) - 1 else f"{name}.palette_{op.lower()}"
-        nodes.append(helper.make_node(op, [source, *extra], [result], name=f"{name}/palette/{op}",
-                                      **attrs))
-        source = result
-
-
-def _palette_nodes(target: _Target, palette: _Palette, bits: int) -> tuple[list, list]:
-    import ml_dtypes
-    from onnx import TensorProto, helper, numpy_helper
-
-    name = target.name
-    index_type = ml_dtypes.uint4 if bits <= 4 else np.uint8
-    inits = [numpy_helper.from_array(palette.indices.astype(index_type), f"{name}.palette_idx"),
-             numpy_helper.from_array(palette.lut, f"{name}.palette_lut")]
-    gathered = f"{name}.palette_gathered"
-    nodes = [
-        helper.make_node("Cast", [f"{name}.palette_idx"], [f"{name}.palette_idx64"],
-                         to=TensorProto.INT64, name=f"{name}/palette/CastIndices"),
-        helper.make_node("GatherElements", [f"{name}.palette_lut", f"{name}.palette_idx64"],
-                         [gathered], axis=1, name=f"{name}/palette/GatherElements"),
-    ]
-    if not target.codes:
-        nodes.append(helper.make_node("Cast", [gathered], [f"{name}.palette_float"],
-                                      to=TensorProto.FLOAT, name=f"{name}/palette/CastFloat"))
-        gathered = f"{name}.palette_float"
-    _decode_tail(target, gathered, nodes, inits, palette.scale)
-    return nodes, inits
-
-
-def _rewrite(model, replaced: dict[str, tuple[list, list]], opset: int | None):
-    """A copy of ``model`` whose listed initializers are computed by the given nodes."""
-    out = copy.deepcopy(model)
-    graph = out.graph
-    keep = [i for i in graph.initializer if i.name not in replaced]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    for name in [i.name for i in graph.input if i.name in replaced]:
-        graph.input.remove(next(i for i in graph.input if i.name == name))
-    new_nodes = [n for nodes, _ in replaced.values() for n in nodes]
-    old_nodes = list(graph.node)
-    del graph.node[:]
-    graph.node.extend(new_nodes + old_nodes)      # decoders first: topological order holds
-    for _, inits in replaced.values():
-        graph.initializer.extend(inits)
-    if opset is not None:
-        for entry in out.opset_import:
-            if entry.domain in ("", "ai.onnx"):
-                entry.version = max(entry.version, opset)
-        out.ir_version = max(out.ir_version, 10)
-    return out
-
-
-def _load(model: Path, bits: int):
-    import onnx
-
-    path = Path(model)
-    try:
-        proto = onnx.load(str(path))
-    except Exception as e:  # protobuf DecodeError, OSError...
-        msg = f"cannot read ONNX model {path.name}: {first_line(e)[:200]}"
-        raise _fail(msg, e) from e
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if bits <= 4 and opset < _UINT4_OPSET:
-        from onnx import version_converter
-
-        try:   # packed uint4 needs Cast-21; op semantics that changed meanwhile are converted
-            proto = version_converter.convert_version(proto, _UINT4_OPSET)
-        except Exception as e:
-            msg = (f"cannot convert {path.name} from opset {opset} to {_UINT4_OPSET} for uint4 "
-                   f"indices: {first_line(e)[:200]}; use bits 5-8 (uint8 indices)")
-            raise _fail(msg, e) from e
-    return proto
-
-
-def _save_atomic(proto, out: Path) -> None:
-    import onnx
-
-    out = Path(out)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
-    try:
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _deflated(path: Path) -> int:
-    from edgeopt.calibrate.pruning import deflated_size
-
-    return deflated_size([path])
-
-
-def _check_args(model: Path, out: Path, bits: int, group_size: int | None,
-                max_accuracy_drop: float | None, evaluate) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
-        msg = f"bits must be an integer from 2 to 8, got {bits!r}"
-        raise PalettizeError(msg)
-    if group_size is None:
-        group_size = 1
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        msg = f"group size must be a positive number of output channels, got {group_size!r}"
-        raise PalettizeError(msg)
-    if max_accuracy_drop is not None and (evaluate is None or not max_accuracy_drop >= 0):
-        msg = ("max_accuracy_drop needs an evaluate callable and a drop >= 0, got "
-               f"{max_accuracy_drop!r}" + ("" if evaluate is not None else " without evaluate"))
-        raise PalettizeError(msg)
-    if not Path(model).is_file():
-        msg = f"model {model} does not exist"
-        raise PalettizeError(msg)
-    if Path(out).resolve() == Path(model).resolve():
-        msg = f"output {out} is the input model; choose another path"
-        raise PalettizeError(msg)
-    if not Path(out).parent.is_dir():
-        msg = f"output folder {Path(out).parent} does not exist"
-        raise PalettizeError(msg)
-    return group_size
-
-
-def _select(targets: list[_Target], bits: int, group_size: int, model: Path) -> tuple[list, dict]:
-    """Targets that pay at ``bits`` and the reasons of the others; a group size that does not
-    divide a target's channels is the user's mistake."""
-    chosen, kept = [], {}
-    for t in targets:
-        if t.matrix.size >= 16 << bits and t.channels % group_size:
-            from math import gcd
-
-            common = 0
-            for other in targets:
-                common = gcd(common, other.channels)
-            msg = (f"group size {group_size} does not divide the {t.channels} output channels "
-                   f"of '{t.name}' in {Path(model).name}; use a divisor of {common}")
-            raise PalettizeError(msg)
-        reason = _pays(t, bits, group_size)
-        if reason is None:
-            chosen.append(t)
-        else:
-            kept[t.name] = reason
-    if not chosen:
-        detail = "; ".join(f"{n}: {r}" for n, r in list(kept.items())[:3]) or "no Conv/MatMul/Gemm weights"
-        msg = (f"nothing to palettize in {Path(model).name} at {bits} bits, group size "
-               f"{group_size} ({detail})")
-        raise PalettizeError(msg)
-    return chosen, kept
-
-
-def _layer_row(t: _Target, bits, group_size: int, palette: _Palette | None, reason) -> dict:
-    return {"name": t.name, "ops": list(t.ops), "shape": list(t.shape), "bits": bits,
-            "groups": t.channels // group_size if palette is not None else None,
-            "original_bytes": t.original_bytes,
-            "palettized_bytes": palette.bytes if palette is not None else t.original_bytes,
-            "weight_sqnr_db": palette.sqnr_db if palette is not None else None,
-            "kept_unpalettized": reason}
 
 
 # ---------------------------------------------------------------- public API

@@ -55,7 +55,7 @@ def _save_mixed(path: Path, seed: int = 0, opset: int = 17) -> Path:
 def mixed(tmp_path: Path, monkeypatch) -> Path:
     # The tiny layers here have 32-144 weights per output channel; the fan-in rule is
     # tested on its own below.
-    monkeypatch.setattr("edgeopt.calibrate.palettize.MIN_FAN_IN", 16)
+    monkeypatch.setattr("edgeopt.calibrate._palette_rules.MIN_FAN_IN", 16)
     return _save_mixed(tmp_path / "mixed.onnx")
 
 
