@@ -35,6 +35,7 @@ from edgeopt.calibrate.calibrators import (
 )
 from edgeopt.calibrate.data import check_finite
 from edgeopt.calibrate.errors import CalibrationDataError, CalibrationError
+from edgeopt.calibrate.qat import QatResult, finetune_qdq
 from edgeopt.calibrate.rounding import optimize_weight_rounding
 from edgeopt.calibrate.stats import TensorStats, collect_stats
 from edgeopt.convert.errors import first_line
@@ -59,6 +60,9 @@ class QuantConfig:
     weight_rounding: bool = True
     bias_correction: bool = True
     exclude_nodes: tuple[str, ...] = ()
+    qat_epochs: int = 0                      # ONNX Runtime only: see calibrate/qat.py
+    qat_lr: float = 1e-5
+    qat_ranges: bool = True                  # also learn the activation scales
 
     def __post_init__(self) -> None:
         if self.calibrator not in CALIBRATORS:
@@ -326,11 +330,15 @@ def sensitivity_order(rows: Sequence[dict], limit_db: float = 60.0) -> list[tupl
 
 def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, np.ndarray]],
                           config: QuantConfig = QuantConfig(), progress: Progress = None,
-                          stats: dict[str, TensorStats] | None = None) -> QuantResult:
+                          stats: dict[str, TensorStats] | None = None,
+                          qat_samples: Sequence[dict[str, np.ndarray]] | None = None,
+                          qat_note: str = "") -> QuantResult:
     """A QDQ INT8 model that ONNX Runtime's CPU EP runs with integer kernels.
 
     ``stats`` (from :func:`activation_stats` on ``fp32_onnx``) saves the calibration pass
-    when the caller quantizes the same model more than once.
+    when the caller quantizes the same model more than once. With ``config.qat_epochs``
+    the int8 weights are then fine-tuned on ``qat_samples`` (default: ``calib``), which
+    ``qat_note`` describes in the notes.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -383,6 +391,10 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
             corrected = correct_weight_bias(model, qdq, calib)
             notes.append(f"bias correction: weight-rounding mean shift folded into the "
                          f"bias of {corrected} convolutions")
+        if config.qat_epochs:
+            qat = finetune_qdq(model, qdq, list(qat_samples or calib), config.qat_epochs,
+                               config.qat_lr, progress, learn_ranges=config.qat_ranges)
+            notes.append(_qat_note(qat, qat_note or f"{len(calib)} calibration samples"))
         sqnr = layer_sqnr(model, qdq, calib)
         onnx.save(qdq, str(tmp))
         os.replace(tmp, out)
@@ -399,6 +411,15 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
                  f"for {len(ranges)} tensors from {len(calib)} samples")
     return QuantResult(out, tuple(excluded), tuple(notes), integer_kernel_counts(out),
                        tuple(sqnr), len(ranges))
+
+
+def _qat_note(qat: QatResult, data: str) -> str:
+    change = (f"{qat.loss_before:.4g} -> {qat.loss_after:.4g}" if qat.kept else
+              f"not kept: {qat.loss_before:.4g} before, no lower after")
+    return (f"quantization-aware fine-tuning: {qat.layers} weight tensors and {qat.scales} "
+            f"activation scales, {qat.epochs} "
+            f"epochs on {qat.samples} samples of {data}; {qat.loss.upper()} to FP32 on "
+            f"{qat.held_out} held-out samples {change}")
 
 
 def _aligned(r: QuantRange, levels: int) -> tuple[float, float]:

@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --max-accuracy-drop: return at most N nodes to FP32")
     opt.add_argument("--keep-first-fp32", action="store_true",
                      help="keep the first convolution FP32 (more accurate, a little slower)")
+    opt.add_argument("--qat-epochs", type=int, default=0, metavar="N",
+                     help="ONNX Runtime INT8: fine-tune the int8 weights for N epochs to match "
+                          "the FP32 outputs (quantization-aware, CNN graphs; same speed)")
     opt.add_argument("--no-quantize", action="store_true", help="FP32 artifacts only")
     opt.add_argument("--json", action="store_true", help="print report.json on stdout")
     opt.add_argument("--package", action="append", dest="packages", metavar="TARGET",
@@ -338,6 +341,7 @@ def _optimize(args: argparse.Namespace) -> int:
         max_accuracy_drop=args.max_accuracy_drop,
         max_fp32_nodes=args.max_fp32_nodes,
         keep_first_fp32=args.keep_first_fp32,
+        qat_epochs=args.qat_epochs,
         prune=_prune_options(args),
         bench=BenchProtocol(warmup=args.warmup, min_iterations=args.bench_iterations,
                             min_seconds=args.bench_seconds, repeats=args.bench_repeats,

@@ -237,7 +237,8 @@ def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps,
 
         def build(runtime: str, excluded: list[str]) -> Artifact:
             qconfig = QuantConfig(calibrator=config.calibrator, exclude_nodes=tuple(excluded),
-                                  keep_first_fp32=config.keep_first_fp32)
+                                  keep_first_fp32=config.keep_first_fp32,
+                                  qat_epochs=config.qat_epochs)
             return _quantize(runtime, name, fp32_onnx, prepared, qconfig, stats, staging, steps)
 
         def rank(art: Artifact) -> list[tuple[str, ...]]:
@@ -353,8 +354,10 @@ def _quantize(runtime: str, name: str, fp32_onnx: Path, prepared: Prepared, qcon
 
     if runtime == "onnxruntime":
         out = staging.path(f"{name}.int8-ort.onnx")
+        samples, note = _qat_data(prepared) if qconfig.qat_epochs else (None, "")
         with steps.step("quantize INT8 for ONNX Runtime") as update:
-            q = quantize_onnx_for_ort(fp32_onnx, out, prepared.calib, qconfig, update, stats=stats)
+            q = quantize_onnx_for_ort(fp32_onnx, out, prepared.calib, qconfig, update, stats=stats,
+                                      qat_samples=samples, qat_note=note)
         return Artifact(out.name, "onnx", "int8", "onnxruntime",
                         quantization=_quant_record(q, prepared, qconfig),
                         sensitivity=tuple(sensitivity_order(q.layer_sqnr)))
@@ -365,6 +368,16 @@ def _quantize(runtime: str, name: str, fp32_onnx: Path, prepared: Prepared, qcon
     return Artifact(out.name, "openvino-ir", "int8", "openvino",
                     companions=(out.with_suffix(".bin").name,),
                     quantization=_quant_record(q, prepared, qconfig))
+
+
+def _qat_data(prepared: Prepared) -> tuple[list[dict[str, np.ndarray]], str]:
+    """A reference model's fine-tuning set (disjoint from its calibration and evaluation
+    sets), else the calibration samples."""
+    reference = prepared.reference
+    if reference is not None and reference.has_finetune_set:
+        inputs, _labels = reference.finetune_set()
+        return inputs, f"{prepared.source.spec}'s fine-tuning set"
+    return prepared.calib, "the calibration samples"
 
 
 def _ranking(art: Artifact, fp32_onnx: Path, prepared: Prepared, qconfig, stats,

@@ -79,6 +79,7 @@ class OptimizeConfig:
     max_accuracy_drop: str | None = None       # "0.01" (absolute) or "1%" (relative)
     max_fp32_nodes: int | None = None          # at most this many nodes return to FP32
     keep_first_fp32: bool = False              # the first convolution stays FP32
+    qat_epochs: int = 0                        # ONNX Runtime INT8: fine-tune the int8 weights
     prune: PruneOptions | None = None          # prune (and fine-tune) before export
     bench: BenchProtocol = field(default_factory=BenchProtocol)
 
@@ -93,6 +94,8 @@ class OptimizeConfig:
                             ("--eval-samples", self.eval_samples)):
             if value is not None and value < 1:
                 problems.append(f"{flag} {value} must be >= 1")
+        if self.qat_epochs < 0:
+            problems.append(f"--qat-epochs {self.qat_epochs} must be >= 0")
         if self.max_fp32_nodes is not None and self.max_fp32_nodes < 0:
             problems.append(f"--max-fp32-nodes {self.max_fp32_nodes} must be >= 0")
         from edgeopt.calibrate.calibrators import CALIBRATORS

@@ -165,6 +165,26 @@ def _load_photos() -> tuple[np.ndarray, ...]:
     return tuple(photos)
 
 
+def photo_names() -> list[str]:
+    return [p.stem for p in _photo_paths()]
+
+
+def crop_photos(n: int, seed: int) -> np.ndarray:
+    """Which photo (index into :func:`photo_names`) each of ``random_crops(n, seed)`` is
+    cut from: the same draws, without the cropping."""
+    rng = np.random.default_rng(seed)
+    photos = _load_photos()
+    out = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        out[i] = rng.integers(len(photos))
+        h, w = photos[out[i]].shape[:2]
+        side = int(min(h, w) * rng.uniform(0.25, 1.0))
+        rng.integers(0, h - side + 1)
+        rng.integers(0, w - side + 1)
+        rng.random()
+    return out
+
+
 def random_crops(n: int, seed: int) -> np.ndarray:
     """``n`` preprocessed crops, float32 NCHW (n, 3, 224, 224), ImageNet-normalised.
 
