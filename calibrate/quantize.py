@@ -414,8 +414,8 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
 
 
 def _qat_note(qat: QatResult, data: str) -> str:
-    change = (f"{qat.loss_before:.4g} -> {qat.loss_after:.4g}" if qat.kept else
-              f"not kept: {qat.loss_before:.4g} before, no lower after")
+    change = (f"{qat.loss_before:#.4g} -> {qat.loss_after:#.4g}" if qat.kept else
+              f"not kept: {qat.loss_before:#.4g} before, no lower after")
     return (f"quantization-aware fine-tuning: {qat.layers} weight tensors and {qat.scales} "
             f"activation scales, {qat.epochs} "
             f"epochs on {qat.samples} samples of {data}; {qat.loss.upper()} to FP32 on "

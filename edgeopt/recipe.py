@@ -96,6 +96,9 @@ class OptimizeConfig:
                 problems.append(f"{flag} {value} must be >= 1")
         if self.qat_epochs < 0:
             problems.append(f"--qat-epochs {self.qat_epochs} must be >= 0")
+        elif self.qat_epochs and ("onnxruntime" not in self.runtimes or not self.quantize):
+            problems.append("--qat-epochs fine-tunes the ONNX Runtime INT8 artifact: it needs "
+                            "--runtime onnxruntime and quantization")
         if self.max_fp32_nodes is not None and self.max_fp32_nodes < 0:
             problems.append(f"--max-fp32-nodes {self.max_fp32_nodes} must be >= 0")
         from edgeopt.calibrate.calibrators import CALIBRATORS

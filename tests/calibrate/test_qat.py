@@ -129,3 +129,7 @@ def test_cli_refuses_negative_qat_epochs(run_cli, tiny_onnx, tmp_path):
                      "--qat-epochs", "-1")
     assert result.code == 2 and "--qat-epochs -1 must be >= 0" in result.err
     assert not (tmp_path / "o").exists()
+    result = run_cli("optimize", tiny_onnx, "--out", tmp_path / "o", "--calib", "random",
+                     "--qat-epochs", "2", "--runtime", "openvino")
+    assert result.code == 2 and "needs --runtime onnxruntime" in result.err
+    assert not (tmp_path / "o").exists()

@@ -196,3 +196,16 @@ def test_keep_first_fp32_leaves_the_first_convolution_in_float(run_cli, tiny_onn
     assert excluded[()] == {"onnxruntime": [], "openvino": []}
     kept = excluded[("--keep-first-fp32",)]
     assert kept["onnxruntime"] == ["conv"] and kept["openvino"], kept
+
+
+def test_qat_epochs_fine_tune_the_onnx_runtime_artifact_only(run_cli, tiny_onnx, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("optimize", tiny_onnx, "--out", out, "--calib", "random", "--quiet",
+                     "--qat-epochs", "2", *FAST_BENCH)
+    assert result.code == 0, result.err
+    report = json.loads((out / "report.json").read_text())
+    notes = {a["runtime"]: a["quantization"]["notes"]
+             for a in report["artifacts"] if a["precision"] == "int8"}
+    qat = [n for n in notes["onnxruntime"] if n.startswith("quantization-aware fine-tuning")]
+    assert len(qat) == 1 and "2 epochs" in qat[0] and "the calibration samples" in qat[0], qat
+    assert not [n for n in notes["openvino"] if "quantization-aware" in n]
