@@ -33,7 +33,8 @@ def _parse_shapes(text: str | None):
 def _check_model(model: Path) -> str:
     fmt = FORMATS.get(model.suffix.lower())
     if fmt is None:
-        msg = f"cannot benchmark '{model}': expected a .onnx or .xml (OpenVINO IR) file"
+        msg = (f"cannot benchmark '{model}': expected a .onnx or .xml (OpenVINO IR) file, "
+               "or a .zip bundle")
         raise UsageError(msg)
     if not model.is_file():
         msg = f"cannot benchmark '{model}': no such file"
@@ -44,6 +45,23 @@ def _check_model(model: Path) -> str:
     return fmt
 
 
+def _bench_bundle(args: argparse.Namespace) -> int:
+    """An app bundle is benchmarked as `edgeopt verify` does it: its checksums and
+    reference outputs are checked first, so a figure is never one of a damaged model."""
+    from edgeopt._verify_cli import run_verify
+
+    given = [flag for flag, value in (("--runtime", args.runtimes),
+                                      ("--input-shape", args.input_shape),
+                                      ("--require-measured", args.require_measured),
+                                      ("--emulate", args.emulate)) if value]
+    if given:
+        msg = (f"{', '.join(given)} do not apply to a bundle ({Path(args.model).name}): its "
+               "manifest fixes the model, runtime and shapes; run it on the device itself")
+        raise UsageError(msg)
+    args.bundle, args.no_bench = args.model, False
+    return run_verify(args)
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from edgeopt._measure import NotMeasured, run_target
     from edgeopt._output import Output
@@ -51,6 +69,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from edgeopt.runtimes import BenchProtocol
 
     model = Path(args.model)
+    if model.suffix.lower() == ".zip":
+        return _bench_bundle(args)
     fmt = _check_model(model)
     protocol = BenchProtocol(warmup=args.warmup, min_iterations=args.bench_iterations,
                              min_seconds=args.bench_seconds, repeats=args.bench_repeats,

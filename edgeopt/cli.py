@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     _prune_flags(prune, required=True)
 
     bench = sub.add_parser("bench", parents=[common], help="benchmark a model on a device")
-    bench.add_argument("model", help="model.onnx or model.xml (OpenVINO IR, .bin beside it)")
+    bench.add_argument("model", help="model.onnx, model.xml (OpenVINO IR, .bin beside it), or "
+                                     "an app bundle .zip (checked first, as verify does)")
     bench.add_argument("--device", action="append", dest="devices", metavar="ID[:UNIT]",
                        help="device profile (repeatable; default host-cpu)")
     bench.add_argument("--runtime", action="append", dest="runtimes",

@@ -203,6 +203,22 @@ def test_verify_passes_and_benchmarks_with_a_label(run_cli, digits_run):
     assert device["bench"]["setup"]["model"] == "model.ort"
 
 
+def test_bench_on_a_bundle_checks_it_then_benchmarks(run_cli, digits_run, tmp_path):
+    bundle = digits_run / "digits-cnn-android.zip"
+    result = run_cli("bench", bundle, "--json", *FAST_BENCH)
+    assert result.code == 0, result.err
+    verdict = json.loads(result.out)
+    assert verdict["ok"] is True and verdict["devices"][0]["bench"]["label"] == "measured"
+    members = read_members(bundle)
+    model = bytearray(members["model.ort"])
+    model[len(model) // 2] ^= 0x01
+    members["model.ort"] = bytes(model)
+    result = run_cli("bench", write_zip(tmp_path / "bad.zip", list(members.items())))
+    assert result.code == 1 and "model.ort" in failed_line(result)
+    result = run_cli("bench", bundle, "--runtime", "openvino")
+    assert result.code == 2 and "--runtime do not apply to a bundle" in result.err
+
+
 def test_verify_runs_in_the_runtime_only_install(digits_run):
     """No torch, onnx, nncf or rich: verify (with its benchmark) still runs."""
     script = (
