@@ -16,9 +16,9 @@ from edgeopt.calibrate.quantize import (
     QuantResult,
     check_calibration,
     integer_kernel_counts,
-    quantize_for_openvino,
     quantize_onnx_for_ort,
 )
+from edgeopt.calibrate.quantize_ov import quantize_for_openvino
 
 __all__ = [
     "CalibrationDataError",
