@@ -47,14 +47,22 @@ def _channel_means(model, names: list[str], samples) -> dict[str, np.ndarray]:
     return {name: total / len(samples) for name, total in sums.items()}
 
 
+def dq_axis(dq) -> int:
+    """A DequantizeLinear node's per-channel axis (ONNX's default: 1)."""
+    return next((a.i for a in dq.attribute if a.name == "axis"), 1)
+
+
 def _dequantized(inits: dict, dq) -> np.ndarray:
+    """The float values of a DequantizeLinear node over initializers (``inits``: protos)."""
     from onnx import numpy_helper
 
     q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
     scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
     zero = (numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64)
             if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale))
-    shape = (-1,) + (1,) * (q.ndim - 1) if scale.ndim == 1 else ()
+    shape = [1] * q.ndim
+    if scale.ndim == 1:
+        shape[dq_axis(dq)] = -1
     return (q - zero.reshape(shape)) * scale.reshape(shape)
 
 

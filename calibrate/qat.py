@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeopt.calibrate.bias_correction import _dequantized, dq_axis
 from edgeopt.calibrate.errors import CalibrationError
 
 BATCH = 16
@@ -77,7 +78,8 @@ class _Simulation:
         # node wrappers are made afresh on each access: keep one list, with the attributes
         self.nodes = [(n, {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute})
                       for n in self.graph.node]
-        q_inits = {i.name: numpy_helper.to_array(i) for i in qdq_model.graph.initializer}
+        q_protos = {i.name: i for i in qdq_model.graph.initializer}
+        q_inits = {name: numpy_helper.to_array(i) for name, i in q_protos.items()}
         producer = {o: n for n in qdq_model.graph.node for o in n.output}
         q_nodes = {n.name: n for n in qdq_model.graph.node if n.name}
         self.acts = {}
@@ -116,12 +118,12 @@ class _Simulation:
                 dq = producer.get(q_node.input[slot]) if q_node is not None and \
                     len(q_node.input) > slot else None
                 if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in q_inits:
-                    value = _dequantize(q_inits, dq, self._axis(dq))
+                    value = _dequantized(q_protos, dq).astype(np.float32)
                     if slot == 1:
                         scale = q_inits[dq.input[1]].astype(np.float32)
                         shape = [1] * value.ndim
                         if scale.ndim:
-                            shape[self._axis(dq)] = -1
+                            shape[dq_axis(dq)] = -1
                         info = np.iinfo(q_inits[dq.input[0]].dtype)
                         qmin = -127 if info.min == -128 else int(info.min)
                         self.weight_q[name] = (torch.tensor(scale.reshape(shape)), qmin,
@@ -133,9 +135,6 @@ class _Simulation:
                 else:
                     continue
                 self.params[name] = torch.nn.Parameter(torch.tensor(value.astype(np.float32)))
-
-    def _axis(self, dq) -> int:
-        return next((a.i for a in dq.attribute if a.name == "axis"), 1)
 
     def _fq(self, x, name: str):
         import torch
@@ -252,27 +251,10 @@ class _Simulation:
         return [y]
 
 
-def _dequantize(inits: dict, dq, axis: int) -> np.ndarray:
-    q = inits[dq.input[0]].astype(np.float64)
-    scale = inits[dq.input[1]].astype(np.float64)
-    zero = inits[dq.input[2]].astype(np.float64) if len(dq.input) > 2 and dq.input[2] \
-        else np.zeros_like(scale)
-    if scale.ndim:
-        shape = [1] * q.ndim
-        shape[axis] = -1
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
-    return ((q - zero) * scale).astype(np.float32)
-
-
-def _batches(samples: Sequence[dict[str, np.ndarray]], order) -> list[dict]:
+def _batch(samples: Sequence[dict[str, np.ndarray]], idx) -> dict:
     import torch
 
-    out = []
-    for start in range(0, len(order), BATCH):
-        idx = order[start:start + BATCH]
-        out.append({k: torch.from_numpy(np.concatenate([samples[i][k] for i in idx]))
-                    for k in samples[0]})
-    return out
+    return {k: torch.from_numpy(np.concatenate([samples[i][k] for i in idx])) for k in samples[0]}
 
 
 def _loss_kind(outputs) -> str:
@@ -319,21 +301,22 @@ def finetune_qdq(fp32_model, qdq_model, samples: Sequence[dict[str, np.ndarray]]
     sim = _Simulation(fp32_model, qdq_model)
     order = np.random.default_rng(seed).permutation(len(samples))
     n_held = max(1, int(round(len(samples) * HELD_OUT)))
-    held = _batches(samples, order[:n_held])
     train_idx = order[n_held:]
     with torch.no_grad():
         teacher = {i: [o.detach() for o in sim({k: torch.from_numpy(v) for k, v in
                                                 samples[i].items()}, quant=False)]
                    for i in range(len(samples))}
-        kind = _loss_kind(next(iter(teacher.values())))
+        kind = _loss_kind(teacher[0])
+
+        def targets(idx) -> list:
+            return [torch.cat([teacher[i][j] for i in idx]) for j in range(len(teacher[0]))]
+
+        held = [(len(idx), _batch(samples, idx), targets(idx))
+                for idx in np.array_split(order[:n_held], -(-n_held // BATCH))]
 
         def held_loss() -> float:
-            total = 0.0
-            for batch, start in zip(held, range(0, n_held, BATCH), strict=True):
-                idx = order[:n_held][start:start + BATCH]
-                t = [torch.cat([teacher[i][j] for i in idx]) for j in range(len(teacher[0]))]
-                total += float(_loss(sim(batch, quant=True), t, kind)) * len(idx)
-            return total / n_held
+            return sum(float(_loss(sim(batch, quant=True), t, kind)) * n
+                       for n, batch, t in held) / n_held
 
         before = held_loss()
     if not learn_ranges:
@@ -348,9 +331,7 @@ def finetune_qdq(fp32_model, qdq_model, samples: Sequence[dict[str, np.ndarray]]
         shuffled = np.random.default_rng(seed + 1 + epoch).permutation(train_idx)
         for start in range(0, len(shuffled), BATCH):
             idx = shuffled[start:start + BATCH]
-            batch = _batches(samples, idx)[0]
-            t = [torch.cat([teacher[i][j] for i in idx]) for j in range(len(teacher[0]))]
-            loss = _loss(sim(batch, quant=True), t, kind)
+            loss = _loss(sim(_batch(samples, idx), quant=True), targets(idx), kind)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -376,7 +357,7 @@ def finetune_qdq(fp32_model, qdq_model, samples: Sequence[dict[str, np.ndarray]]
         scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
         if scale.ndim:
             shape = [1] * value.ndim
-            shape[sim._axis(dq)] = -1
+            shape[dq_axis(dq)] = -1
             scale = scale.reshape(shape)
         if kind_of == "weight":
             _, qmin, qmax = sim.weight_q[name]
