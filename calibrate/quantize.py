@@ -35,6 +35,7 @@ from edgeopt.calibrate.calibrators import (
     compute_ranges,
 )
 from edgeopt.calibrate.data import check_finite
+from edgeopt.calibrate.equalize import equalize_depthwise_inputs
 from edgeopt.calibrate.errors import CalibrationDataError, CalibrationError
 from edgeopt.calibrate.qat import QatResult, finetune_qdq
 from edgeopt.calibrate.rounding import optimize_weight_rounding
@@ -58,6 +59,7 @@ class QuantConfig:
     calibrator: str = DEFAULT_CALIBRATOR
     per_channel: bool = True
     keep_first_fp32: bool = False
+    equalize: bool = True                    # ONNX Runtime only: see calibrate/equalize.py
     weight_rounding: bool = True
     bias_correction: bool = True
     exclude_nodes: tuple[str, ...] = ()
@@ -343,6 +345,14 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
         overrides = {name: [{"rmin": np.float32(r.rmin), "rmax": np.float32(r.rmax)}]
                      for name, r in ranges.items()}
         linear = _linear_nodes(model)
+        if config.equalize and not linear:
+            equalized = equalize_depthwise_inputs(model, calib)
+            if equalized:
+                onnx.save(model, str(prepped))
+                overrides.update(_equalized_overrides(model, prepped, equalized, calib,
+                                                      config.calibrator))
+                notes.append(f"depthwise inputs equalized: {len(equalized)} tensors rescaled "
+                             "per channel into the convolutions on both sides, then calibrated")
         if linear:
             notes.append(f"transformer-style graph: only its {len(linear)} MatMul/Gemm layers "
                          "with constant weights and embedding lookups are quantized; "
@@ -389,6 +399,20 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
                  f"for {len(ranges)} tensors from {len(calib)} samples")
     return QuantResult(out, tuple(excluded), tuple(notes), integer_kernel_counts(out),
                        tuple(sqnr), len(ranges))
+
+
+def _equalized_overrides(model, path: Path, equalized: list[str], calib,
+                         calibrator: str) -> dict:
+    """The calibrator's ranges of the equalized tensors, from the equalized model (the
+    statistics of the original no longer describe them). Each range also goes to the
+    convolution output its activation is folded into."""
+    ranges = compute_ranges(collect_stats(path, calib, names=equalized), calibrator)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    overrides = {}
+    for name, r in ranges.items():
+        for tensor in (name, producer[name].input[0]):
+            overrides[tensor] = [{"rmin": np.float32(r.rmin), "rmax": np.float32(r.rmax)}]
+    return overrides
 
 
 def _qat_note(qat: QatResult, data: str) -> str:

@@ -87,14 +87,15 @@ def _float_tensors(model) -> list[str]:
 def collect_stats(onnx_path: Path, samples: Iterable[dict[str, np.ndarray]],
                   reservoir: int = DEFAULT_RESERVOIR, seed: int = 0,
                   progress: Callable[[int, int], None] | None = None,
-                  total: int | None = None) -> dict[str, TensorStats]:
+                  total: int | None = None,
+                  names: Sequence[str] | None = None) -> dict[str, TensorStats]:
     """Run the FP32 model over ``samples`` (consumed one at a time) and gather per-tensor
-    statistics; ``total`` is only for progress."""
+    statistics of every float tensor, or of ``names``; ``total`` is only for progress."""
     import onnx
     import onnxruntime as ort
 
     model = onnx.load(str(onnx_path))
-    names = _float_tensors(model)
+    names = _float_tensors(model) if names is None else list(names)
     outputs = {o.name for o in model.graph.output}
     for name in names:
         if name not in outputs:

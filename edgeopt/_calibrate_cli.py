@@ -204,9 +204,10 @@ def _export(spec: str, fp32: Path, int8: Path, feeds: Path) -> None:
 
     module, example, names, outputs, calib = _source(spec)
     export_onnx(module, example, fp32, input_names=names, output_names=outputs)
-    # Timing does not depend on the ranges: the cheapest calibrator, no rounding search.
+    # Timing does not depend on the ranges: the cheapest calibrator, no equalization or
+    # rounding search.
     quantize_onnx_for_ort(fp32, int8, calib, QuantConfig(
-        calibrator="minmax", weight_rounding=False, bias_correction=False))
+        calibrator="minmax", equalize=False, weight_rounding=False, bias_correction=False))
     tmp = feeds.with_name(f".{feeds.stem}.tmp.npz")
     np.savez(tmp, **calib[0])
     tmp.replace(feeds)

@@ -64,7 +64,8 @@ def _scales(model) -> dict[str, np.ndarray]:
 
 def test_the_simulation_is_the_fp32_graph_and_the_qdq_graph(blocks_onnx, tmp_path):
     out = tmp_path / "q.onnx"
-    quantize_onnx_for_ort(blocks_onnx, out, _samples(16, 0))
+    # the simulation reads the model that was quantized: without equalization, the file
+    quantize_onnx_for_ort(blocks_onnx, out, _samples(16, 0), QuantConfig(equalize=False))
     sim = _Simulation(onnx.load(str(blocks_onnx)), onnx.load(str(out)))
     held = _samples(8, 1)
     batch = {"input": torch.from_numpy(np.concatenate([s["input"] for s in held]))}
@@ -103,7 +104,7 @@ def test_qat_lowers_the_error_on_unseen_samples_with_the_same_graph(blocks_onnx,
 
 def test_a_fine_tuning_that_does_not_help_is_not_kept(blocks_onnx, tmp_path):
     out = tmp_path / "q.onnx"
-    quantize_onnx_for_ort(blocks_onnx, out, _samples(16, 0))
+    quantize_onnx_for_ort(blocks_onnx, out, _samples(16, 0), QuantConfig(equalize=False))
     qdq = onnx.load(str(out))
     before = qdq.SerializeToString()
     result = finetune_qdq(onnx.load(str(blocks_onnx)), qdq, _samples(20, 4), epochs=1, lr=0.0)
