@@ -111,21 +111,22 @@ def _replace(inits: dict, name: str, array: np.ndarray) -> None:
     inits[name].CopyFrom(numpy_helper.from_array(array.astype(dtype), name))
 
 
-def equalize_depthwise_inputs(model, samples: Sequence[dict[str, np.ndarray]]) -> list[str]:
+def equalize_depthwise_inputs(model, samples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Equalize every depthwise input's channels in place (module docstring) over the
-    calibration ``samples``. Returns the equalized tensors."""
+    calibration ``samples``. Returns each equalized tensor's channel maxima ``m_i`` (in
+    the original model's units; the equalized channels all reach ``max(m_i)``)."""
     from onnx import numpy_helper
 
     pairs = depthwise_pairs(model)
     if not pairs:
-        return []
+        return {}
     inits = {i.name: i for i in model.graph.initializer}
     used = {}
     for node in model.graph.node:
         for name in node.input:
             used[name] = used.get(name, 0) + 1
     peaks = _channel_max(model, [p.tensor for p in pairs], samples)
-    done = []
+    done = {}
     for pair in pairs:
         m = np.maximum(peaks[pair.tensor].astype(np.float64), 0.0)
         top = float(m.max())
@@ -150,5 +151,6 @@ def equalize_depthwise_inputs(model, samples: Sequence[dict[str, np.ndarray]]) -
             dtype = numpy_helper.to_array(inits[pair.activation.input[2]]).dtype
             model.graph.initializer.append(numpy_helper.from_array(np.asarray(top, dtype), bound))
             pair.activation.input[2] = bound
-        done.append(pair.tensor)
+        done[pair.tensor] = m
     return done
+

@@ -401,12 +401,11 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
                        tuple(sqnr), len(ranges))
 
 
-def _equalized_overrides(model, path: Path, equalized: list[str], calib,
-                         calibrator: str) -> dict:
+def _equalized_overrides(model, path: Path, equalized, calib, calibrator: str) -> dict:
     """The calibrator's ranges of the equalized tensors, from the equalized model (the
     statistics of the original no longer describe them). Each range also goes to the
     convolution output its activation is folded into."""
-    ranges = compute_ranges(collect_stats(path, calib, names=equalized), calibrator)
+    ranges = compute_ranges(collect_stats(path, calib, names=list(equalized)), calibrator)
     producer = {o: n for n in model.graph.node for o in n.output}
     overrides = {}
     for name, r in ranges.items():

@@ -59,12 +59,14 @@ def test_equalization_keeps_the_function_and_evens_the_channels(clip):
     original = onnx.ModelProto()
     original.CopyFrom(model)
     assert [p.tensor for p in depthwise_pairs(model)] == ["r"]
-    assert equalize_depthwise_inputs(model, calib) == ["r"]
+    maxima = equalize_depthwise_inputs(model, calib)
+    assert list(maxima) == ["r"]
     after = _run(model, ["output", "r"], calib)
     for b, a in zip(before, after, strict=True):
         np.testing.assert_allclose(a["output"], b["output"], rtol=1e-4, atol=1e-5)
     peak = lambda runs: np.max([v["r"].max(axis=(0, 2, 3)) for v in runs], axis=0)  # noqa: E731
     assert peak(before).max() / peak(before).min() > 20          # uneven before
+    np.testing.assert_allclose(maxima["r"], peak(before), rtol=1e-6)
     np.testing.assert_allclose(peak(after), peak(after).max(), rtol=1e-4)
     # away from the calibration data, only values above a channel's calibrated maximum
     # (clipped by any calibrated 8-bit range anyway) can differ
@@ -76,7 +78,7 @@ def test_equalization_keeps_the_function_and_evens_the_channels(clip):
 def test_shared_or_unfit_weights_are_left_alone():
     model = _expand_dw_model(shared_weight=True)
     before = {i.name: numpy_helper.to_array(i).copy() for i in model.graph.initializer}
-    assert equalize_depthwise_inputs(model, _samples(4, 0)) == []
+    assert equalize_depthwise_inputs(model, _samples(4, 0)) == {}
     for init in model.graph.initializer:
         np.testing.assert_array_equal(numpy_helper.to_array(init), before[init.name])
 
