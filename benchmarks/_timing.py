@@ -1,7 +1,8 @@
 """Shared by the benchmarks: one runner per runtime, and interleaved timing.
 
-Interleaving runs a burst of every artifact in turn, round after round, so the machine's
-noise falls on all of them alike; compare them by ratios measured in the same run.
+Interleaving runs a burst of every artifact in turn, round after round (in a new
+seeded order each round), so the machine's noise falls on all of them alike; compare them by
+ratios measured in the same run.
 """
 
 from __future__ import annotations
@@ -48,8 +49,11 @@ def interleave(runs: list, feeds: dict, rounds: int, burst: int,
             run(feeds)
     times: list[list[float]] = [[] for _ in runs]
     round_p50: list[list[float]] = [[] for _ in runs]
+    order = np.random.default_rng(0)
     for _ in range(rounds):
-        for i, run in enumerate(runs):
+        # a new order every round (seeded), so no artifact always follows the same one
+        for i in order.permutation(len(runs)):
+            run = runs[i]
             burst_times = []
             for _ in range(burst):
                 start = time.perf_counter()

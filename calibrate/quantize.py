@@ -5,11 +5,12 @@ one pass of bounded-memory statistics over the FP32 model (stats.py).
 
 ONNX Runtime: a QDQ graph laid out the way ONNX Runtime's quantizer lays it out (so its CPU
 EP fuses Q/DQ pairs into QLinearConv / QGemm / QLinearAdd), per-channel S8 weights, U8
-activations with the calibrator's ranges (``TensorQuantOverrides``), then data-aware weight
-rounding (rounding.py) and bias correction (bias_correction.py) on the int8 values, so the
-graph and its integer kernels stay exactly ONNX Runtime's. The graph's outputs stay float
+activations with the calibrator's ranges (``TensorQuantOverrides``; depthwise inputs
+equalized per channel first, equalize.py), then data-aware weight rounding (rounding.py) and
+bias correction (bias_correction.py) on the int8 values, so the graph and its integer
+kernels stay exactly ONNX Runtime's. The graph's outputs stay float
 (a QGemm with float output): quantizing the logits to 8 bits flips close top-1 calls
-(mobilenet-v2: 0.63 top-1 agreement with them quantized, 0.87 without).
+(mobilenet-v2, before equalization: 0.63 top-1 agreement with them quantized, 0.87 without).
 
 With ``QuantConfig.qat_epochs`` the QDQ graph is then fine-tuned (qat.py).
 
@@ -329,10 +330,11 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    check_calibration(calib, _onnx_inputs(fp32_onnx))
+    inputs = _onnx_inputs(fp32_onnx)
+    check_calibration(calib, inputs)
     if stats is None:
         stats = activation_stats(fp32_onnx, calib, progress)
-    ranges = compute_ranges(stats, config.calibrator)
+    ranges = compute_ranges(stats, config.calibrator, inputs=[spec[0] for spec in inputs])
     out = Path(out)
     prepped = _tmp_name(out, ".prep.onnx")
     tmp = _tmp_name(out, ".onnx")
