@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--max-fp32-nodes", type=int, metavar="N",
                      help="with --max-accuracy-drop: return at most N nodes to FP32")
     opt.add_argument("--keep-first-fp32", action="store_true",
-                     help="keep the first convolution FP32 (more accurate, a little slower)")
+                     help="keep the first convolution FP32 (a little slower; on some models "
+                          "more accurate)")
     opt.add_argument("--qat-epochs", type=int, default=0, metavar="N",
                      help="ONNX Runtime INT8: fine-tune the int8 weights for N epochs to match "
                           "the FP32 outputs (quantization-aware, CNN graphs; same speed)")
