@@ -1,7 +1,8 @@
 """INT8 post-training quantization, per target runtime.
 
 Both runtimes get the activation ranges of the chosen calibrator (calibrators.py), from
-one pass of bounded-memory statistics over the FP32 model (stats.py).
+one pass of bounded-memory statistics over the FP32 model (stats.py); ONNX Runtime's graph
+inputs keep their full range (calibrators.compute_ranges says why).
 
 ONNX Runtime: a QDQ graph laid out the way ONNX Runtime's quantizer lays it out (so its CPU
 EP fuses Q/DQ pairs into QLinearConv / QGemm / QLinearAdd), per-channel S8 weights, U8
