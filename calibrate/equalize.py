@@ -54,8 +54,8 @@ def _attr(node, name: str, default):
 
 
 def depthwise_pairs(model) -> list[_Pair]:
-    """Conv -> Relu/Clip(0, c) -> depthwise Conv chains with constant weights and no other
-    reader in between."""
+    """Conv -> Relu/Clip(0, c) -> depthwise Conv chains with constant weights read by no
+    other node, and no other reader in between."""
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -90,6 +90,9 @@ def depthwise_pairs(model) -> list[_Pair]:
         if (readers.get(conv.output[0]) != 1 or readers.get(act.output[0]) != 1
                 or {conv.output[0], act.output[0]} & outputs):
             continue
+        weights = [n for n in (conv.input[1], dw.input[1], *conv.input[2:3]) if n]
+        if any(readers.get(n) != 1 for n in weights):
+            continue                          # shared with another node: rescaling changes it
         pairs.append(_Pair(conv, act, dw, act.output[0]))
     return pairs
 
@@ -121,19 +124,13 @@ def equalize_depthwise_inputs(model, samples: Sequence[dict[str, np.ndarray]]) -
     if not pairs:
         return {}
     inits = {i.name: i for i in model.graph.initializer}
-    used = {}
-    for node in model.graph.node:
-        for name in node.input:
-            used[name] = used.get(name, 0) + 1
     peaks = _channel_max(model, [p.tensor for p in pairs], samples)
     done = {}
     for pair in pairs:
         m = np.maximum(peaks[pair.tensor].astype(np.float64), 0.0)
         top = float(m.max())
-        weights = [n for n in (pair.producer.input[1], pair.depthwise.input[1],
-                               *pair.producer.input[2:3]) if n]
-        if top <= 0.0 or any(used.get(n, 0) != 1 for n in weights):
-            continue                     # a dead tensor, or weights shared with another node
+        if top <= 0.0:
+            continue                                       # never positive: nothing to fit
         m = np.maximum(m, top * MIN_RANGE_FRACTION)
         gain = top / m                                     # per channel, >= 1
         w = numpy_helper.to_array(inits[pair.producer.input[1]]).astype(np.float64)
