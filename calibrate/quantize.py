@@ -346,8 +346,7 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
         excluded, notes = _fp32_nodes(config, lambda: _first_conv(model))
         # Every activation range comes from the calibrator; ONNX Runtime's own calibration
         # then runs on one sample only, for any tensor the statistics do not name.
-        overrides = {name: [{"rmin": np.float32(r.rmin), "rmax": np.float32(r.rmax)}]
-                     for name, r in ranges.items()}
+        overrides = {name: _override(r) for name, r in ranges.items()}
         linear = _linear_nodes(model)
         if config.equalize and not linear:
             equalized = equalize_depthwise_inputs(model, calib)
@@ -405,6 +404,11 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
                        tuple(sqnr), len(ranges))
 
 
+def _override(r) -> list[dict]:
+    """One tensor's ``TensorQuantOverrides`` entry: its range."""
+    return [{"rmin": np.float32(r.rmin), "rmax": np.float32(r.rmax)}]
+
+
 def _equalized_overrides(model, path: Path, equalized, calib, calibrator: str) -> dict:
     """The calibrator's ranges of the equalized tensors, from the equalized model (the
     statistics of the original no longer describe them). Each range also goes to the
@@ -414,7 +418,7 @@ def _equalized_overrides(model, path: Path, equalized, calib, calibrator: str) -
     overrides = {}
     for name, r in ranges.items():
         for tensor in (name, producer[name].input[0]):
-            overrides[tensor] = [{"rmin": np.float32(r.rmin), "rmax": np.float32(r.rmax)}]
+            overrides[tensor] = _override(r)
     return overrides
 
 

@@ -48,7 +48,7 @@ def _samples(n: int, seed: int) -> list[dict[str, np.ndarray]]:
 
 
 def _run(model, names, samples):
-    return [values for values in _run_tensors(model, names, samples)]
+    return list(_run_tensors(model, names, samples))
 
 
 @pytest.mark.parametrize("clip", [True, False], ids=["relu6", "relu"])
