@@ -177,6 +177,75 @@ def _fp32_nodes(config: QuantConfig, find_first: Callable[[], list[str]]) -> tup
     return excluded, notes
 
 
+def _keep_float(model) -> int:
+    """Keep FP32 convolutions and Gemms float in ONNX Runtime; returns how many needed it.
+
+    ONNX Runtime's ``WeightBiasQuantization`` optimizer (session level 1, on by default)
+    takes any Conv/ConvTranspose/Gemm with float weights whose input comes from a
+    per-tensor DequantizeLinear (and whose output feeds a QuantizeLinear) for an
+    unfinished QDQ unit, and quantizes its weights to per-tensor int8 when the session
+    loads: a layer excluded to stay FP32 silently runs as a coarse QLinearConv. It only
+    takes a scalar input scale, so each such node gets a DequantizeLinear of its own with
+    the same scale and zero point repeated per channel (axis 1): the same values, and the
+    node stays float.
+    """
+    from onnx import helper, numpy_helper
+
+    if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < 13:
+        return 0                                      # no per-axis DequantizeLinear before 13
+    inits = {i.name: i for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    done = 0
+    for node in list(model.graph.node):
+        if node.op_type not in {"Conv", "ConvTranspose", "Gemm"} or len(node.input) < 2:
+            continue
+        weight, dq = inits.get(node.input[1]), producer.get(node.input[0])
+        if weight is None or dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        if len(dq.input) < 2 or dq.input[1] not in inits or any(
+                name not in inits for name in dq.input[2:3] if name):
+            continue
+        scale = numpy_helper.to_array(inits[dq.input[1]])
+        if scale.size != 1:
+            continue
+        attrs = {a.name: a.i for a in node.attribute if a.name in {"group", "transB"}}
+        if node.op_type == "Conv":
+            channels = weight.dims[1] * attrs.get("group", 1)
+        elif node.op_type == "ConvTranspose":
+            channels = weight.dims[0]
+        else:
+            channels = weight.dims[1] if attrs.get("transB", 0) else weight.dims[0]
+        name = f"{node.input[0]}_float_{node.name or node.output[0]}"
+        model.graph.initializer.append(numpy_helper.from_array(
+            np.full(channels, scale.reshape(-1)[0], scale.dtype), f"{name}_scale"))
+        per_channel = [dq.input[0], f"{name}_scale"]
+        if len(dq.input) > 2 and dq.input[2]:
+            zero = numpy_helper.to_array(inits[dq.input[2]])
+            model.graph.initializer.append(numpy_helper.from_array(
+                np.full(channels, zero.reshape(-1)[0], zero.dtype), f"{name}_zero_point"))
+            per_channel.append(f"{name}_zero_point")
+        own = helper.make_node("DequantizeLinear", per_channel, [name], axis=1,
+                               name=f"{name}_DequantizeLinear")
+        model.graph.node.insert(list(model.graph.node).index(node), own)
+        node.input[0] = name
+        done += 1
+    if done:
+        _drop_unread(model)
+    return done
+
+
+def _drop_unread(model) -> None:
+    """Remove DequantizeLinear nodes whose output no one reads, then unread initializers."""
+    read = {name for n in model.graph.node for name in n.input}
+    read |= {o.name for o in model.graph.output}
+    for node in [n for n in model.graph.node
+                 if n.op_type == "DequantizeLinear" and not set(n.output) & read]:
+        model.graph.node.remove(node)
+    read = {name for n in model.graph.node for name in n.input}
+    for init in [i for i in model.graph.initializer if i.name not in read]:
+        model.graph.initializer.remove(init)
+
+
 class _Reader:
     """ONNX Runtime CalibrationDataReader over a list of samples, reporting progress."""
 
@@ -232,9 +301,7 @@ def _float_outputs(model) -> int:
         model.graph.node.remove(q)
         model.graph.node.remove(dq)
         removed += 1
-    used = {name for n in model.graph.node for name in n.input}
-    for init in [i for i in model.graph.initializer if i.name not in used]:
-        model.graph.initializer.remove(init)
+    _drop_unread(model)
     return removed
 
 
@@ -386,6 +453,9 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
             qat = finetune_qdq(model, qdq, list(qat_samples or calib), config.qat_epochs,
                                config.qat_lr, progress, learn_ranges=config.qat_ranges)
             notes.append(_qat_note(qat, qat_note or f"{len(calib)} calibration samples"))
+        if _keep_float(qdq):
+            notes.append("FP32 layers read their input through a per-channel "
+                         "DequantizeLinear, so ONNX Runtime does not quantize their weights")
         sqnr = layer_sqnr(model, qdq, calib)
         onnx.save(qdq, str(tmp))
         os.replace(tmp, out)

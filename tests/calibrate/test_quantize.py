@@ -257,3 +257,48 @@ def test_full_conv_patches_are_in_weight_row_order():
     flat = _patches_full(x.astype(np.float64), 3, 3, [2, 2], [1, 1, 1, 1])
     got = (w.reshape(5, -1) @ flat.T).reshape(want.shape)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _three_convs(path: Path) -> Path:
+    """input -> conv a -> relu -> conv b (1x1, linear) -> conv c -> output."""
+    from onnx import helper, numpy_helper
+    from tiny_models import _save
+
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+             for name, shape in (("wa", (8, 3, 3, 3)), ("wb", (8, 8, 1, 1)), ("wc", (4, 8, 3, 3)))]
+    inits += [numpy_helper.from_array(rng.standard_normal(n).astype(np.float32) * 0.1, f"b{c}")
+              for c, n in (("a", 8), ("b", 8), ("c", 4))]
+    nodes = [helper.make_node("Conv", ["input", "wa", "ba"], ["ya"], name="a", pads=[1] * 4),
+             helper.make_node("Relu", ["ya"], ["ra"], name="relu"),
+             helper.make_node("Conv", ["ra", "wb", "bb"], ["yb"], name="b"),
+             helper.make_node("Conv", ["yb", "wc", "bc"], ["output"], name="c", pads=[1] * 4)]
+    return _save(path, "three_convs", nodes, inits, ("output", [1, 4, 8, 8]))
+
+
+def test_an_fp32_node_stays_float_when_onnx_runtime_loads_it(tmp_path):
+    """ONNX Runtime's WeightBiasQuantization would give the excluded conv, read through a
+    DequantizeLinear and read by a QuantizeLinear, per-tensor int8 weights at load time."""
+    import onnxruntime as ort
+
+    from edgeopt.calibrate import QuantConfig
+
+    model = _three_convs(tmp_path / "three.onnx")
+    rng = np.random.default_rng(2)
+    calib = [{"input": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
+    result = quantize_onnx_for_ort(model, tmp_path / "q.onnx", calib,
+                                   QuantConfig(exclude_nodes=("b",)))
+    assert result.excluded_nodes == ("b",)
+    assert any("per-channel DequantizeLinear" in n for n in result.notes), result.notes
+    # a is integer; b stays float; c, whose output is the graph's, dequantizes its weights
+    counts = integer_kernel_counts(result.path)
+    assert counts.get("QLinearConv") == 1 and counts.get("Conv", 0) + counts.get("FusedConv", 0) == 2
+
+    def run(disabled):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=disabled)
+        return session.run(None, calib[0])[0]
+
+    np.testing.assert_array_equal(run([]), run(["WeightBiasQuantization"]))
