@@ -262,6 +262,7 @@ def test_full_conv_patches_are_in_weight_row_order():
 def _three_convs(path: Path) -> Path:
     """input -> conv a -> relu -> conv b (1x1, linear) -> conv c -> output."""
     from onnx import helper, numpy_helper
+
     from tiny_models import _save
 
     rng = np.random.default_rng(1)
