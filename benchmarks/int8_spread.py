@@ -1,0 +1,80 @@
+"""How far mobilenet-v2's INT8 top-1 agreement moves with the calibration draw.
+
+The same ONNX Runtime quantization is built from several equally valid calibration sets,
+overlapping subsets of the reference model's 100 calibration crops, with and without the
+first convolution in FP32 (`--keep-first-fp32`), and each artifact is scored by top-1
+agreement with FP32 on the 300 evaluation crops. The spread is the noise any single figure
+on this crop set carries; differences between configurations smaller than it are not
+differences.
+
+    python benchmarks/int8_spread.py [--subset 90] [--draws 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from _timing import ort_runner
+from rich.console import Console
+from rich.table import Table
+
+NAME = "mobilenet-v2"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subset", type=int, default=90, help="calibration crops per draw")
+    parser.add_argument("--draws", type=int, default=3, help="subsets, each shifted by 5 crops")
+    args = parser.parse_args()
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    os.environ.setdefault("EDGEOPT_QUIET", "1")
+    from edgeopt.calibrate import QuantConfig, quantize_onnx_for_ort
+    from edgeopt.convert import export_onnx
+    from edgeopt.reference_models import get_reference
+
+    console = Console(stderr=True)
+    reference = get_reference(NAME)
+    inputs = reference.evaluation_set().inputs
+    calib = reference.calibration_set()
+    if args.subset + 5 * (args.draws - 1) > len(calib):
+        parser.error(f"{args.draws} draws of {args.subset} need more than the {len(calib)} "
+                     "calibration crops")
+    configs = {"shipped": QuantConfig(), "--keep-first-fp32": QuantConfig(keep_first_fp32=True)}
+    draws = [(f"crops {lo}-{lo + args.subset - 1}", calib[lo:lo + args.subset])
+             for lo in range(0, 5 * args.draws, 5)]
+    draws.append((f"all {len(calib)} (as shipped)", calib))
+    scores: dict[str, list[float]] = {name: [] for name in configs}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / f"{NAME}.fp32.onnx"
+        export_onnx(reference.build(), (torch.zeros(reference.input_shape),), fp32,
+                    input_names=(reference.input_name,))
+
+        def top1(path: Path) -> np.ndarray:
+            run = ort_runner(path, 2)
+            return np.array([np.asarray(run(x)).reshape(-1).argmax() for x in inputs])
+
+        truth = top1(fp32)
+        for what, samples in draws:
+            for name, config in configs.items():
+                console.log(f"{name}, calibrated on {what}")
+                q = quantize_onnx_for_ort(fp32, Path(tmp) / "int8.onnx", samples, config)
+                scores[name].append(float(np.mean(top1(q.path) == truth)))
+    table = Table(title=f"{NAME}: ONNX Runtime INT8 top-1 agreement with FP32 on {len(inputs)} "
+                        "evaluation crops, by calibration draw")
+    table.add_column("calibration")
+    for name in configs:
+        table.add_column(name, justify="right")
+    for i, (what, _samples) in enumerate(draws):
+        table.add_row(what, *(f"{scores[name][i]:.4f}" for name in configs))
+    table.add_row("mean (std)", *(f"{np.mean(v):.4f} ({np.std(v):.4f})" for v in scores.values()))
+    Console(width=160).print(table)
+
+
+if __name__ == "__main__":
+    main()
