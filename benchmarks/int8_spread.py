@@ -67,10 +67,12 @@ def main() -> None:
             for name, config in configs.items():
                 console.log(f"{name}, calibrated on {what}")
                 q = quantize_onnx_for_ort(fp32, Path(tmp) / "int8.onnx", samples, config)
-                flipped = logits(q.path).argmax(axis=1) != truth
+                quantized = logits(q.path)
+                flipped = quantized.argmax(axis=1) != truth
                 scores[name].append(float(1 - flipped.mean()))
                 if name == "shipped" and samples is calib:
                     shipped_flips = flipped
+                    worst_error = np.abs(quantized - reference_logits).max(axis=1)
     table = Table(title=f"{NAME}: ONNX Runtime INT8 top-1 agreement with FP32 on {len(inputs)} "
                         "evaluation crops, by calibration draw")
     table.add_column("calibration")
@@ -91,6 +93,8 @@ def main() -> None:
         inside = (margin >= lo) & (margin < hi)
         bins.add_row(f"{lo:g} - {hi:g}", str(int(inside.sum())), str(int(shipped_flips[inside].sum())))
     Console(width=160).print(bins)
+    q1, q2, q3 = np.quantile(worst_error, [0.25, 0.5, 0.75])
+    print(f"shipped INT8, largest logit error per crop: quartiles {q1:.3f} / {q2:.3f} / {q3:.3f}")
 
 
 if __name__ == "__main__":
