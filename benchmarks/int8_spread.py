@@ -9,7 +9,7 @@ differences. A second table shows why: the evaluation crops are hard, many with 
 two logits close together, and the shipped artifact's flips (all 100 calibration crops)
 binned by that margin.
 
-    python benchmarks/int8_spread.py [--subset 90] [--draws 3]
+    python benchmarks/int8_spread.py [--subset 90] [--draws 3] [--calibrators minmax,kmeans,mse]
 """
 
 from __future__ import annotations
@@ -33,10 +33,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subset", type=int, default=90, help="calibration crops per draw")
     parser.add_argument("--draws", type=int, default=3, help="subsets, each shifted by 5 crops")
+    parser.add_argument("--calibrators", default="",
+                        help="comma-separated calibrators to add as columns (e.g. minmax,kmeans)")
     args = parser.parse_args()
     logging.getLogger("nncf").setLevel(logging.ERROR)
     os.environ.setdefault("EDGEOPT_QUIET", "1")
     from edgeopt.calibrate import QuantConfig, quantize_onnx_for_ort
+    from edgeopt.calibrate.calibrators import CALIBRATORS
     from edgeopt.convert import export_onnx
     from edgeopt.reference_models import get_reference
 
@@ -48,6 +51,10 @@ def main() -> None:
         parser.error(f"{args.draws} draws of {args.subset} need more than the {len(calib)} "
                      "calibration crops")
     configs = {"shipped": QuantConfig(), "--keep-first-fp32": QuantConfig(keep_first_fp32=True)}
+    for calibrator in filter(None, args.calibrators.split(",")):
+        if calibrator not in CALIBRATORS:
+            parser.error(f"unknown calibrator '{calibrator}' (known: {', '.join(CALIBRATORS)})")
+        configs[f"--calibrator {calibrator}"] = QuantConfig(calibrator=calibrator)
     draws = [(f"crops {lo}-{lo + args.subset - 1}", calib[lo:lo + args.subset])
              for lo in range(0, 5 * args.draws, 5)]
     draws.append((f"all {len(calib)} (as shipped)", calib))
