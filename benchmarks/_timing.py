@@ -41,6 +41,11 @@ def runner(path: Path, runtime: str, threads: int):
     return (ort_runner if runtime == "onnxruntime" else ov_runner)(path, threads)
 
 
+def outputs(run, inputs) -> np.ndarray:
+    """The first output of ``run`` for each input dict, flattened, one row per input."""
+    return np.stack([np.asarray(run(x)).reshape(-1) for x in inputs])
+
+
 def interleave(runs: list, feeds: dict, rounds: int, burst: int,
                warmup: int = 10) -> tuple[list[list[float]], list[list[float]]]:
     """Times (ms) of every run, and each run's p50 per round."""

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from _timing import ort_runner
+from _timing import ort_runner, outputs
 from onnx import helper, numpy_helper
 from rich.console import Console
 from rich.table import Table
@@ -129,7 +129,7 @@ def main() -> None:
             path = work / "variant.onnx"
             onnx.save(model, str(path))
             run = ort_runner(path, 2)
-            return np.array([np.asarray(run(x)).reshape(-1).argmax() for x in inputs])
+            return outputs(run, inputs).argmax(axis=1)
 
         reference = top1(fp32)
         agree = lambda model: float(np.mean(top1(model) == reference))  # noqa: E731

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _timing import ort_runner
+from _timing import ort_runner, outputs
 from rich.console import Console
 from rich.table import Table
 
@@ -65,8 +65,7 @@ def main() -> None:
                     input_names=(reference.input_name,))
 
         def logits(path: Path) -> np.ndarray:
-            run = ort_runner(path, 2)
-            return np.stack([np.asarray(run(x)).reshape(-1) for x in inputs])
+            return outputs(ort_runner(path, 2), inputs)
 
         reference_logits = logits(fp32)
         truth = reference_logits.argmax(axis=1)

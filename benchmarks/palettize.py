@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from _timing import runner
+from _timing import outputs, runner
 from rich.console import Console
 from rich.table import Table
 
@@ -47,7 +47,7 @@ def _agreement_on_calibration(name: str, fp32: Path, threads: int):
 
     def top1(path: Path) -> np.ndarray:
         run = runner(path, "onnxruntime", threads)
-        return np.array([np.asarray(run(x)).reshape(-1).argmax() for x in samples])
+        return outputs(run, samples).argmax(axis=1)
 
     reference = top1(fp32)
     return lambda path: float(np.mean(top1(path) == reference))
@@ -103,7 +103,7 @@ def score(name: str, rows: list[Row], threads: int, console: Console) -> None:
             except Exception as e:    # say what failed, keep the other rows
                 console.log(f"{name}: {row.what} does not load in {runtime}: {str(e)[:300]}")
                 continue
-            outs = np.concatenate([np.asarray(run(x)).reshape(1, -1) for x in eval_set.inputs])
+            outs = outputs(run, eval_set.inputs)
             if fp32_out is None:
                 fp32_out = outs                          # FP32 is the first row
             row.metric[runtime] = ref.score(outs, eval_set, fp32_out)

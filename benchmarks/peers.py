@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from _timing import interleave, runner
+from _timing import interleave, outputs, runner
 from rich.console import Console
 from rich.table import Table
 
@@ -119,7 +119,7 @@ def measure(ref, rows: list[Row], rounds: int, burst: int, threads: int) -> None
     feeds = eval_set.inputs[0]
     for row in rows:
         row.run = runner(row.path, row.runtime, threads)
-        outs = np.concatenate([np.asarray(row.run(x)).reshape(1, -1) for x in eval_set.inputs])
+        outs = outputs(row.run, eval_set.inputs)
         row.outputs = outs
     fp32 = {r.runtime: r.outputs for r in rows if r.what == "FP32"}
     for row in rows:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from _timing import interleave, runner
+from _timing import outputs as stacked
 from rich.console import Console
 from rich.table import Table
 
@@ -80,8 +81,7 @@ def score(rows: list[tuple], hold_out: list[str], rounds: int, threads: int) -> 
     outputs = []
     for _what, path, _s, _n in rows:
         run = runner(path, "onnxruntime", threads)
-        outputs.append(np.concatenate([np.asarray(run(x)).reshape(1, -1)
-                                       for x in eval_set.inputs]))
+        outputs.append(stacked(run, eval_set.inputs))
     fp32 = outputs[0]
     p = np.exp(_log_softmax(fp32))
     runs = [runner(path, "onnxruntime", threads) for _w, path, _s, _n in rows]
