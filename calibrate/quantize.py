@@ -9,7 +9,9 @@ EP fuses Q/DQ pairs into QLinearConv / QGemm / QLinearAdd), per-channel S8 weigh
 activations with the calibrator's ranges (``TensorQuantOverrides``; depthwise inputs
 equalized per channel first, equalize.py), then data-aware weight rounding (rounding.py) and
 bias correction (bias_correction.py) on the int8 values, so the graph and its integer
-kernels stay exactly ONNX Runtime's. Nodes kept FP32 are guarded against ONNX Runtime
+kernels stay exactly ONNX Runtime's. No pair of int8 weights can saturate the int16
+accumulation of ONNX Runtime's AVX2 kernels (saturation.py): the rounding takes that as a
+constraint. Nodes kept FP32 are guarded against ONNX Runtime
 quantizing their weights at load time (``_keep_float``). The graph's outputs stay float
 (a QGemm with float output): quantizing the logits to 8 bits flips close top-1 calls
 (mobilenet-v2, before equalization: 0.63 top-1 agreement with them quantized, 0.87 without).
@@ -42,6 +44,7 @@ from edgeopt.calibrate.equalize import equalize_depthwise_inputs
 from edgeopt.calibrate.errors import CalibrationDataError, CalibrationError
 from edgeopt.calibrate.qat import QatResult, finetune_qdq
 from edgeopt.calibrate.rounding import optimize_weight_rounding
+from edgeopt.calibrate.saturation import bound_model, fit_scales
 from edgeopt.calibrate.stats import TensorStats, collect_stats
 from edgeopt.convert.errors import first_line
 
@@ -64,6 +67,7 @@ class QuantConfig:
     per_channel: bool = True
     keep_first_fp32: bool = False
     equalize: bool = True                    # ONNX Runtime only: see calibrate/equalize.py
+    saturation_guard: bool = True            # see calibrate/saturation.py
     weight_rounding: bool = True
     bias_correction: bool = True
     exclude_nodes: tuple[str, ...] = ()
@@ -442,8 +446,9 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
         qdq = onnx.load(str(tmp))
         if _float_outputs(qdq):
             notes.append("graph outputs kept float (the last layer dequantizes its result)")
+        coarser, channels = fit_scales(qdq) if config.saturation_guard else (0, 0)
         if config.weight_rounding:
-            rounded = optimize_weight_rounding(model, qdq, calib)
+            rounded = optimize_weight_rounding(model, qdq, calib, config.saturation_guard)
             notes.append(f"weight rounding: GPTQ-style, data-aware int8 rounding of "
                          f"{rounded} Conv/Gemm/MatMul layers")
         if config.bias_correction:
@@ -454,6 +459,11 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
             qat = finetune_qdq(model, qdq, list(qat_samples or calib), config.qat_epochs,
                                config.qat_lr, progress, learn_ranges=config.qat_ranges)
             notes.append(_qat_note(qat, qat_note or f"{len(calib)} calibration samples"))
+        pairs, _layers = bound_model(qdq) if config.saturation_guard else (0, 0)
+        if channels:
+            notes.append(_saturation_note(coarser, channels, pairs))
+        elif not config.saturation_guard:
+            notes.append("no AVX2 saturation guard: for CPUs with VNNI or ARM only")
         if _keep_float(qdq):
             notes.append("FP32 layers read their input through a per-channel "
                          "DequantizeLinear, so ONNX Runtime does not quantize their weights")
@@ -491,6 +501,13 @@ def _equalized_overrides(model, path: Path, equalized, calib, calibrator: str) -
         for tensor in (name, producer[name].input[0]):
             overrides[tensor] = _override(r)
     return overrides
+
+
+def _saturation_note(coarser: int, channels: int, pairs: int) -> str:
+    note = (f"AVX2 saturation guard: no same-sign int8 weight pair exceeds 128, so ONNX "
+            f"Runtime's int16 accumulation on CPUs without VNNI cannot saturate; "
+            f"{coarser} of {channels} output channels got a coarser weight scale for it")
+    return note + (f", {pairs} pairs bounded after rounding" if pairs else "")
 
 
 def _qat_note(qat: QatResult, data: str) -> str:

@@ -22,6 +22,7 @@ from edgeopt.calibrate.quantize import (
     activation_stats,
     check_calibration,
 )
+from edgeopt.calibrate.saturation import reduction_rows, refit
 from edgeopt.calibrate.stats import TensorStats
 from edgeopt.convert.errors import first_line
 
@@ -102,6 +103,50 @@ def _apply_fq_ranges(model, ranges: dict[str, QuantRange]) -> tuple[int, int]:
     return applied, missed
 
 
+def fit_weight_scales(model) -> tuple[int, int]:
+    """saturation.py's guard for NNCF's compressed int8 weights (Constant i8 -> Convert ->
+    Multiply by per-channel scale -> Convolution / MatMul), in place; returns (channels
+    changed, channels looked at). NNCF's own ``OverflowFix`` gives whole layers 7-bit
+    weights; here only the channels with a large same-sign pair get a coarser scale. The
+    bias (a float Add after NNCF's bias correction) is unchanged."""
+    import openvino as ov
+
+    changed = seen = 0
+    for op in model.get_ops():
+        kind = op.get_type_name()
+        if kind not in {"Convolution", "MatMul"}:
+            continue
+        mul = op.input_value(1).get_node()
+        if mul.get_type_name() != "Multiply":
+            continue
+        convert, scale_node = (mul.input_value(i).get_node() for i in (0, 1))
+        if convert.get_type_name() != "Convert" or scale_node.get_type_name() != "Constant":
+            continue
+        const = convert.input_value(0).get_node()
+        if const.get_type_name() != "Constant" or const.get_element_type() != ov.Type.i8:
+            continue
+        q, scale = const.get_data().astype(np.float64), scale_node.get_data()
+        if kind == "MatMul" and (op.get_attributes().get("transpose_a") or q.ndim != 2):
+            continue
+        attrs = {"transpose_b": bool(op.get_attributes().get("transpose_b"))}
+        found = reduction_rows(q * scale, kind, attrs, runtime="openvino")
+        if found is None:
+            continue
+        rows, back = found
+        if scale.size not in (1, rows.shape[0]):
+            continue                               # not one scale per output channel
+        fitted, new_scale, grow = refit(rows, scale.reshape(-1))
+        seen += grow.size
+        if not grow.any():
+            continue
+        new_q = ov.opset13.constant(np.ascontiguousarray(back(fitted)).astype(np.int8))
+        new_s = ov.opset13.constant(new_scale.reshape(scale.shape).astype(scale.dtype))
+        convert.input(0).replace_source_output(new_q.output(0))
+        mul.input(1).replace_source_output(new_s.output(0))
+        changed += int(grow.sum())
+    return changed, seen
+
+
 def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[str, np.ndarray]],
                           config: QuantConfig = QuantConfig(),  # noqa: B008 (frozen)
                           progress: Progress = None,
@@ -166,6 +211,12 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
             notes.append(f"'{config.calibrator}' ranges set on {applied} activation "
                          f"FakeQuantize ops" + (f"; {missed} keep NNCF's (per-channel ranges "
                                                 "of depthwise inputs, or no statistics)" if missed else ""))
+        coarser, channels = (fit_weight_scales(quantized) if config.saturation_guard
+                             else (0, 0))
+        if channels:
+            notes.append(f"AVX2 saturation guard: no same-sign int8 weight pair exceeds 128 "
+                         f"(oneDNN's int16 accumulation without VNNI); {coarser} of "
+                         f"{channels} output channels got a coarser weight scale for it")
         ov.save_model(quantized, str(tmp), compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), out_xml.with_suffix(".bin"))
         os.replace(tmp, out_xml)

@@ -14,15 +14,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from edgeopt.calibrate.saturation import bound_pairs, hwio_order, pair_bounds
+
 MAX_SAMPLES = 32
 DAMPING = 0.01
 
 
-def _gptq_rows(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
+def _gptq_rows(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int, qmax: int,
+               pairs: bool = False) -> np.ndarray:
     """Round rows of ``w`` (one output channel each, sharing ``h``) to ints of ``scale``.
 
     Weights that are exactly zero (pruned) stay zero: their rounding error is pushed onto
     the weights not yet rounded, as SparseGPT does, so a pruned model keeps its sparsity.
+    With ``pairs`` (columns in the kernels' reduction order) each odd column is bounded by
+    its even neighbour so that no pair can saturate ONNX Runtime's AVX2 kernels
+    (saturation.py).
     """
     k = w.shape[1]
     pruned = w == 0
@@ -30,11 +36,15 @@ def _gptq_rows(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int, qmax:
     try:
         hinv = np.linalg.cholesky(np.linalg.inv(h)).T          # upper triangular
     except np.linalg.LinAlgError:
-        return np.where(pruned, 0, np.clip(np.round(w / scale[:, None]), qmin, qmax))
+        q = np.where(pruned, 0, np.clip(np.round(w / scale[:, None]), qmin, qmax))
+        if pairs:
+            bound_pairs(q)
+        return q
     w = w.copy()
     q = np.empty_like(w)
     for i in range(k):
-        q[:, i] = np.where(pruned[:, i], 0, np.clip(np.round(w[:, i] / scale), qmin, qmax))
+        lo, hi = pair_bounds(q[:, i - 1], qmin, qmax) if pairs and i % 2 else (qmin, qmax)
+        q[:, i] = np.where(pruned[:, i], 0, np.clip(np.round(w[:, i] / scale), lo, hi))
         err = (w[:, i] - q[:, i] * scale) / hinv[i, i]
         w[:, i + 1:] -= np.outer(err, hinv[i, i + 1:])
     return q
@@ -54,9 +64,11 @@ def _patches_full(x: np.ndarray, kh: int, kw: int, stride, pads) -> np.ndarray:
     return p.transpose(1, 0, 2).reshape(p.shape[1], -1)
 
 
-def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, np.ndarray]]) -> int:
+def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, np.ndarray]],
+                             pairs: bool = True) -> int:
     """Re-round the int8 weights of convolutions (groups 1 or depthwise), Gemms and MatMuls
-    with constant weights, in place; returns how many."""
+    with constant weights, in place; returns how many. With ``pairs``, no int8 weight pair
+    may saturate ONNX Runtime's AVX2 kernels (saturation.py)."""
     import onnx
     from onnx import numpy_helper
 
@@ -138,8 +150,14 @@ def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, 
         rows = w.reshape(w.shape[0], -1)
         if scale.size == 1:
             scale = np.full(rows.shape[0], scale[0])
-        if kind != "depthwise":
-            q = _gptq_rows(rows, scale, h, qmin, qmax)
+        bounded = pairs and dtype == np.int8      # U8S8: no pair may saturate
+        if kind == "full":                        # the kernels reduce channels innermost
+            order = hwio_order(*w.shape[1:])
+            q = np.empty_like(rows)
+            q[:, order] = _gptq_rows(rows[:, order], scale, h[np.ix_(order, order)], qmin,
+                                     qmax, bounded)
+        elif kind != "depthwise":
+            q = _gptq_rows(rows, scale, h, qmin, qmax, bounded)
         else:
             q = np.stack([_gptq_rows(rows[c:c + 1], scale[c:c + 1], h[c], qmin, qmax)[0]
                           for c in range(rows.shape[0])])

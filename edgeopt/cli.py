@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--keep-first-fp32", action="store_true",
                      help="keep the first convolution FP32 (a little slower; on some models "
                           "more accurate)")
+    opt.add_argument("--no-saturation-guard", action="store_true",
+                     help="let int8 weight pairs use the full 8 bits: only for targets whose "
+                          "CPU has VNNI (or ARM); on AVX2 without VNNI the int8 kernels then "
+                          "saturate")
     opt.add_argument("--qat-epochs", type=int, default=0, metavar="N",
                      help="ONNX Runtime INT8: fine-tune the int8 weights for N epochs to match "
                           "the FP32 outputs (quantization-aware, CNN graphs; same speed)")
@@ -343,6 +347,7 @@ def _optimize(args: argparse.Namespace) -> int:
         max_accuracy_drop=args.max_accuracy_drop,
         max_fp32_nodes=args.max_fp32_nodes,
         keep_first_fp32=args.keep_first_fp32,
+        saturation_guard=not args.no_saturation_guard,
         qat_epochs=args.qat_epochs,
         prune=_prune_options(args),
         bench=BenchProtocol(warmup=args.warmup, min_iterations=args.bench_iterations,

@@ -238,13 +238,15 @@ def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps,
         def build(runtime: str, excluded: list[str]) -> Artifact:
             qconfig = QuantConfig(calibrator=config.calibrator, exclude_nodes=tuple(excluded),
                                   keep_first_fp32=config.keep_first_fp32,
+                                  saturation_guard=config.saturation_guard,
                                   qat_epochs=config.qat_epochs)
             return _quantize(runtime, name, fp32_onnx, prepared, qconfig, stats, staging, steps)
 
         def rank(art: Artifact) -> list[tuple[str, ...]]:
             return _ranking(art, fp32_onnx, prepared,
                             QuantConfig(calibrator=config.calibrator,
-                                        keep_first_fp32=config.keep_first_fp32), stats, staging)
+                                        keep_first_fp32=config.keep_first_fp32,
+                                        saturation_guard=config.saturation_guard), stats, staging)
 
         for runtime in [r for r in ("onnxruntime", "openvino") if r in config.runtimes]:
             art, value, excluded, ranking = _within_budget(
