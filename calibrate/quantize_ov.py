@@ -103,12 +103,68 @@ def _apply_fq_ranges(model, ranges: dict[str, QuantRange]) -> tuple[int, int]:
     return applied, missed
 
 
-def fit_weight_scales(model) -> tuple[int, int]:
+def _input_means(fp32_model, samples: Sequence[dict[str, np.ndarray]],
+                 limit: int = 32) -> dict[str, np.ndarray]:
+    """Per-channel (last axis for MatMul) means of each Convolution / MatMul input of the
+    FP32 OpenVINO model over ``limit`` samples, by the op's name."""
+    import openvino as ov
+
+    model = fp32_model.clone()
+    ops = [op for op in model.get_ops() if op.get_type_name() in {"Convolution", "MatMul"}
+           and op.input_value(1).get_node().get_type_name() == "Constant"]
+    if not ops:
+        return {}
+    first = len(model.outputs)
+    model.add_outputs([op.input_value(0) for op in ops])
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    outputs = compiled.outputs[first:]
+    sums: dict[str, np.ndarray] = {}
+    for sample in list(samples)[:limit]:
+        result = compiled(sample)
+        for op, out in zip(ops, outputs, strict=True):
+            x = np.asarray(result[out], dtype=np.float64)
+            axis = 1 if op.get_type_name() == "Convolution" else x.ndim - 1
+            mean = x.mean(axis=tuple(i for i in range(x.ndim) if i != axis))
+            sums[op.get_friendly_name()] = sums.get(op.get_friendly_name(), 0.0) + mean
+    count = min(limit, len(samples))
+    return {name: total / count for name, total in sums.items()}
+
+
+def _follow_bias(op, shift: np.ndarray) -> None:
+    """Add ``shift`` (one value per output channel) to the constant bias NNCF put after
+    ``op`` (its only reader, an Add of a Constant)."""
+    import openvino as ov
+
+    readers = list(op.output(0).get_target_inputs())
+    if len(readers) != 1 or readers[0].get_node().get_type_name() != "Add":
+        return
+    add = readers[0].get_node()
+    port = 1 - readers[0].get_index()
+    bias_node = add.input_value(port).get_node()
+    if bias_node.get_type_name() != "Constant":
+        return
+    bias = bias_node.get_data()
+    if bias.size != shift.size:
+        return
+    new = ov.opset13.constant((bias.astype(np.float64) + shift.reshape(bias.shape))
+                              .astype(bias.dtype))
+    add.input(port).replace_source_output(new.output(0))
+
+
+def _output_shift(kind: str, attrs: dict, delta: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Mean change of each output channel when the weights change by ``delta``."""
+    if kind == "Convolution":
+        return np.einsum("oikl,i->o", delta, mean)
+    return delta @ mean if attrs["transpose_b"] else mean @ delta
+
+
+def fit_weight_scales(model, means: dict[str, np.ndarray] | None = None) -> tuple[int, int]:
     """saturation.py's guard for NNCF's compressed int8 weights (Constant i8 -> Convert ->
     Multiply by per-channel scale -> Convolution / MatMul), in place; returns (channels
     changed, channels looked at). NNCF's own ``OverflowFix`` gives whole layers 7-bit
-    weights; here only the channels with a large same-sign pair get a coarser scale. The
-    bias (a float Add after NNCF's bias correction) is unchanged."""
+    weights; here only the channels with a large same-sign pair get a coarser scale. With
+    ``means`` (:func:`_input_means`), the mean output shift of the requantized weights is
+    folded into NNCF's bias, as its bias correction did for its own rounding."""
     import openvino as ov
 
     changed = seen = 0
@@ -139,8 +195,13 @@ def fit_weight_scales(model) -> tuple[int, int]:
         seen += grow.size
         if not grow.any():
             continue
-        new_q = ov.opset13.constant(np.ascontiguousarray(back(fitted)).astype(np.int8))
+        new_int = np.ascontiguousarray(back(fitted)).astype(np.int8)
+        new_q = ov.opset13.constant(new_int)
         new_s = ov.opset13.constant(new_scale.reshape(scale.shape).astype(scale.dtype))
+        mean = (means or {}).get(op.get_friendly_name())
+        if mean is not None:
+            delta = q * scale - new_int * new_scale.reshape(scale.shape).astype(np.float64)
+            _follow_bias(op, _output_shift(kind, attrs, delta, mean))
         convert.input(0).replace_source_output(new_q.output(0))
         mul.input(1).replace_source_output(new_s.output(0))
         changed += int(grow.sum())
@@ -211,8 +272,8 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
             notes.append(f"'{config.calibrator}' ranges set on {applied} activation "
                          f"FakeQuantize ops" + (f"; {missed} keep NNCF's (per-channel ranges "
                                                 "of depthwise inputs, or no statistics)" if missed else ""))
-        coarser, channels = (fit_weight_scales(quantized) if config.saturation_guard
-                             else (0, 0))
+        coarser, channels = (fit_weight_scales(quantized, _input_means(model, samples))
+                             if config.saturation_guard else (0, 0))
         if channels:
             notes.append(f"AVX2 saturation guard: no same-sign int8 weight pair exceeds 128 "
                          f"(oneDNN's int16 accumulation without VNNI); {coarser} of "
