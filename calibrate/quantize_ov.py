@@ -114,15 +114,19 @@ def _input_means(fp32_model, samples: Sequence[dict[str, np.ndarray]],
            and op.input_value(1).get_node().get_type_name() == "Constant"]
     if not ops:
         return {}
+    # one output per distinct input tensor (a transformer's Q, K and V read the same one)
+    tensors = list(dict.fromkeys(op.input_value(0) for op in ops))
     first = len(model.outputs)
-    model.add_outputs([op.input_value(0) for op in ops])
+    model.add_outputs(tensors)
+    if len(model.outputs) != first + len(tensors):
+        return {}                               # an input already was an output: no means
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    outputs = compiled.outputs[first:]
+    index = {tensor: first + i for i, tensor in enumerate(tensors)}
     sums: dict[str, np.ndarray] = {}
     for sample in list(samples)[:limit]:
         result = compiled(sample)
-        for op, out in zip(ops, outputs, strict=True):
-            x = np.asarray(result[out], dtype=np.float64)
+        for op in ops:
+            x = np.asarray(result[compiled.outputs[index[op.input_value(0)]]], dtype=np.float64)
             axis = 1 if op.get_type_name() == "Convolution" else x.ndim - 1
             mean = x.mean(axis=tuple(i for i in range(x.ndim) if i != axis))
             sums[op.get_friendly_name()] = sums.get(op.get_friendly_name(), 0.0) + mean

@@ -290,3 +290,39 @@ def test_openvino_weight_scales_are_fitted(tmp_path):
         assert not over_limit(rows).any(), op.get_friendly_name()
         checked += 1
     assert checked == 3
+
+
+def test_openvino_bias_takes_the_requantized_weights_mean_shift(tmp_path):
+    """A coarser weight scale moves each output channel's mean; with the inputs' means the
+    guard folds that shift into NNCF's bias, so the convolution's mean error to FP32
+    shrinks against the same guard without it."""
+    import nncf
+    import openvino as ov
+
+    from edgeopt.calibrate.quantize_ov import _input_means, fit_weight_scales
+    from edgeopt.convert import to_openvino_ir
+
+    torch.manual_seed(1)
+    # NNCF gives the first layer 7-bit weights itself (OverflowFix.FIRST_LAYER): the
+    # convolution under test is the second
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 32, 1))
+    with torch.no_grad():
+        model[2].weight.copy_(model[2].weight.abs() + 0.5 * model[2].weight.abs().max())
+    export_onnx(model.eval(), (torch.randn(1, 16, 8, 8),), tmp_path / "conv.onnx")
+    xml = to_openvino_ir(tmp_path / "conv.onnx", tmp_path / "conv.xml")
+    rng = np.random.default_rng(6)
+    calib = [{"input": rng.uniform(0, 1, (1, 16, 8, 8)).astype(np.float32)} for _ in range(16)]
+    fp32 = ov.Core().read_model(str(xml))
+    quantized = nncf.quantize(fp32, nncf.Dataset(calib), subset_size=len(calib))
+    core = ov.Core()
+
+    def mean_error(model) -> float:
+        compiled, reference = core.compile_model(model, "CPU"), core.compile_model(fp32, "CPU")
+        diff = np.mean([compiled(s)[0] - reference(s)[0] for s in calib], axis=0)
+        return float(np.abs(diff.mean(axis=(0, 2, 3))).mean())
+
+    plain, corrected = quantized.clone(), quantized.clone()
+    assert fit_weight_scales(plain)[0] > 0
+    assert fit_weight_scales(corrected, _input_means(fp32, calib))[0] > 0
+    assert mean_error(corrected) < 0.5 * mean_error(plain)
