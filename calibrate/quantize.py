@@ -463,7 +463,7 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
         if channels:
             notes.append(_saturation_note(coarser, channels, pairs))
         elif not config.saturation_guard:
-            notes.append("no AVX2 saturation guard: for CPUs with VNNI or ARM only")
+            notes.append("AVX2 saturation guard off (--no-saturation-guard): for CPUs with VNNI or ARM only")
         if _keep_float(qdq):
             notes.append("FP32 layers read their input through a per-channel "
                          "DequantizeLinear, so ONNX Runtime does not quantize their weights")

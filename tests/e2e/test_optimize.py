@@ -198,6 +198,22 @@ def test_keep_first_fp32_leaves_the_first_convolution_in_float(run_cli, tiny_onn
     assert kept["onnxruntime"] == ["conv"] and kept["openvino"], kept
 
 
+def test_no_saturation_guard_reaches_both_runtimes(run_cli, tiny_onnx, tmp_path):
+    notes = {}
+    for flag in ((), ("--no-saturation-guard",)):
+        out = tmp_path / f"out{len(flag)}"
+        result = run_cli("optimize", tiny_onnx, "--out", out, "--calib", "random", "--quiet",
+                         *FAST_BENCH, *flag)
+        assert result.code == 0, result.err
+        report = json.loads((out / "report.json").read_text())
+        notes[flag] = {a["runtime"]: " | ".join(a["quantization"]["notes"])
+                       for a in report["artifacts"] if a["precision"] == "int8"}
+    for runtime in ("onnxruntime", "openvino"):
+        assert "AVX2 saturation guard:" in notes[()][runtime], notes[()]
+        assert "AVX2 saturation guard:" not in notes[("--no-saturation-guard",)][runtime]
+    assert "AVX2 saturation guard off" in notes[("--no-saturation-guard",)]["onnxruntime"]
+
+
 def test_qat_epochs_fine_tune_the_onnx_runtime_artifact_only(run_cli, tiny_onnx, tmp_path):
     out = tmp_path / "out"
     result = run_cli("optimize", tiny_onnx, "--out", out, "--calib", "random", "--quiet",
