@@ -225,12 +225,22 @@ def test_digits_training_is_deterministic_and_restores_torch_settings():
 
 
 @pytest.mark.slow
-def test_digits_retraining_reproduces_the_committed_weights():
+def test_digits_retraining_reproduces_the_committed_weights(tmp_path):
+    """The README's retraining command, as a user runs it (it starts the training process
+    with the CPU-independent kernels)."""
+    import subprocess
+    import sys
+
     import torch
 
-    from edgeopt.reference_models.digits_cnn import WEIGHTS, train
+    from edgeopt.reference_models.digits_cnn import MODULE, WEIGHTS
 
-    retrained, _, test_accuracy = train()
+    out = tmp_path / "digits.pt"
+    done = subprocess.run([sys.executable, "-m", MODULE, "train", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    test_accuracy = float(done.stdout.split("test accuracy ")[1].split()[0])
+    retrained = torch.load(out, weights_only=True)
     committed = torch.load(WEIGHTS, weights_only=True)
     assert committed.keys() == retrained.keys()
     assert all(torch.equal(committed[k], retrained[k]) for k in committed)
