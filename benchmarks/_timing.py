@@ -67,3 +67,14 @@ def interleave(runs: list, feeds: dict, rounds: int, burst: int,
             times[i] += burst_times
             round_p50[i].append(float(np.median(burst_times)))
     return times, round_p50
+
+
+def fp32_models(name: str, out: Path):
+    """The reference model ``name`` and its FP32 ONNX and OpenVINO IR, built by the
+    pipeline under ``out`` (no quantization, a token benchmark)."""
+    import edgeopt
+    from edgeopt.reference_models import get_reference
+
+    edgeopt.optimize(f"ref:{name}", out=out, quantize=False, bench=edgeopt.runtimes.BenchProtocol(
+        warmup=0, min_iterations=1, min_seconds=0.0, repeats=1))
+    return get_reference(name), out / f"{name}.fp32.onnx", out / f"{name}.fp32.xml"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from _timing import interleave, outputs, runner
+from _timing import fp32_models, interleave, outputs, runner
 from rich.console import Console
 from rich.table import Table
 
@@ -62,19 +62,13 @@ def build(name: str, work: Path, console: Console) -> tuple[object, list[Row], d
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    import edgeopt
     from edgeopt.calibrate import QuantConfig, quantize_for_openvino, quantize_onnx_for_ort
     from edgeopt.calibrate.calibrators import compute_ranges, sqnr_gain_db
     from edgeopt.calibrate.quantize import _Reader, activation_stats
-    from edgeopt.reference_models import get_reference
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    ref = get_reference(name)
-    out = work / name
-    edgeopt.optimize(f"ref:{name}", out=out, quantize=False, bench=edgeopt.runtimes.BenchProtocol(
-        warmup=0, min_iterations=1, min_seconds=0.0, repeats=1))
+    ref, fp32_onnx, fp32_xml = fp32_models(name, work / name)
     calib = ref.calibration_set()
-    fp32_onnx, fp32_xml = out / f"{name}.fp32.onnx", out / f"{name}.fp32.xml"
     rows = [Row("FP32", "onnxruntime", fp32_onnx), Row("FP32", "openvino", fp32_xml)]
 
     console.log(f"{name}: ONNX Runtime quantize_static")

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _timing import interleave, outputs, runner
+from _timing import fp32_models, interleave, outputs, runner
 from rich.console import Console
 from rich.table import Table
 
@@ -68,17 +68,11 @@ def build(name: str, work: Path, console: Console) -> tuple[object, list[tuple]]
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    import edgeopt
     from edgeopt.calibrate import QuantConfig, quantize_for_openvino, quantize_onnx_for_ort
     from edgeopt.calibrate.quantize import _Reader, activation_stats
-    from edgeopt.reference_models import get_reference
 
-    ref = get_reference(name)
-    out = work / name
-    edgeopt.optimize(f"ref:{name}", out=out, quantize=False, bench=edgeopt.runtimes.BenchProtocol(
-        warmup=0, min_iterations=1, min_seconds=0.0, repeats=1))
+    ref, fp32_onnx, fp32_xml = fp32_models(name, work / name)
     calib = ref.calibration_set()
-    fp32_onnx, fp32_xml = out / f"{name}.fp32.onnx", out / f"{name}.fp32.xml"
     rows = [("FP32", "onnxruntime", fp32_onnx)]
     prep = work / f"{name}.prep.onnx"
     quant_pre_process(str(fp32_onnx), str(prep), skip_symbolic_shape=True)
