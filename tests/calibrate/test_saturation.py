@@ -191,19 +191,14 @@ def test_fit_scales_coarsens_saturating_channels_and_the_bias_follows(tmp_path):
     float value, and the graph computes nearly what it did."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    from edgeopt.calibrate.quantize import _Reader
+
     fp32 = _big_weight_model(tmp_path / "big.onnx")
     rng = np.random.default_rng(4)
     calib = [{"input": rng.uniform(0, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
 
-    class Reader:
-        def __init__(self):
-            self.samples = iter(calib)
-
-        def get_next(self):
-            return next(self.samples, None)
-
     path = tmp_path / "ort.onnx"
-    quantize_static(str(fp32), str(path), Reader(), quant_format=QuantFormat.QDQ,
+    quantize_static(str(fp32), str(path), _Reader(calib, None), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8)
     model = onnx.load(str(path))
