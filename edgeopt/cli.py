@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--keep-first-fp32", action="store_true",
                      help="keep the first convolution FP32 (a little slower; on some models "
                           "more accurate)")
+    opt.add_argument("--int8-stem", action="store_true",
+                     help="ONNX Runtime: quantize the stem too (by default a CNN's first "
+                          "convolutions, up to its first narrowing one, stay FP32)")
     opt.add_argument("--no-saturation-guard", action="store_true",
                      help="let int8 weight pairs use the full 8 bits: only for targets whose "
                           "CPU has VNNI (or ARM); on AVX2 without VNNI the int8 kernels then "
@@ -347,6 +350,7 @@ def _optimize(args: argparse.Namespace) -> int:
         max_accuracy_drop=args.max_accuracy_drop,
         max_fp32_nodes=args.max_fp32_nodes,
         keep_first_fp32=args.keep_first_fp32,
+        fp32_stem=not args.int8_stem,
         saturation_guard=not args.no_saturation_guard,
         qat_epochs=args.qat_epochs,
         prune=_prune_options(args),

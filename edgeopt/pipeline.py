@@ -238,6 +238,7 @@ def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps,
         def build(runtime: str, excluded: list[str]) -> Artifact:
             qconfig = QuantConfig(calibrator=config.calibrator, exclude_nodes=tuple(excluded),
                                   keep_first_fp32=config.keep_first_fp32,
+                                  fp32_stem=config.fp32_stem,
                                   saturation_guard=config.saturation_guard,
                                   qat_epochs=config.qat_epochs)
             return _quantize(runtime, name, fp32_onnx, prepared, qconfig, stats, staging, steps)
@@ -246,6 +247,7 @@ def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps,
             return _ranking(art, fp32_onnx, prepared,
                             QuantConfig(calibrator=config.calibrator,
                                         keep_first_fp32=config.keep_first_fp32,
+                                        fp32_stem=config.fp32_stem,
                                         saturation_guard=config.saturation_guard), stats, staging)
 
         for runtime in [r for r in ("onnxruntime", "openvino") if r in config.runtimes]:

@@ -79,6 +79,7 @@ class OptimizeConfig:
     max_accuracy_drop: str | None = None       # "0.01" (absolute) or "1%" (relative)
     max_fp32_nodes: int | None = None          # at most this many nodes return to FP32
     keep_first_fp32: bool = False              # the first convolution stays FP32
+    fp32_stem: bool = True                     # ONNX Runtime: a CNN's stem stays FP32
     saturation_guard: bool = True              # no int8 pair saturates AVX2 (calibrate/saturation.py)
     qat_epochs: int = 0                        # ONNX Runtime INT8: fine-tune the int8 weights
     prune: PruneOptions | None = None          # prune (and fine-tune) before export
