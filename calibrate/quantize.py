@@ -56,12 +56,12 @@ INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatM
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """How to quantize. ``keep_first_fp32`` keeps the first convolution (it sees raw
-    pixels) in FP32, off by default: on mobilenet-v2 it was worth 3 points of top-1
-    agreement for 5-10% of the time while the input was clipped to the calibrator's range,
-    and costs a point (0.923 against 0.933) now that the input keeps its full range.
-    ``exclude_nodes`` are more nodes kept FP32 (ONNX node names; for OpenVINO they are
-    mapped to the ops converted from them)."""
+    """How to quantize. ``fp32_stem`` (ONNX Runtime) keeps a CNN's stem FP32: see
+    :func:`stem_block`. ``keep_first_fp32`` keeps the first convolution (it sees raw
+    pixels) in FP32 on both runtimes, off by default: in OpenVINO it costs 9-10% of the
+    p50, and in ONNX Runtime a stem, when there is one, already holds it. ``exclude_nodes`` are more nodes
+    kept FP32 (ONNX node names; for OpenVINO they are mapped to the ops converted from
+    them)."""
 
     calibrator: str = DEFAULT_CALIBRATOR
     per_channel: bool = True
@@ -169,9 +169,9 @@ def stem_block(model) -> list[str]:
     kernels gain little, and keeping them FP32 lowered the KL to FP32 by 25% (four
     calibration draws) at 0.97-1.02x the all-int8 p50. ONNX Runtime only: in OpenVINO the
     same stem cost 1-3% of the p50 (three interleaved runs) and left mobilenet-v2's top-1
-    agreement where it was (0.893). Empty when the chain branches,
-    meets another op, has no narrowing Conv within ``STEM_MAX_CONVS``, or would be more
-    than ``STEM_MAX_SHARE`` of the model's convolutions."""
+    agreement where it was (0.893). Empty when the chain branches, meets another op, has no
+    narrowing Conv within ``STEM_MAX_CONVS``, or would be more than ``STEM_MAX_SHARE`` of
+    the model's convolutions."""
     inputs = {i.name for i in model.graph.input}
     inits = {i.name: i for i in model.graph.initializer}
     outputs = {o.name for o in model.graph.output}
