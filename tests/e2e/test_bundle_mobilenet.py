@@ -41,16 +41,23 @@ def test_mobilenet_v2_android_bundle(run_cli, tmp_path):
     assert manifest["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert manifest["labels"] is None and "ImageNet" in manifest["labels_note"]
     assert [r["label"] for r in manifest["latency"]] == ["measured"]
-    assert manifest["quantization"]["integer_kernels"]["QLinearConv"] == 52
+    # 49 integer convolutions; the stem's three stay FP32 (quantize.stem_block)
+    assert manifest["quantization"]["integer_kernels"]["QLinearConv"] == 49
     assert "QLinearConv" in members["required_operators.config"].decode()
 
-    # the .ort gives the INT8 ONNX artifact's top-1 on every evaluation crop
+    # the .ort gives the INT8 ONNX artifact's top-1 on every evaluation crop, both at the
+    # optimization level the .ort was built with (extended, for ARM). At x86's full level
+    # the FP32 stem runs other float kernels (NCHWc), whose last-bit differences the int8
+    # layers after it carry as far as 9 of these 300 close-call crops (top-1 agreement with
+    # FP32 0.927 at one level, 0.923 at the other; logit SQNR 24.05 and 24.08 dB).
     model = tmp_path / "model.ort"
     model.write_bytes(members["model.ort"])
     crops = [s["input"] for s in get_reference("mobilenet-v2").evaluation_set().inputs]
     providers = ["CPUExecutionProvider"]
+    extended = ort.SessionOptions()
+    extended.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     ort_top1 = top1(ort.InferenceSession(str(model), providers=providers), crops)
-    onnx_top1 = top1(ort.InferenceSession(str(out / "mobilenet-v2.int8-ort.onnx"),
+    onnx_top1 = top1(ort.InferenceSession(str(out / "mobilenet-v2.int8-ort.onnx"), extended,
                                           providers=providers), crops)
     assert len(crops) == 300
     assert float(np.mean(ort_top1 == onnx_top1)) == 1.0, np.flatnonzero(ort_top1 != onnx_top1)
