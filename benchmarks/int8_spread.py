@@ -3,10 +3,10 @@
 The same ONNX Runtime quantization is built from several equally valid calibration sets,
 overlapping subsets of the reference model's 100 calibration crops: as shipped (the stem
 FP32), with the stem quantized too (`--int8-stem`, the default before), and with the first
-convolution alone in FP32 (`--keep-first-fp32 --int8-stem`). Each artifact is scored by top-1
-agreement with FP32 on the 300 evaluation crops, and by the mean KL divergence of its softmax
-to FP32's there (a steadier figure than agreement on this crop set). The spread is the noise any single figure
-on this crop set carries; differences between configurations smaller than it are not
+convolution alone in FP32 (`--keep-first-fp32 --int8-stem`). Each artifact is scored by
+top-1 agreement with FP32 on the 300 evaluation crops, and by the mean KL divergence of its
+softmax to FP32's there (a steadier figure than agreement on this crop set). The spread is
+the noise any single figure on this crop set carries; differences between configurations smaller than it are not
 differences. A second table shows why: the evaluation crops are hard, many with FP32's top
 two logits close together, and the shipped artifact's flips (all 100 calibration crops)
 binned by that margin.

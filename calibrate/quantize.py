@@ -59,9 +59,9 @@ class QuantConfig:
     """How to quantize. ``fp32_stem`` (ONNX Runtime) keeps a CNN's stem FP32: see
     :func:`stem_block`. ``keep_first_fp32`` keeps the first convolution (it sees raw
     pixels) in FP32 on both runtimes, off by default: in OpenVINO it costs 9-10% of the
-    p50, and in ONNX Runtime a stem, when there is one, already holds it. ``exclude_nodes`` are more nodes
-    kept FP32 (ONNX node names; for OpenVINO they are mapped to the ops converted from
-    them)."""
+    p50, and in ONNX Runtime a stem, when there is one, already holds it.
+    ``exclude_nodes`` are more nodes kept FP32 (ONNX node names; for OpenVINO they are
+    mapped to the ops converted from them)."""
 
     calibrator: str = DEFAULT_CALIBRATOR
     per_channel: bool = True
