@@ -6,10 +6,10 @@ artifact this prints the metric twice: run with the integer kernels on this CPU,
 with the same quantized values in float arithmetic (ONNX Runtime with graph optimizations
 off; OpenVINO with low-precision transformations off), which is what a CPU that does not
 saturate (VNNI, ARM) computes up to requantization rounding. Peers: ONNX Runtime's
-``quantize_static`` with its defaults and with ``reduce_range`` (7-bit weights, the fix its
-documentation suggests), NNCF with its defaults (``OverflowFix.FIRST_LAYER``) and with
-``OverflowFix.ENABLE``. p50 is interleaved within each runtime, as a ratio to the first
-row of that runtime.
+``quantize_static`` with its defaults, with ``reduce_range`` (7-bit weights) and with uint8
+weights (U8U8), the two fixes its documentation suggests; NNCF with its defaults
+(``OverflowFix.FIRST_LAYER``) and with ``OverflowFix.ENABLE``. p50 is interleaved within
+each runtime, as a ratio to the first row of that runtime.
 
     python benchmarks/saturation.py [--models mobilenet-v2 minilm] [--rounds 15]
 """
@@ -76,13 +76,14 @@ def build(name: str, work: Path, console: Console) -> tuple[object, list[tuple]]
     rows = [("FP32", "onnxruntime", fp32_onnx)]
     prep = work / f"{name}.prep.onnx"
     quant_pre_process(str(fp32_onnx), str(prep), skip_symbolic_shape=True)
-    for label, reduce in (("ORT quantize_static", False),
-                          ("ORT quantize_static reduce_range", True)):
+    for label, reduce, weights in (("ORT quantize_static", False, QuantType.QInt8),
+                                   ("ORT quantize_static reduce_range", True, QuantType.QInt8),
+                                   ("ORT quantize_static U8U8", False, QuantType.QUInt8)):
         console.log(f"{name}: {label}")
-        path = work / f"{name}.ort-{reduce}.onnx"
+        path = work / f"{name}.ort-{reduce}-{weights.name}.onnx"
         quantize_static(str(prep), str(path), _Reader(calib, None), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=reduce, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                        weight_type=weights, calibrate_method=CalibrationMethod.MinMax)
         rows.append((label, "onnxruntime", path))
     stats = activation_stats(fp32_onnx, calib)
     for guard in (False, True):
