@@ -9,7 +9,7 @@ artifact's agreement on all inputs, on the stable ones and on the unstable ones,
 edgeopt's INT8 artifacts and the peers (built as ``peers.py`` builds them, same
 calibration data). The metric the product reports is still agreement on all inputs.
 
-    python benchmarks/noise_floor.py [--model mobilenet-v2] [--draws 8]
+    python benchmarks/noise_floor.py [--model mobilenet-v2] [--draws 8] [--seed 0]
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mobilenet-v2")
     parser.add_argument("--draws", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args()
     logging.getLogger("nncf").setLevel(logging.ERROR)
@@ -75,7 +76,7 @@ def main() -> None:
         fp32_row = next(r for r in rows if r.what == "FP32" and r.runtime == "onnxruntime")
         console.log(f"{args.model}: FP32 under {args.draws} draws of input noise")
         top, stable, per_draw = stable_inputs(runner(fp32_row.path, "onnxruntime", args.threads),
-                                              inputs, std, args.draws)
+                                              inputs, std, args.draws, args.seed)
         # each artifact against the FP32 model on its own runtime, as peers.py scores them
         tops = {r.runtime: outputs(runner(r.path, r.runtime, args.threads), inputs).argmax(1)
                 for r in rows if r.what == "FP32"}
