@@ -79,7 +79,8 @@ def main() -> None:
                                               inputs, std, args.draws, args.seed)
         # each artifact against the FP32 model on its own runtime, as peers.py scores them
         tops = {r.runtime: outputs(runner(r.path, r.runtime, args.threads), inputs).argmax(1)
-                for r in rows if r.what == "FP32"}
+                for r in rows if r.what == "FP32" and r.runtime != "onnxruntime"}
+        tops["onnxruntime"] = top
         table = Table(title=f"{args.model}: top-1 agreement with FP32 on {len(top)} evaluation "
                             f"inputs; {int(stable.sum())} stable under {args.draws} draws of "
                             f"half-pixel-step noise")
