@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,16 @@ def tree(path: Path) -> list[str]:
     if not path.exists():
         return []
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def int8_quantization(run_cli, model, out: Path, *args) -> dict[str, dict]:
+    """``edgeopt optimize model --calib random`` into ``out`` with ``args``, which must
+    succeed; the report's quantization block of each INT8 artifact, by runtime."""
+    result = run_cli("optimize", model, "--out", out, "--calib", "random", "--quiet", *args)
+    assert result.code == 0, result.err
+    report = json.loads((out / "report.json").read_text())
+    return {a["runtime"]: a["quantization"] for a in report["artifacts"]
+            if a["precision"] == "int8"}
 
 
 @pytest.fixture

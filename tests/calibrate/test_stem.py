@@ -3,7 +3,6 @@ artifact keeps exactly those float while the rest runs integer kernels."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,8 @@ import pytest
 
 from edgeopt.calibrate import QuantConfig, integer_kernel_counts, quantize_onnx_for_ort
 from edgeopt.calibrate.quantize import stem_block
+
+from conftest import int8_quantization
 
 
 def _inverted_residual_net(path: Path, body: int = 27, branch: bool = False) -> Path:
@@ -93,11 +94,8 @@ def test_int8_stem_flag_reaches_the_onnx_runtime_artifact(run_cli, tmp_path):
             "--warmup", "0")
     excluded = {}
     for flag in ((), ("--int8-stem",)):
-        out = tmp_path / f"out{len(flag)}"
-        result = run_cli("optimize", path, "--out", out, "--calib", "random", "--quiet",
-                         "--runtime", "onnxruntime", *fast, *flag)
-        assert result.code == 0, result.err
-        report = json.loads((out / "report.json").read_text())
-        (int8,) = [a for a in report["artifacts"] if a["precision"] == "int8"]
-        excluded[flag] = int8["quantization"]["excluded_nodes"]
+        quantization = int8_quantization(run_cli, path, tmp_path / f"out{len(flag)}",
+                                         "--runtime", "onnxruntime", *fast, *flag)
+        assert list(quantization) == ["onnxruntime"], quantization
+        excluded[flag] = quantization["onnxruntime"]["excluded_nodes"]
     assert excluded == {(): ["stem", "dw", "project"], ("--int8-stem",): []}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import sha256
+from conftest import int8_quantization, sha256
 
 FAST_BENCH = ("--bench-seconds", "0", "--bench-iterations", "5", "--bench-repeats", "1",
               "--warmup", "1")
@@ -190,13 +190,9 @@ def test_minilm_int8_keeps_the_lee_correlation(run_cli, tmp_path):
 def test_keep_first_fp32_leaves_the_first_convolution_in_float(run_cli, tiny_onnx, tmp_path):
     excluded = {}
     for flag in ((), ("--keep-first-fp32",)):
-        out = tmp_path / f"out{len(flag)}"
-        result = run_cli("optimize", tiny_onnx, "--out", out, "--calib", "random", "--quiet",
-                         *FAST_BENCH, *flag)
-        assert result.code == 0, result.err
-        report = json.loads((out / "report.json").read_text())
-        excluded[flag] = {a["runtime"]: a["quantization"]["excluded_nodes"]
-                          for a in report["artifacts"] if a["precision"] == "int8"}
+        quantization = int8_quantization(run_cli, tiny_onnx, tmp_path / f"out{len(flag)}",
+                                         *FAST_BENCH, *flag)
+        excluded[flag] = {rt: q["excluded_nodes"] for rt, q in quantization.items()}
     assert excluded[()] == {"onnxruntime": [], "openvino": []}
     kept = excluded[("--keep-first-fp32",)]
     assert kept["onnxruntime"] == ["conv"] and kept["openvino"], kept
@@ -205,13 +201,9 @@ def test_keep_first_fp32_leaves_the_first_convolution_in_float(run_cli, tiny_onn
 def test_no_saturation_guard_reaches_both_runtimes(run_cli, tiny_onnx, tmp_path):
     notes = {}
     for flag in ((), ("--no-saturation-guard",)):
-        out = tmp_path / f"out{len(flag)}"
-        result = run_cli("optimize", tiny_onnx, "--out", out, "--calib", "random", "--quiet",
-                         *FAST_BENCH, *flag)
-        assert result.code == 0, result.err
-        report = json.loads((out / "report.json").read_text())
-        notes[flag] = {a["runtime"]: " | ".join(a["quantization"]["notes"])
-                       for a in report["artifacts"] if a["precision"] == "int8"}
+        quantization = int8_quantization(run_cli, tiny_onnx, tmp_path / f"out{len(flag)}",
+                                         *FAST_BENCH, *flag)
+        notes[flag] = {rt: " | ".join(q["notes"]) for rt, q in quantization.items()}
     for runtime in ("onnxruntime", "openvino"):
         assert "AVX2 saturation guard:" in notes[()][runtime], notes[()]
         assert "AVX2 saturation guard:" not in notes[("--no-saturation-guard",)][runtime]
