@@ -49,7 +49,7 @@ class Case:
 
 def build(name: str, cases: list[Case], work: Path, console: Console, epochs: int | None) -> None:
     import edgeopt
-    from edgeopt.recipe import OptimizeConfig, PruneOptions
+    from edgeopt.recipe import PruneRecipe
     from edgeopt.runtimes import BenchProtocol
 
     quick = BenchProtocol(warmup=0, min_iterations=1, min_seconds=0.0, repeats=1)
@@ -59,10 +59,9 @@ def build(name: str, cases: list[Case], work: Path, console: Console, epochs: in
     for case in cases:
         console.log(f"{name}: {case.label}")
         out = work / name / case.label.replace(" ", "-")
-        prune = None if case.ratio == 0 else PruneOptions(case.mode, case.ratio, **ft)
-        report = edgeopt.optimize(OptimizeConfig(model=f"ref:{name}", out=out,
-                                                 runtimes=("onnxruntime",), prune=prune,
-                                                 bench=quick))
+        prune = None if case.ratio == 0 else PruneRecipe(case.mode, case.ratio, **ft)
+        report = edgeopt.optimize(f"ref:{name}", out=out, runtimes=("onnxruntime",),
+                                  prune=prune, bench=quick).to_dict()
         case.report = report
         for art in report["artifacts"]:
             case.files[art["precision"]] = out / art["path"]

@@ -12,6 +12,7 @@ import numpy as np
 
 from edgeopt.calibrate.calibrators import QuantRange, compute_ranges
 from edgeopt.calibrate.errors import CalibrationError
+from edgeopt.calibrate.ov_names import canonical_names
 from edgeopt.calibrate.quantize import (
     Progress,
     QuantConfig,
@@ -282,6 +283,7 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
             notes.append(f"AVX2 saturation guard: no same-sign int8 weight pair exceeds 128 "
                          f"(oneDNN's int16 accumulation without VNNI); {coarser} of "
                          f"{channels} output channels got a coarser weight scale for it")
+        canonical_names(quantized)
         ov.save_model(quantized, str(tmp), compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), out_xml.with_suffix(".bin"))
         os.replace(tmp, out_xml)

@@ -63,19 +63,18 @@ def _bench_bundle(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from edgeopt._cli_parser import bench_protocol
     from edgeopt._measure import NotMeasured, run_target
     from edgeopt._output import Output
     from edgeopt._targets import resolve_targets
-    from edgeopt.runtimes import BenchProtocol
+    from edgeopt.backends import runtime_names
 
     model = Path(args.model)
     if model.suffix.lower() == ".zip":
         return _bench_bundle(args)
     fmt = _check_model(model)
-    protocol = BenchProtocol(warmup=args.warmup, min_iterations=args.bench_iterations,
-                             min_seconds=args.bench_seconds, repeats=args.bench_repeats,
-                             threads=args.threads)
-    runtimes = tuple(dict.fromkeys(args.runtimes or ("onnxruntime", "openvino")))
+    protocol = bench_protocol(args)
+    runtimes = tuple(dict.fromkeys(args.runtimes or runtime_names()))
     targets = resolve_targets(tuple(args.devices or ("host-cpu",)), runtimes, fmt)
     out = Output(quiet=args.quiet)
     for note in targets.notes:

@@ -20,8 +20,6 @@ import numpy as np
 
 from edgeopt.errors import UsageError
 
-RUNTIMES = ("onnxruntime", "openvino")
-ADAPTER = {"onnxruntime": "ort-cpu", "openvino": "ov-cpu"}
 CALIB_SAMPLES = 8
 MODELS_VERSION = 1          # bump when a model below changes, so cached files are rebuilt
 
@@ -220,13 +218,14 @@ def measure(models: list[CalibModel], runtime: str, protocol=None, unit=None, ro
     repeat p50 over the passes: other processes on the machine only ever add time, and
     passes spread a burst of contention over different models.
     Returns ``edgeopt.runtimes.estimate.Measurement``s."""
-    from edgeopt.runtimes import BenchProtocol, get_adapter
+    from edgeopt.backends import get_backend
+    from edgeopt.runtimes import BenchProtocol
     from edgeopt.runtimes.bench import run_benchmark
     from edgeopt.runtimes.estimate import Measurement
 
     protocol = protocol or BenchProtocol(warmup=5, min_iterations=20, min_seconds=1.0,
                                          max_seconds=10.0, repeats=1)
-    adapter = get_adapter(ADAPTER[runtime])
+    adapter = get_backend(runtime).adapter()
     best = {m.name: float("inf") for m in models}
     total = rounds * len(models)
     for r in range(rounds):
@@ -248,7 +247,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     from edgeopt._progress import Steps
     from edgeopt._tables import console_width
-    from edgeopt.runtimes import get_adapter, load_devices
+    from edgeopt.backends import get_backend, runtime_names
+    from edgeopt.runtimes import load_devices
     from edgeopt.runtimes.estimate import calibrate, save_calibration
 
     profile = load_devices().get(args.id)
@@ -257,9 +257,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
                "machine; run 'edgeopt devices calibrate host-cpu', or calibrate on the device)")
         raise UsageError(msg)
     unit = next((u for u in profile.units if u.kind == "cpu"), profile.units[0])
-    runtimes = args.runtimes or list(RUNTIMES)
+    runtimes = args.runtimes or list(runtime_names())
     for runtime in runtimes:
-        availability = get_adapter(ADAPTER[runtime]).available()
+        availability = get_backend(runtime).available()
         if not availability.ok:
             msg = f"cannot calibrate {args.id} with {runtime}: {availability.reason}"
             raise UsageError(msg)

@@ -70,6 +70,7 @@ def run_target(target, model: Path, feeds: dict[str, np.ndarray] | None, protoco
     ``feeds`` are the benchmark inputs (None: made from the loaded model's inputs and
     ``shapes``). Raises NotMeasured under ``require_measured`` when the target is absent.
     """
+    from edgeopt.backends import get_backend
     from edgeopt.runtimes import get_adapter
 
     adapter = get_adapter(target.adapter)
@@ -90,8 +91,8 @@ def run_target(target, model: Path, feeds: dict[str, np.ndarray] | None, protoco
     if availability.ok:
         if unsupported:
             row["unsupported_ops"] = unsupported
-        if unsupported and target.adapter.startswith("ov-"):
-            # OpenVINO compiles a model for one device or not at all.
+        if unsupported and get_backend(target.runtime).compiles_whole:
+            # The runtime compiles a model for one device or not at all.
             row["bench"] = {"label": "unsupported",
                             "reason": f"{len(unsupported)} operations the device cannot run: "
                                       + ", ".join(unsupported)}
@@ -121,9 +122,13 @@ def _emulate(model: Path, target, feeds, shapes) -> dict:
     if not qemu_cpu:
         return {"label": "unavailable",
                 "reason": f"{target.label} is not an ARM CPU with a qemu model in its profile"}
-    if target.runtime != "onnxruntime":
+    from edgeopt.backends import get_backend, runtime_names
+
+    backend = get_backend(target.runtime)
+    if backend.emulation_adapter is None:
+        can = [get_backend(r).label for r in runtime_names() if get_backend(r).emulation_adapter]
         return {"label": "unavailable",
-                "reason": "emulation runs ONNX Runtime's CPU EP (the sysroot has no OpenVINO)"}
+                "reason": f"emulation runs {' or '.join(can)} (the sysroot has no {backend.label})"}
     try:
         from edgeopt.runtimes.emulation import emulate, emulation_available
     except ImportError:
@@ -132,11 +137,8 @@ def _emulate(model: Path, target, feeds, shapes) -> dict:
     if not availability.ok:
         return {"label": "unavailable", "reason": availability.reason}
     if feeds is None:
-        from edgeopt.runtimes import get_adapter
-
-        loaded = get_adapter("ort-cpu").load(model)
-        feeds = random_inputs(loaded.inputs, shapes)
-    return emulate(model, feeds, qemu_cpu, adapter="ort-arm")
+        feeds = random_inputs(backend.load(model).inputs, shapes)
+    return emulate(model, feeds, qemu_cpu, adapter=backend.emulation_adapter)
 
 
 def random_inputs(specs, shapes) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeopt import __version__
-from edgeopt._package_source import TargetSpec, _no_paths, _Source, _version
+from edgeopt._package_source import BundleSource, TargetSpec, dist_version, no_paths
 from edgeopt.bundle import REFERENCE, SCHEMA_VERSION
 from edgeopt.convert.ort_format import OPS_CONFIG
 
@@ -37,7 +37,7 @@ def _reference_count(specs) -> int:
     return int(max(1, min(REFERENCE_MAX_SAMPLES, REFERENCE_BYTES // max(per_sample, 1))))
 
 
-def _reference_inputs(source: _Source, specs) -> tuple[list[dict[str, np.ndarray]], str]:
+def _reference_inputs(source: BundleSource, specs) -> tuple[list[dict[str, np.ndarray]], str]:
     n = _reference_count(specs)
     report = source.report or {}
     inp = report.get("input") or {}
@@ -117,7 +117,7 @@ def tolerance_for(precision: str, outputs: list[list[np.ndarray]], specs) -> dic
 
 # --- the manifest ----------------------------------------------------------------------
 
-def _labels(source: _Source) -> tuple[list[str] | None, str | None]:
+def _labels(source: BundleSource) -> tuple[list[str] | None, str | None]:
     spec = ((source.report or {}).get("input") or {}).get("spec") or ""
     name = spec[4:] if spec.startswith("ref:") else None
     if name in LABELS:
@@ -137,7 +137,7 @@ def _tensor_specs(specs) -> list[dict]:
     return rows
 
 
-def _latency(source: _Source) -> list[dict]:
+def _latency(source: BundleSource) -> list[dict]:
     keep = ("label", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "cv", "unstable",
             "low_ms", "high_ms", "reason", "calibration")
     rows = []
@@ -151,7 +151,7 @@ def _latency(source: _Source) -> list[dict]:
                      **({"runtime_version": setup["runtime_version"]}
                         if "runtime_version" in setup else {}),
                      **({"threads": setup["threads"]} if "threads" in setup else {})})
-    return _no_paths(rows)
+    return no_paths(rows)
 
 
 def _metric(report: dict, artifact: dict) -> dict | None:
@@ -160,11 +160,11 @@ def _metric(report: dict, artifact: dict) -> dict | None:
         return None
     accuracy = dict(artifact.get("accuracy") or {})
     data = report.get("data") or {}
-    return _no_paths({"name": accuracy.pop("metric", data.get("metric")),
+    return no_paths({"name": accuracy.pop("metric", data.get("metric")),
                       "evaluation": data.get("evaluation"), **accuracy})
 
 
-def _manifest(source: _Source, target: str, spec: TargetSpec, loaded, model_files: list[str],
+def _manifest(source: BundleSource, target: str, spec: TargetSpec, loaded, model_files: list[str],
               conversion, precision: str, inputs, outputs, input_note: str, palettization,
               labels, label_note) -> dict:
     report = source.report or {}
@@ -179,7 +179,7 @@ def _manifest(source: _Source, target: str, spec: TargetSpec, loaded, model_file
         "kind": "edgeopt-bundle",
         "target": target,
         "edgeopt": __version__,
-        "libraries": {k: _version(k) for k in ("numpy", "onnx", "onnxruntime", "openvino")},
+        "libraries": {k: dist_version(k) for k in ("numpy", "onnx", *_runtime_distributions())},
         "run_libraries": report.get("libraries"),
         "source": source.origin,
         "model": {"file": model_files[0], "files": model_files, "format": spec.model_format,
@@ -192,16 +192,16 @@ def _manifest(source: _Source, target: str, spec: TargetSpec, loaded, model_file
                      if conversion else {})},
         "inputs": _tensor_specs(loaded.inputs),
         "outputs": _tensor_specs(loaded.outputs),
-        "preprocessing": _no_paths((report.get("input") or {}).get("preprocessing")),
+        "preprocessing": no_paths((report.get("input") or {}).get("preprocessing")),
         "labels": {"file": "labels.txt", "count": len(labels)} if labels else None,
         **({"labels_note": label_note} if label_note else {}),
         "metric": _metric(report, artifact),
-        "quantization": _no_paths({"calibrator": quant.get("calibrator"),
+        "quantization": no_paths({"calibrator": quant.get("calibrator"),
                                    "calibration": quant.get("calibration"),
                                    **{k: quant[k] for k in ("excluded_nodes", "reverted_to_fp32",
                                                             "integer_kernels", "notes")
                                       if k in quant}}) if quant and precision == "int8" else None,
-        "pruning": _no_paths(report.get("pruning")),
+        "pruning": no_paths(report.get("pruning")),
         "palettization": palettization,
         "latency": _latency(source),
         "reference": {"file": REFERENCE, "samples": len(inputs), "inputs_from": input_note,
@@ -212,3 +212,10 @@ def _manifest(source: _Source, target: str, spec: TargetSpec, loaded, model_file
         "tolerance": tolerance_for(precision, outputs, loaded.outputs),
         "notes": notes,
     }
+
+
+def _runtime_distributions() -> list[str]:
+    """Each backend's own runtime distribution (onnxruntime, openvino, ...)."""
+    from edgeopt.backends import get_backend, runtime_names
+
+    return [get_backend(r).libraries[0] for r in runtime_names() if get_backend(r).libraries]

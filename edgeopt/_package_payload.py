@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt._package_source import TargetSpec, _no_paths, _Source, _version
+from edgeopt._package_source import BundleSource, TargetSpec, dist_version, no_paths
+from edgeopt.backends import get_backend, onnx_runner
 from edgeopt.convert.ort_format import OPS_CONFIG, to_ort, widen_4bit
 from edgeopt.errors import UsageError
 
@@ -18,7 +19,7 @@ ORT_CONVERSION = {"converter": "onnxruntime.tools.convert_onnx_models_to_ort (sa
                   "target_platform": "arm"}
 
 
-def _model_files(source: _Source, spec: TargetSpec, onnx_path: Path | None, work: Path,
+def _model_files(source: BundleSource, spec: TargetSpec, onnx_path: Path | None, work: Path,
                  palettized: bool) -> tuple[dict[str, bytes], list[str], dict | None]:
     """The model in the target's format: {member: bytes}, the model members, conversion."""
     if spec.model_format == "openvino-ir":
@@ -39,7 +40,7 @@ def _model_files(source: _Source, spec: TargetSpec, onnx_path: Path | None, work
     widened = widen_4bit(src) if palettized else []
     ort_bytes, ops_config = to_ort(src, work / "ort", keep_constant_subgraphs=palettized)
     conversion = {**ORT_CONVERSION, "constant_folding": not palettized,
-                  "onnxruntime": _version("onnxruntime")}
+                  **{lib: dist_version(lib) for lib in get_backend(spec.runtime).libraries[:1]}}
     if palettized:
         conversion["note"] = (
             "constant folding off: it would expand the palettized weights back to full size in "
@@ -84,7 +85,7 @@ def _host_load(spec: TargetSpec, model: Path):
 
 # --- palettization ---------------------------------------------------------------------
 
-def _palettize(source: _Source, onnx_path: Path | None, work: Path, bits: int,
+def _palettize(source: BundleSource, onnx_path: Path | None, work: Path, bits: int,
                group_size: int | None, max_accuracy_drop, progress) -> tuple[Path, dict]:
     try:
         from edgeopt.calibrate.palettize import palettize_onnx
@@ -117,11 +118,11 @@ def _palettize(source: _Source, onnx_path: Path | None, work: Path, bits: int,
               **({"metric": ((source.report or {}).get("data") or {}).get("metric"),
                   "scored_against": "the run's FP32 ONNX outputs on its evaluation set"}
                  if evaluate else {}),
-              "report": _no_paths(_jsonable(result))}
+              "report": no_paths(_jsonable(result))}
     return out, record
 
 
-def _evaluator(source: _Source):
+def _evaluator(source: BundleSource):
     """``evaluate(model.onnx) -> metric`` on the run's evaluation set, where it can be rebuilt
     (reference models: their own set and metric); else (None, why)."""
     report = source.report or {}
@@ -130,11 +131,9 @@ def _evaluator(source: _Source):
         return None, ("the run's evaluation data is not in its folder (only reference-model "
                       "runs can be re-evaluated), so palettization was not evaluated")
     from edgeopt.reference_models import get_reference
-    from edgeopt.runtimes import get_adapter
-
     reference = get_reference(spec[4:])
     eval_set = reference.evaluation_set((report.get("recipe") or {}).get("eval_samples"))
-    ort = get_adapter("ort-cpu")
+    ort = onnx_runner()
     fp32 = source.fp32_onnx
     if fp32 is None:
         return None, "the run has no FP32 ONNX artifact to score against"

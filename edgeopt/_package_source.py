@@ -1,5 +1,5 @@
 """What a bundle is built from: the optimize run's folder (its report and chosen artifact) or a
-model file, as a ``_Source``; the helpers the bundle's parts share. Used by
+model file, as a ``BundleSource``; the helpers the bundle's parts share. Used by
 :mod:`edgeopt.package`.
 """
 
@@ -10,20 +10,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeopt.backends import TargetSpec
 from edgeopt.convert import file_sha256
 from edgeopt.errors import UsageError
 
 
-@dataclass(frozen=True)
-class TargetSpec:
-    runtime: str                  # onnxruntime | openvino
-    model_format: str             # ort | onnx | openvino-ir
-    host_adapter: str             # runs the bundle here for its reference outputs
-    device_note: str
-
-
 @dataclass
-class _Source:
+class BundleSource:
     """What one bundle is built from."""
 
     name: str
@@ -39,7 +32,7 @@ class _Source:
 
 # --- the run folder --------------------------------------------------------------------
 
-def _read_report(run_dir: Path) -> dict:
+def read_report(run_dir: Path) -> dict:
     path = run_dir / "report.json"
     if not path.is_file():
         msg = (f"{run_dir} is not an edgeopt optimize output folder (no report.json); "
@@ -56,8 +49,8 @@ def _read_report(run_dir: Path) -> dict:
     return report
 
 
-def _run_source(run_dir: Path, report: dict, spec: TargetSpec, precision: str | None,
-                palettize: int | None) -> _Source:
+def run_source(run_dir: Path, report: dict, spec: TargetSpec, precision: str | None,
+                palettize: int | None) -> BundleSource:
     by_precision: dict[str, dict] = {}
     for a in report["artifacts"]:
         if a.get("runtime") == spec.runtime:
@@ -91,7 +84,7 @@ def _run_source(run_dir: Path, report: dict, spec: TargetSpec, precision: str | 
               "run_edgeopt": report.get("edgeopt")}
     name = Path(artifact["path"]).name.split(".")[0]
     fp32 = by_precision.get("fp32")
-    return _Source(name, chosen, spec.runtime, files, origin, report, artifact, notes,
+    return BundleSource(name, chosen, spec.runtime, files, origin, report, artifact, notes,
                    fp32_onnx=run_dir / fp32["path"] if fp32 and fp32["format"] == "onnx"
                    else None)
 
@@ -104,18 +97,18 @@ def _model_label(spec: str) -> str:
 _ABS_PATH = re.compile(r"(?<![\w.])/(?:[^\s,;()'\"]+/)*([^\s,;()'\"]+)")
 
 
-def _no_paths(text):
+def no_paths(text):
     """Notes from the report may name folders of the machine that ran it: keep base names."""
     if isinstance(text, str):
         return _ABS_PATH.sub(r"\1", text)
     if isinstance(text, list):
-        return [_no_paths(t) for t in text]
+        return [no_paths(t) for t in text]
     if isinstance(text, dict):
-        return {k: _no_paths(v) for k, v in text.items()}
+        return {k: no_paths(v) for k, v in text.items()}
     return text
 
 
-def _version(name: str) -> str | None:
+def dist_version(name: str) -> str | None:
     from importlib import metadata
 
     try:

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeopt._outputs import stack_first, torch_outputs
 from edgeopt._progress import Steps
 from edgeopt._source import Prepared
 from edgeopt.errors import UsageError
-from edgeopt.recipe import PruneOptions
+from edgeopt.recipe import PruneRecipe
 
 VAL_FRACTION = 0.1
 
@@ -27,7 +28,7 @@ class PruneOutcome:
     state: dict                    # what NAME.pruned.pth holds
 
 
-def check_prune(options: PruneOptions, prepared: Prepared, preprocess=None):
+def check_prune(options: PruneRecipe, prepared: Prepared, preprocess=None):
     """Everything about the pruning request that can be wrong, before anything is written:
     the model must be an ``nn.Module``, ignored layers must exist, the fine-tuning data must
     read. Returns the fine-tuning data (None without ``--epochs``)."""
@@ -39,7 +40,7 @@ def check_prune(options: PruneOptions, prepared: Prepared, preprocess=None):
     return _finetune_data(options, prepared, preprocess) if options.epochs else None
 
 
-def run_prune(options: PruneOptions, prepared: Prepared, fp32_ref: np.ndarray,
+def run_prune(options: PruneRecipe, prepared: Prepared, fp32_ref: np.ndarray,
               steps: Steps, data=None) -> PruneOutcome:
     """Prune (and fine-tune on ``data`` if given) ``prepared``'s PyTorch model."""
     from edgeopt.calibrate.pruning import (
@@ -117,13 +118,8 @@ def _adapt_if_it_helps(pruned, prepared: Prepared, names) -> str | None:
 
 
 def _logits(module, samples, names) -> np.ndarray:
-    import torch
-
-    from edgeopt.convert import run_torch
-
     module.eval()
-    return np.concatenate([run_torch(module, tuple(torch.from_numpy(s[n]) for n in names))[0]
-                           .reshape(1, -1) for s in samples])
+    return stack_first(torch_outputs(module, names, samples))
 
 
 def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
@@ -137,15 +133,9 @@ def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
 
 
 def _outputs(module, prepared: Prepared) -> np.ndarray:
-    import torch
-
-    from edgeopt.convert import run_torch
-
-    names = [n for n, _, _ in prepared.input_specs]
     module.eval()
-    rows = [run_torch(module, tuple(torch.from_numpy(s[n]) for n in names))[0].reshape(1, -1)
-            for s in prepared.eval_inputs]
-    return np.concatenate(rows, axis=0)
+    names = [n for n, _, _ in prepared.input_specs]
+    return stack_first(torch_outputs(module, names, prepared.eval_inputs))
 
 
 def _masked_tensors(pruned) -> tuple[str, ...]:
@@ -156,7 +146,7 @@ def _masked_tensors(pruned) -> tuple[str, ...]:
     return tuple(sorted(t.tensor_name for t in nncf.pruning_statistic(pruned.module).pruned_tensors))
 
 
-def _finetune_data(options: PruneOptions, prepared: Prepared, preprocess=None):
+def _finetune_data(options: PruneRecipe, prepared: Prepared, preprocess=None):
     """--finetune-data (images take --preprocess, else a reference model's own), or a
     reference model's own fine-tuning set."""
     from edgeopt.calibrate.finetune import FinetuneData
@@ -186,7 +176,7 @@ def _finetune_data(options: PruneOptions, prepared: Prepared, preprocess=None):
                         f"{len(val)} held out for validation")
 
 
-def _finetune(options: PruneOptions, pruned, data, prepared: Prepared, names, steps: Steps) -> dict:
+def _finetune(options: PruneRecipe, pruned, data, prepared: Prepared, names, steps: Steps) -> dict:
     from edgeopt.calibrate.finetune import finetune
     from edgeopt.calibrate.pruning import rb_hooks
 

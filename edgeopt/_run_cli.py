@@ -35,6 +35,10 @@ def run_model(args) -> int:
     if not out.parent.is_dir():
         msg = f"--out folder {out.parent} does not exist"
         raise UsageError(msg)
+    if args.adapter is None:
+        from edgeopt.backends import onnx_runner
+
+        args.adapter = onnx_runner().host_adapter
     loaded = get_adapter(args.adapter).load(model)
     expected = {spec.name: spec for spec in loaded.inputs}
     missing, extra = sorted(set(expected) - set(feeds)), sorted(set(feeds) - set(expected))

@@ -17,7 +17,7 @@ from edgeopt.convert import (
     parse_input_shapes,
 )
 from edgeopt.errors import UsageError
-from edgeopt.recipe import OptimizeConfig
+from edgeopt.recipe import Recipe
 
 REF_PREFIX = "ref:"
 USER_EVAL_SAMPLES = 64
@@ -75,14 +75,14 @@ def artifact_stem(spec: str) -> str:
     return Path(spec).stem
 
 
-def load_source(config: OptimizeConfig) -> SourceModel:
+def load_source(config: Recipe) -> SourceModel:
     """Load the model (no data yet); raises the convert/reference errors on bad input."""
     if config.model.startswith(REF_PREFIX):
         from edgeopt.reference_models import get_reference
 
         reference = get_reference(config.model[len(REF_PREFIX):])
         module = reference.build()
-        shapes = parse_input_shapes(config.input_shape)
+        shapes = parse_input_shapes(config.data.input_shape)
         import torch
 
         specs = reference.input_specs
@@ -100,7 +100,7 @@ def load_source(config: OptimizeConfig) -> SourceModel:
                            input_names=tuple(name for name, _, _ in specs),
                            output_names=(reference.output_name,),
                            extra={"reference": reference})
-    source = load_model(config.model, config.input_shape)
+    source = load_model(config.model, config.data.input_shape)
     if source.kind == "openvino-ir":
         msg = (f"optimize takes an ONNX or PyTorch model, not OpenVINO IR ({config.model}); "
                "benchmark IR with 'edgeopt bench'")
@@ -113,7 +113,7 @@ def _specs_from_example(names: tuple[str, ...], example: tuple) -> list:
             for n, t in zip(names, example, strict=True)]
 
 
-def prepare(config: OptimizeConfig, source: SourceModel) -> Prepared:
+def prepare(config: Recipe, source: SourceModel) -> Prepared:
     """Check inputs fit and gather calibration/evaluation data, before anything is written."""
     from edgeopt.calibrate.data import RANDOM, random_samples
     from edgeopt.convert.torch_to_onnx import default_input_names
@@ -121,39 +121,39 @@ def prepare(config: OptimizeConfig, source: SourceModel) -> Prepared:
     name = artifact_stem(config.model)
     reference = source.extra.get("reference")
     if source.is_torch:
-        check_inputs_fit(source.module, source.example_inputs, config.input_shape)
+        check_inputs_fit(source.module, source.example_inputs, config.data.input_shape)
         names = source.input_names or default_input_names(source.module, len(source.example_inputs))
         specs = _specs_from_example(names, source.example_inputs)
     else:
         specs = list(onnx_input_specs(source.path))
-        fixed = fix_onnx_shapes(specs, parse_input_shapes(config.input_shape), config.input_shape)
+        fixed = fix_onnx_shapes(specs, parse_input_shapes(config.data.input_shape), config.data.input_shape)
         specs = [(n, dtype, fixed[n]) for n, dtype, _ in specs]
 
-    if reference is not None and config.calib is None:
-        if config.input_shape and tuple(specs[0][2]) != tuple(reference.input_shape):
-            msg = (f"--input-shape {config.input_shape} differs from {config.model}'s "
+    if reference is not None and config.data.calib is None:
+        if config.data.input_shape and tuple(specs[0][2]) != tuple(reference.input_shape):
+            msg = (f"--input-shape {config.data.input_shape} differs from {config.model}'s "
                    f"{'x'.join(map(str, reference.input_shape))}, and its data has that shape; "
                    "drop --input-shape or pass --calib")
             raise UsageError(msg)
-        calib = reference.calibration_set(config.calib_samples)
+        calib = reference.calibration_set(config.data.calib_samples)
         calib_note = f"reference calibration set of {config.model} ({len(calib)} samples)"
-        eval_set = reference.evaluation_set(config.eval_samples)
+        eval_set = reference.evaluation_set(config.data.eval_samples)
         return Prepared(
             name, source, specs, source.output_names, calib, calib_note,
             list(eval_set.inputs), f"reference evaluation set ({len(eval_set.inputs)} samples, "
             "disjoint from calibration)", reference.metric, reference=reference,
             eval_set=eval_set, preprocessing=dict(reference.preprocessing),
         )
-    if config.calib is None:
+    if config.data.calib is None:
         msg = (f"no calibration data for {config.model}: pass --calib FILE_OR_FOLDER "
                "(.npy/.npz samples matching the model's inputs, or images with --preprocess), "
                "--calib package.module:factory, or --calib random "
                "(INT8 ranges from random data; accuracy then unknown)")
         raise UsageError(msg)
-    if config.calib == RANDOM:
-        n = config.calib_samples or 32
+    if config.data.calib == RANDOM:
+        n = config.data.calib_samples or 32
         calib = random_samples(specs, n, seed=0)
-        eval_inputs = random_samples(specs, config.eval_samples or n, seed=1)
+        eval_inputs = random_samples(specs, config.data.eval_samples or n, seed=1)
         calib_note = f"RANDOM data ({n} samples), as asked with --calib random"
         preprocessing = None
         eval_note = (f"random inputs ({len(eval_inputs)} samples): output cosine to FP32 only, "
@@ -161,7 +161,7 @@ def prepare(config: OptimizeConfig, source: SourceModel) -> Prepared:
     else:
         found = _read_user_calibration(config, specs, reference)
         calib, calib_note, preprocessing = found.samples, found.note, found.preprocessing
-        eval_inputs = calib[: config.eval_samples or USER_EVAL_SAMPLES]
+        eval_inputs = calib[: config.data.eval_samples or USER_EVAL_SAMPLES]
         eval_note = (f"{len(eval_inputs)} of the calibration samples (no held-out set given): "
                      "output cosine to FP32")
     return Prepared(name, source, specs, source.output_names, calib, calib_note,
@@ -169,19 +169,19 @@ def prepare(config: OptimizeConfig, source: SourceModel) -> Prepared:
                     preprocessing=preprocessing or {})
 
 
-def _read_user_calibration(config: OptimizeConfig, specs: list, reference: Any):
+def _read_user_calibration(config: Recipe, specs: list, reference: Any):
     """--calib's samples; images take --preprocess, else a reference model's own preprocessing."""
     from edgeopt.calibrate.data import read_calibration
     from edgeopt.calibrate.images import reference_preprocess
 
-    preprocess, origin = config.preprocess, "--preprocess"
+    preprocess, origin = config.data.preprocess, "--preprocess"
     if preprocess is None and reference is not None:
         preprocess = reference_preprocess(reference.preprocessing, specs[0][2])
         origin = f"{config.model}'s preprocessing"
-    found = read_calibration(config.calib, specs, config.calib_samples, preprocess)
+    found = read_calibration(config.data.calib, specs, config.data.calib_samples, preprocess)
     if found.preprocessing is None:
-        if config.preprocess is not None:
-            msg = (f"--preprocess applies to images, and --calib {config.calib} holds none; "
+        if config.data.preprocess is not None:
+            msg = (f"--preprocess applies to images, and --calib {config.data.calib} holds none; "
                    "drop --preprocess")
             raise UsageError(msg)
         return found

@@ -20,7 +20,7 @@ def artifacts_table(report: dict) -> Table:
         acc = (a.get("accuracy") or {}).get("value")
         speed = a.get("speedup_vs_fp32")
         status = a["status"] if a["status"] == "ok" else f"[bold red]{a['status']}[/bold red]"
-        table.add_row(a["path"], a["runtime"], a["device"], a["precision"],
+        table.add_row(a["path"], a["runtime"], a["device"] or "—", a["precision"],
                       f"{a['size_bytes'] / 1024:.0f}", _ms(b.get("p50_ms")), _ms(b.get("p90_ms")),
                       "—" if b.get("cv") is None else f"{b['cv']:.3f}",
                       "—" if speed is None else f"{speed:.2f}x",

@@ -24,8 +24,6 @@ import numpy as np
 from edgeopt.errors import UsageError
 
 VERIFY_FAILED = 1
-# Adapters that run each bundled format: the mobile/ARM models are for the CPU EP.
-FORMAT_ADAPTERS = {"ort": ("ort-cpu", "ort-arm"), "onnx": ("ort-cpu", "ort-arm")}
 
 
 class _Failed(Exception):
@@ -33,13 +31,11 @@ class _Failed(Exception):
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from edgeopt._cli_parser import bench_protocol
     from edgeopt._output import Output
     from edgeopt.bundle import REFERENCE, BundleRejected, check_files, open_bundle, read_npz
-    from edgeopt.runtimes import BenchProtocol
 
-    protocol = BenchProtocol(warmup=args.warmup, min_iterations=args.bench_iterations,
-                             min_seconds=args.bench_seconds, repeats=args.bench_repeats,
-                             threads=args.threads)
+    protocol = bench_protocol(args)
     out = Output(quiet=args.quiet)
     path = Path(args.bundle)
     result: dict = {"bundle": path.name, "ok": False, "devices": []}
@@ -94,13 +90,15 @@ def _targets(devices: tuple[str, ...], model: dict, out) -> list:
     """The device targets here that run the bundle's format; none is an error (exit 2)."""
     from edgeopt._measure import target_availability
     from edgeopt._targets import resolve_targets
+    from edgeopt.backends import get_backend, runtime_names
 
     runtime, fmt = model.get("runtime"), model.get("format")
-    if runtime not in ("onnxruntime", "openvino"):
+    if runtime not in runtime_names():
         msg = f"the bundle's runtime {runtime!r} is not one edgeopt verify runs"
         raise UsageError(msg)
+    adapters = get_backend(runtime).bundle_adapters.get(fmt)
     targets = [t for t in resolve_targets(devices, (runtime,))
-               if t.adapter in FORMAT_ADAPTERS.get(fmt, (t.adapter,))]
+               if adapters is None or t.adapter in adapters]
     present, absent = [], []
     for t in targets:
         availability = target_availability(t)

@@ -51,7 +51,8 @@ from edgeopt._package_payload import (  # noqa: F401
     _model_files,
     _palettize,
 )
-from edgeopt._package_source import TargetSpec, _read_report, _run_source, _Source
+from edgeopt._package_source import BundleSource, TargetSpec, read_report, run_source
+from edgeopt.backends import get_backend, package_targets
 from edgeopt.bundle import REFERENCE, file_entries, npz_bytes, write_bundle
 from edgeopt.convert import file_sha256
 from edgeopt.errors import UsageError
@@ -60,16 +61,7 @@ __all__ = ["TARGETS", "package_model", "package_run"]
 
 Progress = Callable[[int, int], None]
 
-TARGETS = {
-    "android": TargetSpec("onnxruntime", "ort", "ort-cpu",
-                          "ONNX Runtime Mobile (onnxruntime-android) or a reduced build"),
-    "ios": TargetSpec("onnxruntime", "ort", "ort-cpu",
-                      "ONNX Runtime Mobile (onnxruntime-objc / onnxruntime-c pods) or a "
-                      "reduced build"),
-    "linux-arm": TargetSpec("onnxruntime", "onnx", "ort-cpu",
-                            "ONNX Runtime's CPU EP on aarch64 (pip install onnxruntime)"),
-    "openvino": TargetSpec("openvino", "openvino-ir", "ov-cpu", "OpenVINO runtime"),
-}
+TARGETS = package_targets()      # target -> TargetSpec, from the backends
 
 
 def package_run(run_dir: Path, target: str, out: Path, *, palettize: int | None = None,
@@ -89,8 +81,8 @@ def package_run(run_dir: Path, target: str, out: Path, *, palettize: int | None 
     """
     spec = _target(target)
     run_dir = Path(run_dir)
-    report = _read_report(run_dir)
-    source = _run_source(run_dir, report, spec, precision, palettize)
+    report = read_report(run_dir)
+    source = run_source(run_dir, report, spec, precision, palettize)
     return _build(source, target, Path(out), palettize, group_size, max_accuracy_drop, progress)
 
 
@@ -105,7 +97,7 @@ def package_model(model: Path, target: str, out: Path, *, palettize: int | None 
         msg = f"{model}: no such model file (give an .onnx file or an optimize output folder)"
         raise UsageError(msg)
     suffix = model.suffix.lower()
-    if suffix == ".xml" and spec.runtime == "openvino":
+    if suffix == ".xml" and spec.model_format == "openvino-ir":
         files = {"xml": model, "bin": model.with_suffix(".bin")}
         if not files["bin"].is_file():
             msg = f"{model}: its weights {files['bin'].name} are not beside it"
@@ -113,10 +105,10 @@ def package_model(model: Path, target: str, out: Path, *, palettize: int | None 
     elif suffix == ".onnx":
         files = {"onnx": model}
     else:
-        what = ".onnx or .xml (OpenVINO IR)" if spec.runtime == "openvino" else ".onnx"
+        what = ".onnx or .xml (OpenVINO IR)" if spec.model_format == "openvino-ir" else ".onnx"
         msg = f"cannot package '{model}' for {target}: expected a {what} file or a run folder"
         raise UsageError(msg)
-    source = _Source(model.stem, _precision_of(files), spec.runtime, files,
+    source = BundleSource(model.stem, _precision_of(files), spec.runtime, files,
                      {"kind": "model file", "file": model.name,
                       "sha256": file_sha256(model)},
                      notes=["packaged from a model file, not an optimize run: no metric, "
@@ -146,13 +138,14 @@ def _target(target: str) -> TargetSpec:
 
 # --- building --------------------------------------------------------------------------
 
-def _build(source: _Source, target: str, out: Path, palettize, group_size, max_accuracy_drop,
+def _build(source: BundleSource, target: str, out: Path, palettize, group_size, max_accuracy_drop,
            progress: Progress | None) -> dict:
     spec = TARGETS[target]
     _check_out(out, [p for p in source.files.values()])
-    if palettize is not None and spec.runtime != "onnxruntime":
-        msg = ("--palettize writes ONNX lookup-table weights for ONNX Runtime targets (android, "
-               "ios, linux-arm); for openvino use its INT8 artifact")
+    if palettize is not None and get_backend(spec.runtime).format != "onnx":
+        onnx_targets = [t for t, s in TARGETS.items() if get_backend(s.runtime).format == "onnx"]
+        msg = (f"--palettize writes ONNX lookup-table weights for ONNX targets "
+               f"({', '.join(onnx_targets)}); for {target} use its INT8 artifact")
         raise UsageError(msg)
     steps = 5
     tick = (lambda i: progress(i, steps)) if progress else (lambda i: None)

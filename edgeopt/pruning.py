@@ -1,126 +1,119 @@
 """`edgeopt prune`: PyTorch model -> pruned (and fine-tuned) FP32 ONNX, its weights, a report.
 
-Under ``torchrun`` every rank prunes the same way and fine-tunes its share of each batch
-(DDP); only rank 0 exports and writes.
+The same steps as ``optimize`` (reference, prune, export) and its evaluator, then the
+weights file. Under ``torchrun`` every rank prunes the same way and fine-tunes its share
+of each batch (DDP); only rank 0 exports and writes.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
 
 from edgeopt import report as reporting
 from edgeopt._outdir import Staging, check_output_dir
 from edgeopt._progress import Steps
-from edgeopt._source import load_source, prepare
-from edgeopt.recipe import OptimizeConfig
+from edgeopt.pipeline import default_out as _default_out
+from edgeopt.pipeline import resolve_recipe
+from edgeopt.recipe import Recipe
+from edgeopt.report import ArtifactRecord, Report
+from edgeopt.steps import RunState, evaluate_artifact, export, reference
+from edgeopt.steps import prune as prune_step
 
-PARITY_SAMPLES = 8
-
-
-def prune(config: OptimizeConfig, steps: Steps | None = None) -> dict:
-    """Run ``edgeopt prune`` for ``config`` (its ``prune`` options set); returns the report,
-    or ``{}`` on a DDP rank other than 0 (which writes nothing)."""
-    from dataclasses import replace
-
-    from edgeopt._prune_step import check_prune, run_prune
-    from edgeopt.calibrate.finetune import is_main_process, shutdown_distributed
-    from edgeopt.calibrate.pruning import check_prunable
-
-    steps = steps or Steps(quiet=True)
-    started = time.time()
-    with steps.step("load model"):
-        source = load_source(config)
-    check_prunable(source.module, config.model)
-    if config.calib is None and source.extra.get("reference") is None:
-        # The metric then compares outputs on random inputs; the report says so.
-        config = replace(config, calib="random")
-    check_output_dir(config.out, [])
-    with steps.step("prepare data"):
-        prepared = prepare(config, source)
-        finetune_data = check_prune(config.prune, prepared, config.preprocess)
-    with steps.step("FP32 reference outputs"):
-        fp32_ref = _outputs(source.module, prepared, prepared.eval_inputs)
-    try:
-        outcome = run_prune(config.prune, prepared, fp32_ref, steps, finetune_data)
-        if not is_main_process():
-            return {}
-        return _write(config, prepared, outcome, fp32_ref, steps, started)
-    finally:
-        shutdown_distributed()
-
-
-def _outputs(module, prepared, samples) -> np.ndarray:
-    from edgeopt.pipeline import _stack_first, _torch_outputs
-
-    return _stack_first(_torch_outputs(prepared, samples, module=module))
-
-
-def _write(config: OptimizeConfig, prepared, outcome, fp32_ref, steps: Steps,
-           started: float) -> dict:
-    import torch
-
-    from edgeopt._prune_step import artifact_figures
-    from edgeopt.calibrate.pruning import deflated_size
-    from edgeopt.convert import check, compare, export_onnx, file_sha256
-    from edgeopt.pipeline import _run_all, _stack_first
-    from edgeopt.runtimes import get_adapter
-
-    name = prepared.name
-    staging = Staging(config.out)
-    try:
-        onnx_path = staging.path(f"{name}.pruned.onnx")
-        weights = staging.path(f"{name}.pruned.pth")
-        parity_inputs = prepared.eval_inputs[:PARITY_SAMPLES]
-        ort = get_adapter("ort-cpu")
-        with steps.step("torch -> ONNX"):
-            result = export_onnx(outcome.module, prepared.source.example_inputs, onnx_path,
-                                 input_names=tuple(n for n, _, _ in prepared.input_specs),
-                                 output_names=prepared.output_names or None)
-            torch_outs = [[o] for o in _outputs(outcome.module, prepared, parity_inputs)]
-            parity = check(compare("torch -> ONNX", torch_outs,
-                                   [o[:1] for o in _run_all(ort.load(onnx_path), parity_inputs)]))
-        with steps.step(f"evaluate {onnx_path.name}") as update:
-            outs = _stack_first(_run_all(ort.load(onnx_path), prepared.eval_inputs, update))
-            value = prepared.score(outs, fp32_ref)
-        torch.save(outcome.state, weights)
-        record = outcome.record
-        record["artifact"] = artifact_figures(onnx_path, outcome.pruned_tensors)
-        record["metric_onnx"] = round(value, 6)
-        files = [onnx_path.name, weights.name]
-        report = {
-            **reporting.header(config, prepared),
-            "steps": [{"name": k, "seconds": round(v, 3)} for k, v in steps.timings.items()],
-            "pruning": record,
-            "artifacts": [{
-                "path": onnx_path.name, "format": "onnx", "precision": "fp32",
-                "size_bytes": onnx_path.stat().st_size,
-                "size_zipped_bytes": deflated_size([onnx_path]),
-                "sha256": file_sha256(onnx_path),
-                "exporter": result.exporter, "parity": parity.to_dict(),
-                "accuracy": {"metric": prepared.metric, "value": round(value, 6),
-                             "samples": len(prepared.eval_inputs)},
-            }, {"path": weights.name, "format": outcome.state["format"],
-                "size_bytes": weights.stat().st_size, "sha256": file_sha256(weights),
-                "load_with": LOAD_HINT}],
-            "warnings": list(result.warnings),
-            "duration_s": round(time.time() - started, 2),
-        }
-        files += reporting.write(staging.dir, report, markdown=reporting.prune_markdown)
-        staging.commit(files)
-    except BaseException:
-        staging.abort()
-        raise
-    return report
-
+__all__ = ["default_out", "prune"]
 
 LOAD_HINT = ("edgeopt.calibrate.pruning.load_pruned(build_model(), "
              "torch.load(path, weights_only=True))")
 
 
 def default_out(spec: str) -> Path:
-    from edgeopt._source import artifact_stem
+    return _default_out(spec, "-pruned")
 
-    return Path("edgeopt-out") / f"{artifact_stem(spec)}-pruned"
+
+def prune(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
+          out: str | Path | None = None, steps: Steps | None = None, **overrides) -> Report | None:
+    """Run ``edgeopt prune`` (the recipe's ``prune`` section set); returns the report, or
+    None on a DDP rank other than 0 (which writes nothing)."""
+    from edgeopt._prune_step import check_prune
+    from edgeopt._source import load_source, prepare
+    from edgeopt.calibrate.finetune import is_main_process, shutdown_distributed
+    from edgeopt.calibrate.pruning import check_prunable
+    from edgeopt.errors import UsageError
+
+    recipe = resolve_recipe(model, recipe, **overrides)
+    if recipe.prune is None:
+        msg = "prune needs --prune-mode (magnitude-global, channels, ...)"
+        raise UsageError(msg)
+    recipe = replace(recipe, runtimes=(reporting_runtime(),), quant=replace(recipe.quant,
+                                                                           enabled=False))
+    out = Path(out) if out is not None else default_out(recipe.model)
+    progress = steps or Steps(quiet=True)
+    started = time.time()
+    with progress.step("load model"):
+        source = load_source(recipe)
+    check_prunable(source.module, recipe.model)
+    if recipe.data.calib is None and source.extra.get("reference") is None:
+        # The metric then compares outputs on random inputs; the report says so.
+        recipe = replace(recipe, data=replace(recipe.data, calib="random"))
+    check_output_dir(out, [])
+    with progress.step("prepare data"):
+        prepared = prepare(recipe, source)
+        finetune_data = check_prune(recipe.prune, prepared, recipe.data.preprocess)
+    state = RunState(recipe, progress, prepared, staging=None, finetune_data=finetune_data)
+    try:
+        reference(state)
+        prune_step(state)
+        if not is_main_process():
+            return None
+        return _write(state, out, started)
+    finally:
+        shutdown_distributed()
+
+
+def reporting_runtime() -> str:
+    from edgeopt.backends import onnx_runner
+
+    return onnx_runner().runtime
+
+
+def _write(state: RunState, out: Path, started: float) -> Report:
+    import torch
+
+    from edgeopt._prune_step import artifact_figures
+    from edgeopt.calibrate.pruning import deflated_size
+    from edgeopt.convert import file_sha256
+
+    staging = state.staging = Staging(out)
+    try:
+        export(state, file=f"{state.name}.pruned.onnx")
+        art = state.artifacts[-1]
+        value = evaluate_artifact(state, art)
+        onnx_path, weights = state.fp32_onnx, staging.path(f"{state.name}.pruned.pth")
+        torch.save(state.pruning.state, weights)
+        record = state.pruning.record
+        record["artifact"] = artifact_figures(onnx_path, state.pruning.pruned_tensors)
+        record["metric_onnx"] = round(value, 6)
+        export_step = state.step_records[-1]
+        report = Report(
+            **reporting.header(state.recipe, state.prepared),
+            steps=[{"name": k, "seconds": round(v, 3)} for k, v in state.progress.timings.items()],
+            pruning=record, warnings=state.warnings,
+            artifacts=[
+                ArtifactRecord(path=onnx_path.name, format="onnx", precision="fp32",
+                               size_bytes=onnx_path.stat().st_size,
+                               size_zipped_bytes=deflated_size([onnx_path]),
+                               sha256=file_sha256(onnx_path),
+                               exporter=export_step.get("exporter"),
+                               parity=export_step.get("parity"), accuracy=art.accuracy),
+                ArtifactRecord(path=weights.name, format=state.pruning.state["format"],
+                               size_bytes=weights.stat().st_size, sha256=file_sha256(weights),
+                               load_with=LOAD_HINT)],
+            duration_s=round(time.time() - started, 2))
+        files = [onnx_path.name, weights.name]
+        files += reporting.write(staging.dir, report, prune=True)
+        staging.commit(files)
+    except BaseException:
+        staging.abort()
+        raise
+    return report

@@ -1,23 +1,35 @@
-"""report.json (schema-versioned, machine-readable) and report.md (for people)."""
+"""The run's report as typed records: ``report.json`` (schema-versioned), ``report.md`` and
+``recipe.yaml`` are all written from a :class:`Report`."""
 
 from __future__ import annotations
 
 import platform
 import sys
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from edgeopt import __version__
+from edgeopt._markdown import prune_markdown, to_markdown
 from edgeopt._outdir import write_json_atomic, write_text_atomic
+from edgeopt.recipe import Recipe
 
-SCHEMA_VERSION = 1
-LIBRARIES = ("numpy", "onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "torch")
+__all__ = ["SCHEMA_VERSION", "ArtifactRecord", "Report", "header", "library_versions", "write"]
+
+# 2: "recipe" is the nested Recipe (data, quant, prune, package, bench), not a flat config.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+CORE_LIBRARIES = ("numpy", "onnx", "onnxscript", "torch")
 
 
 def library_versions() -> dict[str, str | None]:
+    from edgeopt.backends import get_backend, runtime_names
+
+    names = [*CORE_LIBRARIES, *(lib for r in runtime_names() for lib in get_backend(r).libraries)]
     versions = {}
-    for name in LIBRARIES:
+    for name in sorted(dict.fromkeys(names)):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -40,154 +52,98 @@ def host_info() -> dict:
     return info
 
 
-def header(config, prepared) -> dict:
-    """The part of the report that describes the run rather than its results."""
+@dataclass
+class ArtifactRecord:
+    """One artifact in the report: on one device for ``optimize``, as a file for ``prune``."""
+
+    path: str
+    format: str
+    size_bytes: int
+    sha256: str
+    precision: str | None = None
+    files: list[str] | None = None
+    runtime: str | None = None
+    device: str | None = None
+    adapter: str | None = None
+    size_zipped_bytes: int | None = None
+    sha256_files: dict[str, str] | None = None
+    accuracy: dict | None = None
+    quantization: dict | None = None
+    status: str | None = None               # ok | slower-than-fp32 (optimize)
+    bench: dict | None = None
+    speedup_vs_fp32: float | None = None
+    unavailable: str | None = None          # why the device could not be measured here
+    unsupported_ops: list[str] | None = None
+    static_shapes: str | None = None
+    exporter: str | None = None             # prune: which exporter wrote it
+    parity: dict | None = None              # prune: torch -> ONNX parity
+    load_with: str | None = None            # prune: how to load the weights file
+
+    def to_dict(self) -> dict:
+        # An optimize record always states its device, accuracy and quantization, null or not.
+        always = {"device", "accuracy", "quantization"} if self.status is not None else set()
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None or f.name in always}
+
+
+@dataclass
+class Report:
+    """What one run did and measured. ``to_dict()`` is ``report.json``."""
+
+    created_at: str
+    edgeopt: str
+    libraries: dict[str, str | None]
+    host: dict
+    input: dict
+    recipe: Recipe
+    data: dict
+    steps: list[dict] = field(default_factory=list)
+    artifacts: list[ArtifactRecord] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    pruning: dict | None = None
+    accuracy_budget: Any = None             # edgeopt.budget.Budget, with a budget set
+    duration_s: float | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        out = {"schema_version": self.schema_version, "created_at": self.created_at,
+               "edgeopt": self.edgeopt, "libraries": self.libraries, "host": self.host,
+               "input": self.input, "recipe": self.recipe.to_dict(), "data": self.data,
+               "steps": self.steps}
+        if self.pruning is not None:
+            out["pruning"] = self.pruning
+        out["artifacts"] = [a.to_dict() for a in self.artifacts]
+        if self.accuracy_budget is not None:
+            out["accuracy_budget"] = self.accuracy_budget.to_dict()
+        out["warnings"] = self.warnings
+        if self.duration_s is not None:
+            out["duration_s"] = self.duration_s
+        return out
+
+
+def header(recipe: Recipe, prepared) -> dict:
+    """The fields of a :class:`Report` that describe the run rather than its results."""
     source = prepared.source
     return {
-        "schema_version": SCHEMA_VERSION,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "edgeopt": __version__,
         "libraries": library_versions(),
         "host": host_info(),
-        "input": {"spec": config.model, "kind": source.kind,
+        "input": {"spec": recipe.model, "kind": source.kind,
                   "path": str(source.path) if source.path else None, "sha256": source.sha256,
                   "inputs": [{"name": n, "dtype": d, "shape": list(s)}
                              for n, d, s in prepared.input_specs],
                   "preprocessing": prepared.preprocessing or None},
-        "recipe": config.to_dict(),
+        "recipe": recipe,
         "data": {"calibration": prepared.calib_note, "evaluation": prepared.eval_note,
                  "metric": prepared.metric},
     }
 
 
-def _fmt(value, spec: str = ".3f") -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def to_markdown(report: dict) -> str:
-    lines = [f"# edgeopt report: {report['input']['spec']}", ""]
-    lines += [f"edgeopt {report['edgeopt']}, {report['created_at']}, host "
-              f"{report['host'].get('cpu', report['host']['machine'])}.", ""]
-    lines += [f"- Calibration: {report['data']['calibration']}",
-              f"- Evaluation: {report['data']['evaluation']}",
-              f"- Metric: `{report['data']['metric']}`", ""]
-    lines += ["## Artifacts", "",
-              "| file | runtime | device | precision | size (KB) | zipped (KB) | p50 ms | p90 ms "
-              "| p99 ms | CV | speedup vs FP32 | metric | label | status |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for a in report["artifacts"]:
-        b = a.get("bench") or {}
-        acc = a.get("accuracy") or {}
-        lines.append(
-            f"| {a['path']} | {a['runtime']} | {a['device']} | {a['precision']} | "
-            f"{a['size_bytes'] / 1024:.0f} | "
-            f"{_fmt(a.get('size_zipped_bytes') and a['size_zipped_bytes'] / 1024, '.0f')} | "
-            f"{_fmt(b.get('p50_ms'))} | {_fmt(b.get('p90_ms'))} | "
-            f"{_fmt(b.get('p99_ms'))} | {_fmt(b.get('cv'))} | {_fmt(a.get('speedup_vs_fp32'), '.2f')} | "
-            f"{_fmt(acc.get('value'), '.4f')} | {b.get('label', '—')} | {a['status']} |"
-        )
-    # Secondary figures beside the metric (e.g. minilm's embedding cosine to FP32), per file.
-    extra = {a["path"]: {k: v for k, v in (a.get("accuracy") or {}).items()
-                         if k not in ("metric", "value", "samples")} for a in report["artifacts"]}
-    if any(extra.values()):
-        lines += [""] + [f"- `{path}`: " + ", ".join(
-            f"{k} {_fmt(v, '.4f') if isinstance(v, float) else v}" for k, v in e.items())
-            for path, e in extra.items() if e]
-    lines += ["", "## Steps", "", "| step | seconds | parity (max abs diff / cosine) |",
-              "|---|---|---|"]
-    for s in report["steps"]:
-        p = s.get("parity")
-        parity = f"{p['max_abs_diff']:.2e} / {p['cosine']:.6f}" if p else "—"
-        lines.append(f"| {s['name']} | {s['seconds']:.2f} | {parity} |")
-    if report.get("pruning"):
-        lines += pruning_lines(report["pruning"])
-    quant = [a for a in report["artifacts"] if a.get("quantization")]
-    if quant:
-        lines += ["", "## Quantization", ""]
-        seen = set()
-        for a in quant:
-            if a["path"] in seen:
-                continue
-            seen.add(a["path"])
-            q = a["quantization"]
-            lines.append(f"- `{a['path']}`: calibrator {q['calibrator']}; "
-                         f"FP32 nodes: {', '.join(q['excluded_nodes']) or 'none'}")
-            lines += [f"  - {note}" for note in q.get("notes", [])]
-            if q.get("reverted_to_fp32"):
-                lines.append(f"  - returned to FP32 for the accuracy budget: "
-                             f"{', '.join(q['reverted_to_fp32'])}")
-            if q.get("layer_sqnr_worst"):
-                lines += ["", "  | worst layers: tensor | node | SQNR vs FP32 (dB) |",
-                          "  |---|---|---|"]
-                lines += [f"  | {r['tensor']} | {r['node']} | {r['sqnr_db']:.1f} |"
-                          for r in q["layer_sqnr_worst"]]
-                lines.append("")
-    budget = report.get("accuracy_budget")
-    if budget:
-        lines += ["", "## Accuracy budget", "",
-                  f"--max-accuracy-drop {budget['max_accuracy_drop']} (allowed drop "
-                  f"{budget['allowed_drop']:.4f} from FP32 {budget['fp32_value']:.4f}): "
-                  f"**{'met' if budget['met'] else 'NOT met'}**", ""]
-        for runtime, b in budget["runtimes"].items():
-            lines.append(f"- {runtime}: metric {b['value']:.4f}, drop {b['drop']:.4f}, "
-                         f"{'met' if b['met'] else 'not met'}; FP32 again: "
-                         f"{', '.join(b['reverted_to_fp32']) or 'none'}")
-    if report.get("warnings"):
-        lines += ["", "## Warnings", ""] + [f"- **{w}**" for w in report["warnings"]]
-    lines += ["", "## Versions", ""]
-    lines += [f"- {k}: {v}" for k, v in report["libraries"].items()]
-    return "\n".join(lines) + "\n"
-
-
-def pruning_lines(p: dict) -> list[str]:
-    """The pruning section: what was removed, what it cost, what the file holds."""
-    lines = ["", "## Pruning", "",
-             f"- mode {p['mode']}, ratio {p['ratio']:g}"
-             + (f", importance {p['importance']}" if p.get("importance") else "")
-             + (f"; kept whole: {', '.join(p['ignore'])}" if p.get("ignore") else ""),
-             f"- MACs {p['macs_before'] / 1e6:.1f} M -> {p['macs_after'] / 1e6:.1f} M "
-             f"({p['macs_ratio']:.3f}x); parameters {p['params_before'] / 1e6:.3f} M -> "
-             f"{p['params_after'] / 1e6:.3f} M ({p['params_ratio']:.3f}x)",
-             f"- {p['metric']}: {p['metric_before_finetune']:.4f} after pruning"
-             + (f", {p['metric_after_finetune']:.4f} after fine-tuning"
-                if "metric_after_finetune" in p else " (not fine-tuned)")]
-    lines += [f"- {note}" for note in p.get("notes", [])]
-    ft = p.get("finetune")
-    if ft:
-        lines += [f"- fine-tuning: {ft['mode']} on {ft['data']}; lr {ft['lr']:g}, weight decay "
-                  f"{ft['weight_decay']:g}, global batch {ft['global_batch']}, "
-                  f"{ft['world_size']} process(es)", "",
-                  "| epoch | loss | validation | seconds |", "|---|---|---|---|"]
-        lines += [f"| {e['epoch']} | {e['loss']:.4f} | {e['val_metric']:.4f} | "
-                  f"{e['seconds']:.1f} |" for e in ft["epochs"]]
-    art = p.get("artifact")
-    if art:
-        head = f"- in the exported FP32 ONNX: {art['zeros']:,} of {art['weights']:,} weights " \
-               f"are zero ({art['sparsity']:.2%})"
-        if "pruned_layers_sparsity" in art:
-            head += f"; {art['pruned_layers_sparsity']:.2%} over the {art['pruned_layers']} " \
-                    "pruned layers"
-        lines += ["", head, "", "| weight | shape | sparsity |", "|---|---|---|"]
-        lines += [f"| {r['tensor']} | {'x'.join(map(str, r['shape']))} | {r['sparsity']:.2%} |"
-                  for r in art["layers"]]
-    return lines
-
-
-def prune_markdown(report: dict) -> str:
-    lines = [f"# edgeopt prune: {report['input']['spec']}", ""]
-    lines += [f"- Evaluation: {report['data']['evaluation']}", ""]
-    lines += ["| file | size (KB) | zipped (KB) | metric |", "|---|---|---|---|"]
-    for a in report["artifacts"]:
-        acc = a.get("accuracy") or {}
-        zipped = a.get("size_zipped_bytes")
-        lines.append(f"| {a['path']} | {a['size_bytes'] / 1024:.0f} | "
-                     f"{_fmt(zipped and zipped / 1024, '.0f')} | {_fmt(acc.get('value'), '.4f')} |")
-    lines += pruning_lines(report["pruning"])
-    return "\n".join(lines) + "\n"
-
-
-def write(folder: Path, report: dict, markdown=None) -> list[str]:
-    """Write report.json and report.md into ``folder``; returns their names."""
-    write_json_atomic(folder / "report.json", report)
-    write_text_atomic(folder / "report.md", (markdown or to_markdown)(report))
-    return ["report.json", "report.md"]
+def write(folder: Path, report: Report, *, prune: bool = False) -> list[str]:
+    """Write report.json, report.md and recipe.yaml into ``folder``; returns their names."""
+    data = report.to_dict()
+    write_json_atomic(folder / "report.json", data)
+    write_text_atomic(folder / "report.md", (prune_markdown if prune else to_markdown)(data))
+    report.recipe.to_yaml(folder / "recipe.yaml")
+    return ["report.json", "report.md", "recipe.yaml"]

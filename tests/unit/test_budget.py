@@ -2,39 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from edgeopt.pipeline import Artifact, _within_budget
-from edgeopt.recipe import OptimizeConfig
+from edgeopt.backends import Artifact
+from edgeopt.budget import Budget, within_budget
 
 
-class _Steps:
-    def __init__(self) -> None:
-        self.warnings: list[str] = []
-
-    def warn(self, text: str) -> None:
-        self.warnings.append(text)
-
-
-def _search(metric: dict, ranking: list, allowed: float, **options):
+def _search(metric: dict, ranking: list, allowed: float, max_fp32_nodes=None):
     """Run the search with a fake quantizer whose metric is looked up by FP32 node set."""
-    built = []
+    built, warnings = [], []
 
-    def build(runtime, excluded):
+    def build(excluded):
         built.append(tuple(excluded))
-        art = Artifact("m.int8-ort.onnx", "onnx", "int8", runtime,
+        art = Artifact("m.int8.onnx", "onnx", "int8", "some-runtime",
                        quantization={"excluded_nodes": []})
         art.accuracy = {"key": tuple(excluded)}
         return art
 
-    budget = {"stopped": "every candidate node in FP32"}
-    art, value, excluded, _ = _within_budget(
-        "onnxruntime", OptimizeConfig(model="m.onnx", out=Path("out"), **options), allowed,
-        1.0, ranking, budget, build, lambda art: ranking,
-        lambda art: metric[art.accuracy["key"]], _Steps())
-    return built, value, excluded, budget
+    budget = Budget("x", 1.0, allowed, max_fp32_nodes)
+    outcome = within_budget("some-runtime", budget, build, lambda art: metric[art.accuracy["key"]],
+                            lambda art: ranking, warnings.append)
+    return built, outcome.value, outcome.reverted, budget
 
 
 def test_a_revert_that_does_not_help_is_undone_and_the_search_goes_on():
@@ -56,4 +44,4 @@ def test_max_fp32_nodes_stops_the_search():
     built, value, excluded, budget = _search(metric, [("a", "b")], allowed=0.01,
                                              max_fp32_nodes=1)
     assert built == [()] and excluded == [] and value == pytest.approx(0.80)
-    assert budget["stopped"] == "--max-fp32-nodes 1 reached"
+    assert budget.stopped == "--max-fp32-nodes 1 reached"

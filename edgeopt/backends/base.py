@@ -1,0 +1,119 @@
+"""What every backend provides, and the shapes the pipeline hands it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+LAYER_SQNR_ROWS = 10
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """An app-bundle target: which runtime's artifact it takes, in which format."""
+
+    runtime: str                  # a registered backend's runtime
+    model_format: str             # ort | onnx | openvino-ir
+    host_adapter: str             # runs the bundle here for its reference outputs
+    device_note: str
+
+
+@dataclass
+class Artifact:
+    """One file edgeopt made, before it is benchmarked on each device."""
+
+    file: str                   # final file name in OUT
+    format: str                 # onnx | openvino-ir | ...
+    precision: str              # fp32 | int8
+    runtime: str                # the backend that runs it
+    companions: tuple[str, ...] = ()    # e.g. the .bin of an .xml
+    accuracy: dict | None = None
+    quantization: dict | None = None
+    sensitivity: tuple = ()     # INT8: groups of its nodes, most damaged by quantization first
+
+
+@dataclass(frozen=True)
+class QuantJob:
+    """Everything a backend's quantizer reads: the FP32 export, the data, the settings."""
+
+    name: str                   # artifact stem
+    fp32_onnx: Path             # the parity-checked FP32 ONNX (staged)
+    prepared: Any               # edgeopt._source.Prepared: calibration samples, notes
+    config: Any                 # edgeopt.calibrate.quantize.QuantConfig
+    stats: Any                  # activation statistics of fp32_onnx over the calibration set
+    staging: Any                # edgeopt._outdir.Staging: where files are written
+    steps: Any                  # edgeopt._progress.Steps: progress and timing
+
+    def path(self, file: str) -> Path:
+        return self.staging.path(file)
+
+
+class Backend:
+    """One runtime, as the pipeline sees it. Subclasses set the class fields and implement
+    :meth:`artifact_files`, :meth:`quantize` and, where a conversion from ONNX is needed,
+    :meth:`build_fp32`."""
+
+    runtime: ClassVar[str]                      # "onnxruntime"
+    label: ClassVar[str]                        # "ONNX Runtime", for people
+    host_adapter: ClassVar[str]                 # adapter that evaluates on this host
+    format: ClassVar[str]                       # artifact format: onnx | openvino-ir
+    libraries: ClassVar[tuple[str, ...]] = ()   # distributions whose versions the report lists
+    emulation_adapter: ClassVar[str | None] = None  # runs the artifact under qemu (ARM)
+    supports_qat: ClassVar[bool] = False        # quantization-aware fine-tuning of its INT8
+    compiles_whole: ClassVar[bool] = False      # a device runs all of a model or none of it
+    package_targets: ClassVar[dict[str, TargetSpec]] = {}
+    bundle_adapters: ClassVar[dict[str, tuple[str, ...]]] = {}  # bundle format -> adapters
+
+    # ------------------------------------------------------------------ files
+    def artifact_files(self, name: str, precision: str) -> tuple[str, ...]:
+        """The files of ``name``'s artifact at ``precision``, main file first."""
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- evaluator
+    def adapter(self):
+        from edgeopt.runtimes import get_adapter
+
+        return get_adapter(self.host_adapter)
+
+    def available(self):
+        return self.adapter().available()
+
+    def load(self, model: Path):
+        """The artifact loaded on this host, ready to ``run(feeds)``."""
+        return self.adapter().load(model)
+
+    # ------------------------------------------------------------------ build
+    def build_fp32(self, name: str, fp32_onnx: Path, staging, steps,
+                   check_parity) -> tuple[Artifact, dict] | None:
+        """This runtime's FP32 artifact from the exported ONNX, staged, with the step's
+        record; None when the ONNX itself is the artifact. ``check_parity(step, path)``
+        compares the new file's outputs with the ONNX's and returns the parity record."""
+        return None
+
+    def quantize(self, job: QuantJob) -> Artifact:
+        """The INT8 artifact for ``job.config``, staged under its final name."""
+        raise NotImplementedError
+
+    def integer_kernels(self, artifact: Path) -> dict[str, int]:
+        """Integer kernels the runtime will run for the artifact, by op type ({}: unknown)."""
+        return {}
+
+    def sensitivity(self, art: Artifact, job: QuantJob) -> list[tuple[str, ...]]:
+        """Node groups of the FP32 graph, most damaged by quantization first."""
+        return list(art.sensitivity)
+
+
+def quant_record(result, job: QuantJob, integer_kernels: dict[str, int] | None = None) -> dict:
+    """The report's ``quantization`` block of an INT8 artifact."""
+    return {
+        "calibrator": job.config.calibrator,
+        "calibration": job.prepared.calib_note,
+        "excluded_nodes": list(result.excluded_nodes),
+        "notes": list(result.notes),
+        # the worst layers: SQNR of the quantized activation against FP32, in dB
+        **({"layer_sqnr_worst": list(result.layer_sqnr[:LAYER_SQNR_ROWS])}
+           if result.layer_sqnr else {}),
+        **({"integer_kernels": integer_kernels} if integer_kernels else {}),
+    }
+

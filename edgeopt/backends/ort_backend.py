@@ -1,0 +1,79 @@
+"""ONNX Runtime: the FP32 ONNX as exported, and a QDQ INT8 graph its CPU EP fuses into
+integer kernels (``edgeopt.calibrate.quantize``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from edgeopt.backends.base import Artifact, Backend, QuantJob, TargetSpec, quant_record
+
+_CPU_EP = ("ort-cpu", "ort-arm")
+
+
+class OrtBackend(Backend):
+    runtime = "onnxruntime"
+    label = "ONNX Runtime"
+    host_adapter = "ort-cpu"
+    format = "onnx"
+    libraries = ("onnxruntime",)
+    emulation_adapter = "ort-arm"
+    supports_qat = True
+    package_targets = {
+        "android": TargetSpec(runtime, "ort", "ort-cpu",
+                              "ONNX Runtime Mobile (onnxruntime-android) or a reduced build"),
+        "ios": TargetSpec(runtime, "ort", "ort-cpu",
+                          "ONNX Runtime Mobile (onnxruntime-objc / onnxruntime-c pods) or a "
+                          "reduced build"),
+        "linux-arm": TargetSpec(runtime, "onnx", "ort-cpu",
+                                "ONNX Runtime's CPU EP on aarch64 (pip install onnxruntime)"),
+    }
+    # The mobile/ARM models are for the CPU EP.
+    bundle_adapters = {"ort": _CPU_EP, "onnx": _CPU_EP}
+
+    def artifact_files(self, name: str, precision: str) -> tuple[str, ...]:
+        return (f"{name}.fp32.onnx",) if precision == "fp32" else (f"{name}.int8-ort.onnx",)
+
+    def quantize(self, job: QuantJob) -> Artifact:
+        from edgeopt.calibrate import quantize_onnx_for_ort
+        from edgeopt.calibrate.quantize import sensitivity_order
+
+        out = job.path(self.artifact_files(job.name, "int8")[0])
+        samples, note = _qat_data(job.prepared) if job.config.qat_epochs else (None, "")
+        with job.steps.step("quantize INT8 for ONNX Runtime") as update:
+            q = quantize_onnx_for_ort(job.fp32_onnx, out, job.prepared.calib, job.config, update,
+                                      stats=job.stats, qat_samples=samples, qat_note=note)
+        return Artifact(out.name, self.format, "int8", self.runtime,
+                        quantization=quant_record(q, job, q.integer_kernels),
+                        sensitivity=tuple(sensitivity_order(q.layer_sqnr)))
+
+    def integer_kernels(self, artifact: Path) -> dict[str, int]:
+        from edgeopt.calibrate.quantize import integer_kernel_counts
+
+        return integer_kernel_counts(artifact)
+
+    def sensitivity(self, art: Artifact, job: QuantJob) -> list[tuple[str, ...]]:
+        """From the per-layer SQNR of a QDQ graph with nothing excluded (a probe, removed)."""
+        from edgeopt.calibrate import quantize_onnx_for_ort
+        from edgeopt.calibrate.quantize import sensitivity_order
+
+        if art.sensitivity:
+            return list(art.sensitivity)
+        probe = job.path(".sensitivity-probe.onnx")
+        try:
+            q = quantize_onnx_for_ort(job.fp32_onnx, probe, job.prepared.calib,
+                                      replace(job.config, exclude_nodes=(), qat_epochs=0),
+                                      stats=job.stats)
+        finally:
+            probe.unlink(missing_ok=True)
+        return sensitivity_order(q.layer_sqnr)
+
+
+def _qat_data(prepared):
+    """A reference model's fine-tuning set (disjoint from its calibration and evaluation
+    sets), else the calibration samples."""
+    reference = prepared.reference
+    if reference is not None and reference.has_finetune_set:
+        inputs, _labels = reference.finetune_set()
+        return inputs, f"{prepared.source.spec}'s fine-tuning set"
+    return prepared.calib, "the calibration samples"

@@ -1,0 +1,53 @@
+"""OpenVINO: the ONNX export converted to IR, and NNCF's INT8 of the OpenVINO model with
+edgeopt's activation ranges (``edgeopt.calibrate.quantize_ov``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeopt.backends.base import Artifact, Backend, QuantJob, TargetSpec, quant_record
+
+
+class OvBackend(Backend):
+    runtime = "openvino"
+    label = "OpenVINO"
+    host_adapter = "ov-cpu"
+    format = "openvino-ir"
+    libraries = ("openvino", "nncf")
+    compiles_whole = True           # OpenVINO compiles a model for one device or not at all
+    package_targets = {"openvino": TargetSpec(runtime, "openvino-ir", "ov-cpu",
+                                              "OpenVINO runtime")}
+
+    def artifact_files(self, name: str, precision: str) -> tuple[str, ...]:
+        stem = f"{name}.fp32" if precision == "fp32" else f"{name}.int8-ov"
+        return f"{stem}.xml", f"{stem}.bin"
+
+    def build_fp32(self, name: str, fp32_onnx: Path, staging, steps, check_parity):
+        from edgeopt.convert import to_openvino_ir
+
+        xml, bin_ = self.artifact_files(name, "fp32")
+        step = "ONNX -> OpenVINO IR"
+        with steps.step(step):
+            to_openvino_ir(fp32_onnx, staging.path(xml))
+            parity = check_parity(step, staging.path(xml))
+        art = Artifact(xml, self.format, "fp32", self.runtime, companions=(bin_,))
+        return art, {"name": step, "parity": parity}
+
+    def quantize(self, job: QuantJob) -> Artifact:
+        from edgeopt.calibrate import quantize_for_openvino
+
+        xml, bin_ = self.artifact_files(job.name, "int8")
+        fp32_xml = job.path(self.artifact_files(job.name, "fp32")[0])
+        with job.steps.step("quantize INT8 for OpenVINO (NNCF)") as update:
+            q = quantize_for_openvino(fp32_xml, job.path(xml), job.prepared.calib, job.config,
+                                      update, stats=job.stats, fp32_onnx=job.fp32_onnx)
+        return Artifact(xml, self.format, "int8", self.runtime, companions=(bin_,),
+                        quantization=quant_record(q, job, getattr(q, "integer_kernels", None)))
+
+    def sensitivity(self, art: Artifact, job: QuantJob) -> list[tuple[str, ...]]:
+        """Borrowed from ONNX Runtime's QDQ probe: the IR's names derive from the ONNX nodes."""
+        from edgeopt.backends import get_backend
+
+        if art.sensitivity:
+            return list(art.sensitivity)
+        return get_backend("onnxruntime").sensitivity(Artifact("", "", "", ""), job)

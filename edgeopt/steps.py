@@ -1,0 +1,284 @@
+"""The pipeline's steps: small functions over one :class:`RunState`, each timed and shown.
+
+``optimize`` runs :data:`OPTIMIZE` top to bottom; ``prune`` runs the same ``reference``,
+``prune`` and ``export`` steps and :func:`evaluate_artifact`. A step names no runtime: it
+asks the backend registry (:mod:`edgeopt.backends`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeopt._outputs import run_all, stack_first, torch_outputs
+from edgeopt.backends import Artifact, QuantJob, get_backend, onnx_runner, runtime_names
+from edgeopt.budget import Budget, within_budget
+from edgeopt.recipe import Recipe
+
+__all__ = ["OPTIMIZE", "RunState", "benchmark", "calibrate", "convert", "evaluate",
+           "evaluate_artifact", "export", "prune", "quantize", "reference"]
+
+PARITY_SAMPLES = 8
+
+
+@dataclass
+class RunState:
+    """Everything a run has resolved and made so far."""
+
+    recipe: Recipe
+    progress: Any                              # edgeopt._progress.Steps
+    prepared: Any                              # edgeopt._source.Prepared
+    staging: Any                               # edgeopt._outdir.Staging
+    targets: list = field(default_factory=list)
+    finetune_data: Any = None
+    ref_outs: list | None = None               # the source model's outputs per eval sample
+    fp32_ref: np.ndarray | None = None         # their first outputs, stacked
+    module: Any = None                         # the nn.Module to export (pruned or not)
+    parity_ref: list | None = None             # what the export must reproduce
+    fp32_onnx: Path | None = None
+    stats: Any = None                          # activation statistics of fp32_onnx
+    pruning: Any = None                        # edgeopt._prune_step.PruneOutcome
+    budget: Budget | None = None
+    artifacts: list[Artifact] = field(default_factory=list)
+    records: list = field(default_factory=list)    # edgeopt.report.ArtifactRecord
+    step_records: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.prepared.name
+
+    @property
+    def parity_inputs(self) -> list[dict[str, np.ndarray]]:
+        return self.prepared.eval_inputs[:PARITY_SAMPLES]
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(n for n, _, _ in self.prepared.input_specs)
+
+    def warn(self, text: str) -> None:
+        self.progress.warn(text)
+        self.warnings.append(text)
+
+    def record_step(self, name: str, **extra) -> None:
+        self.step_records.append({"name": name, **extra})
+
+
+def reference(state: RunState) -> None:
+    """The source model's own outputs on the evaluation set: the FP32 reference."""
+    prepared, source = state.prepared, state.prepared.source
+    with state.progress.step("FP32 reference outputs") as update:
+        if source.is_torch:
+            outs = torch_outputs(source.module, state.input_names, prepared.eval_inputs, update)
+        else:
+            outs = run_all(onnx_runner().load(source.path), prepared.eval_inputs, update)
+    state.ref_outs, state.fp32_ref = outs, stack_first(outs)
+    state.module, state.parity_ref = source.module, outs[:PARITY_SAMPLES]
+
+
+def prune(state: RunState) -> None:
+    """Prune (and fine-tune) the PyTorch model. The metric stays against the unpruned FP32
+    outputs, so every artifact's figure includes what pruning cost."""
+    if state.recipe.prune is None:
+        return
+    from edgeopt._prune_step import run_prune
+
+    state.pruning = run_prune(state.recipe.prune, state.prepared, state.fp32_ref, state.progress,
+                              state.finetune_data)
+    state.module = state.pruning.module
+    state.parity_ref = torch_outputs(state.module, state.input_names, state.parity_inputs)
+
+
+def export(state: RunState, file: str | None = None) -> None:
+    """The FP32 ONNX: exported from PyTorch and checked, or a copy of the user's file
+    (never modified). It is the artifact of the backend that runs plain ONNX."""
+    from edgeopt.convert import export_onnx
+
+    source = state.prepared.source
+    path = state.staging.path(file or f"{state.name}.fp32.onnx")
+    if source.is_torch:
+        with state.progress.step("torch -> ONNX"):
+            result = export_onnx(state.module, source.example_inputs, path,
+                                 input_names=state.input_names,
+                                 output_names=state.prepared.output_names or None)
+            parity = _parity("torch -> ONNX", state.parity_ref, onnx_runner().load(path), state)
+        for note in result.warnings:
+            state.warn(note)
+        state.record_step("torch -> ONNX", exporter=result.exporter, opset=result.opset,
+                          parity=parity)
+    else:
+        with state.progress.step("copy ONNX"):
+            _copy_onnx(source.path, path)
+        state.record_step("copy ONNX")
+    state.fp32_onnx = path
+    runner = onnx_runner()
+    state.artifacts.append(Artifact(path.name, runner.format, "fp32", runner.runtime))
+
+
+def convert(state: RunState) -> None:
+    """Each runtime's FP32 artifact from the ONNX export, parity-checked against it."""
+    def check_parity(step: str, path: Path) -> dict:
+        reference = run_all(onnx_runner().load(state.fp32_onnx), state.parity_inputs)
+        return _parity(step, reference, backend.load(path), state)
+
+    for runtime in _runtimes(state):
+        backend = get_backend(runtime)
+        built = backend.build_fp32(state.name, state.fp32_onnx, state.staging, state.progress,
+                                   check_parity)
+        if built is not None:
+            art, record = built
+            state.artifacts.append(art)
+            state.record_step(**record)
+
+
+def calibrate(state: RunState) -> None:
+    """Activation statistics of the FP32 ONNX over the calibration set, in one pass."""
+    if not state.recipe.quant.enabled:
+        return
+    from edgeopt.calibrate.calibrators import compute_ranges, sqnr_gain_db
+    from edgeopt.calibrate.quantize import activation_stats
+
+    calib, calibrator = state.prepared.calib, state.recipe.quant.calibrator
+    with state.progress.step("calibration statistics") as update:
+        state.stats = activation_stats(state.fp32_onnx, calib, update)
+    gains = sqnr_gain_db(state.stats, compute_ranges(state.stats, calibrator))
+    state.record_step("calibration statistics", tensors=len(state.stats), samples=len(calib),
+                      calibrator=calibrator, **_gain_summary(gains))
+
+
+def quantize(state: RunState) -> None:
+    """INT8 per backend; with a budget, sensitive layers return to FP32 until it holds."""
+    quant = state.recipe.quant
+    if not quant.enabled:
+        return
+    prepared = state.prepared
+    fp32_value = prepared.score(state.fp32_ref, state.fp32_ref)
+    state.budget = Budget(quant.max_accuracy_drop, fp32_value, quant.allowed_drop(fp32_value),
+                          quant.max_fp32_nodes)
+    for runtime in _runtimes(state):
+        backend = get_backend(runtime)
+
+        def job(excluded: list[str]) -> QuantJob:
+            return QuantJob(state.name, state.fp32_onnx, prepared,
+                            _quant_config(quant, excluded), state.stats, state.staging,
+                            state.progress)
+
+        outcome = within_budget(
+            runtime, state.budget,
+            build=lambda excluded, b=backend, j=job: b.quantize(j(excluded)),
+            evaluate=lambda art: evaluate_artifact(state, art),
+            rank=lambda art, b=backend, j=job: b.sensitivity(art, j([])),
+            warn=state.progress.warn)
+        warning = state.budget.record(runtime, outcome.artifact, outcome.value, outcome.reverted)
+        if warning:
+            state.warn(warning)
+        state.artifacts.append(outcome.artifact)
+
+
+def evaluate(state: RunState) -> None:
+    """Accuracy of every artifact not yet measured, on its runtime, against the FP32 source."""
+    for art in state.artifacts:
+        if art.accuracy is None:
+            evaluate_artifact(state, art)
+
+
+def evaluate_artifact(state: RunState, art: Artifact) -> float:
+    """Run ``art`` on its backend over the evaluation set and score it; returns the metric."""
+    prepared = state.prepared
+    with state.progress.step(f"evaluate {art.file}") as update:
+        loaded = get_backend(art.runtime).load(state.staging.path(art.file))
+        outs = stack_first(run_all(loaded, prepared.eval_inputs, update))
+        value = prepared.score(outs, state.fp32_ref)
+        art.accuracy = {"metric": prepared.metric, "value": round(value, 6),
+                        "samples": len(prepared.eval_inputs),
+                        **prepared.extra_metrics(outs, state.fp32_ref)}
+    return value
+
+
+def benchmark(state: RunState) -> None:
+    """Each artifact on each device unit whose adapter runs its runtime."""
+    from edgeopt._bench_step import artifact_record, check_int8_speed
+    from edgeopt._measure import run_target
+
+    feeds = state.prepared.eval_inputs[0]
+    for target in state.targets:
+        for art in state.artifacts:
+            if art.runtime != target.runtime:
+                continue
+            record = artifact_record(art, state.staging, target)
+            with state.progress.step(f"benchmark {art.file} on {target.label}") as update:
+                row = run_target(target, state.staging.path(art.file), feeds, state.recipe.bench,
+                                 progress=update)
+            record.bench = row["bench"]
+            for key in ("unavailable", "unsupported_ops", "static_shapes"):
+                setattr(record, key, row.get(key))
+            if "unavailable" in row:
+                state.warnings.append(f"{target.label} via {target.adapter} is not present here "
+                                      f"({row['unavailable']}); its figure is "
+                                      f"{row['bench'].get('label')}")
+            state.records.append(record)
+    _untimed(state)
+    for text in check_int8_speed(state.records):
+        state.warn(text)
+
+
+OPTIMIZE = (reference, prune, export, convert, calibrate, quantize, evaluate, benchmark)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+def _untimed(state: RunState) -> None:
+    """Artifacts of a runtime that no named device runs: listed, never timed."""
+    from edgeopt._bench_step import artifact_record
+
+    timed = {t.runtime for t in state.targets}
+    for art in state.artifacts:
+        if art.runtime in state.recipe.runtimes and art.runtime not in timed:
+            record = artifact_record(art, state.staging, None)
+            record.bench = {"label": "unavailable", "reason": f"no adapter on "
+                            f"{', '.join(state.recipe.devices)} runs {art.runtime}"}
+            state.records.append(record)
+
+
+def _runtimes(state: RunState) -> list[str]:
+    return [r for r in runtime_names() if r in state.recipe.runtimes]
+
+
+def _parity(step: str, reference: list, loaded, state: RunState) -> dict:
+    from edgeopt.convert import check, compare
+
+    return check(compare(step, reference, run_all(loaded, state.parity_inputs))).to_dict()
+
+
+def _quant_config(quant, excluded: list[str]):
+    from edgeopt.calibrate.quantize import QuantConfig
+
+    return QuantConfig(calibrator=quant.calibrator, exclude_nodes=tuple(excluded),
+                       keep_first_fp32=quant.keep_first_fp32, fp32_stem=quant.fp32_stem,
+                       saturation_guard=quant.saturation_guard, qat_epochs=quant.qat_epochs)
+
+
+def _gain_summary(gains: dict[str, float]) -> dict:
+    """How the calibrator's ranges compare with min-max in calibration SQNR."""
+    if not gains:
+        return {}
+    values = np.array(list(gains.values()))
+    return {"sqnr_gain_vs_minmax_db": {"mean": round(float(values.mean()), 3),
+                                       "min": round(float(values.min()), 3),
+                                       "max": round(float(values.max()), 3),
+                                       "tensors_improved": int((values > 1e-9).sum()),
+                                       "tensors": int(values.size)}}
+
+
+def _copy_onnx(src: Path, dst: Path) -> None:
+    import onnx
+
+    proto = onnx.load(str(src))  # pulls external data in, so the copy stands alone
+    if proto.ByteSize() < 1_800_000_000:
+        onnx.save(proto, str(dst))
+    else:
+        shutil.copyfile(src, dst)
