@@ -5,14 +5,13 @@ gets the calibrator's range for its tensor (see quantize.py for the shared parts
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from edgeopt.calibrate.calibrators import QuantRange, compute_ranges
 from edgeopt.calibrate.errors import CalibrationError
-from edgeopt.calibrate.ov_names import canonical_names
 from edgeopt.calibrate.quantize import (
     Progress,
     QuantConfig,
@@ -217,10 +216,12 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
                           config: QuantConfig = QuantConfig(),  # noqa: B008 (frozen)
                           progress: Progress = None,
                           stats: dict[str, TensorStats] | None = None,
-                          fp32_onnx: Path | None = None) -> QuantResult:
+                          fp32_onnx: Path | None = None,
+                          before_save: Callable | None = None) -> QuantResult:
     """NNCF post-training INT8 quantization of the OpenVINO model, saved as IR, with the
     calibrator's activation ranges (statistics from ``stats``, or gathered on
-    ``fp32_onnx``, the ONNX model the IR was converted from: tensor names carry over)."""
+    ``fp32_onnx``, the ONNX model the IR was converted from: tensor names carry over).
+    ``before_save(model)`` runs on the quantized ``openvino.Model`` just before it is saved."""
     import logging
 
     import nncf
@@ -283,7 +284,8 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
             notes.append(f"AVX2 saturation guard: no same-sign int8 weight pair exceeds 128 "
                          f"(oneDNN's int16 accumulation without VNNI); {coarser} of "
                          f"{channels} output channels got a coarser weight scale for it")
-        canonical_names(quantized)
+        if before_save is not None:    # e.g. stable node names (edgeopt.convert)
+            before_save(quantized)
         ov.save_model(quantized, str(tmp), compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), out_xml.with_suffix(".bin"))
         os.replace(tmp, out_xml)

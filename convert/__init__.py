@@ -13,7 +13,7 @@ from edgeopt.convert.errors import (
     ParityError,
 )
 from edgeopt.convert.load import SourceModel, file_sha256, load_model, parse_input_shapes
-from edgeopt.convert.onnx_to_ir import to_openvino_ir
+from edgeopt.convert.onnx_to_ir import canonical_names, to_openvino_ir
 from edgeopt.convert.parity import Parity, check, compare
 from edgeopt.convert.torch_to_onnx import (
     ExportResult,
@@ -34,6 +34,7 @@ __all__ = [
     "ParityError",
     "SourceModel",
     "check",
+    "canonical_names",
     "check_inputs_fit",
     "compare",
     "export_onnx",

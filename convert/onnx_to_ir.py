@@ -1,4 +1,4 @@
-"""ONNX -> OpenVINO IR (.xml + .bin)."""
+"""ONNX -> OpenVINO IR (.xml + .bin), with stable node names."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def to_openvino_ir(onnx_path: Path, out_xml: Path, *, compress_to_fp16: bool = F
     tmp_xml = out_xml.with_name(f".{out_xml.stem}.{os.getpid()}.tmp.xml")
     try:
         model = ov.convert_model(str(onnx_path))
+        canonical_names(model)
         ov.save_model(model, str(tmp_xml), compress_to_fp16=compress_to_fp16)
     except Exception as e:
         for p in (tmp_xml, tmp_xml.with_suffix(".bin")):
@@ -29,3 +30,26 @@ def to_openvino_ir(onnx_path: Path, out_xml: Path, *, compress_to_fp16: bool = F
     os.replace(tmp_xml.with_suffix(".bin"), out_xml.with_suffix(".bin"))
     os.replace(tmp_xml, out_xml)
     return out_xml
+
+
+def canonical_names(model) -> int:
+    """OpenVINO names a node nobody named after a process-wide counter
+    (``Constant_60949``), and a folded constant keeps the counter name of the op it
+    replaced (``Reshape_101827``), so the same graph saved after a different number of
+    nodes were made elsewhere in the process gives other XML. Rename every constant and
+    every auto-named node after its topological index; returns how many were renamed.
+    Other names (from the ONNX graph, from NNCF) are kept: ignored scopes refer to them."""
+    ops = list(model.get_ordered_ops())
+    taken = {op.get_friendly_name() for op in ops}
+    renamed = 0
+    for index, op in enumerate(ops):
+        kind = op.get_type_name()
+        if kind != "Constant" and op.get_friendly_name() != op.get_name():
+            continue
+        name = f"{kind}_n{index}"
+        while name in taken:
+            name += "_"
+        op.set_friendly_name(name)
+        taken.add(name)
+        renamed += 1
+    return renamed

@@ -132,7 +132,10 @@ def _evaluator(source: BundleSource):
                       "runs can be re-evaluated), so palettization was not evaluated")
     from edgeopt.reference_models import get_reference
     reference = get_reference(spec[4:])
-    eval_set = reference.evaluation_set((report.get("recipe") or {}).get("eval_samples"))
+    recipe = report.get("recipe") or {}
+    # schema 1 held a flat config; schema 2 nests the data settings
+    eval_samples = (recipe.get("data") or recipe).get("eval_samples")
+    eval_set = reference.evaluation_set(eval_samples)
     ort = onnx_runner()
     fp32 = source.fp32_onnx
     if fp32 is None:

@@ -43,8 +43,12 @@ def read_report(run_dir: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         msg = f"{path}: not a readable report ({e})"
         raise UsageError(msg) from e
-    if report.get("schema_version") != 1 or not isinstance(report.get("artifacts"), list):
-        msg = f"{path}: report schema_version {report.get('schema_version')!r} is not 1"
+    from edgeopt.report import READABLE_SCHEMAS
+
+    if report.get("schema_version") not in READABLE_SCHEMAS or not isinstance(
+            report.get("artifacts"), list):
+        known = " or ".join(map(str, READABLE_SCHEMAS))
+        msg = f"{path}: report schema_version {report.get('schema_version')!r} is not {known}"
         raise UsageError(msg)
     return report
 

@@ -35,12 +35,14 @@ class OvBackend(Backend):
 
     def quantize(self, job: QuantJob) -> Artifact:
         from edgeopt.calibrate import quantize_for_openvino
+        from edgeopt.convert import canonical_names
 
         xml, bin_ = self.artifact_files(job.name, "int8")
         fp32_xml = job.path(self.artifact_files(job.name, "fp32")[0])
         with job.steps.step("quantize INT8 for OpenVINO (NNCF)") as update:
             q = quantize_for_openvino(fp32_xml, job.path(xml), job.prepared.calib, job.config,
-                                      update, stats=job.stats, fp32_onnx=job.fp32_onnx)
+                                      update, stats=job.stats, fp32_onnx=job.fp32_onnx,
+                                      before_save=canonical_names)
         return Artifact(xml, self.format, "int8", self.runtime, companions=(bin_,),
                         quantization=quant_record(q, job, getattr(q, "integer_kernels", None)))
 

@@ -211,7 +211,7 @@ def test_impossible_benchmark_protocol(run_cli, tiny_onnx, out):
 
 def test_unknown_calibrator_and_malformed_budget(run_cli, tiny_onnx, out):
     r = run_cli("optimize", tiny_onnx, "--out", out, "--calib", "random", "--calibrator", "best")
-    assert r.code == 2 and "unknown --calibrator best (known: mean-minmax" in r.err
+    assert r.code == 2 and "unknown --calibrator best (known: " in r.err
     r = run_cli("optimize", tiny_onnx, "--out", out, "--calib", "random",
                 "--max-accuracy-drop", "two%")
     assert r.code == 2 and "--max-accuracy-drop 'two%'" in r.err and len(r.err.strip().splitlines()) == 1

@@ -88,7 +88,7 @@ def test_prune_writes_onnx_weights_and_report(run_cli, out):
                    "--prune-ratio", "0.6", "--prune-ignore", "conv1")
     assert result.code == 0, result.err
     assert sorted(tree(out)) == ["digits-cnn.pruned.onnx", "digits-cnn.pruned.pth",
-                                 "report.json", "report.md"]
+                                 "recipe.yaml", "report.json", "report.md"]
     report = json.loads((out / "report.json").read_text())
     art = report["pruning"]["artifact"]
     layers = {r["tensor"]: r for r in art["layers"]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import yaml
+
 from conftest import sha256
 
 FAST = ("--bench-iterations", "3", "--bench-seconds", "0", "--bench-repeats", "1",
@@ -39,7 +40,7 @@ def test_flags_override_the_recipe(run_cli, tmp_path, tiny_onnx):
     assert run_cli("optimize", tiny_onnx, "--calib", "random", "--runtime", "onnxruntime",
                    "--out", a, *FAST).code == 0
     result = run_cli("optimize", "--recipe", a / "recipe.yaml", "--calibrator", "minmax",
-                     "--out", b, "--bench-repeats", "2")
+                     "--out", b, "--bench-repeats", "2", "--quiet")
     assert result.code == 0, result.err
     recipe = yaml.safe_load((b / "recipe.yaml").read_text())
     assert recipe["quant"]["calibrator"] == "minmax"

@@ -19,7 +19,7 @@ BENCH_KEYS = {"label", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv", "throughpu
 
 def check_report(out: Path, expected_metric: str) -> dict:
     report = json.loads((out / "report.json").read_text())
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2
     assert (out / "report.md").read_text().startswith("# edgeopt report")
     kinds = {(a["runtime"], a["precision"], a["format"]) for a in report["artifacts"]}
     assert kinds == {("onnxruntime", "fp32", "onnx"), ("onnxruntime", "int8", "onnx"),
