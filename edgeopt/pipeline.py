@@ -1,8 +1,12 @@
 """`edgeopt optimize`: model -> FP32 and INT8 artifacts per runtime, checked and measured.
 
-Every input is checked before anything is written; then the steps of
-:data:`edgeopt.steps.OPTIMIZE` run over one state, into a staging folder whose files land
-under their final names together with the report, or not at all.
+    load -> reference, prune, export, convert, calibrate, quantize, evaluate, benchmark
+         -> report -> package
+
+``load`` checks every input before anything is written; the steps of
+:data:`edgeopt.steps.OPTIMIZE` then run over one state, into a staging folder whose files
+land under their final names together with the report, or not at all; ``package`` makes
+the recipe's app bundles from the finished run folder.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from edgeopt.recipe import Recipe
 from edgeopt.report import Report
 from edgeopt.steps import OPTIMIZE, RunState
 
-__all__ = ["default_out", "optimize", "resolve_recipe"]
+__all__ = ["default_out", "load", "optimize", "package", "report", "resolve_recipe"]
 
 
 def resolve_recipe(model: str | Recipe | None = None, recipe: Recipe | None = None,
@@ -61,24 +65,25 @@ def optimize(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
     out = Path(out) if out is not None else default_out(recipe.model)
     progress = steps or Steps(quiet=True)
     started = time.time()
-    state = _check(recipe, out, progress)
+    state = load(recipe, out, progress)        # every input checked; nothing written yet
     staging = state.staging = Staging(out)
     try:
-        for step in OPTIMIZE:
+        for step in OPTIMIZE:                   # reference, prune, export, convert, ...
             step(state)
-        report = _report(state, started)
+        result = report(state, started)
         files = [f for art in state.artifacts for f in (art.file, *art.companions)]
-        files += reporting.write(staging.dir, report)
+        files += reporting.write(staging.dir, result)
         staging.commit(files)
     except BaseException:
         staging.abort()
         raise
-    _package(recipe, out, progress)
-    return report
+    package(recipe, out, progress)
+    return result
 
 
-def _check(recipe: Recipe, out: Path, progress: Steps) -> RunState:
-    """Everything the user gave, checked before any file is written."""
+def load(recipe: Recipe, out: Path, progress: Steps) -> RunState:
+    """The model and its data, loaded, and everything the user gave checked, before any
+    file is written."""
     from edgeopt._measure import target_availability
     from edgeopt._source import load_source, prepare
     from edgeopt._targets import resolve_targets
@@ -137,7 +142,8 @@ def _planned_files(name: str, recipe: Recipe) -> list[str]:
     return files + ["report.json", "report.md", "recipe.yaml"]
 
 
-def _report(state: RunState, started: float) -> Report:
+def report(state: RunState, started: float) -> Report:
+    """The run's typed report, from its state."""
     if state.pruning is not None:
         from edgeopt._prune_step import artifact_figures
 
@@ -155,7 +161,7 @@ def _report(state: RunState, started: float) -> Report:
                   duration_s=round(time.time() - started, 2))
 
 
-def _package(recipe: Recipe, out: Path, progress: Steps) -> None:
+def package(recipe: Recipe, out: Path, progress: Steps) -> None:
     """The app bundles the recipe asks for, from the run folder just written."""
     from edgeopt._source import artifact_stem
 

@@ -11,11 +11,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from edgeopt import pipeline
 from edgeopt import report as reporting
 from edgeopt._outdir import Staging, check_output_dir
 from edgeopt._progress import Steps
-from edgeopt.pipeline import default_out as _default_out
-from edgeopt.pipeline import resolve_recipe
 from edgeopt.recipe import Recipe
 from edgeopt.report import ArtifactRecord, Report
 from edgeopt.steps import RunState, evaluate_artifact, export, reference
@@ -28,7 +27,7 @@ LOAD_HINT = ("edgeopt.calibrate.pruning.load_pruned(build_model(), "
 
 
 def default_out(spec: str) -> Path:
-    return _default_out(spec, "-pruned")
+    return pipeline.default_out(spec, "-pruned")
 
 
 def prune(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
@@ -41,7 +40,7 @@ def prune(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
     from edgeopt.calibrate.pruning import check_prunable
     from edgeopt.errors import UsageError
 
-    recipe = resolve_recipe(model, recipe, **overrides)
+    recipe = pipeline.resolve_recipe(model, recipe, **overrides)
     if recipe.prune is None:
         msg = "prune needs --prune-mode (magnitude-global, channels, ...)"
         raise UsageError(msg)
