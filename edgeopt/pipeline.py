@@ -148,8 +148,8 @@ def _run(config, prepared: Prepared, targets, staging: Staging, steps: Steps,
          finetune_data=None) -> dict:
     from edgeopt.calibrate.calibrators import compute_ranges, sqnr_gain_db
     from edgeopt.calibrate.quantize import QuantConfig, activation_stats
-    from edgeopt.convert import check, compare, export_onnx, to_openvino_ir
-    from edgeopt.runtimes import get_adapter
+    from edgeopt.convert import export_onnx, to_openvino_ir
+    from edgeopt.runtimes import check, compare, get_adapter
 
     name = prepared.name
     source = prepared.source

@@ -64,9 +64,9 @@ def _write(config: OptimizeConfig, prepared, outcome, fp32_ref, steps: Steps,
 
     from edgeopt._prune_step import artifact_figures
     from edgeopt.calibrate.pruning import deflated_size
-    from edgeopt.convert import check, compare, export_onnx, file_sha256
+    from edgeopt.convert import export_onnx, file_sha256
     from edgeopt.pipeline import _run_all, _stack_first
-    from edgeopt.runtimes import get_adapter
+    from edgeopt.runtimes import check, compare, get_adapter
 
     name = prepared.name
     staging = Staging(config.out)

@@ -22,8 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from edgeopt.runtimes.base import first_line
-from edgeopt.runtimes.errors import AdapterUnavailable
+from edgeopt.runtimes.errors import AdapterUnavailable, first_line
 
 Progress = Callable[[str], None]
 

@@ -48,6 +48,7 @@ from edgeopt.runtimes._emulation_build import (  # noqa: F401
 )
 from edgeopt.runtimes.base import Availability
 from edgeopt.runtimes.bench import EMULATED_ENV
+from edgeopt.runtimes.compare import output_diff
 
 __all__ = ["EmulationError", "build_sysroot", "compare_outputs", "emulate", "run_in_chunks",
            "emulation_available", "sysroot_dir"]
@@ -310,18 +311,13 @@ def compare_outputs(host: dict[str, np.ndarray], guest: dict[str, np.ndarray],
             ok = False
             outputs.append(entry)
             continue
-        a, b = expected.astype(np.float64), got.astype(np.float64)
-        scale = max(float(np.abs(a).max(initial=0.0)), 1.0)
-        diff = float(np.abs(a - b).max(initial=0.0))
-        norms = float(np.linalg.norm(a) * np.linalg.norm(b))
-        entry.update(max_abs_diff=diff,
-                     cosine=float((a.ravel() @ b.ravel()) / norms) if norms else
-                     float(np.array_equal(a, b)),
-                     allowed_abs_diff=tolerance["max_abs_diff_rel"] * scale)
-        if a.ndim == 2 and np.issubdtype(expected.dtype, np.floating):
-            entry["top1_match"] = float(np.mean(a.argmax(1) == b.argmax(1)))
-        within = diff <= entry["allowed_abs_diff"] and bool(np.isfinite(b).all() ==
-                                                           np.isfinite(a).all())
+        diff = output_diff(expected, got)
+        entry.update(max_abs_diff=diff.max_abs_diff, cosine=diff.cosine,
+                     allowed_abs_diff=tolerance["max_abs_diff_rel"] * max(diff.peak_abs, 1.0))
+        if expected.ndim == 2 and np.issubdtype(expected.dtype, np.floating):
+            entry["top1_match"] = float(np.mean(expected.argmax(1) == got.argmax(1)))
+        # a non-finite value on either side makes the difference infinite: never within
+        within = diff.max_abs_diff <= entry["allowed_abs_diff"]
         need = tolerance["top1_match_min"]
         if need is not None and "top1_match" in entry:
             within = within and entry["top1_match"] >= need
