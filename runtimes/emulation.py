@@ -29,22 +29,22 @@ from pathlib import Path
 
 import numpy as np
 
-# _tree_hash, debian_mirror, find_package: re-exported, callers and tests know them from here.
+# debian_mirror, find_package, tree_hash: re-exported, callers and tests know them from here.
 from edgeopt.runtimes._emulation_build import (  # noqa: F401
     GUEST_PYTHON,
     GUEST_SITE,
     META,
     EmulationError,
     Progress,
-    _build_into,
-    _qemu,
-    _qemu_version,
-    _refresh_edgeopt,
-    _tree_hash,
+    build_into,
     cache_root,
     debian_mirror,
     find_package,
+    qemu_binary,
+    qemu_version,
+    refresh_edgeopt,
     sysroot_dir,
+    tree_hash,
 )
 from edgeopt.runtimes.base import Availability
 from edgeopt.runtimes.bench import EMULATED_ENV
@@ -97,7 +97,7 @@ def emulation_available() -> Availability:
 
 
 def _is_built(sysroot: Path) -> bool:
-    return (sysroot / META / "build.json").is_file() and _qemu(sysroot).is_file()
+    return (sysroot / META / "build.json").is_file() and qemu_binary(sysroot).is_file()
 
 
 # --- building --------------------------------------------------------------------------------
@@ -120,9 +120,9 @@ def build_sysroot(progress: Progress | None = None) -> Path:
     sysroot.parent.mkdir(parents=True, exist_ok=True)
     with _locked(exclusive=True):
         if not _is_built(sysroot):
-            _build_into(sysroot, say)
+            build_into(sysroot, say)
         _write_launcher(sysroot)
-        _refresh_edgeopt(sysroot, say)
+        refresh_edgeopt(sysroot, say)
     return sysroot
 
 
@@ -160,7 +160,7 @@ def guest_command(sysroot: Path, *args: str) -> list[str]:
     ``sys.executable`` (the benchmark's fresh process per repeat) would fail: argv[0] (-0)
     makes ``sys.executable`` a host shell launcher beside python3.11 that runs it under
     qemu again, with the same environment (QEMU_CPU, PYTHONPATH)."""
-    return [str(_qemu(sysroot)), "-L", str(sysroot), "-0", str(_launcher(sysroot)),
+    return [str(qemu_binary(sysroot)), "-L", str(sysroot), "-0", str(_launcher(sysroot)),
             str(sysroot / GUEST_PYTHON.lstrip("/")), *args]
 
 
@@ -250,7 +250,7 @@ def emulate(model: Path, feeds: dict[str, np.ndarray], qemu_cpu: str, adapter: s
             guest = {name: saved[name] for name in saved.files}
 
     result = {"label": "emulated", "qemu_cpu": qemu_cpu,
-              "qemu_version": _qemu_version(_qemu(sysroot)), "adapter": adapter,
+              "qemu_version": qemu_version(qemu_binary(sysroot)), "adapter": adapter,
               "guest_runtime_version": guest_runtime_version(sysroot, adapter),
               "precision": precision}
     result.update(compare_outputs(host, guest, precision))
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     size = sum(f.stat().st_size for f in sysroot.rglob("*") if f.is_file() and not f.is_symlink())
     sys.stderr.write(f"ready in {time.perf_counter() - start:.0f} s "
-                     f"({size / 1e6:.0f} MB, qemu {_qemu_version(_qemu(sysroot))})\n")
+                     f"({size / 1e6:.0f} MB, qemu {qemu_version(qemu_binary(sysroot))})\n")
     print(sysroot)
     return 0
 
