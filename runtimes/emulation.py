@@ -231,10 +231,23 @@ def emulate(model: Path, feeds: dict[str, np.ndarray], qemu_cpu: str, adapter: s
     loaded = get_adapter(host_adapter).load(model)
     host = dict(zip([o.name for o in loaded.outputs], run_in_chunks(loaded, feeds), strict=True))
 
+    say(f"running {model.name} on an emulated {qemu_cpu} (qemu-aarch64, {adapter})")
+    guest = _run_emulated(sysroot, model, feeds, qemu_cpu, adapter)
+    result = {"label": "emulated", "qemu_cpu": qemu_cpu,
+              "qemu_version": qemu_version(qemu_binary(sysroot)), "adapter": adapter,
+              "guest_runtime_version": guest_runtime_version(sysroot, adapter),
+              "precision": precision}
+    result.update(compare_outputs(host, guest, precision))
+    result["note"] = NOTE
+    return result
+
+
+def _run_emulated(sysroot: Path, model: Path, feeds: dict[str, np.ndarray], qemu_cpu: str,
+                  adapter: str) -> dict[str, np.ndarray]:
+    """``edgeopt run`` of ``model`` on ``feeds`` inside the sysroot: output name -> array."""
     with tempfile.TemporaryDirectory(prefix="edgeopt-emulate-") as tmp:
         inputs, out = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
         np.savez(inputs, **feeds)
-        say(f"running {model.name} on an emulated {qemu_cpu} (qemu-aarch64, {adapter})")
         try:
             done = run_guest(sysroot, qemu_cpu, "-m", "edgeopt", "run", str(model),
                              "--inputs", str(inputs), "--out", str(out), "--adapter", adapter)
@@ -247,15 +260,7 @@ def emulate(model: Path, feeds: dict[str, np.ndarray], qemu_cpu: str, adapter: s
             msg = f"{model.name} failed under qemu-aarch64 ({qemu_cpu}): {last}"
             raise EmulationError(msg)
         with np.load(out) as saved:
-            guest = {name: saved[name] for name in saved.files}
-
-    result = {"label": "emulated", "qemu_cpu": qemu_cpu,
-              "qemu_version": qemu_version(qemu_binary(sysroot)), "adapter": adapter,
-              "guest_runtime_version": guest_runtime_version(sysroot, adapter),
-              "precision": precision}
-    result.update(compare_outputs(host, guest, precision))
-    result["note"] = NOTE
-    return result
+            return {name: saved[name] for name in saved.files}
 
 
 def run_in_chunks(loaded, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
