@@ -7,10 +7,12 @@ and miscomputes int8), a Debian bookworm arm64 sysroot unpacked by ``mmdebstrap
 onnxruntime, numpy and pyyaml installed by the host's pip, plus the current edgeopt wheel
 (runtime-only: torch, onnx, nncf and rich do not import inside). The model then runs as
 ``qemu-aarch64 -L SYSROOT SYSROOT/usr/bin/python3.11 -m edgeopt run ...`` with
-``QEMU_CPU`` set to the device's core, and its outputs are compared with this machine's.
+``QEMU_CPU`` set to the device's core, and its outputs are compared with this machine's
+(:mod:`edgeopt.runtimes.compare`).
 
 What it proves is correctness on the device's instruction set (NEON, dotprod kernels),
-never speed: qemu runs 100-1000x slower than the device, so no latency is ever reported.
+never speed: qemu runs orders of magnitude slower than the device, so no latency is ever
+reported.
 
 Prebuild the cache with ``python -m edgeopt.runtimes.emulation build``. The build steps
 (download, mmdebstrap, wheels) are in :mod:`edgeopt.runtimes._emulation_build`.
@@ -58,15 +60,12 @@ NOTE = "correctness under emulation; timings under qemu are not the device's spe
 # Tolerances, relative to the output's scale (max |host output|, at least 1).
 #  fp32: ARM's and x86's float kernels differ only in summation order / FMA contraction,
 #        i.e. a few ulps of the accumulators; 1e-4 of the scale leaves room for that alone.
-#        Measured on digits-cnn FP32 (300 test digits, onnxruntime 1.32, qemu 10.0.13):
-#        max abs diff 3.8e-6 on logits of scale ~11.5 (allowed 1.2e-3), argmax all equal.
 #  int8: ONNX Runtime's aarch64 kernels (u8s8/s8s8, dotprod on cortex-a76/neoverse-n1,
 #        plain NEON on cortex-a72) may round an intermediate one step differently from
-#        x86's (AVX2/VNNI); a step is scale/127 of the tensor it lands in. Measured on
-#        digits-cnn INT8 (same 300 digits, all three cores): max abs diff 0.0, bit-exact.
-#        The tolerance still allows 2 output quantization steps (2/127 of the scale) so a
-#        single requantization rounding the other way in a deeper model passes, and demands
-#        equal argmax on every row: a rounding difference must never change a prediction.
+#        x86's (AVX2/VNNI); a step is scale/127 of the tensor it lands in. The tolerance
+#        allows 2 output quantization steps (2/127 of the scale) so a single requantization
+#        rounding the other way passes, and demands equal argmax on every row: a rounding
+#        difference must never change a prediction.
 TOLERANCES = {
     "fp32": {"max_abs_diff_rel": 1e-4, "top1_match_min": None},
     "int8": {"max_abs_diff_rel": 2 / 127, "top1_match_min": 1.0},
