@@ -5,8 +5,8 @@ from __future__ import annotations
 
 def first_line(error: BaseException | None) -> str:
     """The first line of an error's text (or its type's name), at most 300 characters:
-    enough for a one-line message. The one the core and edgeopt.calibrate use;
-    edgeopt.convert keeps its own (it may not import runtimes), which does not truncate."""
+    enough for a one-line message. The copy for every layer that may import runtimes (the
+    core, edgeopt.calibrate); edgeopt.convert keeps its own, which does not truncate."""
     if error is None:
         return "unknown error"
     text = str(error).strip()

@@ -48,10 +48,21 @@ def test_parity_error_text_and_root():
     assert caught.value.step == "torch -> ONNX" and caught.value.parity is parity
 
 
-def test_cli_reports_a_parity_break_as_the_users_error():
-    from edgeopt.errors import user_errors
+def test_cli_reports_a_parity_break_on_one_line_with_exit_2(monkeypatch, capsys):
+    from edgeopt import _run_cli, cli
 
-    assert issubclass(ParityError, user_errors())
+    parity = compare("torch -> ONNX", [[np.ones(3)]], [[-np.ones(3)]])
+
+    def broken(args):
+        check(parity)
+
+    monkeypatch.setattr(_run_cli, "run_model", broken)
+    code = cli.main(["run", "m.onnx", "--inputs", "in.npz", "--out", "out.npz"])
+    assert code == cli.EXIT_USER_ERROR == 2
+    assert capsys.readouterr().err == (
+        "edgeopt: error: torch -> ONNX broke parity: max abs diff 2 (limit 0.001), cosine "
+        "-1.000000 (limit 0.9999); the converted model computes something else than its "
+        "source\n")
 
 
 def test_limit_scales_with_output_magnitude(rng):
