@@ -1,6 +1,7 @@
-"""edgeopt.convert: load models, export PyTorch to ONNX, ONNX to OpenVINO IR, check parity.
+"""edgeopt.convert: load models, export PyTorch to ONNX, ONNX to OpenVINO IR and ORT format.
 
-Imports neither edgeopt.calibrate nor edgeopt.runtimes; heavy libraries load lazily.
+Imports neither edgeopt.calibrate nor edgeopt.runtimes; heavy libraries load lazily. The
+numerical parity of each step is checked by the caller with edgeopt.runtimes.compare.
 """
 
 from __future__ import annotations
@@ -10,14 +11,27 @@ from edgeopt.convert.errors import (
     ExportError,
     InputShapeError,
     ModelLoadError,
-    ParityError,
 )
+<<<<<<< HEAD
 from edgeopt.convert.load import SourceModel, file_sha256, load_model, parse_input_shapes
 from edgeopt.convert.onnx_to_ir import canonical_names, to_openvino_ir
 from edgeopt.convert.parity import Parity, check, compare
+=======
+from edgeopt.convert.load import (
+    FactoryError,
+    SourceModel,
+    call_factory,
+    file_sha256,
+    load_model,
+    parse_input_shapes,
+)
+from edgeopt.convert.onnx_to_ir import to_openvino_ir
+from edgeopt.convert.ort_format import OPS_CONFIG, to_ort, widen_4bit
+>>>>>>> rt
 from edgeopt.convert.torch_to_onnx import (
     ExportResult,
     check_inputs_fit,
+    default_input_names,
     export_onnx,
     fix_onnx_shapes,
     onnx_input_specs,
@@ -25,18 +39,22 @@ from edgeopt.convert.torch_to_onnx import (
 )
 
 __all__ = [
+    "OPS_CONFIG",
     "ConvertError",
     "ExportError",
     "ExportResult",
+    "FactoryError",
     "InputShapeError",
     "ModelLoadError",
-    "Parity",
-    "ParityError",
     "SourceModel",
+<<<<<<< HEAD
     "check",
     "canonical_names",
+=======
+    "call_factory",
+>>>>>>> rt
     "check_inputs_fit",
-    "compare",
+    "default_input_names",
     "export_onnx",
     "file_sha256",
     "fix_onnx_shapes",
@@ -45,4 +63,6 @@ __all__ = [
     "parse_input_shapes",
     "run_torch",
     "to_openvino_ir",
+    "to_ort",
+    "widen_4bit",
 ]

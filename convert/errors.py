@@ -4,7 +4,11 @@ from __future__ import annotations
 
 
 def first_line(error: BaseException | None) -> str:
-    """The first line of an error's text (or its type's name): enough for a one-line message."""
+    """The first line of an error's text (or its type's name): enough for a one-line message.
+
+    edgeopt.convert's own copy, because it may not import edgeopt.runtimes; every other
+    layer uses ``edgeopt.runtimes.first_line``, which also caps the line at 300 characters.
+    """
     if error is None:
         return "unknown error"
     text = str(error).strip()
@@ -38,16 +42,3 @@ class ExportError(ConvertError):
         self.problem = problem
         super().__init__(f"{step} failed: {problem}")
 
-
-class ParityError(ConvertError):
-    """A conversion step computes something other than its source."""
-
-    def __init__(self, step: str, parity) -> None:
-        self.step = step
-        self.parity = parity
-        super().__init__(
-            f"{step} broke parity: max abs diff {parity.max_abs_diff:.3g} "
-            f"(limit {parity.max_abs_limit:.3g}), cosine {parity.cosine:.6f} "
-            f"(limit {parity.cosine_limit}); the converted model computes something else "
-            f"than its source"
-        )

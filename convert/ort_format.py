@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.convert.errors import ExportError
+from edgeopt.convert.errors import ExportError, first_line
 
 OPS_CONFIG = "required_operators.config"
 
@@ -64,9 +64,8 @@ def to_ort(onnx_path: Path, work: Path, *, keep_constant_subgraphs: bool = False
         ort.InferenceSession(str(onnx_path), sess_options=options,
                              providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
     except Exception as e:
-        text = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         msg = f"ONNX -> ORT format conversion of {onnx_path.name}"
-        raise ExportError(msg, text) from e
+        raise ExportError(msg, first_line(e)[:300]) from e
     data = canonical_ort(out.read_bytes())
     out.write_bytes(data)
     config = work / OPS_CONFIG
@@ -91,20 +90,31 @@ def canonical_ort(data: bytes) -> bytes:
     content. The Model subtree is kept byte for byte; the session root and the table are
     rebuilt in front of it, sorted, so equal content gives equal bytes.
     """
-    import flatbuffers
-    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs import (
-        ArgTypeAndIndex,
-        InferenceSession,
-        KernelTypeStrArgsEntry,
-        KernelTypeStrResolver,
-        OpIdKernelTypeStrArgsEntry,
-    )
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs import InferenceSession
 
     session = InferenceSession.InferenceSession.GetRootAs(data, 0)
     model_pos = session.Model()._tab.Pos
     # The Model table's vtable sits just before it (or further on, if shared): both kept.
     vtable_pos = model_pos - struct.unpack_from("<i", data, model_pos)[0]
     tail = data[min(model_pos, vtable_pos):]
+    ops = _sorted_kernel_types(session)
+    b = _builder_ending_with(tail, ops)
+    resolver_offset = _write_kernel_types(b, ops)
+    version = b.CreateString(session.OrtVersion())
+    InferenceSession.Start(b)
+    InferenceSession.AddOrtVersion(b, version)
+    InferenceSession.AddModel(b, len(data) - model_pos)
+    InferenceSession.AddKernelTypeStrResolver(b, resolver_offset)
+    b.Finish(InferenceSession.End(b), file_identifier=bytes(data[4:8]))
+    return bytes(b.Output())
+
+
+# (op id, [(kernel type string, [(arg type, index), ...]), ...]), everything sorted
+_KernelTypes = list[tuple[bytes, list[tuple[bytes, list[tuple[int, int]]]]]]
+
+
+def _sorted_kernel_types(session) -> _KernelTypes:
+    """The session's kernel-type table as plain values, sorted at every level but the args."""
     resolver = session.KernelTypeStrResolver()
     ops = []
     for i in range(resolver.OpKernelTypeStrArgsLength() if resolver else 0):
@@ -117,21 +127,33 @@ def canonical_ort(data: bytes) -> bytes:
                            for a in range(k.ArgsLength())]))
         ops.append((entry.OpId(), sorted(kinds)))
     ops.sort()
+    return ops
+
+
+def _builder_ending_with(tail: bytes, ops: _KernelTypes):
+    """A flatbuffers Builder whose buffer already ends with ``tail``, with room for ``ops``.
+
+    The kept subtree goes at the end of the new buffer, at the same distance from the end
+    (flatbuffers align from the end), so its internal offsets and alignment still hold.
+    """
+    import flatbuffers
 
     b = flatbuffers.Builder(0)
-    # The kept subtree goes at the end of the new buffer, at the same distance from the end
-    # (flatbuffers align from the end), so its internal offsets and alignment still hold.
     b.Bytes = bytearray(len(tail) + 1024 + 256 * sum(1 + len(k) for _, k in ops))
     b.head = len(b.Bytes) - len(tail)
     b.Bytes[b.head:] = tail
     b.minalign = 8
-    model_offset = len(data) - model_pos
+    return b
 
-    def vector(start, offsets):
-        start(b, len(offsets))
-        for off in reversed(offsets):
-            b.PrependUOffsetTRelative(off)
-        return b.EndVector()
+
+def _write_kernel_types(b, ops: _KernelTypes) -> int:
+    """Write the KernelTypeStrResolver table for ``ops`` into ``b``; return its offset."""
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs import (
+        ArgTypeAndIndex,
+        KernelTypeStrArgsEntry,
+        KernelTypeStrResolver,
+        OpIdKernelTypeStrArgsEntry,
+    )
 
     op_offsets = []
     for op_id, kinds in ops:
@@ -143,26 +165,28 @@ def canonical_ort(data: bytes) -> bytes:
                 ArgTypeAndIndex.AddArgType(b, arg_type)
                 ArgTypeAndIndex.AddIndex(b, index)
                 arg_offsets.append(ArgTypeAndIndex.End(b))
-            args_vec = vector(KernelTypeStrArgsEntry.StartArgsVector, arg_offsets)
+            args_vec = _vector(b, KernelTypeStrArgsEntry.StartArgsVector, arg_offsets)
             kind_str = b.CreateString(kind)
             KernelTypeStrArgsEntry.Start(b)
             KernelTypeStrArgsEntry.AddKernelTypeStr(b, kind_str)
             KernelTypeStrArgsEntry.AddArgs(b, args_vec)
             kind_offsets.append(KernelTypeStrArgsEntry.End(b))
-        kinds_vec = vector(OpIdKernelTypeStrArgsEntry.StartKernelTypeStrArgsVector, kind_offsets)
+        kinds_vec = _vector(b, OpIdKernelTypeStrArgsEntry.StartKernelTypeStrArgsVector,
+                            kind_offsets)
         op_str = b.CreateString(op_id)
         OpIdKernelTypeStrArgsEntry.Start(b)
         OpIdKernelTypeStrArgsEntry.AddOpId(b, op_str)
         OpIdKernelTypeStrArgsEntry.AddKernelTypeStrArgs(b, kinds_vec)
         op_offsets.append(OpIdKernelTypeStrArgsEntry.End(b))
-    ops_vec = vector(KernelTypeStrResolver.StartOpKernelTypeStrArgsVector, op_offsets)
+    ops_vec = _vector(b, KernelTypeStrResolver.StartOpKernelTypeStrArgsVector, op_offsets)
     KernelTypeStrResolver.Start(b)
     KernelTypeStrResolver.AddOpKernelTypeStrArgs(b, ops_vec)
-    resolver_offset = KernelTypeStrResolver.End(b)
-    version = b.CreateString(session.OrtVersion())
-    InferenceSession.Start(b)
-    InferenceSession.AddOrtVersion(b, version)
-    InferenceSession.AddModel(b, model_offset)
-    InferenceSession.AddKernelTypeStrResolver(b, resolver_offset)
-    b.Finish(InferenceSession.End(b), file_identifier=bytes(data[4:8]))
-    return bytes(b.Output())
+    return KernelTypeStrResolver.End(b)
+
+
+def _vector(b, start, offsets: list[int]) -> int:
+    """A vector of table offsets, written back to front as flatbuffers wants."""
+    start(b, len(offsets))
+    for off in reversed(offsets):
+        b.PrependUOffsetTRelative(off)
+    return b.EndVector()

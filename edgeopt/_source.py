@@ -18,6 +18,7 @@ from edgeopt.convert import (
 )
 from edgeopt.errors import UsageError
 from edgeopt.recipe import Recipe
+from edgeopt.runtimes import row_cosines
 
 REF_PREFIX = "ref:"
 USER_EVAL_SAMPLES = 64
@@ -57,14 +58,7 @@ def mean_cosine(outputs: np.ndarray, reference: np.ndarray | None) -> float:
     if reference is None:
         msg = "output cosine needs the FP32 outputs"
         raise ValueError(msg)
-    a = outputs.reshape(len(outputs), -1).astype(np.float64)
-    b = reference.reshape(len(reference), -1).astype(np.float64)
-    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    norms = na * nb
-    # two zero vectors agree; a zero vector against a non-zero one does not
-    cos = np.where(norms > 0, (a * b).sum(axis=1) / np.maximum(norms, 1e-300),
-                   np.where((na == 0) & (nb == 0), 1.0, 0.0))
-    return float(cos.mean())
+    return float(row_cosines(reference, outputs).mean())
 
 
 def artifact_stem(spec: str) -> str:

@@ -116,7 +116,7 @@ def _targets(devices: tuple[str, ...], model: dict, out) -> list:
 
 def _verify_on(target, model_path: Path, manifest: dict, arrays: dict) -> dict:
     """Run the reference inputs on ``target``; raise _Failed on any difference."""
-    from edgeopt.runtimes import get_adapter
+    from edgeopt.runtimes import get_adapter, output_diff
     from edgeopt.runtimes.errors import RuntimeAdapterError
 
     name = model_path.name
@@ -152,10 +152,10 @@ def _verify_on(target, model_path: Path, manifest: dict, arrays: dict) -> dict:
                 msg = (f"{name} output '{row['name']}' has shape {list(got.shape)}, the "
                        f"reference {list(want.shape)} (sample {i})")
                 raise _Failed(msg)
-            diff, cosine = _compare(got, want)
-            if diff > row["max_abs_diff"]:
-                row["max_abs_diff"], row["worst_sample"] = diff, i
-            row["min_cosine"] = min(row["min_cosine"], cosine)
+            diff = output_diff(want, got)
+            if diff.max_abs_diff > row["max_abs_diff"]:
+                row["max_abs_diff"], row["worst_sample"] = diff.max_abs_diff, i
+            row["min_cosine"] = min(row["min_cosine"], diff.cosine)
     for row in rows:
         if not row["max_abs_diff"] <= row["allowed_max_abs_diff"] or \
                 not row["min_cosine"] >= row["allowed_min_cosine"]:
@@ -166,22 +166,6 @@ def _verify_on(target, model_path: Path, manifest: dict, arrays: dict) -> dict:
             raise _Failed(msg)
     return {"device": target.label, "adapter": target.adapter, "runtime": target.runtime,
             "samples": len(feeds_by_sample), "outputs": rows}
-
-
-def _compare(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
-    a = got.astype(np.float64).reshape(-1)
-    b = want.astype(np.float64).reshape(-1)
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return float("inf"), 0.0
-    diff = float(np.abs(a - b).max()) if a.size else 0.0
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 and nb == 0:
-        cosine = 1.0
-    elif na == 0 or nb == 0:
-        cosine = 0.0
-    else:
-        cosine = float(a @ b / (na * nb))
-    return diff, cosine
 
 
 def _check_signature(name: str, kind: str, specs, expected: list[dict]) -> None:

@@ -25,9 +25,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     Each sub-package keeps its own root (runtimes must import nothing of the project),
     so the CLI gathers them here instead of forcing one shared base class.
     """
-    from edgeopt.runtimes.errors import DeviceProfileError, RuntimeAdapterError
+    from edgeopt.runtimes.errors import ComparisonError, DeviceProfileError, RuntimeAdapterError
 
-    errors: list[type[BaseException]] = [EdgeoptError, RuntimeAdapterError, DeviceProfileError]
+    errors: list[type[BaseException]] = [EdgeoptError, RuntimeAdapterError, DeviceProfileError,
+                                         ComparisonError]
     try:
         from edgeopt.convert.errors import ConvertError
 

@@ -249,7 +249,7 @@ def _runtimes(state: RunState) -> list[str]:
 
 
 def _parity(step: str, reference: list, loaded, state: RunState) -> dict:
-    from edgeopt.convert import check, compare
+    from edgeopt.runtimes import check, compare
 
     return check(compare(step, reference, run_all(loaded, state.parity_inputs))).to_dict()
 

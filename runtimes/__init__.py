@@ -1,4 +1,4 @@
-"""edgeopt.runtimes: device profiles, runtime adapters, the benchmark protocol.
+"""edgeopt.runtimes: device profiles, runtime adapters, the benchmark protocol, output comparison.
 
 Imports nothing else of edgeopt and neither torch nor nncf, so `edgeopt bench` runs on a
 device that has only onnxruntime (or openvino), numpy and pyyaml.
@@ -9,17 +9,38 @@ from __future__ import annotations
 import importlib
 
 from edgeopt.runtimes.base import Availability, Loaded, RuntimeAdapter, TensorSpec
-from edgeopt.runtimes.bench import BenchProtocol, BenchResult
-from edgeopt.runtimes.devices import ComputeUnit, DeviceCatalog, DeviceProfile, load_devices
+from edgeopt.runtimes.bench import BenchProtocol, BenchResult, run_benchmark
+from edgeopt.runtimes.compare import (
+    OutputDiff,
+    Parity,
+    check,
+    compare,
+    cosine,
+    max_abs_diff,
+    output_diff,
+    peak_abs,
+    row_cosines,
+)
+from edgeopt.runtimes.devices import (
+    ComputeUnit,
+    DeviceCatalog,
+    DeviceProfile,
+    absent_reason,
+    load_devices,
+)
 from edgeopt.runtimes.errors import (
     AdapterUnavailable,
+    ComparisonError,
     DeviceProfileError,
     InvalidDeviceProfiles,
     InvalidProtocol,
     ModelLoadFailed,
+    ParityError,
     RuntimeAdapterError,
+    StaticShapesRequired,
     UnknownAdapter,
     UnknownDevice,
+    first_line,
 )
 
 # The one adapter registry, resolved lazily so importing this package imports no runtime.
@@ -41,6 +62,11 @@ ADAPTER_ALIASES = {
 
 
 def get_adapter(name: str) -> RuntimeAdapter:
+    """A new instance of the adapter registered as ``name`` (or an alias of it).
+
+    Raises:
+        UnknownAdapter: no adapter has that name.
+    """
     name = ADAPTER_ALIASES.get(name, (name,))[0]
     if name not in ADAPTERS:
         msg = f"unknown adapter '{name}' (known: {', '.join(ADAPTERS)})"
@@ -56,6 +82,7 @@ __all__ = [
     "Availability",
     "BenchProtocol",
     "BenchResult",
+    "ComparisonError",
     "ComputeUnit",
     "DeviceCatalog",
     "DeviceProfile",
@@ -64,11 +91,25 @@ __all__ = [
     "InvalidProtocol",
     "Loaded",
     "ModelLoadFailed",
+    "OutputDiff",
+    "Parity",
+    "ParityError",
     "RuntimeAdapter",
     "RuntimeAdapterError",
+    "StaticShapesRequired",
     "TensorSpec",
     "UnknownAdapter",
     "UnknownDevice",
+    "absent_reason",
+    "check",
+    "compare",
+    "cosine",
+    "first_line",
     "get_adapter",
     "load_devices",
+    "max_abs_diff",
+    "output_diff",
+    "peak_abs",
+    "row_cosines",
+    "run_benchmark",
 ]

@@ -22,8 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from edgeopt.runtimes.base import first_line
-from edgeopt.runtimes.errors import AdapterUnavailable
+from edgeopt.runtimes.errors import AdapterUnavailable, first_line
 
 Progress = Callable[[str], None]
 
@@ -56,7 +55,8 @@ def sysroot_dir() -> Path:
     return cache_root() / "arm64-sysroot"
 
 
-def _qemu(sysroot: Path) -> Path:
+def qemu_binary(sysroot: Path) -> Path:
+    """Where the sysroot keeps its static qemu-aarch64."""
     return sysroot / META / "qemu-aarch64"
 
 
@@ -137,7 +137,8 @@ def find_package(index_text: str, package: str) -> dict[str, str]:
 
 # --- building: the steps build_sysroot runs under the cache's exclusive lock ---------------
 
-def _build_into(sysroot: Path, say: Progress) -> None:
+def build_into(sysroot: Path, say: Progress) -> None:
+    """Build a fresh sysroot at ``sysroot`` (the caller holds the cache's exclusive lock)."""
     # Built in a sibling temp folder and renamed: an interrupted build leaves no cache. Under
     # the exclusive lock, any other staging folder or incomplete sysroot is a killed build's.
     for stale in [*sysroot.parent.glob(".arm64-sysroot-*"), sysroot]:
@@ -163,7 +164,7 @@ def _build_base(root: Path, say: Progress) -> None:
     _pip_install(root / GUEST_SITE.lstrip("/"), _runtime_requirements())
     (meta / "build.json").write_text(json.dumps(
         {"mirror": mirror, "guest_suite": GUEST_SUITE, "qemu_deb": qemu_deb,
-         "qemu_version": _qemu_version(_qemu(root)), "built": time.strftime("%Y-%m-%d %H:%M:%S")},
+         "qemu_version": qemu_version(qemu_binary(root)), "built": time.strftime("%Y-%m-%d %H:%M:%S")},
         indent=2))
 
 
@@ -190,7 +191,7 @@ def _fetch_qemu_user(mirror: str, root: Path, say: Progress) -> str:
         if not binary.is_file():
             msg = f"{entry['Filename']} has no usr/bin/qemu-aarch64"
             raise EmulationError(msg)
-        shutil.copy2(binary, _qemu(root))
+        shutil.copy2(binary, qemu_binary(root))
     return entry["Filename"]
 
 
@@ -239,7 +240,8 @@ def _edgeopt_source() -> tuple[Path, bool]:
     return package, False
 
 
-def _tree_hash(root: Path) -> str:
+def tree_hash(root: Path) -> str:
+    """SHA-256 of the source files under ``root`` (names and contents; build output skipped)."""
     digest = hashlib.sha256()
     for path in sorted(_source_files(root)):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
@@ -265,11 +267,11 @@ def _copy_ignore(folder: str, names: list[str]) -> set[str]:
             if _skipped(n, _SKIP_DIRS if os.path.isdir(os.path.join(folder, n)) else _SKIP_FILES)}
 
 
-def _refresh_edgeopt(sysroot: Path, say: Progress) -> None:
+def refresh_edgeopt(sysroot: Path, say: Progress) -> None:
     """Install the current edgeopt into the sysroot unless the one there is the same code."""
     source, is_project = _edgeopt_source()
     version = getattr(sys.modules.get("edgeopt"), "__version__", "?")
-    stamp = f"{version}:{_tree_hash(source)}"
+    stamp = f"{version}:{tree_hash(source)}"
     stamp_file = sysroot / META / "edgeopt.stamp"
     if stamp_file.is_file() and stamp_file.read_text() == stamp:
         return
@@ -330,7 +332,8 @@ def _run(command: list[str], what: str, *, timeout: float = 600,
     return done
 
 
-def _qemu_version(qemu: Path) -> str:
+def qemu_version(qemu: Path) -> str:
+    """The version ``qemu --version`` prints (e.g. 10.0.13), or its first line."""
     out = _run([str(qemu), "--version"], "qemu-aarch64 --version").stdout
     match = re.search(r"version (\S+)", out)
     return match.group(1) if match else out.strip().splitlines()[0]

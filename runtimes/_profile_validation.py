@@ -184,6 +184,30 @@ def _unit(raw, path: str, problems: list[str], adapters: set[str],
         problems.append(f"{path}: expected a mapping")
         return None
     before = len(problems)
+    _check_unit_keys(raw, path, problems)
+    canonical = _check_adapters(raw, path, problems, adapters, aliases)
+    precisions = _check_precisions(raw, path, problems)
+    arch = _unit_arch(raw, canonical)
+    _check_placement(raw, path, problems, canonical, raw.get("kind"), arch)
+    supported = _check_support(raw, path, problems)
+    _check_unit_facts(raw, path, problems)
+    clusters = _unit_clusters(raw, path, problems)
+    peak, bandwidth = _unit_figures(raw, path, problems)
+    if len(problems) > before:
+        return None
+    text = {k: raw[k].strip() for k in _TEXT_KEYS if k in raw}
+    return ComputeUnit(
+        id=str(raw["id"]), kind=raw["kind"], adapters=tuple(raw["adapters"]),
+        precisions=tuple(precisions), cores=raw.get("cores"),
+        clock_ghz=raw.get("clock_ghz"), isa=tuple(raw.get("isa", ())), peak_gops=peak,
+        memory_gb=raw.get("memory_gb"), bandwidth_gbs=bandwidth, qemu_cpu=raw.get("qemu_cpu"),
+        arch=raw.get("arch") or (arch if "adapters" in raw else None), clusters=clusters,
+        memory_shared=raw.get("memory_shared", False), supported=supported, **text,
+    )
+
+
+def _check_unit_keys(raw: dict, path: str, problems: list[str]) -> None:
+    """Unknown and missing keys; ``kind`` and ``arch`` among the known values."""
     for key in sorted(set(raw) - UNIT_KEYS, key=str):
         problems.append(f"{path}.{key}: unknown key (known: {', '.join(sorted(UNIT_KEYS))})")
     for key in ("id", "kind", "adapters", "precisions"):
@@ -194,18 +218,22 @@ def _unit(raw, path: str, problems: list[str], adapters: set[str],
         problems.append(f"{path}.kind: {kind!r} is not one of {', '.join(KINDS)}")
     if "arch" in raw and raw["arch"] not in ARCHS:
         problems.append(f"{path}.arch: {raw['arch']!r} is not one of {', '.join(ARCHS)}")
-    canonical = _check_adapters(raw, path, problems, adapters, aliases)
+
+
+def _check_precisions(raw: dict, path: str, problems: list[str]) -> list:
     precisions = raw.get("precisions", [])
     if not isinstance(precisions, list):
         problems.append(f"{path}.precisions: expected a list")
-    else:
-        for i, v in enumerate(precisions):
-            if v not in PRECISIONS:
-                problems.append(f"{path}.precisions[{i}]: {v!r} is not one of "
-                                f"{', '.join(PRECISIONS)}")
-    arch = _unit_arch(raw, canonical)
-    _check_placement(raw, path, problems, canonical, kind, arch)
-    supported = _check_support(raw, path, problems)
+        return precisions
+    for i, v in enumerate(precisions):
+        if v not in PRECISIONS:
+            problems.append(f"{path}.precisions[{i}]: {v!r} is not one of "
+                            f"{', '.join(PRECISIONS)}")
+    return precisions
+
+
+def _check_unit_facts(raw: dict, path: str, problems: list[str]) -> None:
+    """Core count, clock and memory size, the free-text keys, memory_shared."""
     if "cores" in raw and (not isinstance(raw["cores"], int) or isinstance(raw["cores"], bool)
                            or raw["cores"] < 1):
         problems.append(f"{path}.cores: {raw['cores']!r} is not a positive integer")
@@ -217,13 +245,24 @@ def _unit(raw, path: str, problems: list[str], adapters: set[str],
             problems.append(f"{path}.{key}: expected non-empty text")
     if "memory_shared" in raw and not isinstance(raw["memory_shared"], bool):
         problems.append(f"{path}.memory_shared: {raw['memory_shared']!r} is not true or false")
-    clusters = _clusters(raw["clusters"], f"{path}.clusters", problems) \
-        if "clusters" in raw else ()
+
+
+def _unit_clusters(raw: dict, path: str, problems: list[str]) -> tuple[CoreCluster, ...]:
+    """The unit's core clusters (none when not given); their counts add up to ``cores``."""
+    if "clusters" not in raw:
+        return ()
+    clusters = _clusters(raw["clusters"], f"{path}.clusters", problems)
     if clusters and isinstance(raw.get("cores"), int):
         total = sum(c.count for c in clusters)
         if total != raw["cores"]:
             problems.append(f"{path}.clusters: counts add up to {total}, not cores "
                             f"({raw['cores']})")
+    return clusters
+
+
+def _unit_figures(raw: dict, path: str, problems: list[str]
+                  ) -> tuple[dict[str, Figure], Figure | None]:
+    """Peak throughput per precision, and memory bandwidth, each with its source."""
     peak = {}
     if "peak_gops" in raw:
         if not isinstance(raw["peak_gops"], dict):
@@ -237,17 +276,7 @@ def _unit(raw, path: str, problems: list[str], adapters: set[str],
                     peak[prec] = f
     bandwidth = _figure(raw["bandwidth_gbs"], f"{path}.bandwidth_gbs", problems) \
         if "bandwidth_gbs" in raw else None
-    if len(problems) > before:
-        return None
-    text = {k: raw[k].strip() for k in _TEXT_KEYS if k in raw}
-    return ComputeUnit(
-        id=str(raw["id"]), kind=kind, adapters=tuple(raw["adapters"]),
-        precisions=tuple(precisions), cores=raw.get("cores"),
-        clock_ghz=raw.get("clock_ghz"), isa=tuple(raw.get("isa", ())), peak_gops=peak,
-        memory_gb=raw.get("memory_gb"), bandwidth_gbs=bandwidth, qemu_cpu=raw.get("qemu_cpu"),
-        arch=raw.get("arch") or (arch if "adapters" in raw else None), clusters=clusters,
-        memory_shared=raw.get("memory_shared", False), supported=supported, **text,
-    )
+    return peak, bandwidth
 
 
 def parse_profiles(data, source: str, adapters: set[str],
@@ -259,9 +288,25 @@ def parse_profiles(data, source: str, adapters: set[str],
         source: the file's name, for messages.
         adapters: the registered adapter names.
         aliases: other accepted adapter names -> the registered name they stand for.
+
+    Raises:
+        InvalidDeviceProfiles: every problem found, each with its key path.
     """
     aliases = aliases or {}
     problems: list[str] = []
+    devices = _devices(data, source, problems)
+    profiles = {}
+    for device_id, raw in devices.items():
+        profile = _profile(device_id, raw, problems, adapters, aliases)
+        if profile is not None:
+            profiles[device_id] = _fill_host(profile) if profile.host else profile
+    if problems:
+        raise InvalidDeviceProfiles(source, problems)
+    return profiles
+
+
+def _devices(data, source: str, problems: list[str]) -> dict:
+    """The document's ``devices`` mapping; raises at once when there is none to check."""
     if not isinstance(data, dict):
         raise InvalidDeviceProfiles(source, ["top level: expected a mapping"])
     if data.get("schema_version") != 1:
@@ -270,51 +315,61 @@ def parse_profiles(data, source: str, adapters: set[str],
     if not isinstance(devices, dict) or not devices:
         problems.append("devices: expected a non-empty mapping of id to profile")
         raise InvalidDeviceProfiles(source, problems)
-    profiles = {}
-    for device_id, raw in devices.items():
-        if not isinstance(raw, dict):
-            problems.append(f"{device_id}: expected a mapping")
+    return devices
+
+
+def _profile(device_id, raw, problems: list[str], adapters: set[str],
+             aliases: dict[str, str]) -> DeviceProfile | None:
+    """One device's profile, or None when it has problems (added to ``problems``)."""
+    if not isinstance(raw, dict):
+        problems.append(f"{device_id}: expected a mapping")
+        return None
+    before = len(problems)
+    for key in sorted(set(raw) - PROFILE_KEYS, key=str):
+        problems.append(f"{device_id}.{key}: unknown key "
+                        f"(known: {', '.join(sorted(PROFILE_KEYS))})")
+    if "name" not in raw:
+        problems.append(f"{device_id}.name: missing")
+    units = _units(device_id, raw.get("units"), problems, adapters, aliases)
+    if len(problems) > before:
+        return None
+    match = _match_patterns(device_id, raw.get("match", []), problems)
+    if len(problems) > before:
+        return None
+    return DeviceProfile(id=str(device_id), name=str(raw["name"]), units=tuple(units),
+                         vendor=raw.get("vendor"), source=raw.get("source"),
+                         host=bool(raw.get("host", False)), note=raw.get("note"),
+                         match=tuple(match))
+
+
+def _units(device_id, units_raw, problems: list[str], adapters: set[str],
+           aliases: dict[str, str]) -> list[ComputeUnit]:
+    if not isinstance(units_raw, list) or not units_raw:
+        problems.append(f"{device_id}.units: expected a non-empty list")
+        return []
+    units, seen = [], set()
+    for i, u in enumerate(units_raw):
+        unit = _unit(u, f"{device_id}.units[{i}]", problems, adapters, aliases)
+        if unit is None:
             continue
-        before = len(problems)
-        for key in sorted(set(raw) - PROFILE_KEYS, key=str):
-            problems.append(f"{device_id}.{key}: unknown key "
-                            f"(known: {', '.join(sorted(PROFILE_KEYS))})")
-        if "name" not in raw:
-            problems.append(f"{device_id}.name: missing")
-        units_raw = raw.get("units")
-        units = []
-        if not isinstance(units_raw, list) or not units_raw:
-            problems.append(f"{device_id}.units: expected a non-empty list")
-        else:
-            seen = set()
-            for i, u in enumerate(units_raw):
-                unit = _unit(u, f"{device_id}.units[{i}]", problems, adapters, aliases)
-                if unit is None:
-                    continue
-                if unit.id in seen:
-                    problems.append(f"{device_id}.units[{i}].id: duplicate unit id {unit.id!r}")
-                seen.add(unit.id)
-                units.append(unit)
-        if len(problems) > before:
-            continue
-        match = raw.get("match", [])
-        if isinstance(match, str):
-            match = [match]
-        for i, pattern in enumerate(match if isinstance(match, list) else [None]):
-            try:
-                re.compile(pattern)
-            except (re.error, TypeError):
-                problems.append(f"{device_id}.match[{i}]: {pattern!r} is not a regular expression")
-        if len(problems) > before:
-            continue
-        profile = DeviceProfile(id=str(device_id), name=str(raw["name"]), units=tuple(units),
-                                vendor=raw.get("vendor"), source=raw.get("source"),
-                                host=bool(raw.get("host", False)), note=raw.get("note"),
-                                match=tuple(match))
-        profiles[device_id] = _fill_host(profile) if profile.host else profile
-    if problems:
-        raise InvalidDeviceProfiles(source, problems)
-    return profiles
+        if unit.id in seen:
+            problems.append(f"{device_id}.units[{i}].id: duplicate unit id {unit.id!r}")
+        seen.add(unit.id)
+        units.append(unit)
+    return units
+
+
+def _match_patterns(device_id, match, problems: list[str]):
+    """``match``: one regular expression or a list (the device is this machine when one
+    matches its identity)."""
+    if isinstance(match, str):
+        match = [match]
+    for i, pattern in enumerate(match if isinstance(match, list) else [None]):
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError):
+            problems.append(f"{device_id}.match[{i}]: {pattern!r} is not a regular expression")
+    return match
 
 
 def _fill_host(profile: DeviceProfile) -> DeviceProfile:

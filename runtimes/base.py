@@ -43,8 +43,3 @@ class RuntimeAdapter(Protocol):
     def load(self, model: Path, unit=None, threads: int | None = None,
              shapes: dict | None = None) -> Loaded: ...
     def unsupported_ops(self, model: Path, shapes: dict | None = None) -> list[str]: ...
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__

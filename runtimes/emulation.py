@@ -7,10 +7,12 @@ and miscomputes int8), a Debian bookworm arm64 sysroot unpacked by ``mmdebstrap
 onnxruntime, numpy and pyyaml installed by the host's pip, plus the current edgeopt wheel
 (runtime-only: torch, onnx, nncf and rich do not import inside). The model then runs as
 ``qemu-aarch64 -L SYSROOT SYSROOT/usr/bin/python3.11 -m edgeopt run ...`` with
-``QEMU_CPU`` set to the device's core, and its outputs are compared with this machine's.
+``QEMU_CPU`` set to the device's core, and its outputs are compared with this machine's
+(:mod:`edgeopt.runtimes.compare`).
 
 What it proves is correctness on the device's instruction set (NEON, dotprod kernels),
-never speed: qemu runs 100-1000x slower than the device, so no latency is ever reported.
+never speed: qemu runs orders of magnitude slower than the device, so no latency is ever
+reported.
 
 Prebuild the cache with ``python -m edgeopt.runtimes.emulation build``. The build steps
 (download, mmdebstrap, wheels) are in :mod:`edgeopt.runtimes._emulation_build`.
@@ -29,25 +31,26 @@ from pathlib import Path
 
 import numpy as np
 
-# _tree_hash, debian_mirror, find_package: re-exported, callers and tests know them from here.
+# debian_mirror, find_package, tree_hash: re-exported, callers and tests know them from here.
 from edgeopt.runtimes._emulation_build import (  # noqa: F401
     GUEST_PYTHON,
     GUEST_SITE,
     META,
     EmulationError,
     Progress,
-    _build_into,
-    _qemu,
-    _qemu_version,
-    _refresh_edgeopt,
-    _tree_hash,
+    build_into,
     cache_root,
     debian_mirror,
     find_package,
+    qemu_binary,
+    qemu_version,
+    refresh_edgeopt,
     sysroot_dir,
+    tree_hash,
 )
 from edgeopt.runtimes.base import Availability
 from edgeopt.runtimes.bench import EMULATED_ENV
+from edgeopt.runtimes.compare import output_diff
 
 __all__ = ["EmulationError", "build_sysroot", "compare_outputs", "emulate", "run_in_chunks",
            "emulation_available", "sysroot_dir"]
@@ -57,15 +60,12 @@ NOTE = "correctness under emulation; timings under qemu are not the device's spe
 # Tolerances, relative to the output's scale (max |host output|, at least 1).
 #  fp32: ARM's and x86's float kernels differ only in summation order / FMA contraction,
 #        i.e. a few ulps of the accumulators; 1e-4 of the scale leaves room for that alone.
-#        Measured on digits-cnn FP32 (300 test digits, onnxruntime 1.32, qemu 10.0.13):
-#        max abs diff 3.8e-6 on logits of scale ~11.5 (allowed 1.2e-3), argmax all equal.
 #  int8: ONNX Runtime's aarch64 kernels (u8s8/s8s8, dotprod on cortex-a76/neoverse-n1,
 #        plain NEON on cortex-a72) may round an intermediate one step differently from
-#        x86's (AVX2/VNNI); a step is scale/127 of the tensor it lands in. Measured on
-#        digits-cnn INT8 (same 300 digits, all three cores): max abs diff 0.0, bit-exact.
-#        The tolerance still allows 2 output quantization steps (2/127 of the scale) so a
-#        single requantization rounding the other way in a deeper model passes, and demands
-#        equal argmax on every row: a rounding difference must never change a prediction.
+#        x86's (AVX2/VNNI); a step is scale/127 of the tensor it lands in. The tolerance
+#        allows 2 output quantization steps (2/127 of the scale) so a single requantization
+#        rounding the other way passes, and demands equal argmax on every row: a rounding
+#        difference must never change a prediction.
 TOLERANCES = {
     "fp32": {"max_abs_diff_rel": 1e-4, "top1_match_min": None},
     "int8": {"max_abs_diff_rel": 2 / 127, "top1_match_min": 1.0},
@@ -96,7 +96,7 @@ def emulation_available() -> Availability:
 
 
 def _is_built(sysroot: Path) -> bool:
-    return (sysroot / META / "build.json").is_file() and _qemu(sysroot).is_file()
+    return (sysroot / META / "build.json").is_file() and qemu_binary(sysroot).is_file()
 
 
 # --- building --------------------------------------------------------------------------------
@@ -119,9 +119,9 @@ def build_sysroot(progress: Progress | None = None) -> Path:
     sysroot.parent.mkdir(parents=True, exist_ok=True)
     with _locked(exclusive=True):
         if not _is_built(sysroot):
-            _build_into(sysroot, say)
+            build_into(sysroot, say)
         _write_launcher(sysroot)
-        _refresh_edgeopt(sysroot, say)
+        refresh_edgeopt(sysroot, say)
     return sysroot
 
 
@@ -159,7 +159,7 @@ def guest_command(sysroot: Path, *args: str) -> list[str]:
     ``sys.executable`` (the benchmark's fresh process per repeat) would fail: argv[0] (-0)
     makes ``sys.executable`` a host shell launcher beside python3.11 that runs it under
     qemu again, with the same environment (QEMU_CPU, PYTHONPATH)."""
-    return [str(_qemu(sysroot)), "-L", str(sysroot), "-0", str(_launcher(sysroot)),
+    return [str(qemu_binary(sysroot)), "-L", str(sysroot), "-0", str(_launcher(sysroot)),
             str(sysroot / GUEST_PYTHON.lstrip("/")), *args]
 
 
@@ -230,10 +230,23 @@ def emulate(model: Path, feeds: dict[str, np.ndarray], qemu_cpu: str, adapter: s
     loaded = get_adapter(host_adapter).load(model)
     host = dict(zip([o.name for o in loaded.outputs], run_in_chunks(loaded, feeds), strict=True))
 
+    say(f"running {model.name} on an emulated {qemu_cpu} (qemu-aarch64, {adapter})")
+    guest = _run_emulated(sysroot, model, feeds, qemu_cpu, adapter)
+    result = {"label": "emulated", "qemu_cpu": qemu_cpu,
+              "qemu_version": qemu_version(qemu_binary(sysroot)), "adapter": adapter,
+              "guest_runtime_version": guest_runtime_version(sysroot, adapter),
+              "precision": precision}
+    result.update(compare_outputs(host, guest, precision))
+    result["note"] = NOTE
+    return result
+
+
+def _run_emulated(sysroot: Path, model: Path, feeds: dict[str, np.ndarray], qemu_cpu: str,
+                  adapter: str) -> dict[str, np.ndarray]:
+    """``edgeopt run`` of ``model`` on ``feeds`` inside the sysroot: output name -> array."""
     with tempfile.TemporaryDirectory(prefix="edgeopt-emulate-") as tmp:
         inputs, out = Path(tmp) / "inputs.npz", Path(tmp) / "outputs.npz"
         np.savez(inputs, **feeds)
-        say(f"running {model.name} on an emulated {qemu_cpu} (qemu-aarch64, {adapter})")
         try:
             done = run_guest(sysroot, qemu_cpu, "-m", "edgeopt", "run", str(model),
                              "--inputs", str(inputs), "--out", str(out), "--adapter", adapter)
@@ -246,15 +259,7 @@ def emulate(model: Path, feeds: dict[str, np.ndarray], qemu_cpu: str, adapter: s
             msg = f"{model.name} failed under qemu-aarch64 ({qemu_cpu}): {last}"
             raise EmulationError(msg)
         with np.load(out) as saved:
-            guest = {name: saved[name] for name in saved.files}
-
-    result = {"label": "emulated", "qemu_cpu": qemu_cpu,
-              "qemu_version": _qemu_version(_qemu(sysroot)), "adapter": adapter,
-              "guest_runtime_version": guest_runtime_version(sysroot, adapter),
-              "precision": precision}
-    result.update(compare_outputs(host, guest, precision))
-    result["note"] = NOTE
-    return result
+            return {name: saved[name] for name in saved.files}
 
 
 def run_in_chunks(loaded, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -310,18 +315,13 @@ def compare_outputs(host: dict[str, np.ndarray], guest: dict[str, np.ndarray],
             ok = False
             outputs.append(entry)
             continue
-        a, b = expected.astype(np.float64), got.astype(np.float64)
-        scale = max(float(np.abs(a).max(initial=0.0)), 1.0)
-        diff = float(np.abs(a - b).max(initial=0.0))
-        norms = float(np.linalg.norm(a) * np.linalg.norm(b))
-        entry.update(max_abs_diff=diff,
-                     cosine=float((a.ravel() @ b.ravel()) / norms) if norms else
-                     float(np.array_equal(a, b)),
-                     allowed_abs_diff=tolerance["max_abs_diff_rel"] * scale)
-        if a.ndim == 2 and np.issubdtype(expected.dtype, np.floating):
-            entry["top1_match"] = float(np.mean(a.argmax(1) == b.argmax(1)))
-        within = diff <= entry["allowed_abs_diff"] and bool(np.isfinite(b).all() ==
-                                                           np.isfinite(a).all())
+        diff = output_diff(expected, got)
+        entry.update(max_abs_diff=diff.max_abs_diff, cosine=diff.cosine,
+                     allowed_abs_diff=tolerance["max_abs_diff_rel"] * max(diff.peak_abs, 1.0))
+        if expected.ndim == 2 and np.issubdtype(expected.dtype, np.floating):
+            entry["top1_match"] = float(np.mean(expected.argmax(1) == got.argmax(1)))
+        # a non-finite value on either side makes the difference infinite: never within
+        within = diff.max_abs_diff <= entry["allowed_abs_diff"]
         need = tolerance["top1_match_min"]
         if need is not None and "top1_match" in entry:
             within = within and entry["top1_match"] >= need
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     size = sum(f.stat().st_size for f in sysroot.rglob("*") if f.is_file() and not f.is_symlink())
     sys.stderr.write(f"ready in {time.perf_counter() - start:.0f} s "
-                     f"({size / 1e6:.0f} MB, qemu {_qemu_version(_qemu(sysroot))})\n")
+                     f"({size / 1e6:.0f} MB, qemu {qemu_version(qemu_binary(sysroot))})\n")
     print(sysroot)
     return 0
 

@@ -9,7 +9,8 @@ The factors are fitted per (device, unit, runtime) by ``calibrate`` (squared log
 weak log-normal priors so a dozen models can fit eight factors) and stored in
 ``$EDGEOPT_CACHE_DIR/calibration.json`` (default ``~/.cache/edgeopt``). Every figure this
 module returns is labelled ``estimated`` and carries its error band and where its
-calibration came from. Graph costs are in :mod:`edgeopt.runtimes._graph_costs`.
+calibration came from. Graph costs are in :mod:`edgeopt.runtimes._graph_costs`, the peaks
+and bandwidth the factors scale in :mod:`edgeopt.runtimes._peaks`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ import json
 import os
 import platform
 import tempfile
-import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +31,13 @@ from edgeopt.runtimes._graph_costs import (
     ModelCosts,
     model_costs,
 )
+from edgeopt.runtimes._peaks import (
+    DEFAULT_CACHE_MB,
+    MissingPeakFigures,
+    unit_basis,
+)
 from edgeopt.runtimes.devices import ComputeUnit, DeviceProfile, detect_host
-from edgeopt.runtimes.errors import DeviceProfileError, RuntimeAdapterError
+from edgeopt.runtimes.errors import RuntimeAdapterError
 
 __all__ = [
     "Calibration",
@@ -65,7 +69,6 @@ PRIOR = {"eta_conv": 0.3, "eta_depthwise": 0.05, "eta_matmul": 0.3, "eta_element
          "call_us": 30.0}
 _BOUNDS = {"eta_int8": (0.02, 2.0), "eta_mem": (0.02, 50.0), "eta_cache": (0.02, 100.0),
            "node_us": (0.05, 200.0), "call_us": (1.0, 2000.0)}
-_DEFAULT_CACHE_MB = 2.0
 _ETA_BOUNDS = (1e-4, 1.5)
 _PRIOR_SIGMA = np.log(10.0)      # a factor of 10 off the prior costs as much as one 100% miss
 # Kinds never calibrated here (igpu, npu): the prior's efficiency relative to the profile's
@@ -73,12 +76,7 @@ _PRIOR_SIGMA = np.log(10.0)      # a factor of 10 off the prior costs as much as
 _PRIOR_BAND = 3.0
 _TRANSFER_WIDEN = {"same-arch": 1.5, "cross-arch": 2.0}   # exponent on the own band factor
 _TRANSFER_FLOOR = {"same-arch": 1.5, "cross-arch": 2.0}   # band factor at least this
-_ARM_ISA = {"asimd", "asimddp", "i8mm", "sve", "bf16"}
 HOST_DEVICE = "host-cpu"
-
-
-class MissingPeakFigures(DeviceProfileError):
-    """A unit whose profile lacks the figures an estimate needs."""
 
 
 class CalibrationMissing(RuntimeAdapterError):
@@ -136,7 +134,7 @@ class Calibration:
                    arch=data.get("arch", ""), extra=data.get("extra", {}))
 
 
-# ---------------------------------------------------------------------------- peaks
+# ---------------------------------------------------------------------------- runtimes
 
 def _runtime_name(runtime: str) -> str:
     if runtime.startswith("ort"):
@@ -144,140 +142,6 @@ def _runtime_name(runtime: str) -> str:
     if runtime.startswith("ov"):
         return "openvino"
     return runtime
-
-
-def _host_clock_ghz() -> tuple[float | None, str]:
-    try:
-        khz = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()
-        return int(khz) / 1e6, "/sys cpufreq cpuinfo_max_freq"
-    except (OSError, ValueError):
-        pass
-    try:
-        mhz = [float(line.split(":", 1)[1]) for line in
-               Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("cpu MHz")]
-        if mhz:
-            return max(mhz) / 1000, "/proc/cpuinfo cpu MHz"
-    except (OSError, ValueError):
-        pass
-    return None, "unknown"
-
-
-def isa_flops_per_cycle(isa: tuple[str, ...] | list[str]) -> tuple[int, float, str]:
-    """FP32 FLOP/cycle/core (2 FMA units x lanes x 2), the int8 multiplier, and why."""
-    isa = set(isa)
-    if "avx512f" in isa:
-        fp32, what = 64, "AVX-512: 2 FMA x 16 lanes x 2"
-    elif {"avx2", "fma"} <= isa:
-        fp32, what = 32, "AVX2+FMA: 2 FMA x 8 lanes x 2"
-    elif "asimd" in isa:
-        fp32, what = 16, "NEON: 2 FMA x 4 lanes x 2"
-    elif "avx" in isa:
-        fp32, what = 16, "AVX: 8 lanes x (add + mul)"
-    else:
-        fp32, what = 8, "SSE: 4 lanes x (add + mul)"
-    dot = isa & {"avx512_vnni", "avx_vnni", "asimddp", "i8mm", "amx_int8"}
-    int8 = 4.0 if dot else 2.0
-    why = f"int8 {int8:g}x fp32 ({'dot-product ' + ', '.join(sorted(dot)) if dot else 'no dot-product ISA'})"
-    return fp32, int8, f"{what}; {why}"
-
-
-@lru_cache(maxsize=1)
-def measure_bandwidth_gbs() -> tuple[float, str]:
-    """Copy bandwidth of this machine with numpy: best of 5 copies of 256 MB (read+write)."""
-    src = np.ones(64 * 1024 * 1024, dtype=np.float32)
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - start)
-    gbs = 2 * src.nbytes / best / 1e9
-    return gbs, f"numpy copy of {src.nbytes >> 20} MB, read+write bytes / best of 5 = {gbs:.1f} GB/s"
-
-
-def _host_basis(unit: ComputeUnit) -> dict:
-    host = detect_host()
-    cores = unit.cores or host["cores"]
-    isa = unit.isa or host["isa"]
-    clock, clock_src = (unit.clock_ghz, "profile") if unit.clock_ghz else _host_clock_ghz()
-    if clock is None:
-        clock, clock_src = 2.0, "not detected: 2.0 GHz assumed"
-    per_cycle, int8_x, why = isa_flops_per_cycle(isa)
-    fp32 = cores * clock * per_cycle
-    bw, bw_src = measure_bandwidth_gbs()
-    cache_mb, cache_src = _host_cache_mb()
-    return {
-        "peak_gops": {"fp32": round(fp32, 1), "fp16": round(fp32, 1),
-                      "int8": round(fp32 * int8_x, 1)},
-        "bandwidth_gbs": round(bw, 2),
-        "cache_mb": cache_mb,
-        "sources": {
-            "fp32": f"{cores} cores x {clock:.2f} GHz ({clock_src}) x {per_cycle} FLOP/cycle "
-                    f"({why}) = {fp32:.1f} GFLOPS",
-            "int8": f"fp32 peak x {int8_x:g} = {fp32 * int8_x:.1f} GOPS",
-            "fp16": "same as fp32 (no native fp16 arithmetic assumed on a host CPU)",
-            "bandwidth_gbs": bw_src,
-            "cache_mb": cache_src,
-        },
-        "arch": _arch(isa) or platform.machine(),
-        "cpu": host["name"],
-    }
-
-
-def _host_cache_mb() -> tuple[float, str]:
-    """Size of the largest cache cpu0 sees (the last level), from /sys."""
-    best = 0.0
-    for size in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        try:
-            text = size.read_text().strip()
-            value = float(text.rstrip("KMG")) * {"K": 1 / 1024, "M": 1.0, "G": 1024.0}.get(
-                text[-1], 1 / 1024 / 1024)
-        except (OSError, ValueError):
-            continue
-        best = max(best, value)
-    if best:
-        return best, "/sys/devices/system/cpu/cpu0/cache (largest level)"
-    return _DEFAULT_CACHE_MB, f"not detected: {_DEFAULT_CACHE_MB:g} MB assumed"
-
-
-def _arch(isa) -> str | None:
-    isa = set(isa or ())
-    if isa & _ARM_ISA:
-        return "aarch64"
-    if isa & {"sse4_2", "avx", "avx2", "avx512f"}:
-        return "x86_64"
-    return None
-
-
-def unit_basis(profile: DeviceProfile, unit: ComputeUnit) -> dict:
-    """Peaks (GOPS per precision) and bandwidth (GB/s) of a unit, with where they come from.
-
-    Raises:
-        MissingPeakFigures: the unit is not the host and its profile has no peaks or no
-            bandwidth.
-    """
-    if profile.host and unit.kind == "cpu":
-        return _host_basis(unit)
-    missing = [name for name, ok in (("peak_gops", bool(unit.peak_gops)),
-                                     ("bandwidth_gbs", unit.bandwidth_gbs is not None)) if not ok]
-    if missing:
-        msg = (f"cannot estimate for {profile.id}:{unit.id}: its profile lacks "
-               f"{' and '.join(missing)} (add them to devices.yaml with their source)")
-        raise MissingPeakFigures(msg)
-    peaks = {p: f.value for p, f in unit.peak_gops.items()}
-    sources = {p: f.source for p, f in unit.peak_gops.items()}
-    if "fp32" not in peaks:
-        peaks["fp32"] = min(peaks.values())
-        sources["fp32"] = "not in the profile: its lowest peak used"
-    for prec, factor in (("int8", 2.0), ("fp16", 1.0)):
-        if prec not in peaks:
-            peaks[prec] = peaks["fp32"] * factor
-            sources[prec] = f"not in the profile: fp32 peak x {factor:g}"
-    sources["bandwidth_gbs"] = unit.bandwidth_gbs.source
-    sources["cache_mb"] = f"not in the profile: {_DEFAULT_CACHE_MB:g} MB assumed"
-    return {"peak_gops": peaks, "bandwidth_gbs": unit.bandwidth_gbs.value,
-            "cache_mb": _DEFAULT_CACHE_MB, "sources": sources,
-            "arch": _arch(unit.isa) or "unknown"}
 
 
 # ---------------------------------------------------------------------------- roofline
@@ -288,7 +152,7 @@ def predict_ms(costs: ModelCosts, params: dict[str, float], basis: dict) -> floa
     eta = np.where(costs.precision == PRECISION_INDEX["int8"], eta * params["eta_int8"], eta)
     peaks = np.array([basis["peak_gops"][p] for p in PRECISION_INDEX]) * 1e6   # ops per ms
     compute = costs.ops / (peaks[costs.precision] * eta)
-    cached = costs.weight_bytes <= basis.get("cache_mb", _DEFAULT_CACHE_MB) * 1e6
+    cached = costs.weight_bytes <= basis.get("cache_mb", DEFAULT_CACHE_MB) * 1e6
     memory = costs.bytes / (basis["bandwidth_gbs"] * 1e6
                             * params["eta_cache" if cached else "eta_mem"])
     return float(np.maximum(compute, memory).sum()

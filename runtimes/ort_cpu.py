@@ -12,8 +12,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from edgeopt.runtimes.base import Availability, TensorSpec, first_line
-from edgeopt.runtimes.errors import AdapterUnavailable, ModelLoadFailed
+from edgeopt.runtimes.base import Availability, TensorSpec
+from edgeopt.runtimes.errors import AdapterUnavailable, ModelLoadFailed, first_line
 
 _ORT_TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",

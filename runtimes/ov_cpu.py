@@ -10,8 +10,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from edgeopt.runtimes.base import Availability, TensorSpec, first_line
-from edgeopt.runtimes.errors import AdapterUnavailable, ModelLoadFailed, StaticShapesRequired
+from edgeopt.runtimes.base import Availability, TensorSpec
+from edgeopt.runtimes.errors import (
+    AdapterUnavailable,
+    ModelLoadFailed,
+    StaticShapesRequired,
+    first_line,
+)
 
 
 def _specs(ports) -> tuple[TensorSpec, ...]:

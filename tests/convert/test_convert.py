@@ -10,7 +10,6 @@ import torch
 from edgeopt.convert import (
     InputShapeError,
     ModelLoadError,
-    compare,
     export_onnx,
     fix_onnx_shapes,
     load_model,
@@ -19,6 +18,7 @@ from edgeopt.convert import (
     run_torch,
     to_openvino_ir,
 )
+from edgeopt.runtimes import compare
 
 from conftest import sha256
 

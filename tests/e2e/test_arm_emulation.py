@@ -46,10 +46,10 @@ def digits_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def digits_feeds() -> dict[str, np.ndarray]:
-    from edgeopt.reference_models.digits_cnn import _evaluation_images
+    from edgeopt.reference_models import get_reference
 
-    images, _ = _evaluation_images(SAMPLES)
-    return {"input": np.ascontiguousarray(images)}
+    samples = get_reference("digits-cnn").evaluation_set(SAMPLES).inputs
+    return {"input": np.concatenate([s["input"] for s in samples])}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])

@@ -249,13 +249,13 @@ def test_edgeopt_source_hash_follows_the_code(tmp_path):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
     (tmp_path / "pkg" / "__pycache__").mkdir()
-    before = emu._tree_hash(tmp_path)
+    before = emu.tree_hash(tmp_path)
     (tmp_path / "pkg" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"junk")
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "t.py").write_text("")
-    assert emu._tree_hash(tmp_path) == before
+    assert emu.tree_hash(tmp_path) == before
     (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
-    assert emu._tree_hash(tmp_path) != before
+    assert emu.tree_hash(tmp_path) != before
 
 
 def test_run_saves_outputs_by_name(run_cli, tiny_onnx, tmp_path, rng):

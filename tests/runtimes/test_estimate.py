@@ -17,6 +17,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("scipy")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from edgeopt.runtimes import _peaks as peaks  # noqa: E402
 from edgeopt.runtimes import estimate as est  # noqa: E402
 from edgeopt.runtimes._graph_costs import (  # noqa: E402
     EstimateUnavailable,
@@ -181,7 +182,7 @@ def _calibration(tmp_path, device=HOST) -> est.Calibration:
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(est, "measure_bandwidth_gbs", lambda: (10.0, "test figure"))
+    monkeypatch.setattr(peaks, "measure_bandwidth_gbs", lambda: (10.0, "test figure"))
     return tmp_path / "cache"
 
 
@@ -250,14 +251,14 @@ def test_missing_peaks_error_names_the_figures(tmp_path, cache):
 
 
 def test_host_peaks_from_isa(cache, monkeypatch):
-    monkeypatch.setattr(est, "_host_clock_ghz", lambda: (2.5, "test"))
+    monkeypatch.setattr(peaks, "host_clock_ghz", lambda: (2.5, "test"))
     unit = ComputeUnit("cpu", "cpu", ("ort-cpu",), ("fp32",), cores=2,
                        isa=("avx2", "fma", "avx512f", "avx512_vnni"))
     basis = est.unit_basis(HOST, unit)
     assert basis["peak_gops"]["fp32"] == 2 * 2.5 * 64
     assert basis["peak_gops"]["int8"] == 4 * 2 * 2.5 * 64
     assert "2 cores x 2.50 GHz" in basis["sources"]["fp32"]
-    assert est.isa_flops_per_cycle(("asimd",))[:2] == (16, 2.0)
+    assert peaks.isa_flops_per_cycle(("asimd",))[:2] == (16, 2.0)
 
 
 def test_missing_onnx_is_one_line(tmp_path, monkeypatch):

@@ -1,0 +1,44 @@
+"""Each package's public names: exactly what its ``__all__`` lists, and every one resolves.
+
+A name added to or removed from a package's ``__all__`` is an API change: update the pin
+here in the same commit.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+PUBLIC_API: dict[str, list[str]] = {
+    "edgeopt.convert": sorted([
+        "OPS_CONFIG", "ConvertError", "ExportError", "ExportResult", "FactoryError",
+        "InputShapeError", "ModelLoadError", "SourceModel", "call_factory", "check_inputs_fit",
+        "default_input_names", "export_onnx", "file_sha256", "fix_onnx_shapes", "load_model",
+        "onnx_input_specs", "parse_input_shapes", "run_torch", "to_openvino_ir", "to_ort",
+        "widen_4bit",
+    ]),
+    "edgeopt.reference_models": sorted([
+        "REFERENCE_MODELS", "EvalSet", "ReferenceModel", "UnknownReferenceModel",
+        "get_reference", "list_references",
+    ]),
+    "edgeopt.runtimes": sorted([
+        "ADAPTERS", "ADAPTER_ALIASES", "AdapterUnavailable", "Availability", "BenchProtocol",
+        "BenchResult", "ComparisonError", "ComputeUnit", "DeviceCatalog", "DeviceProfile",
+        "DeviceProfileError", "InvalidDeviceProfiles", "InvalidProtocol", "Loaded",
+        "ModelLoadFailed", "OutputDiff", "Parity", "ParityError", "RuntimeAdapter",
+        "RuntimeAdapterError", "StaticShapesRequired", "TensorSpec", "UnknownAdapter",
+        "UnknownDevice", "absent_reason", "check", "compare", "cosine", "first_line",
+        "get_adapter", "load_devices", "max_abs_diff", "output_diff", "peak_abs",
+        "row_cosines", "run_benchmark",
+    ]),
+}
+
+
+@pytest.mark.parametrize("module_name", sorted(PUBLIC_API))
+def test_all_is_pinned_and_resolves(module_name):
+    module = importlib.import_module(module_name)
+    assert sorted(module.__all__) == PUBLIC_API[module_name]
+    assert len(set(module.__all__)) == len(module.__all__), "a name listed twice"
+    missing = [name for name in module.__all__ if not hasattr(module, name)]
+    assert not missing, f"{module_name}.__all__ names what it does not define: {missing}"
