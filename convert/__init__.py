@@ -12,11 +12,6 @@ from edgeopt.convert.errors import (
     InputShapeError,
     ModelLoadError,
 )
-<<<<<<< HEAD
-from edgeopt.convert.load import SourceModel, file_sha256, load_model, parse_input_shapes
-from edgeopt.convert.onnx_to_ir import canonical_names, to_openvino_ir
-from edgeopt.convert.parity import Parity, check, compare
-=======
 from edgeopt.convert.load import (
     FactoryError,
     SourceModel,
@@ -25,9 +20,8 @@ from edgeopt.convert.load import (
     load_model,
     parse_input_shapes,
 )
-from edgeopt.convert.onnx_to_ir import to_openvino_ir
+from edgeopt.convert.onnx_to_ir import canonical_names, to_openvino_ir
 from edgeopt.convert.ort_format import OPS_CONFIG, to_ort, widen_4bit
->>>>>>> rt
 from edgeopt.convert.torch_to_onnx import (
     ExportResult,
     check_inputs_fit,
@@ -47,12 +41,8 @@ __all__ = [
     "InputShapeError",
     "ModelLoadError",
     "SourceModel",
-<<<<<<< HEAD
-    "check",
-    "canonical_names",
-=======
     "call_factory",
->>>>>>> rt
+    "canonical_names",
     "check_inputs_fit",
     "default_input_names",
     "export_onnx",

@@ -11,9 +11,18 @@ import importlib
 import pytest
 
 PUBLIC_API: dict[str, list[str]] = {
+    "edgeopt": sorted([
+        "ArtifactRecord", "DataRecipe", "PackageRecipe", "PruneRecipe", "QuantRecipe", "Recipe",
+        "Report", "__version__", "load_recipe", "optimize", "prune",
+    ]),
+    "edgeopt.backends": sorted([
+        "BACKENDS", "Artifact", "Backend", "QuantJob", "TargetSpec", "get_backend",
+        "onnx_runner", "package_targets", "runtime_names",
+    ]),
     "edgeopt.convert": sorted([
         "OPS_CONFIG", "ConvertError", "ExportError", "ExportResult", "FactoryError",
-        "InputShapeError", "ModelLoadError", "SourceModel", "call_factory", "check_inputs_fit",
+        "InputShapeError", "ModelLoadError", "SourceModel", "call_factory", "canonical_names",
+        "check_inputs_fit",
         "default_input_names", "export_onnx", "file_sha256", "fix_onnx_shapes", "load_model",
         "onnx_input_specs", "parse_input_shapes", "run_torch", "to_openvino_ir", "to_ort",
         "widen_4bit",
