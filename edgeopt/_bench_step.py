@@ -23,7 +23,7 @@ def artifact_record(art: Artifact, staging, target) -> ArtifactRecord:
         size_zipped_bytes=deflated_size([staging.path(f) for f in files]),
         sha256=file_sha256(staging.path(art.file)),
         sha256_files={f: file_sha256(staging.path(f)) for f in files},
-        accuracy=art.accuracy, quantization=art.quantization, status="ok")
+        accuracy=art.accuracy, quantization=art.quantization, status=art.status)
 
 
 def check_int8_speed(records: list[ArtifactRecord]) -> list[str]:
@@ -41,7 +41,7 @@ def check_int8_speed(records: list[ArtifactRecord]) -> list[str]:
         if p50 is None or p50_fp32 is None:
             continue
         r.speedup_vs_fp32 = round(p50_fp32 / p50, 3)
-        if p50 >= p50_fp32:
+        if p50 >= p50_fp32 and r.status == "ok":
             r.status = "slower-than-fp32"
             warnings.append(
                 f"INT8 artifact {r.path} is NOT faster than FP32 on {r.runtime} {r.device} "

@@ -134,7 +134,15 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
                         "mean=0.485:0.456:0.406,std=0.229:0.224:0.225,order=rgb,layout=nchw "
                         "(also scale=1/255, interp=bilinear), or a .json/.yaml file of those "
                         "keys; default for ref:NAME: the model's own")
-    p.add_argument("--eval-samples", type=int, help="evaluate on N samples")
+    p.add_argument("--eval", metavar="DATA",
+                   help="held-out evaluation data, in the forms of --calib (labels: class "
+                        "folders, labels.csv, a 'labels' array in .npz, (inputs, label) pairs "
+                        "from a factory); without it, --calib's data is split by a seeded "
+                        "draw")
+    p.add_argument("--eval-samples", type=int, help="evaluate on N samples (a seeded spread)")
+    p.add_argument("--metric", help="top1, top5, agreement, cosine, sqnr, max-rel-error, or "
+                                    "package.module:function(outputs, labels) -> float "
+                                    "(higher is better); --max-accuracy-drop applies to it")
 
 
 def _recipe_flag(p: argparse.ArgumentParser) -> None:

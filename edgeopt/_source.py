@@ -17,6 +17,7 @@ from edgeopt.convert import (
     parse_input_shapes,
 )
 from edgeopt.errors import UsageError
+from edgeopt.metrics import BUILTIN
 from edgeopt.recipe import Recipe
 from edgeopt.runtimes import row_cosines
 
@@ -41,17 +42,52 @@ class Prepared:
     eval_set: Any = None                       # its EvalSet
     fp32_outputs: np.ndarray | None = None     # source model's outputs on eval_inputs
     preprocessing: dict = field(default_factory=dict)
+    labels: np.ndarray | None = None           # one task label per evaluation sample
+    chosen: Any = None                         # --metric: an edgeopt.metrics.Metric
+
+    @property
+    def task_metric(self) -> bool:
+        """The metric measures the task (against labels), not closeness to FP32."""
+        if self.chosen is not None:
+            return self.chosen.needs_labels or (self.labels is not None
+                                                and self.chosen.name not in BUILTIN)
+        if self.reference is not None:
+            return self.reference.metric in TASK_METRICS
+        return self.labels is not None
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.chosen is None or self.chosen.higher_is_better
 
     def extra_metrics(self, outputs: np.ndarray, fp32_outputs: np.ndarray) -> dict:
-        """Secondary figures beside the metric (e.g. embedding cosine to FP32)."""
+        """Secondary figures beside the metric: a reference model's own (e.g. embedding
+        cosine to FP32) and, for classifiers with labels, top-1/top-5 and agreement."""
         extra = getattr(self.reference, "extra_metrics", None)
-        return dict(extra(outputs, fp32_outputs)) if callable(extra) else {}
+        figures = dict(extra(outputs, fp32_outputs)) if callable(extra) else {}
+        rows = outputs.reshape(len(outputs), -1)
+        if self.labels is not None and rows.shape[1] >= 2 and _integral(self.labels):
+            figures["top1"] = round(BUILTIN["top1"](rows, None, self.labels), 6)
+            if rows.shape[1] >= 5:
+                figures["top5"] = round(BUILTIN["top5"](rows, None, self.labels), 6)
+            figures["agreement"] = round(BUILTIN["agreement"](rows, fp32_outputs, None), 6)
+        return figures
 
     def score(self, outputs: np.ndarray, fp32_outputs: np.ndarray | None) -> float:
         """The run's metric of stacked first outputs, against the FP32 source where needed."""
+        if self.chosen is not None:
+            return self.chosen(outputs, fp32_outputs, self.labels)
         if self.reference is not None:
             return float(self.reference.score(outputs, self.eval_set, fp32_outputs))
+        if self.labels is not None and _integral(self.labels):
+            return BUILTIN["top1"](outputs, fp32_outputs, self.labels)
         return mean_cosine(outputs, fp32_outputs)
+
+
+TASK_METRICS = ("accuracy", "lee_pearson")
+
+
+def _integral(labels: np.ndarray) -> bool:
+    return np.issubdtype(np.asarray(labels).dtype, np.integer)
 
 
 def mean_cosine(outputs: np.ndarray, reference: np.ndarray | None) -> float:
@@ -132,11 +168,13 @@ def prepare(config: Recipe, source: SourceModel) -> Prepared:
         calib = reference.calibration_set(config.data.calib_samples)
         calib_note = f"reference calibration set of {config.model} ({len(calib)} samples)"
         eval_set = reference.evaluation_set(config.data.eval_samples)
+        labelled = ", labelled" if eval_set.labels is not None else ""
         return Prepared(
             name, source, specs, source.output_names, calib, calib_note,
-            list(eval_set.inputs), f"reference evaluation set ({len(eval_set.inputs)} samples, "
-            "disjoint from calibration)", reference.metric, reference=reference,
-            eval_set=eval_set, preprocessing=dict(reference.preprocessing),
+            list(eval_set.inputs), f"reference evaluation set ({len(eval_set.inputs)} samples"
+            f"{labelled}, disjoint from calibration): {reference.description}",
+            reference.metric, reference=reference, eval_set=eval_set,
+            preprocessing=dict(reference.preprocessing), labels=eval_set.labels,
         )
     if config.data.calib is None:
         msg = (f"no calibration data for {config.model}: pass --calib FILE_OR_FOLDER "

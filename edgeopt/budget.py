@@ -22,18 +22,24 @@ class Budget:
     """The run's budget and, per runtime, how it came out (``report.json``'s
     ``accuracy_budget``)."""
 
-    max_accuracy_drop: str | None
+    max_accuracy_drop: str | None        # the user's budget; None: the default gate's
     fp32_value: float
     allowed_drop: float | None           # None: no budget, one build per runtime
     max_fp32_nodes: int | None = None
+    max_trials: int | None = None        # rebuilds allowed (the default gate's are few)
+    higher_is_better: bool = True
     met: bool = True
     stopped: str = EVERYTHING_TRIED
     runtimes: dict[str, dict] = field(default_factory=dict)
     ranking: list[tuple[str, ...]] | None = None   # most damaged groups first, shared
 
+    def drop(self, value: float) -> float:
+        """How much worse than FP32 ``value`` is (positive: worse)."""
+        return (self.fp32_value - value) * (1 if self.higher_is_better else -1)
+
     def record(self, runtime: str, art: Artifact, value: float, reverted: list[str]) -> str | None:
         """Note ``runtime``'s outcome; returns a warning when it stays over the budget."""
-        drop = self.fp32_value - value
+        drop = self.drop(value)
         met = self.allowed_drop is None or drop <= self.allowed_drop + 1e-9
         self.runtimes[runtime] = {"value": round(value, 6), "drop": round(drop, 6),
                                   "met": met, "reverted_to_fp32": reverted}
@@ -41,7 +47,8 @@ class Budget:
         if met:
             return None
         self.met = False
-        return (f"{art.file}: metric drop {drop:.4f} stays over the budget "
+        which = "the budget" if self.max_accuracy_drop is not None else "the default gate's"
+        return (f"{art.file}: metric drop {drop:.4f} stays over {which} "
                 f"{self.allowed_drop:.4f} ({self.stopped})")
 
     def to_dict(self) -> dict:
@@ -69,9 +76,12 @@ def within_budget(label: str, budget: Budget, build: Callable[[list[str]], Artif
     current: list[str] = []
     art = build(current)
     value = evaluate(art)
-    best_drop, best = budget.fp32_value - value, current
+    best_drop, best = budget.drop(value), current
     tried: set[tuple[str, ...]] = set()
     while allowed is not None and best_drop > allowed + 1e-9:
+        if budget.max_trials is not None and len(tried) >= budget.max_trials:
+            budget.stopped = f"{budget.max_trials} node groups tried"
+            break
         if budget.ranking is None:
             budget.ranking = rank(art)
         done = {*best, *art.quantization["excluded_nodes"]}
@@ -89,8 +99,8 @@ def within_budget(label: str, budget: Budget, build: Callable[[list[str]], Artif
         current = trial
         art = build(current)
         value = evaluate(art)
-        if budget.fp32_value - value < best_drop:
-            best_drop, best = budget.fp32_value - value, current
+        if budget.drop(value) < best_drop:
+            best_drop, best = budget.drop(value), current
     if current != best:                  # the last trial did not help: rebuild the best
         art = build(best)
         value = evaluate(art)

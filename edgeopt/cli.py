@@ -80,7 +80,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 _PRUNE = {"prune_mode": "mode", "prune_ratio": "ratio", "prune_importance": "importance",
           "finetune_data": "finetune_data", "epochs": "epochs", "lr": "lr",
           "weight_decay": "weight_decay", "batch_size": "batch_size"}
-_DATA = ("input_shape", "calib", "calib_samples", "preprocess", "eval_samples")
+_DATA = ("input_shape", "calib", "calib_samples", "preprocess", "eval", "eval_samples", "metric")
 _OPTIMIZE = ("calibrator", "max_accuracy_drop", "max_fp32_nodes", "keep_first_fp32", "qat_epochs",
           "palettize", "group_size", "require_measured")
 _NEGATED = {"int8_stem": "fp32_stem", "no_saturation_guard": "saturation_guard",

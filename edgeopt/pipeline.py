@@ -157,7 +157,8 @@ def report(state: RunState, started: float) -> Report:
     return Report(**reporting.header(state.recipe, state.prepared), steps=timed,
                   artifacts=state.records, warnings=state.warnings,
                   pruning=state.pruning.record if state.pruning is not None else None,
-                  accuracy_budget=budget if budget and budget.allowed_drop is not None else None,
+                  accuracy_budget=budget if budget and budget.max_accuracy_drop is not None
+                  else None,
                   duration_s=round(time.time() - started, 2))
 
 

@@ -42,7 +42,10 @@ class DataRecipe:
 
     calib: str | None = None                   # file/folder, package.module:factory, random
     calib_samples: int | None = None
+    eval: str | None = None                    # held-out data, in the forms of calib
     eval_samples: int | None = None
+    metric: str | None = None                  # top1, top5, agreement, cosine, sqnr,
+                                               # max-rel-error, or package.module:function
     # images: "resize=256,crop=224,...", a .json/.yaml path, or a dict of the keys
     preprocess: str | dict | None = None
     input_shape: str | None = None
@@ -54,6 +57,8 @@ class DataRecipe:
                     if value is not None and value < 1]
         if self.preprocess is not None:
             problems += _preprocess_problems(self.preprocess, self.calib)
+        if self.eval is not None and self.eval == "random":
+            problems.append("--eval random says nothing about accuracy; give held-out data")
         _raise(problems)
 
 
@@ -253,6 +258,7 @@ class Recipe:
 # Flat option -> (section, field): the CLI's flags and the pre-recipe OptimizeConfig names.
 _FLAT = {
     "calib": ("data", "calib"), "calib_samples": ("data", "calib_samples"),
+    "eval": ("data", "eval"), "metric": ("data", "metric"),
     "eval_samples": ("data", "eval_samples"), "preprocess": ("data", "preprocess"),
     "input_shape": ("data", "input_shape"),
     "quantize": ("quant", "enabled"), "calibrator": ("quant", "calibrator"),

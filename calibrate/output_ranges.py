@@ -1,0 +1,52 @@
+"""Tensors whose range a calibrator must not clip: what the model outputs, and what bounded
+functions produce.
+
+A clipping calibrator trades the rare extremes of a hidden activation for resolution,
+which the layers after it average away. At a graph output nothing comes after: a score
+head clipped at 0.3 drops every detection above that threshold. So a graph output, and
+every tensor that reaches one through element-wise or reshaping ops only, keeps at least
+its full observed range; and a Sigmoid, Softmax or Tanh output takes its mathematical
+range, which no unseen input can exceed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = ["BOUNDED", "PASS_THROUGH", "bounded_tensors", "output_tensors"]
+
+# Ops whose output is an element-wise function (or a rearrangement) of their inputs: a
+# clip of their output is a clip of what reaches the model's output.
+PASS_THROUGH = frozenset({
+    "Identity", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Split",
+    "Slice", "Expand", "Tile", "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Relu", "LeakyRelu",
+    "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Softmax", "LogSoftmax",
+    "Exp", "Log", "Sqrt", "Pow", "Max", "Min", "Cast", "QuantizeLinear", "DequantizeLinear",
+})
+BOUNDED: Mapping[str, tuple[float, float]] = {
+    "Sigmoid": (0.0, 1.0), "HardSigmoid": (0.0, 1.0), "Softmax": (0.0, 1.0),
+    "Tanh": (-1.0, 1.0),
+}
+
+
+def output_tensors(model) -> set[str]:
+    """Graph outputs, and the tensors that reach one through pass-through ops only."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    initializers = {t.name for t in model.graph.initializer}
+    found: set[str] = set()
+    todo = [o.name for o in model.graph.output]
+    while todo:
+        name = todo.pop()
+        if name in found or name in initializers or not name:
+            continue
+        found.add(name)
+        node = producer.get(name)
+        if node is not None and node.op_type in PASS_THROUGH:
+            todo += list(node.input)
+    return found
+
+
+def bounded_tensors(model) -> dict[str, tuple[float, float]]:
+    """The outputs of bounded functions, with their mathematical range."""
+    return {node.output[0]: BOUNDED[node.op_type] for node in model.graph.node
+            if node.op_type in BOUNDED and node.output}

@@ -1,0 +1,185 @@
+"""Accuracy: the run's metric, figures per model output, and the gate every INT8 artifact
+passes.
+
+The run's metric reads the model's first output, stacked one row per evaluation sample
+(class scores for ``top1``/``top5``/``agreement``). The per-output figures cover every
+output separately, so a clipped score head is not hidden behind a box output on another
+scale. A custom metric is ``package.module:function(outputs, labels) -> float``, higher
+is better, called with the stacked first output and the labels (or None).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeopt.errors import UsageError
+from edgeopt.runtimes import row_cosines
+
+__all__ = ["BUILTIN", "GATE", "Metric", "gate_problems", "output_figures", "resolve_metric"]
+
+# The default gate: an INT8 artifact is "accuracy-drop" past any of these, unless the user
+# set a budget (--max-accuracy-drop) on the run's metric, which then replaces it.
+GATE = {"max_metric_drop": 0.01, "min_cosine": 0.99, "min_sqnr_db": 10.0}
+# An output is "clipped-output" when the artifact's outputs cover less than this much of
+# the FP32 outputs' range and pile up at their edge: values the FP32 model puts beyond
+# that edge come out at it (a float output that is merely less accurate has no such wall).
+MIN_COVERAGE = 0.99
+MIN_SATURATED = 2
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One scalar figure of an artifact's first output on the evaluation set."""
+
+    name: str
+    fn: Callable[[np.ndarray, np.ndarray | None, np.ndarray | None], float]
+    needs_labels: bool = False
+    higher_is_better: bool = True
+
+    def __call__(self, outputs: np.ndarray, fp32: np.ndarray | None,
+                 labels: np.ndarray | None) -> float:
+        return float(self.fn(outputs, fp32, labels))
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a).reshape(len(a), -1)
+
+
+def _top1(outputs, fp32, labels) -> float:
+    return float(np.mean(_rows(outputs).argmax(axis=1) == np.asarray(labels)))
+
+
+def _top5(outputs, fp32, labels) -> float:
+    top = np.argsort(-_rows(outputs), axis=1)[:, :5]
+    return float(np.mean((top == np.asarray(labels)[:, None]).any(axis=1)))
+
+
+def _agreement(outputs, fp32, labels) -> float:
+    return float(np.mean(_rows(outputs).argmax(axis=1) == _rows(fp32).argmax(axis=1)))
+
+
+def _cosine(outputs, fp32, labels) -> float:
+    return float(row_cosines(_rows(fp32), _rows(outputs)).mean())
+
+
+def _sqnr(outputs, fp32, labels) -> float:
+    return sqnr_db(np.asarray(fp32), np.asarray(outputs))
+
+
+def _max_rel_error(outputs, fp32, labels) -> float:
+    return max_rel_error(np.asarray(fp32), np.asarray(outputs))
+
+
+BUILTIN = {
+    "top1": Metric("top1", _top1, needs_labels=True),
+    "top5": Metric("top5", _top5, needs_labels=True),
+    "agreement": Metric("agreement", _agreement),
+    "cosine": Metric("cosine", _cosine),
+    "sqnr": Metric("sqnr", _sqnr),
+    "max-rel-error": Metric("max-rel-error", _max_rel_error, higher_is_better=False),
+}
+
+
+def resolve_metric(spec: str, has_labels: bool) -> Metric:
+    """A built-in metric by name, or ``package.module:function`` (outputs, labels) -> float."""
+    if spec in BUILTIN:
+        metric = BUILTIN[spec]
+        if metric.needs_labels and not has_labels:
+            msg = (f"--metric {spec} compares with labels, and the evaluation data has none "
+                   "(labels.csv, class folders, a 'labels' array in .npz, or (inputs, label) "
+                   "pairs from a factory)")
+            raise UsageError(msg)
+        return metric
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        msg = (f"unknown --metric {spec!r} (built-in: {', '.join(BUILTIN)}; or "
+               "package.module:function taking (outputs, labels) and returning a float)")
+        raise UsageError(msg)
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        msg = f"--metric {spec}: cannot import it ({type(e).__name__}: {e})"
+        raise UsageError(msg) from e
+    if not callable(fn):
+        msg = f"--metric {spec}: {name} is not a function"
+        raise UsageError(msg)
+    return Metric(spec, lambda outputs, fp32, labels: _custom(spec, fn, outputs, labels))
+
+
+def _custom(spec: str, fn, outputs, labels) -> float:
+    try:
+        value = float(fn(outputs, labels))
+    except Exception as e:
+        msg = f"--metric {spec} failed: {type(e).__name__}: {e}"
+        raise UsageError(msg) from e
+    if not np.isfinite(value):
+        msg = f"--metric {spec} returned {value}; a metric must be a finite number"
+        raise UsageError(msg)
+    return value
+
+
+# ----------------------------------------------------------------------- per output
+
+def sqnr_db(reference: np.ndarray, output: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB (99.0 for an exact match)."""
+    ref = np.asarray(reference, dtype=np.float64).ravel()
+    err = np.asarray(output, dtype=np.float64).ravel() - ref
+    noise, signal = float(np.sum(err * err)), float(np.sum(ref * ref))
+    if noise == 0:
+        return 99.0
+    return float(10 * np.log10(max(signal, 1e-300) / noise))
+
+
+def max_rel_error(reference: np.ndarray, output: np.ndarray) -> float:
+    """The largest absolute error, relative to the reference's range."""
+    ref = np.asarray(reference, dtype=np.float64)
+    err = np.abs(np.asarray(output, dtype=np.float64) - ref)
+    span = float(ref.max() - ref.min()) if ref.size else 0.0
+    return float(err.max() / span) if span > 0 else float(err.max() if err.size else 0.0)
+
+
+def output_figures(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]],
+                   names: tuple[str, ...] = ()) -> list[dict]:
+    """Cosine, SQNR, max error relative to range and range coverage of every output, each
+    against the FP32 reference on the same samples (one list of outputs per sample)."""
+    figures = []
+    for i in range(len(reference[0]) if reference else 0):
+        ref = np.concatenate([np.asarray(r[i], dtype=np.float64).ravel()[None] for r in reference])
+        out = np.concatenate([np.asarray(o[i], dtype=np.float64).ravel()[None] for o in outputs])
+        figures.append({"output": names[i] if i < len(names) else f"output {i}",
+                        **_one_output(ref, out)})
+    return figures
+
+
+def _one_output(ref: np.ndarray, out: np.ndarray) -> dict:
+    lo, hi = float(ref.min()), float(ref.max())
+    lo8, hi8 = float(out.min()), float(out.max())
+    span = hi - lo
+    coverage = 1.0 if span <= 0 else max(0.0, min(hi, hi8) - max(lo, lo8)) / span
+    tol = 1e-6 * max(1.0, abs(hi8), abs(lo8))
+    saturated = int(np.sum((out >= hi8 - tol) & (ref > hi8 + tol))
+                    + np.sum((out <= lo8 + tol) & (ref < lo8 - tol)))
+    return {"cosine": round(float(row_cosines(ref, out).mean()), 6),
+            "sqnr_db": round(sqnr_db(ref, out), 3),
+            "max_rel_error": round(max_rel_error(ref, out), 6),
+            "range_coverage": round(coverage, 6),
+            "saturated": saturated,
+            "clipped": bool(span > 0 and coverage < MIN_COVERAGE and saturated >= MIN_SATURATED)}
+
+
+def gate_problems(figures: list[dict], metric_drop: float | None) -> list[str]:
+    """Why an INT8 artifact fails the default gate (empty: it passes)."""
+    problems = []
+    if metric_drop is not None and metric_drop > GATE["max_metric_drop"] + 1e-9:
+        problems.append(f"metric drop {metric_drop:.4f} > {GATE['max_metric_drop']}")
+    for f in figures:
+        if f["cosine"] < GATE["min_cosine"]:
+            problems.append(f"{f['output']}: cosine {f['cosine']:.4f} < {GATE['min_cosine']}")
+        if f["sqnr_db"] < GATE["min_sqnr_db"]:
+            problems.append(f"{f['output']}: SQNR {f['sqnr_db']:.1f} dB < "
+                            f"{GATE['min_sqnr_db']:g} dB")
+    return problems
