@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeopt.calibrate.bias_correction import _dequantized, dq_axis
+from edgeopt.calibrate.bias_correction import dequantized, dq_axis
 from edgeopt.calibrate.errors import CalibrationError
 
 BATCH = 16
@@ -118,7 +118,7 @@ class _Simulation:
                 dq = producer.get(q_node.input[slot]) if q_node is not None and \
                     len(q_node.input) > slot else None
                 if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in q_inits:
-                    value = _dequantized(q_protos, dq).astype(np.float32)
+                    value = dequantized(q_protos, dq).astype(np.float32)
                     if slot == 1:
                         scale = q_inits[dq.input[1]].astype(np.float32)
                         shape = [1] * value.ndim

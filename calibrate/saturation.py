@@ -150,14 +150,14 @@ def fit_scales(qdq_model) -> tuple[int, int]:
     ``reduce_range`` (7-bit weights)."""
     from onnx import numpy_helper
 
-    from edgeopt.calibrate.bias_correction import _dequantized
+    from edgeopt.calibrate.bias_correction import dequantized
 
     inits = {i.name: i for i in qdq_model.graph.initializer}
     producer = {o: n for n in qdq_model.graph.node for o in n.output}
     changed = seen = 0
     for node, dq, attrs in list(_targets(qdq_model)):
         old = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
-        rows, back = reduction_rows(_dequantized(inits, dq), node.op_type, attrs)
+        rows, back = reduction_rows(dequantized(inits, dq), node.op_type, attrs)
         q, scale, grow = refit(rows, old)
         seen += grow.size
         if not grow.any():

@@ -10,6 +10,14 @@ import importlib
 
 from edgeopt.runtimes.base import Availability, Loaded, RuntimeAdapter, TensorSpec
 from edgeopt.runtimes.bench import BenchProtocol, BenchResult
+from edgeopt.runtimes.capture import (
+    OPENVINO_F32,
+    capture_onnx,
+    capture_openvino,
+    onnx_input_specs,
+    optimized_op_counts,
+    read_openvino_model,
+)
 from edgeopt.runtimes.devices import ComputeUnit, DeviceCatalog, DeviceProfile, load_devices
 from edgeopt.runtimes.errors import (
     AdapterUnavailable,
@@ -52,6 +60,7 @@ def get_adapter(name: str) -> RuntimeAdapter:
 __all__ = [
     "ADAPTERS",
     "ADAPTER_ALIASES",
+    "OPENVINO_F32",
     "AdapterUnavailable",
     "Availability",
     "BenchProtocol",
@@ -69,6 +78,11 @@ __all__ = [
     "TensorSpec",
     "UnknownAdapter",
     "UnknownDevice",
+    "capture_onnx",
+    "capture_openvino",
     "get_adapter",
     "load_devices",
+    "onnx_input_specs",
+    "optimized_op_counts",
+    "read_openvino_model",
 ]
