@@ -2,7 +2,7 @@
 
 ONNX Runtime's integer convolutions take one scale per activation tensor. The input of a
 depthwise convolution (in MobileNetV2, each expand convolution's ReLU6 output) has channels
-whose ranges differ by 10x or more, so one 8-bit grid over the tensor leaves the small
+whose ranges differ widely, so one 8-bit grid over the tensor leaves the small
 channels a few levels. Each channel ``i`` of such a tensor is scaled by ``M / m_i`` (``m_i``
 its largest value over the calibration samples, ``M`` the largest of them): the producing
 convolution's filter ``i`` and bias are multiplied by it, and the depthwise filter ``i``

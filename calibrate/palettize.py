@@ -115,7 +115,7 @@ def palettize_onnx(model: Path, out: Path, bits: int, group_size: int | None = N
             with the lowest weight SQNR are tried first at more bits, then left alone.
         progress: ``progress(done, total)`` over layers, then over evaluations.
         importance: k-means sample weights, ``"uniform"`` (weight MSE, the default: it
-            measured better) or ``"magnitude"`` (squared weight).
+            kept more accuracy) or ``"magnitude"`` (squared weight).
 
     Returns:
         A JSON-able report: settings, per-layer rows, sizes before/after, metrics.
@@ -130,6 +130,36 @@ def palettize_onnx(model: Path, out: Path, bits: int, group_size: int | None = N
     proto = load_model(model, bits)
     targets, skipped = weight_targets(proto)
     chosen, kept = select_targets(targets, bits, group_size, model)
+    palette = _palette_cache(group_size, importance)
+    for i, t in enumerate(chosen):
+        palette(t, bits)
+        if progress is not None:
+            progress(i + 1, len(chosen))
+    plan: dict[str, int | None] = {t.name: bits for t in chosen}
+    reasons: dict[str, str] = dict(kept)
+    build = _builder(proto, chosen, palette)
+    report_metric = {}
+    if evaluate is not None:
+        plan, trials, report_metric = _fit_budget(model, chosen, plan, bits, group_size, build,
+                                                  palette, evaluate, max_accuracy_drop, progress)
+        reasons.update(trials)
+    _write(build(plan), out)
+    layers = [layer_row(t, plan.get(t.name), group_size,
+                        palette(t, plan[t.name]) if plan.get(t.name) is not None else None,
+                        reasons.get(t.name)) for t in targets]
+    return {
+        "bits": bits, "group_size": group_size, "importance": importance,
+        "encoding": _encoding(chosen), "rule": PAY_RULE, "layers": layers,
+        "skipped": skipped,
+        "palettized_layers": sum(b is not None for b in plan.values()),
+        "size_bytes": {"before": Path(model).stat().st_size, "after": Path(out).stat().st_size},
+        "size_zipped_bytes": {"before": deflated(Path(model)), "after": deflated(Path(out))},
+        **report_metric,
+    }
+
+
+def _palette_cache(group_size: int, importance: str) -> Callable[[Target, int], Palette]:
+    """``palette(target, bits)``, each computed once."""
     cache: dict[tuple[str, int], Palette] = {}
 
     def palette(t: Target, b: int) -> Palette:
@@ -137,51 +167,37 @@ def palettize_onnx(model: Path, out: Path, bits: int, group_size: int | None = N
             cache[t.name, b] = _palette(t, b, group_size, importance)
         return cache[t.name, b]
 
-    for i, t in enumerate(chosen):
-        palette(t, bits)
-        if progress is not None:
-            progress(i + 1, len(chosen))
-    plan: dict[str, int | None] = {t.name: bits for t in chosen}
-    reasons: dict[str, str] = dict(kept)
+    return palette
 
+
+def _builder(proto, chosen: list[Target], palette: Callable[[Target, int], Palette]):
+    """``build(plan)``: the model with each chosen weight palettized at its planned bits
+    (None: left as it is)."""
     def build(p: dict[str, int | None]):
         replaced = {t.name: palette_nodes(t, palette(t, p[t.name]), p[t.name])
                     for t in chosen if p[t.name] is not None}
         return rewrite(proto, replaced, UINT4_OPSET if any(
             b is not None and b <= 4 for b in p.values()) else None)
 
-    report_metric = {}
-    if evaluate is not None:
-        plan, trials, report_metric = _fit_budget(model, chosen, plan, bits, group_size, build,
-                                                  palette, evaluate, max_accuracy_drop, progress)
-        reasons.update(trials)
-    final = build(plan)
+    return build
+
+
+def _write(proto, out: Path) -> None:
     try:
-        save_atomic(final, out)
+        save_atomic(proto, out)
     except Exception as e:
         msg = f"cannot write {out}: {first_line(e)[:200]}"
         raise palettize_error(msg, e) from e
-    layers = []
-    for t in targets:
-        b = plan.get(t.name)
-        layers.append(layer_row(t, b, group_size, palette(t, b) if b is not None else None,
-                                 reasons.get(t.name)))
-    encoding = ("per group of output channels a LUT of 2^bits centroids ("
-                + ("int8 codes feeding the existing weight DequantizeLinear" if any(
-                    t.codes for t in chosen) else "float16")
-                + ") and indices (uint4 packed two per byte for <= 4 bits, uint8 above), decoded "
-                "by Cast(int64) -> GatherElements(axis=1) -> [Cast(float)] -> Reshape "
-                "[-> Mul(fp16 per-channel scale, when channels share a float table)] "
-                "[-> Transpose] into the original weight name")
-    return {
-        "bits": bits, "group_size": group_size, "importance": importance,
-        "encoding": encoding, "rule": PAY_RULE, "layers": layers,
-        "skipped": skipped,
-        "palettized_layers": sum(b is not None for b in plan.values()),
-        "size_bytes": {"before": Path(model).stat().st_size, "after": Path(out).stat().st_size},
-        "size_zipped_bytes": {"before": deflated(Path(model)), "after": deflated(Path(out))},
-        **report_metric,
-    }
+
+
+def _encoding(chosen: list[Target]) -> str:
+    return ("per group of output channels a LUT of 2^bits centroids ("
+            + ("int8 codes feeding the existing weight DequantizeLinear" if any(
+                t.codes for t in chosen) else "float16")
+            + ") and indices (uint4 packed two per byte for <= 4 bits, uint8 above), decoded "
+            "by Cast(int64) -> GatherElements(axis=1) -> [Cast(float)] -> Reshape "
+            "[-> Mul(fp16 per-channel scale, when channels share a float table)] "
+            "[-> Transpose] into the original weight name")
 
 
 def _fit_budget(model, chosen, plan, bits, group_size, build, palette, evaluate,
@@ -278,11 +294,7 @@ def uniform_blockwise_onnx(model: Path, out: Path, bits: int = 4,
         replaced[name] = (nodes, inits)
         size = index_bytes(q.size, bits) + scale.nbytes + index_bytes(zero.size, bits)
         rows[name] = Palette(scale, q, sqnr_db(t.matrix.astype(np.float64), decoded), size)
-    try:
-        save_atomic(rewrite(proto, replaced, UINT4_OPSET), out)
-    except Exception as e:
-        msg = f"cannot write {out}: {first_line(e)[:200]}"
-        raise palettize_error(msg, e) from e
+    _write(rewrite(proto, replaced, UINT4_OPSET), out)
     return {
         "bits": bits, "group_size": group_size,
         "encoding": ("uniform asymmetric min-max, one fp32 scale and uint zero point per group "
