@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 # OpenVINO's CPU plugin may run float layers in bf16/f16 on its own; statistics are FP32.
-OPENVINO_F32 = {"INFERENCE_PRECISION_HINT": "f32"}
+OPENVINO_F32 = MappingProxyType({"INFERENCE_PRECISION_HINT": "f32"})
 
 
 def _ort_session(model: bytes | str, *, optimize: bool, threads: int | None,
