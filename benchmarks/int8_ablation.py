@@ -71,9 +71,9 @@ def unrounded(model, keep=lambda tensor: True):
 def fp32_weights(model, fp32):
     """A copy whose weight and bias DequantizeLinear nodes are the FP32 initializers, each
     such layer reading its input through its own per-channel DequantizeLinear so that ONNX
-    Runtime does not quantize those weights again when it loads the graph (quantize.py's
-    ``_keep_float``; without it this row measured 0.70, ONNX Runtime's per-tensor int8)."""
-    from edgeopt.calibrate.quantize import _keep_float
+    Runtime does not quantize those weights again when it loads the graph (qdq_graph.py's
+    ``keep_float``; without it this row measured 0.70, ONNX Runtime's per-tensor int8)."""
+    from edgeopt.calibrate.qdq_graph import keep_float
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -91,7 +91,7 @@ def fp32_weights(model, fp32):
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     out.graph.initializer.extend(extra)
-    _keep_float(out)
+    keep_float(out)
     return out
 
 

@@ -64,7 +64,7 @@ def build(name: str, work: Path, console: Console) -> tuple[object, list[Row], d
 
     from edgeopt.calibrate import QuantConfig, quantize_for_openvino, quantize_onnx_for_ort
     from edgeopt.calibrate.calibrators import compute_ranges, sqnr_gain_db
-    from edgeopt.calibrate.quantize import _Reader, activation_stats
+    from edgeopt.calibrate.quantize import CalibrationReader, activation_stats
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
     ref, fp32_onnx, fp32_xml = fp32_models(name, work / name)
@@ -75,7 +75,7 @@ def build(name: str, work: Path, console: Console) -> tuple[object, list[Row], d
     prep = work / f"{name}.prep.onnx"
     quant_pre_process(str(fp32_onnx), str(prep), skip_symbolic_shape=True)
     ort_peer = work / f"{name}.ort-quantize_static.onnx"
-    quantize_static(str(prep), str(ort_peer), _Reader(calib, None), quant_format=QuantFormat.QDQ,
+    quantize_static(str(prep), str(ort_peer), CalibrationReader(calib, None), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
     rows.append(Row(PEER["onnxruntime"], "onnxruntime", ort_peer))

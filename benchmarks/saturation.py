@@ -69,7 +69,7 @@ def build(name: str, work: Path, console: Console) -> tuple[object, list[tuple]]
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from edgeopt.calibrate import QuantConfig, quantize_for_openvino, quantize_onnx_for_ort
-    from edgeopt.calibrate.quantize import _Reader, activation_stats
+    from edgeopt.calibrate.quantize import CalibrationReader, activation_stats
 
     ref, fp32_onnx, fp32_xml = fp32_models(name, work / name)
     calib = ref.calibration_set()
@@ -81,7 +81,7 @@ def build(name: str, work: Path, console: Console) -> tuple[object, list[tuple]]
                                    ("ORT quantize_static U8U8", False, QuantType.QUInt8)):
         console.log(f"{name}: {label}")
         path = work / f"{name}.ort-{reduce}-{weights.name}.onnx"
-        quantize_static(str(prep), str(path), _Reader(calib, None), quant_format=QuantFormat.QDQ,
+        quantize_static(str(prep), str(path), CalibrationReader(calib, None), quant_format=QuantFormat.QDQ,
                         per_channel=True, reduce_range=reduce, activation_type=QuantType.QUInt8,
                         weight_type=weights, calibrate_method=CalibrationMethod.MinMax)
         rows.append((label, "onnxruntime", path))

@@ -17,7 +17,7 @@ _WEIGHT_INPUT = {"Conv": 1, "MatMul": 1, "Gemm": 1, "Gather": 0}
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
     """One weight initializer: its values as [channels, rest] (output channels first)."""
 
     name: str
@@ -45,7 +45,7 @@ class _Target:
 
 
 @dataclass(frozen=True)
-class _Palette:
+class Palette:
     lut: np.ndarray            # [G, 2^bits] float16 (or int8/uint8 codes)
     indices: np.ndarray        # [G, group_size * M] uint8 values < 2^bits
     sqnr_db: float
@@ -69,7 +69,7 @@ def _channel_axis(node, rank: int) -> int | None:
     return None
 
 
-def _targets(model) -> tuple[list[_Target], list[dict]]:
+def weight_targets(model) -> tuple[list[Target], list[dict]]:
     """Weights that could be palettized, and the skipped ones with the reason."""
     from onnx import numpy_helper
 
@@ -118,7 +118,7 @@ def _targets(model) -> tuple[list[_Target], list[dict]]:
                                 "reason": "blockwise or non-constant DequantizeLinear"})
                 continue
             scale, zero = found
-        targets.append(_Target(name, tuple(array.shape), ops, axis, matrix, codes, scale, zero))
+        targets.append(Target(name, tuple(array.shape), ops, axis, matrix, codes, scale, zero))
     return targets, skipped
 
 
@@ -143,7 +143,7 @@ def _dq_params(dq, inits, shape, axis):
 # ---------------------------------------------------------------- graph rewriting
 
 
-def _decode_tail(target: _Target, source: str, nodes: list, inits: list,
+def decode_tail(target: Target, source: str, nodes: list, inits: list,
                  scale: np.ndarray | None = None) -> None:
     """Reshape ``source`` [G, group*M] to [C, ...], times the per-channel ``scale`` if any,
     Transposed back for last-axis weights, into the weight's name."""
@@ -172,7 +172,7 @@ def _decode_tail(target: _Target, source: str, nodes: list, inits: list,
         source = result
 
 
-def _palette_nodes(target: _Target, palette: _Palette, bits: int) -> tuple[list, list]:
+def palette_nodes(target: Target, palette: Palette, bits: int) -> tuple[list, list]:
     import ml_dtypes
     from onnx import TensorProto, helper, numpy_helper
 
@@ -191,11 +191,11 @@ def _palette_nodes(target: _Target, palette: _Palette, bits: int) -> tuple[list,
         nodes.append(helper.make_node("Cast", [gathered], [f"{name}.palette_float"],
                                       to=TensorProto.FLOAT, name=f"{name}/palette/CastFloat"))
         gathered = f"{name}.palette_float"
-    _decode_tail(target, gathered, nodes, inits, palette.scale)
+    decode_tail(target, gathered, nodes, inits, palette.scale)
     return nodes, inits
 
 
-def _rewrite(model, replaced: dict[str, tuple[list, list]], opset: int | None):
+def rewrite(model, replaced: dict[str, tuple[list, list]], opset: int | None):
     """A copy of ``model`` whose listed initializers are computed by the given nodes."""
     out = copy.deepcopy(model)
     graph = out.graph
@@ -218,7 +218,7 @@ def _rewrite(model, replaced: dict[str, tuple[list, list]], opset: int | None):
     return out
 
 
-def _save_atomic(proto, out: Path) -> None:
+def save_atomic(proto, out: Path) -> None:
     import onnx
 
     out = Path(out)

@@ -89,6 +89,6 @@ def uniform_grid(values: np.ndarray, k: int) -> np.ndarray:
     return lo + (hi - lo) * (np.arange(k) / max(k - 1, 1))
 
 
-def _sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
     noise = float(np.sum((ref - got) ** 2))
     return float("inf") if noise == 0 else round(10 * np.log10(max(float(np.sum(ref * ref)), 1e-30) / noise), 2)

@@ -1,5 +1,5 @@
 """Palettization's rules and checks: its error, the arguments, which weights pay at a setting
-(``_PAY_RULE``, ``MIN_FAN_IN``), reading the model, the report's per-layer row.
+(``PAY_RULE``, ``MIN_FAN_IN``), reading the model, the report's per-layer row.
 
 Shared by the k-means palettization and the uniform baseline in
 :mod:`edgeopt.calibrate.palettize`.
@@ -9,61 +9,60 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeopt.calibrate._palette_graph import _Palette, _Target
+from edgeopt.calibrate._palette_graph import Palette, Target
 from edgeopt.calibrate.errors import CalibrationError
-from edgeopt.convert.errors import first_line
+from edgeopt.runtimes.errors import first_line
 
-_PAY_RULE = ("at least 16 x 2^bits elements, rank >= 2 (never a bias), and the tables no "
+PAY_RULE = ("at least 16 x 2^bits elements, rank >= 2 (never a bias), and the tables no "
              "larger than the packed indices")
-_UINT4_OPSET = 21
+UINT4_OPSET = 21
 
 
 class PalettizeError(CalibrationError):
     """Palettization cannot run as asked: bad bits or group size, or nothing to palettize."""
 
 
-def _fail(message: str, cause: BaseException | None = None) -> PalettizeError:
+def palettize_error(message: str, cause: BaseException | None = None) -> PalettizeError:
     error = PalettizeError(message)
     error.__cause__ = cause
     return error
 
 
-# Layers whose output channels have fewer weights than this stay as they are: in
-# mobilenet-v2 those are the stem and the first pointwise/depthwise layers, 2% of the
-# weights. Palettizing them at 4 bits (8 channels a table) saved 4% of the file and cost
-# 0.43 -> 0.16 top-1 agreement on the evaluation crops.
+# Layers whose output channels have fewer weights than this stay as they are: in a CNN
+# those are the stem and the first pointwise/depthwise layers, a small share of the
+# weights, so palettizing them saves little of the file and costs much of the accuracy.
 MIN_FAN_IN = 64
 
 
-def _index_bytes(count: int, bits: int) -> int:
+def index_bytes(count: int, bits: int) -> int:
     return (count + 1) // 2 if bits <= 4 else count
 
 
-def _scaled(target: _Target, group_size: int) -> bool:
+def scaled(target: Target, group_size: int) -> bool:
     """Float tables shared by several channels hold the weights divided by a per-channel
     scale (BatchNorm-folded channels differ in range by orders of magnitude)."""
     return group_size > 1 and not target.codes
 
 
-def _pays(target: _Target, bits: int, group_size: int) -> str | None:
+def pays(target: Target, bits: int, group_size: int) -> str | None:
     """None if palettizing pays, else why not."""
     k = 1 << bits
     size = target.matrix.size
     lut_bytes = (target.channels // group_size) * k * (1 if target.codes else 2)
-    lut_bytes += 2 * target.channels if _scaled(target, group_size) else 0
+    lut_bytes += 2 * target.channels if scaled(target, group_size) else 0
     if size < 16 * k:
         return f"{size} elements < 16 x 2^{bits}"
     if size // target.channels < MIN_FAN_IN:
         return (f"{size // target.channels} weights per output channel < {MIN_FAN_IN} "
                 "(small early layers: little to save, much to lose)")
-    if lut_bytes > _index_bytes(size, bits):
+    if lut_bytes > index_bytes(size, bits):
         return f"tables ({lut_bytes} B) larger than the packed indices at group size {group_size}"
-    if lut_bytes + _index_bytes(size, bits) >= target.original_bytes:
+    if lut_bytes + index_bytes(size, bits) >= target.original_bytes:
         return f"{bits}-bit indices and tables are no smaller than the weights"
     return None
 
 
-def _load(model: Path, bits: int):
+def load_model(model: Path, bits: int):
     import onnx
 
     path = Path(model)
@@ -71,27 +70,27 @@ def _load(model: Path, bits: int):
         proto = onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError, OSError...
         msg = f"cannot read ONNX model {path.name}: {first_line(e)[:200]}"
-        raise _fail(msg, e) from e
+        raise palettize_error(msg, e) from e
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if bits <= 4 and opset < _UINT4_OPSET:
+    if bits <= 4 and opset < UINT4_OPSET:
         from onnx import version_converter
 
         try:   # packed uint4 needs Cast-21; op semantics that changed meanwhile are converted
-            proto = version_converter.convert_version(proto, _UINT4_OPSET)
+            proto = version_converter.convert_version(proto, UINT4_OPSET)
         except Exception as e:
-            msg = (f"cannot convert {path.name} from opset {opset} to {_UINT4_OPSET} for uint4 "
+            msg = (f"cannot convert {path.name} from opset {opset} to {UINT4_OPSET} for uint4 "
                    f"indices: {first_line(e)[:200]}; use bits 5-8 (uint8 indices)")
-            raise _fail(msg, e) from e
+            raise palettize_error(msg, e) from e
     return proto
 
 
-def _deflated(path: Path) -> int:
+def deflated(path: Path) -> int:
     from edgeopt.calibrate.pruning import deflated_size
 
     return deflated_size([path])
 
 
-def _check_args(model: Path, out: Path, bits: int, group_size: int | None,
+def check_args(model: Path, out: Path, bits: int, group_size: int | None,
                 max_accuracy_drop: float | None, evaluate) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
         msg = f"bits must be an integer from 2 to 8, got {bits!r}"
@@ -117,7 +116,7 @@ def _check_args(model: Path, out: Path, bits: int, group_size: int | None,
     return group_size
 
 
-def _select(targets: list[_Target], bits: int, group_size: int, model: Path) -> tuple[list, dict]:
+def select_targets(targets: list[Target], bits: int, group_size: int, model: Path) -> tuple[list, dict]:
     """Targets that pay at ``bits`` and the reasons of the others; a group size that does not
     divide a target's channels is the user's mistake."""
     chosen, kept = [], {}
@@ -131,7 +130,7 @@ def _select(targets: list[_Target], bits: int, group_size: int, model: Path) -> 
             msg = (f"group size {group_size} does not divide the {t.channels} output channels "
                    f"of '{t.name}' in {Path(model).name}; use a divisor of {common}")
             raise PalettizeError(msg)
-        reason = _pays(t, bits, group_size)
+        reason = pays(t, bits, group_size)
         if reason is None:
             chosen.append(t)
         else:
@@ -144,7 +143,7 @@ def _select(targets: list[_Target], bits: int, group_size: int, model: Path) -> 
     return chosen, kept
 
 
-def _layer_row(t: _Target, bits, group_size: int, palette: _Palette | None, reason) -> dict:
+def layer_row(t: Target, bits, group_size: int, palette: Palette | None, reason) -> dict:
     return {"name": t.name, "ops": list(t.ops), "shape": list(t.shape), "bits": bits,
             "groups": t.channels // group_size if palette is not None else None,
             "original_bytes": t.original_bytes,

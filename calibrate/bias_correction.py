@@ -4,8 +4,7 @@ causes, as NNCF's fast bias correction does for OpenVINO.
 For a convolution y = W * x + b, rounding W to W_q shifts the mean of each output channel
 by (W - W_q) applied to the mean of its input. That shift is computed from the
 per-channel means of each convolution's (quantized) input over calibration samples, one
-pass, and folded into the int32 bias. Measured on mobilenet-v2 (300 evaluation crops):
-top-1 agreement 0.85 -> 0.88 for ONNX Runtime's INT8 artifact, at no runtime cost.
+pass, and folded into the int32 bias: the integers change, the graph and its speed do not.
 """
 
 from __future__ import annotations
@@ -17,30 +16,12 @@ import numpy as np
 MAX_SAMPLES = 32
 
 
-def _run_tensors(model, names: list[str], samples):
-    """Yield {name: value} of the named tensors for each sample (unoptimized graph)."""
-    import onnx
-    import onnxruntime as ort
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in have:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(probe.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    for sample in samples:
-        yield dict(zip(names, session.run(names, sample), strict=True))
-
-
 def _channel_means(model, names: list[str], samples) -> dict[str, np.ndarray]:
+    from edgeopt.runtimes import capture_onnx
+
     sums: dict[str, np.ndarray] = {}
-    for values in _run_tensors(model, names, samples):
-        for name, value in values.items():
+    for values in capture_onnx(model, samples, names):
+        for name, value in zip(names, values, strict=True):
             value = np.asarray(value, dtype=np.float64)
             axes = tuple(i for i in range(value.ndim) if i != 1)
             sums[name] = sums.get(name, 0.0) + value.mean(axis=axes)
@@ -52,7 +33,7 @@ def dq_axis(dq) -> int:
     return next((a.i for a in dq.attribute if a.name == "axis"), 1)
 
 
-def _dequantized(inits: dict, dq) -> np.ndarray:
+def dequantized(inits: dict, dq) -> np.ndarray:
     """The float values of a DequantizeLinear node over initializers (``inits``: protos)."""
     from onnx import numpy_helper
 
@@ -88,7 +69,7 @@ def correct_weight_bias(fp32_model, qdq_model, samples: Sequence[dict[str, np.nd
         original = fp32_weights.get(w_dq.input[0].removesuffix("_quantized"))
         if original is None or w_dq.input[0] not in inits or b_dq.input[0] not in inits:
             continue
-        error = numpy_helper.to_array(original).astype(np.float64) - _dequantized(inits, w_dq)
+        error = numpy_helper.to_array(original).astype(np.float64) - dequantized(inits, w_dq)
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         jobs.append((node.input[0], error, group, b_dq))
     if not jobs:

@@ -134,11 +134,9 @@ def compute_ranges(stats: dict[str, TensorStats], calibrator: str,
     full range (min-max). An input is the data itself, not a layer's output: clipping it
     throws away pixels the model was trained to see, and a calibrator's clip there only
     reflects how many dark or bright crops the calibration set had. ONNX Runtime's
-    artifacts take it (mobilenet-v2: top-1 agreement 0.917 -> 0.933 on the evaluation
-    crops, 0.84 -> 0.88 on the calibration crops, KL to FP32 lower on both). OpenVINO's do
-    not: NNCF's input quantizer is symmetric, the full range costs it more levels, and the
-    same change there was mixed (evaluation 0.897 -> 0.887, calibration 0.85 -> 0.92, KL
-    lower on one set and higher on the other)."""
+    artifacts take it (it raised their agreement with FP32). OpenVINO's do not: NNCF's
+    input quantizer is symmetric, the full range costs it more levels, and the same change
+    there was mixed."""
     choose = CALIBRATORS[calibrator]
     return {name: (minmax if name in inputs else choose)(s)
             for name, s in stats.items() if s.count}

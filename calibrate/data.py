@@ -12,7 +12,9 @@ Images and factory samples are read lazily: no more than the limit is decoded or
 
 from __future__ import annotations
 
+import importlib
 import re
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +31,7 @@ from edgeopt.calibrate.images import (
     load_image,
     parse_preprocess,
 )
-from edgeopt.convert.errors import first_line
-from edgeopt.convert.load import FactoryError, call_factory
+from edgeopt.runtimes.errors import first_line
 
 InputSpec = tuple[str, str, tuple[int, ...]]   # name, numpy dtype name, concrete shape
 RANDOM = "random"
@@ -272,13 +273,35 @@ def _image_sample(path: Path, spec: InputSpec, pre: Preprocess) -> dict[str, np.
     return {name: np.ascontiguousarray(array.astype(dtype, copy=False))}
 
 
+def _call_factory(spec: str, where: str) -> Any:
+    """Import ``package.module:attr`` (the working directory on the path) and call it.
+
+    convert/load.py does the same for model factories; calibrate may not import convert
+    and convert may not import runtimes, the only layer below both, so each has its own.
+    """
+    module_name, _, attr = spec.partition(":")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # let users name modules in the working dir
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:
+        msg = (f"{where}: cannot import '{module_name}' ({type(e).__name__}: "
+               f"{first_line(e)[:160]}); check the module is on PYTHONPATH")
+        raise CalibrationDataError(msg) from e
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        msg = f"{where}: '{module_name}' has no callable '{attr}'"
+        raise CalibrationDataError(msg)
+    try:
+        return factory()
+    except Exception as e:
+        msg = f"{where}: the factory raised {type(e).__name__}: {first_line(e)[:160]}"
+        raise CalibrationDataError(msg) from e
+
+
 def _from_factory(spec: str, inputs: Sequence[InputSpec], limit: int | None) -> CalibrationSet:
     where = f"calibration factory {spec}"
-    try:
-        made = call_factory(spec)
-    except FactoryError as e:
-        msg = f"{where}: {e}"
-        raise CalibrationDataError(msg) from e
+    made = _call_factory(spec, where)
     if isinstance(made, (Mapping, str, bytes, np.ndarray)) or not hasattr(made, "__iter__"):
         msg = (f"{where}: the factory returned {type(made).__name__}, not an iterable of "
                "input dicts; return a list or generator of {input_name: array}")

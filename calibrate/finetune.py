@@ -190,20 +190,10 @@ def finetune(model: nn.Module, data: FinetuneData, config: FinetuneConfig, *,
             does not split over the processes.
     """
     import torch
-    import torch.nn.functional as F
 
     mode = _check_data(data, teacher, input_names)
     rank, world = init_distributed()
-    if config.batch_size % world:
-        msg = (f"--batch-size {config.batch_size} must be a multiple of the {world} "
-               "processes (each takes an equal share of the global batch)")
-        raise FinetuneError(msg)
-    n = len(data.inputs)
-    steps_per_epoch = n // config.batch_size
-    if steps_per_epoch < 1:
-        msg = (f"{n} fine-tuning samples make no full batch of {config.batch_size}; "
-               "lower --batch-size or give more data")
-        raise FinetuneError(msg)
+    steps_per_epoch = _steps_per_epoch(config, world, len(data.inputs))
     device = _training_device(model, world)
     homes = [(m, _device_of(m)) for m in (model, teacher) if m is not None]
     for m, _ in homes:
@@ -213,53 +203,16 @@ def finetune(model: nn.Module, data: FinetuneData, config: FinetuneConfig, *,
             m.eval()                         # BatchNorm statistics and dropout frozen
         torch.manual_seed(config.seed)
         _check_outputs(model, data, input_names, device)
-        trained = model
-        if world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            trained = DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
-            trained.eval()
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=config.epochs * steps_per_epoch)
-        share = config.batch_size // world
-        labels = None if data.labels is None else torch.as_tensor(data.labels, dtype=torch.long)
-        t = config.temperature
+        trainer = _Trainer(model, data, config, input_names, teacher, extra_loss,
+                           (rank, world, device, steps_per_epoch))
         result = FinetuneResult(mode, world_size=world, rank=rank,
                                 global_batch=config.batch_size)
         for epoch in range(config.epochs):
             start = time.perf_counter()
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + epoch))
-            total = torch.zeros((), device=device)
-            for step in range(steps_per_epoch):
-                batch = order[step * config.batch_size:(step + 1) * config.batch_size]
-                mine = batch[rank * share:(rank + 1) * share]
-                inputs = _stack([data.inputs[i] for i in mine.tolist()], input_names, device)
-                logits = _first(trained(*inputs))
-                if labels is not None:
-                    loss = F.cross_entropy(logits, labels[mine].to(device))
-                else:
-                    with torch.no_grad():
-                        soft = F.softmax(_first(teacher(*inputs)) / t, dim=-1)
-                    loss = F.kl_div(F.log_softmax(logits / t, dim=-1), soft,
-                                    reduction="batchmean") * (t * t)
-                if extra_loss is not None:
-                    loss = loss + extra_loss()   # same on every rank: the DDP mean keeps it whole
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                total += loss.detach()
-            if world > 1:
-                import torch.distributed as dist
-
-                dist.all_reduce(total)           # equal shares: the mean of the rank means
-                total /= world
+            loss = trainer.epoch(epoch)
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
-            record = {"epoch": epoch + 1, "loss": round(float(total) / steps_per_epoch, 6),
+            record = {"epoch": epoch + 1, "loss": round(loss, 6),
                       "val_metric": round(validate(model, data, input_names, teacher), 6),
                       "seconds": round(time.perf_counter() - start, 2)}
             result.epochs.append(record)
@@ -270,6 +223,90 @@ def finetune(model: nn.Module, data: FinetuneData, config: FinetuneConfig, *,
             m.to(home)
         model.eval()
     return result
+
+
+def _steps_per_epoch(config: FinetuneConfig, world: int, n: int) -> int:
+    """Full global batches per epoch; raise when the batch does not split over the
+    processes or the data makes no full batch."""
+    if config.batch_size % world:
+        msg = (f"--batch-size {config.batch_size} must be a multiple of the {world} "
+               "processes (each takes an equal share of the global batch)")
+        raise FinetuneError(msg)
+    steps = n // config.batch_size
+    if steps < 1:
+        msg = (f"{n} fine-tuning samples make no full batch of {config.batch_size}; "
+               "lower --batch-size or give more data")
+        raise FinetuneError(msg)
+    return steps
+
+
+class _Trainer:
+    """One fine-tuning run: the (DDP-wrapped) model, Adam with L2 and a cosine schedule,
+    and the loss of each rank's share of a global batch."""
+
+    def __init__(self, model, data: FinetuneData, config: FinetuneConfig,
+                 input_names: list[str], teacher, extra_loss, placement: tuple) -> None:
+        import torch
+
+        self.rank, self.world, self.device, self.steps = placement
+        self.model, self.data, self.config = model, data, config
+        self.input_names, self.teacher, self.extra_loss = input_names, teacher, extra_loss
+        self.trained = model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.trained = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.trained.eval()
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=config.epochs * self.steps)
+        self.labels = (None if data.labels is None
+                       else torch.as_tensor(data.labels, dtype=torch.long))
+
+    def epoch(self, epoch: int) -> float:
+        """One pass over the global batches (seeded order); the mean loss over them."""
+        import torch
+
+        config = self.config
+        share = config.batch_size // self.world
+        generator = torch.Generator().manual_seed(config.seed + epoch)
+        order = torch.randperm(len(self.data.inputs), generator=generator)
+        total = torch.zeros((), device=self.device)
+        for step in range(self.steps):
+            batch = order[step * config.batch_size:(step + 1) * config.batch_size]
+            loss = self._loss(batch[self.rank * share:(self.rank + 1) * share])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.schedule.step()
+            total += loss.detach()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(total)           # equal shares: the mean of the rank means
+            total /= self.world
+        return float(total) / self.steps
+
+    def _loss(self, mine):
+        import torch
+        import torch.nn.functional as F
+
+        inputs = _stack([self.data.inputs[i] for i in mine.tolist()], self.input_names,
+                        self.device)
+        logits = _first(self.trained(*inputs))
+        if self.labels is not None:
+            loss = F.cross_entropy(logits, self.labels[mine].to(self.device))
+        else:
+            t = self.config.temperature
+            with torch.no_grad():
+                soft = F.softmax(_first(self.teacher(*inputs)) / t, dim=-1)
+            loss = F.kl_div(F.log_softmax(logits / t, dim=-1), soft,
+                            reduction="batchmean") * (t * t)
+        if self.extra_loss is not None:
+            loss = loss + self.extra_loss()   # same on every rank: the DDP mean keeps it whole
+        return loss
 
 
 def validate(model: nn.Module, data: FinetuneData, input_names: list[str],

@@ -16,7 +16,7 @@ the existing ``DequantizeLinear``, which ONNX Runtime still fuses into integer k
 
 Output channels are axis 0 of Conv weights and of Gemm ``B`` with ``transB=1``, the last
 axis of MatMul / Gemm (``transB=0``) weights and of embedding tables (a lookup is a one-hot
-MatMul). A weight is palettized only when it pays (``_PAY_RULE``).
+MatMul). A weight is palettized only when it pays (``PAY_RULE``).
 
 ``uniform_blockwise_onnx`` is the baseline at the same granularity: uniform 4-bit weights,
 one scale and zero point per group of output channels, decoded by an opset-21 blockwise
@@ -32,31 +32,31 @@ from pathlib import Path
 import numpy as np
 
 from edgeopt.calibrate._palette_graph import (
-    _decode_tail,
-    _Palette,
-    _palette_nodes,
-    _rewrite,
-    _save_atomic,
-    _Target,
-    _targets,
+    Palette,
+    Target,
+    decode_tail,
+    palette_nodes,
+    rewrite,
+    save_atomic,
+    weight_targets,
 )
-from edgeopt.calibrate._palette_kmeans import _sqnr_db, assign, kmeans_1d, uniform_grid
+from edgeopt.calibrate._palette_kmeans import assign, kmeans_1d, sqnr_db, uniform_grid
 from edgeopt.calibrate._palette_rules import (  # noqa: F401 (MIN_FAN_IN: re-exported)
-    _PAY_RULE,
-    _UINT4_OPSET,
     MIN_FAN_IN,
+    PAY_RULE,
+    UINT4_OPSET,
     PalettizeError,
-    _check_args,
-    _deflated,
-    _fail,
-    _index_bytes,
-    _layer_row,
-    _load,
-    _pays,
-    _scaled,
-    _select,
+    check_args,
+    deflated,
+    index_bytes,
+    layer_row,
+    load_model,
+    palettize_error,
+    pays,
+    scaled,
+    select_targets,
 )
-from edgeopt.convert.errors import first_line
+from edgeopt.runtimes.errors import first_line
 
 __all__ = ["PalettizeError", "assign", "kmeans_1d", "palettize_onnx", "uniform_blockwise_onnx",
            "uniform_grid"]
@@ -65,10 +65,10 @@ __all__ = ["PalettizeError", "assign", "kmeans_1d", "palettize_onnx", "uniform_b
 # ---------------------------------------------------------------- one weight, one setting
 
 
-def _palette(target: _Target, bits: int, group_size: int, importance: str) -> _Palette:
+def _palette(target: Target, bits: int, group_size: int, importance: str) -> Palette:
     k = 1 << bits
     matrix, scale, channel_weight = target.matrix, None, target.dq_scale
-    if _scaled(target, group_size):
+    if scaled(target, group_size):
         absmax = np.abs(matrix).max(1).astype(np.float16)
         scale = np.where(absmax > 0, absmax, np.float16(1))
         matrix = matrix / scale.astype(np.float32)[:, None]
@@ -90,9 +90,9 @@ def _palette(target: _Target, bits: int, group_size: int, importance: str) -> _P
     decoded = np.take_along_axis(lut, indices.astype(np.int64), 1).reshape(target.matrix.shape)
     if scale is not None:                 # as the graph computes it: float32 multiply
         decoded = decoded.astype(np.float32) * scale.astype(np.float32)[:, None]
-    sqnr = _sqnr_db(target.float_values(target.matrix), target.float_values(decoded))
-    size = lut.nbytes + _index_bytes(indices.size, bits) + (0 if scale is None else scale.nbytes)
-    return _Palette(lut, indices, sqnr, size, scale)
+    sqnr = sqnr_db(target.float_values(target.matrix), target.float_values(decoded))
+    size = lut.nbytes + index_bytes(indices.size, bits) + (0 if scale is None else scale.nbytes)
+    return Palette(lut, indices, sqnr, size, scale)
 
 
 # ---------------------------------------------------------------- public API
@@ -115,7 +115,7 @@ def palettize_onnx(model: Path, out: Path, bits: int, group_size: int | None = N
             with the lowest weight SQNR are tried first at more bits, then left alone.
         progress: ``progress(done, total)`` over layers, then over evaluations.
         importance: k-means sample weights, ``"uniform"`` (weight MSE, the default: it
-            measured better) or ``"magnitude"`` (squared weight).
+            kept more accuracy) or ``"magnitude"`` (squared weight).
 
     Returns:
         A JSON-able report: settings, per-layer rows, sizes before/after, metrics.
@@ -123,65 +123,81 @@ def palettize_onnx(model: Path, out: Path, bits: int, group_size: int | None = N
     Raises:
         PalettizeError: bad arguments, an unreadable model, or nothing worth palettizing.
     """
-    group_size = _check_args(model, out, bits, group_size, max_accuracy_drop, evaluate)
+    group_size = check_args(model, out, bits, group_size, max_accuracy_drop, evaluate)
     if importance not in ("uniform", "magnitude"):
         msg = f"importance must be 'uniform' or 'magnitude', got {importance!r}"
         raise PalettizeError(msg)
-    proto = _load(model, bits)
-    targets, skipped = _targets(proto)
-    chosen, kept = _select(targets, bits, group_size, model)
-    cache: dict[tuple[str, int], _Palette] = {}
-
-    def palette(t: _Target, b: int) -> _Palette:
-        if (t.name, b) not in cache:
-            cache[t.name, b] = _palette(t, b, group_size, importance)
-        return cache[t.name, b]
-
+    proto = load_model(model, bits)
+    targets, skipped = weight_targets(proto)
+    chosen, kept = select_targets(targets, bits, group_size, model)
+    palette = _palette_cache(group_size, importance)
     for i, t in enumerate(chosen):
         palette(t, bits)
         if progress is not None:
             progress(i + 1, len(chosen))
     plan: dict[str, int | None] = {t.name: bits for t in chosen}
     reasons: dict[str, str] = dict(kept)
-
-    def build(p: dict[str, int | None]):
-        replaced = {t.name: _palette_nodes(t, palette(t, p[t.name]), p[t.name])
-                    for t in chosen if p[t.name] is not None}
-        return _rewrite(proto, replaced, _UINT4_OPSET if any(
-            b is not None and b <= 4 for b in p.values()) else None)
-
+    build = _builder(proto, chosen, palette)
     report_metric = {}
     if evaluate is not None:
         plan, trials, report_metric = _fit_budget(model, chosen, plan, bits, group_size, build,
                                                   palette, evaluate, max_accuracy_drop, progress)
         reasons.update(trials)
-    final = build(plan)
-    try:
-        _save_atomic(final, out)
-    except Exception as e:
-        msg = f"cannot write {out}: {first_line(e)[:200]}"
-        raise _fail(msg, e) from e
-    layers = []
-    for t in targets:
-        b = plan.get(t.name)
-        layers.append(_layer_row(t, b, group_size, palette(t, b) if b is not None else None,
-                                 reasons.get(t.name)))
-    encoding = ("per group of output channels a LUT of 2^bits centroids ("
-                + ("int8 codes feeding the existing weight DequantizeLinear" if any(
-                    t.codes for t in chosen) else "float16")
-                + ") and indices (uint4 packed two per byte for <= 4 bits, uint8 above), decoded "
-                "by Cast(int64) -> GatherElements(axis=1) -> [Cast(float)] -> Reshape "
-                "[-> Mul(fp16 per-channel scale, when channels share a float table)] "
-                "[-> Transpose] into the original weight name")
+    _write(build(plan), out)
+    layers = [layer_row(t, plan.get(t.name), group_size,
+                        palette(t, plan[t.name]) if plan.get(t.name) is not None else None,
+                        reasons.get(t.name)) for t in targets]
     return {
         "bits": bits, "group_size": group_size, "importance": importance,
-        "encoding": encoding, "rule": _PAY_RULE, "layers": layers,
+        "encoding": _encoding(chosen), "rule": PAY_RULE, "layers": layers,
         "skipped": skipped,
         "palettized_layers": sum(b is not None for b in plan.values()),
         "size_bytes": {"before": Path(model).stat().st_size, "after": Path(out).stat().st_size},
-        "size_zipped_bytes": {"before": _deflated(Path(model)), "after": _deflated(Path(out))},
+        "size_zipped_bytes": {"before": deflated(Path(model)), "after": deflated(Path(out))},
         **report_metric,
     }
+
+
+def _palette_cache(group_size: int, importance: str) -> Callable[[Target, int], Palette]:
+    """``palette(target, bits)``, each computed once."""
+    cache: dict[tuple[str, int], Palette] = {}
+
+    def palette(t: Target, b: int) -> Palette:
+        if (t.name, b) not in cache:
+            cache[t.name, b] = _palette(t, b, group_size, importance)
+        return cache[t.name, b]
+
+    return palette
+
+
+def _builder(proto, chosen: list[Target], palette: Callable[[Target, int], Palette]):
+    """``build(plan)``: the model with each chosen weight palettized at its planned bits
+    (None: left as it is)."""
+    def build(p: dict[str, int | None]):
+        replaced = {t.name: palette_nodes(t, palette(t, p[t.name]), p[t.name])
+                    for t in chosen if p[t.name] is not None}
+        return rewrite(proto, replaced, UINT4_OPSET if any(
+            b is not None and b <= 4 for b in p.values()) else None)
+
+    return build
+
+
+def _write(proto, out: Path) -> None:
+    try:
+        save_atomic(proto, out)
+    except Exception as e:
+        msg = f"cannot write {out}: {first_line(e)[:200]}"
+        raise palettize_error(msg, e) from e
+
+
+def _encoding(chosen: list[Target]) -> str:
+    return ("per group of output channels a LUT of 2^bits centroids ("
+            + ("int8 codes feeding the existing weight DequantizeLinear" if any(
+                t.codes for t in chosen) else "float16")
+            + ") and indices (uint4 packed two per byte for <= 4 bits, uint8 above), decoded "
+            "by Cast(int64) -> GatherElements(axis=1) -> [Cast(float)] -> Reshape "
+            "[-> Mul(fp16 per-channel scale, when channels share a float table)] "
+            "[-> Transpose] into the original weight name")
 
 
 def _fit_budget(model, chosen, plan, bits, group_size, build, palette, evaluate,
@@ -193,7 +209,7 @@ def _fit_budget(model, chosen, plan, bits, group_size, build, palette, evaluate,
         def score(p) -> float:
             calls[0] += 1
             path = Path(tmp) / f"trial{calls[0]}.onnx"
-            _save_atomic(build(p), path)
+            save_atomic(build(p), path)
             try:
                 value = float(evaluate(path))
             finally:
@@ -209,7 +225,7 @@ def _fit_budget(model, chosen, plan, bits, group_size, build, palette, evaluate,
         if max_drop is not None and before - current > max_drop:
             order = sorted(chosen, key=lambda t: palette(t, bits).sqnr_db)
             for t in order:
-                options = [b for b in range(bits + 1, 9) if _pays(t, b, group_size) is None] + [None]
+                options = [b for b in range(bits + 1, 9) if pays(t, b, group_size) is None] + [None]
                 tried = [(bits, current)]
                 met = False
                 for b in options:
@@ -249,13 +265,13 @@ def uniform_blockwise_onnx(model: Path, out: Path, bits: int = 4,
     import ml_dtypes
     from onnx import helper, numpy_helper
 
-    group_size = _check_args(model, out, bits, group_size, None, None)
-    proto = _load(model, 4)          # DequantizeLinear with block_size is opset 21
-    targets, skipped = _targets(proto)
+    group_size = check_args(model, out, bits, group_size, None, None)
+    proto = load_model(model, 4)          # DequantizeLinear with block_size is opset 21
+    targets, skipped = weight_targets(proto)
     if any(t.codes for t in targets):
         msg = f"{Path(model).name} is a quantized graph; give the FP32 model"
         raise PalettizeError(msg)
-    chosen, kept = _select(targets, bits, group_size, model)
+    chosen, kept = select_targets(targets, bits, group_size, model)
     levels = (1 << bits) - 1
     replaced, rows = {}, {}
     for t in chosen:
@@ -274,24 +290,20 @@ def uniform_blockwise_onnx(model: Path, out: Path, bits: int = 4,
         nodes = [helper.make_node("DequantizeLinear", [i.name for i in inits],
                                   [f"{name}.block_float"], axis=1, block_size=groups.shape[1],
                                   name=f"{name}/block/DequantizeLinear")]
-        _decode_tail(t, f"{name}.block_float", nodes, inits)
+        decode_tail(t, f"{name}.block_float", nodes, inits)
         replaced[name] = (nodes, inits)
-        size = _index_bytes(q.size, bits) + scale.nbytes + _index_bytes(zero.size, bits)
-        rows[name] = _Palette(scale, q, _sqnr_db(t.matrix.astype(np.float64), decoded), size)
-    try:
-        _save_atomic(_rewrite(proto, replaced, _UINT4_OPSET), out)
-    except Exception as e:
-        msg = f"cannot write {out}: {first_line(e)[:200]}"
-        raise _fail(msg, e) from e
+        size = index_bytes(q.size, bits) + scale.nbytes + index_bytes(zero.size, bits)
+        rows[name] = Palette(scale, q, sqnr_db(t.matrix.astype(np.float64), decoded), size)
+    _write(rewrite(proto, replaced, UINT4_OPSET), out)
     return {
         "bits": bits, "group_size": group_size,
         "encoding": ("uniform asymmetric min-max, one fp32 scale and uint zero point per group "
                      "of output channels; DequantizeLinear(axis=1, block_size=group elements) "
                      "on [groups, group elements] -> Reshape [-> Transpose]"),
-        "rule": _PAY_RULE,
-        "layers": [_layer_row(t, bits if t.name in rows else None, group_size, rows.get(t.name),
+        "rule": PAY_RULE,
+        "layers": [layer_row(t, bits if t.name in rows else None, group_size, rows.get(t.name),
                               kept.get(t.name)) for t in targets],
         "skipped": skipped, "palettized_layers": len(rows),
         "size_bytes": {"before": Path(model).stat().st_size, "after": Path(out).stat().st_size},
-        "size_zipped_bytes": {"before": _deflated(Path(model)), "after": _deflated(Path(out))},
+        "size_zipped_bytes": {"before": deflated(Path(model)), "after": deflated(Path(out))},
     }

@@ -1,6 +1,7 @@
 """INT8 for OpenVINO: NNCF's post-training quantization on the OpenVINO model
 (PERFORMANCE preset, full bias correction), then every per-tensor activation FakeQuantize
-gets the calibrator's range for its tensor (see quantize.py for the shared parts)."""
+gets the calibrator's range for its tensor (see quantize.py for the shared parts), and the
+AVX2 saturation guard on NNCF's int8 weights."""
 
 from __future__ import annotations
 
@@ -12,19 +13,20 @@ import numpy as np
 
 from edgeopt.calibrate.calibrators import QuantRange, compute_ranges
 from edgeopt.calibrate.errors import CalibrationError
+from edgeopt.calibrate.qdq_graph import fp32_nodes, linear_nodes
 from edgeopt.calibrate.quantize import (
     Progress,
     QuantConfig,
     QuantResult,
-    _fp32_nodes,
-    _linear_nodes,
-    _tmp_name,
     activation_stats,
     check_calibration,
+    staging_path,
 )
 from edgeopt.calibrate.saturation import reduction_rows, refit
+from edgeopt.calibrate.sensitivity import ov_layer_sqnr
 from edgeopt.calibrate.stats import TensorStats
-from edgeopt.convert.errors import first_line
+from edgeopt.runtimes import capture_openvino, read_openvino_model
+from edgeopt.runtimes.errors import first_line
 
 
 def _ov_first_conv(model) -> list[str]:
@@ -63,8 +65,8 @@ def _aligned(r: QuantRange, levels: int) -> tuple[float, float]:
 def _apply_fq_ranges(model, ranges: dict[str, QuantRange]) -> tuple[int, int]:
     """Set every per-tensor activation FakeQuantize's range from ``ranges`` by the tensor it
     quantizes. NNCF gives depthwise-convolution inputs a range per channel, which OpenVINO
-    runs as is and a per-tensor calibrator cannot match (mobilenet-v2: 0.87 top-1 agreement
-    with them flattened to one range, 0.90 kept): those keep NNCF's per-channel ranges.
+    runs as is and a per-tensor calibrator cannot match (flattening them to one range loses
+    accuracy): those keep NNCF's per-channel ranges.
     Returns (set, kept at NNCF's range)."""
     from openvino import opset13 as ops
 
@@ -103,12 +105,10 @@ def _apply_fq_ranges(model, ranges: dict[str, QuantRange]) -> tuple[int, int]:
     return applied, missed
 
 
-def _input_means(fp32_model, samples: Sequence[dict[str, np.ndarray]],
-                 limit: int = 32) -> dict[str, np.ndarray]:
+def input_means(fp32_model, samples: Sequence[dict[str, np.ndarray]],
+                limit: int = 32) -> dict[str, np.ndarray]:
     """Per-channel (last axis for MatMul) means of each Convolution / MatMul input of the
     FP32 OpenVINO model over ``limit`` samples, by the op's name."""
-    import openvino as ov
-
     model = fp32_model.clone()
     ops = [op for op in model.get_ops() if op.get_type_name() in {"Convolution", "MatMul"}
            and op.input_value(1).get_node().get_type_name() == "Constant"]
@@ -120,13 +120,11 @@ def _input_means(fp32_model, samples: Sequence[dict[str, np.ndarray]],
     model.add_outputs(tensors)
     if len(model.outputs) != first + len(tensors):
         return {}                               # an input already was an output: no means
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     index = {tensor: first + i for i, tensor in enumerate(tensors)}
     sums: dict[str, np.ndarray] = {}
-    for sample in list(samples)[:limit]:
-        result = compiled(sample)
+    for result in capture_openvino(model, list(samples)[:limit]):
         for op in ops:
-            x = np.asarray(result[compiled.outputs[index[op.input_value(0)]]], dtype=np.float64)
+            x = np.asarray(result[index[op.input_value(0)]], dtype=np.float64)
             axis = 1 if op.get_type_name() == "Convolution" else x.ndim - 1
             mean = x.mean(axis=tuple(i for i in range(x.ndim) if i != axis))
             sums[op.get_friendly_name()] = sums.get(op.get_friendly_name(), 0.0) + mean
@@ -167,7 +165,7 @@ def fit_weight_scales(model, means: dict[str, np.ndarray] | None = None) -> tupl
     Multiply by per-channel scale -> Convolution / MatMul), in place; returns (channels
     changed, channels looked at). NNCF's own ``OverflowFix`` gives whole layers 7-bit
     weights; here only the channels with a large same-sign pair get a coarser scale. With
-    ``means`` (:func:`_input_means`), the mean output shift of the requantized weights is
+    ``means`` (:func:`input_means`), the mean output shift of the requantized weights is
     folded into NNCF's bias, as its bias correction did for its own rounding."""
     import openvino as ov
 
@@ -225,70 +223,31 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
     import logging
 
     import nncf
-    import openvino as ov
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    core = ov.Core()
-    model = core.read_model(str(fp32_model))
-    specs = [(p.get_any_name(), p.get_element_type().to_dtype().name,
-              tuple(d.get_length() if d.is_static else "?" for d in p.get_partial_shape()))
-             for p in model.inputs]
-    check_calibration(calib, specs)
+    model = read_openvino_model(fp32_model)
+    check_calibration(calib, _input_specs(model))
     if stats is None and fp32_onnx is not None:
         stats = activation_stats(fp32_onnx, calib)
     samples = list(calib)
-    done = {"n": 0}
-
-    def transform(sample):
-        done["n"] += 1
-        if progress is not None:
-            progress(min(done["n"], len(samples)), len(samples))
-        return sample
-
-    excluded, notes = _fp32_nodes(config, lambda: _ov_first_conv(model))
-    onnx_outputs = {}
-    transformer = False
-    if fp32_onnx is not None:
-        import onnx
-
-        graph = onnx.load(str(fp32_onnx))
-        onnx_outputs = {n.name: list(n.output) for n in graph.graph.node}
-        transformer = bool(_linear_nodes(graph))
-        del graph
+    excluded, notes = fp32_nodes(config, lambda: _ov_first_conv(model))
+    onnx_outputs, transformer = _onnx_layout(fp32_onnx)
     if transformer:
         notes.append("transformer-style graph: NNCF's TRANSFORMER model type")
     excluded = _ov_names(model, excluded, onnx_outputs)
-    ignored = nncf.IgnoredScope(names=excluded, validate=False) if excluded else None
     out_xml = Path(out_xml)
-    tmp = _tmp_name(out_xml, ".xml")
+    tmp = staging_path(out_xml, ".xml")
     applied = 0
     try:
-        # NNCF's PERFORMANCE preset (symmetric activations, the fastest int8 graph for the
-        # CPU plugin) with full bias correction; the calibrator's ranges replace NNCF's after.
-        quantized = nncf.quantize(model, nncf.Dataset(samples, transform),
-                                  subset_size=len(samples),
-                                  preset=nncf.QuantizationPreset.PERFORMANCE,
-                                  fast_bias_correction=False,
-                                  **({"model_type": nncf.ModelType.TRANSFORMER} if transformer
-                                     else {}),
-                                  **({"ignored_scope": ignored} if ignored else {}))
+        quantized = _nncf_quantize(model, samples, excluded, transformer, progress)
         if stats is not None:
-            ranges = compute_ranges(stats, config.calibrator)
-            applied, missed = _apply_fq_ranges(quantized, ranges)
-            notes.append(f"'{config.calibrator}' ranges set on {applied} activation "
-                         f"FakeQuantize ops" + (f"; {missed} keep NNCF's (per-channel ranges "
-                                                "of depthwise inputs, or no statistics)" if missed else ""))
-        coarser, channels = (fit_weight_scales(quantized, _input_means(model, samples))
-                             if config.saturation_guard else (0, 0))
-        if channels:
-            notes.append(f"AVX2 saturation guard: no same-sign int8 weight pair exceeds 128 "
-                         f"(oneDNN's int16 accumulation without VNNI); {coarser} of "
-                         f"{channels} output channels got a coarser weight scale for it")
+            applied, note = _set_calibrator_ranges(quantized, stats, config.calibrator)
+            notes.append(note)
+        if config.saturation_guard:
+            notes += _saturation_guard(quantized, model, samples)
         if before_save is not None:    # e.g. stable node names (edgeopt.convert)
             before_save(quantized)
-        ov.save_model(quantized, str(tmp), compress_to_fp16=False)
-        os.replace(tmp.with_suffix(".bin"), out_xml.with_suffix(".bin"))
-        os.replace(tmp, out_xml)
+        _save_ir(quantized, tmp, out_xml)
     except Exception as e:
         text = first_line(e)
         msg = f"NNCF quantization of {Path(fp32_model).name} failed: {text[:300]}"
@@ -304,45 +263,71 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
                        ranges_applied=applied)
 
 
-def ov_layer_sqnr(fp32_model, int8_model, samples: Sequence[dict[str, np.ndarray]],
-                  limit: int = 8) -> list[dict]:
-    """SQNR of each activation FakeQuantize's output against the same tensor of the FP32
-    OpenVINO model, over ``limit`` samples; worst first (same rows as :func:`layer_sqnr`)."""
+def _input_specs(model) -> list[tuple[str, str, tuple]]:
+    """(name, numpy dtype name, shape with "?" for dynamic dimensions) of each input."""
+    return [(p.get_any_name(), p.get_element_type().to_dtype().name,
+             tuple(d.get_length() if d.is_static else "?" for d in p.get_partial_shape()))
+            for p in model.inputs]
+
+
+def _onnx_layout(fp32_onnx: Path | None) -> tuple[dict[str, list[str]], bool]:
+    """The ONNX model's node name -> output names (to find excluded nodes in OpenVINO),
+    and whether it is a transformer-style graph; nothing without the ONNX model."""
+    if fp32_onnx is None:
+        return {}, False
+    import onnx
+
+    graph = onnx.load(str(fp32_onnx))
+    return {n.name: list(n.output) for n in graph.graph.node}, bool(linear_nodes(graph))
+
+
+def _nncf_quantize(model, samples: list, excluded: list[str], transformer: bool,
+                   progress: Progress):
+    """NNCF's PERFORMANCE preset (symmetric activations, the fastest int8 graph for the
+    CPU plugin) with full bias correction; the calibrator's ranges replace NNCF's after."""
+    import nncf
+
+    done = {"n": 0}
+
+    def transform(sample):
+        done["n"] += 1
+        if progress is not None:
+            progress(min(done["n"], len(samples)), len(samples))
+        return sample
+
+    ignored = nncf.IgnoredScope(names=excluded, validate=False) if excluded else None
+    return nncf.quantize(model, nncf.Dataset(samples, transform),
+                         subset_size=len(samples),
+                         preset=nncf.QuantizationPreset.PERFORMANCE,
+                         fast_bias_correction=False,
+                         **({"model_type": nncf.ModelType.TRANSFORMER} if transformer
+                            else {}),
+                         **({"ignored_scope": ignored} if ignored else {}))
+
+
+def _set_calibrator_ranges(quantized, stats: dict[str, TensorStats],
+                           calibrator: str) -> tuple[int, str]:
+    """The calibrator's ranges on the activation FakeQuantize ops: (how many, note)."""
+    applied, missed = _apply_fq_ranges(quantized, compute_ranges(stats, calibrator))
+    note = (f"'{calibrator}' ranges set on {applied} activation FakeQuantize ops"
+            + (f"; {missed} keep NNCF's (per-channel ranges of depthwise inputs, or no "
+               "statistics)" if missed else ""))
+    return applied, note
+
+
+def _saturation_guard(quantized, fp32_model, samples: list) -> list[str]:
+    coarser, channels = fit_weight_scales(quantized, input_means(fp32_model, samples))
+    if not channels:
+        return []
+    return [f"AVX2 saturation guard: no same-sign int8 weight pair exceeds 128 "
+            f"(oneDNN's int16 accumulation without VNNI); {coarser} of "
+            f"{channels} output channels got a coarser weight scale for it"]
+
+
+def _save_ir(quantized, tmp: Path, out_xml: Path) -> None:
+    """Save as IR under a temporary name, then rename the .bin and the .xml into place."""
     import openvino as ov
 
-    fp32_outputs = {name: out for op in fp32_model.get_ops() for out in op.outputs()
-                    for name in out.get_names()}
-    pairs = []
-    for fq in int8_model.get_ops():
-        if fq.get_type_name() != "FakeQuantize":
-            continue
-        source = fq.input(0).get_source_output()
-        if source.get_node().get_type_name() == "Constant":
-            continue
-        name = next((n for n in sorted(source.get_names()) if n in fp32_outputs), None)
-        if name is not None:
-            pairs.append((name, fq))
-    if not pairs:
-        return []
-    core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": "f32"}
-    fp32_probe = ov.Model([fp32_outputs[n] for n, _ in pairs], fp32_model.get_parameters())
-    int8_probe = ov.Model([fq.output(0) for _, fq in pairs], int8_model.get_parameters())
-    run_fp32 = core.compile_model(fp32_probe, "CPU", config)
-    run_int8 = core.compile_model(int8_probe, "CPU", config)
-    signal = np.zeros(len(pairs))
-    noise = np.zeros(len(pairs))
-    for sample in list(samples)[:limit]:
-        a, b = run_fp32(sample), run_int8(sample)
-        for i in range(len(pairs)):
-            x = np.asarray(a[i], dtype=np.float64)
-            signal[i] += float(np.sum(x * x))
-            noise[i] += float(np.sum((x - np.asarray(b[i], dtype=np.float64)) ** 2))
-    rows = []
-    for (name, fq), sig, err in zip(pairs, signal, noise, strict=True):
-        db = 10 * np.log10(max(sig, 1e-30) / err) if err > 0 else float("inf")
-        producer = fq.input(0).get_source_output().get_node()
-        rows.append({"tensor": name, "node": producer.get_friendly_name(),
-                     "readers": [], "op": producer.get_type_name(),
-                     "sqnr_db": round(float(db), 2), "input_sqnr_db": None})
-    return sorted(rows, key=lambda r: r["sqnr_db"])
+    ov.save_model(quantized, str(tmp), compress_to_fp16=False)
+    os.replace(tmp.with_suffix(".bin"), out_xml.with_suffix(".bin"))
+    os.replace(tmp, out_xml)

@@ -11,6 +11,7 @@ and its integer kernels are unchanged; only the int8 values move.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,7 +21,7 @@ MAX_SAMPLES = 32
 DAMPING = 0.01
 
 
-def _gptq_rows(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int, qmax: int,
+def gptq_rows(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int, qmax: int,
                pairs: bool = False) -> np.ndarray:
     """Round rows of ``w`` (one output channel each, sharing ``h``) to ints of ``scale``.
 
@@ -69,13 +70,36 @@ def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, 
     """Re-round the int8 weights of convolutions (groups 1 or depthwise), Gemms and MatMuls
     with constant weights, in place; returns how many. With ``pairs``, no int8 weight pair
     may saturate ONNX Runtime's AVX2 kernels (saturation.py)."""
+    jobs = _rounding_jobs(fp32_model, qdq_model)
+    if not jobs:
+        return 0
+    hessians = _input_hessians(qdq_model, jobs, list(samples)[:MAX_SAMPLES])
+    inits = {i.name: i for i in qdq_model.graph.initializer}
+    for job in jobs:
+        _reround(job, hessians[_key(job.node)], inits, pairs)
+    return len(jobs)
+
+
+@dataclass(frozen=True)
+class _Job:
+    node: object               # the Conv / Gemm / MatMul
+    w_dq: object               # the DequantizeLinear of its int8 weights
+    w: np.ndarray              # FP32 weights, one output channel per row (MatMul: transposed)
+    attrs: dict
+    kind: str                  # dense | matmul | pointwise | depthwise | full
+
+
+def _key(node) -> str:
+    return node.name or node.output[0]
+
+
+def _rounding_jobs(fp32_model, qdq_model) -> list[_Job]:
+    """The layers whose int8 weights can be re-rounded, with their FP32 weights."""
     import onnx
     from onnx import numpy_helper
 
-    from edgeopt.calibrate.bias_correction import _run_tensors
-
     fp32_weights = {i.name: i for i in fp32_model.graph.initializer}
-    inits = {i.name: i for i in qdq_model.graph.initializer}
+    inits = {i.name for i in qdq_model.graph.initializer}
     producer = {o: n for n in qdq_model.graph.node for o in n.output}
     jobs = []
     for node in qdq_model.graph.node:
@@ -89,80 +113,93 @@ def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, 
             continue
         w = numpy_helper.to_array(original).astype(np.float64)
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "MatMul":
-            # y = x W with W (K, N): its columns are output channels (per-channel axis 1)
-            if w.ndim != 2:
-                continue
-            jobs.append((node, w_dq, w.T.copy(), attrs, "matmul"))
-            continue
-        if node.op_type == "Gemm":
-            # y = x W^T (+ b): rows of W are output channels, like a 1x1 convolution
-            if attrs.get("transA", 0) or w.ndim != 2:
-                continue
-            if attrs.get("transB", 0):
-                jobs.append((node, w_dq, w, attrs, "dense"))
-            else:                               # W (K, N), like a MatMul's
-                jobs.append((node, w_dq, w.T.copy(), attrs, "matmul"))
-            continue
-        group = attrs.get("group", 1)
-        if w.ndim != 4 or any(d != 1 for d in attrs.get("dilations", [1, 1])):
-            continue
-        c_out, c_in_g, kh, kw = w.shape
-        if kh == kw == 1 and group == 1:
-            jobs.append((node, w_dq, w, attrs, "pointwise"))
-        elif group == c_out and c_in_g == 1:
-            jobs.append((node, w_dq, w, attrs, "depthwise"))
-        elif group == 1:
-            jobs.append((node, w_dq, w, attrs, "full"))
-    if not jobs:
-        return 0
-    names = sorted({node.input[0] for node, *_ in jobs})
+        found = _layout(node.op_type, w, attrs)
+        if found is not None:
+            jobs.append(_Job(node, w_dq, found[0], attrs, found[1]))
+    return jobs
+
+
+def _layout(op: str, w: np.ndarray, attrs: dict) -> tuple[np.ndarray, str] | None:
+    """A layer's weights with one output channel per row, and how its inputs make them
+    (None: a layout not handled)."""
+    if op == "MatMul":
+        # y = x W with W (K, N): its columns are output channels (per-channel axis 1)
+        return (w.T.copy(), "matmul") if w.ndim == 2 else None
+    if op == "Gemm":
+        # y = x W^T (+ b): rows of W are output channels, like a 1x1 convolution
+        if attrs.get("transA", 0) or w.ndim != 2:
+            return None
+        return (w, "dense") if attrs.get("transB", 0) else (w.T.copy(), "matmul")
+    group = attrs.get("group", 1)
+    if w.ndim != 4 or any(d != 1 for d in attrs.get("dilations", [1, 1])):
+        return None
+    c_out, c_in_g, kh, kw = w.shape
+    if kh == kw == 1 and group == 1:
+        return w, "pointwise"
+    if group == c_out and c_in_g == 1:
+        return w, "depthwise"
+    return (w, "full") if group == 1 else None
+
+
+def _input_hessians(qdq_model, jobs: list[_Job], samples) -> dict[str, np.ndarray]:
+    """Each layer's H = E[x x^T] over its (quantized) input patches, by node."""
+    from edgeopt.runtimes import capture_onnx
+
+    names = sorted({job.node.input[0] for job in jobs})
     hessians: dict[str, np.ndarray] = {}
     count = 0
-    for values in _run_tensors(qdq_model, names, list(samples)[:MAX_SAMPLES]):
+    for values in capture_onnx(qdq_model, samples, names):
         count += 1
-        for node, _w_dq, w, attrs, kind in jobs:
-            x = values[node.input[0]].astype(np.float64)
-            if kind in {"dense", "matmul"}:
-                flat = x.reshape(-1, w.shape[1]).T
-                h = flat @ flat.T / flat.shape[1]
-            elif kind == "pointwise":
-                flat = x[0].reshape(x.shape[1], -1)
-                h = flat @ flat.T / flat.shape[1]
-            else:
-                geometry = (w.shape[2], w.shape[3], attrs.get("strides", [1, 1]),
-                            attrs.get("pads", [0, 0, 0, 0]))
-                if kind == "full":
-                    flat = _patches_full(x, *geometry)
-                    h = flat.T @ flat / flat.shape[0]
-                else:
-                    p = _patches_depthwise(x, *geometry)
-                    h = np.einsum("cpk,cpl->ckl", p, p) / p.shape[1]
-            key = node.name or node.output[0]
-            hessians[key] = hessians.get(key, 0.0) + h
-    for node, w_dq, w, _attrs, kind in jobs:
-        h = hessians[node.name or node.output[0]] / count
-        scale = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float64).reshape(-1)
-        q_init = inits[w_dq.input[0]]
-        dtype = numpy_helper.to_array(q_init).dtype
-        info = np.iinfo(dtype)
-        qmin, qmax = (-127, 127) if dtype == np.int8 else (info.min, info.max)
-        rows = w.reshape(w.shape[0], -1)
-        if scale.size == 1:
-            scale = np.full(rows.shape[0], scale[0])
-        bounded = pairs and dtype == np.int8      # U8S8: no pair may saturate
-        if kind == "full":                        # the kernels reduce channels innermost
-            order = hwio_order(*w.shape[1:])
-            q = np.empty_like(rows)
-            q[:, order] = _gptq_rows(rows[:, order], scale, h[np.ix_(order, order)], qmin,
-                                     qmax, bounded)
-        elif kind != "depthwise":
-            q = _gptq_rows(rows, scale, h, qmin, qmax, bounded)
-        else:
-            q = np.stack([_gptq_rows(rows[c:c + 1], scale[c:c + 1], h[c], qmin, qmax)[0]
-                          for c in range(rows.shape[0])])
-        q = q.reshape(w.shape)
-        if kind == "matmul":
-            q = q.T
-        q_init.CopyFrom(numpy_helper.from_array(q.astype(dtype), q_init.name))
-    return len(jobs)
+        inputs = dict(zip(names, values, strict=True))
+        for job in jobs:
+            h = _second_moments(inputs[job.node.input[0]].astype(np.float64), job)
+            hessians[_key(job.node)] = hessians.get(_key(job.node), 0.0) + h
+    return {key: h / count for key, h in hessians.items()}
+
+
+def _second_moments(x: np.ndarray, job: _Job) -> np.ndarray:
+    """One sample's second moments of the layer's input as its weights see it."""
+    w, kind = job.w, job.kind
+    if kind in {"dense", "matmul"}:
+        flat = x.reshape(-1, w.shape[1]).T
+        return flat @ flat.T / flat.shape[1]
+    if kind == "pointwise":
+        flat = x[0].reshape(x.shape[1], -1)
+        return flat @ flat.T / flat.shape[1]
+    geometry = (w.shape[2], w.shape[3], job.attrs.get("strides", [1, 1]),
+                job.attrs.get("pads", [0, 0, 0, 0]))
+    if kind == "full":
+        flat = _patches_full(x, *geometry)
+        return flat.T @ flat / flat.shape[0]
+    p = _patches_depthwise(x, *geometry)
+    return np.einsum("cpk,cpl->ckl", p, p) / p.shape[1]
+
+
+def _reround(job: _Job, h: np.ndarray, inits: dict, pairs: bool) -> None:
+    """Round one layer's weights with GPTQ on ``h`` and store them in its int8 initializer."""
+    from onnx import numpy_helper
+
+    w, kind = job.w, job.kind
+    scale = numpy_helper.to_array(inits[job.w_dq.input[1]]).astype(np.float64).reshape(-1)
+    q_init = inits[job.w_dq.input[0]]
+    dtype = numpy_helper.to_array(q_init).dtype
+    info = np.iinfo(dtype)
+    qmin, qmax = (-127, 127) if dtype == np.int8 else (info.min, info.max)
+    rows = w.reshape(w.shape[0], -1)
+    if scale.size == 1:
+        scale = np.full(rows.shape[0], scale[0])
+    bounded = pairs and dtype == np.int8      # U8S8: no pair may saturate
+    if kind == "full":                        # the kernels reduce channels innermost
+        order = hwio_order(*w.shape[1:])
+        q = np.empty_like(rows)
+        q[:, order] = gptq_rows(rows[:, order], scale, h[np.ix_(order, order)], qmin,
+                                qmax, bounded)
+    elif kind != "depthwise":
+        q = gptq_rows(rows, scale, h, qmin, qmax, bounded)
+    else:
+        q = np.stack([gptq_rows(rows[c:c + 1], scale[c:c + 1], h[c], qmin, qmax)[0]
+                      for c in range(rows.shape[0])])
+    q = q.reshape(w.shape)
+    if kind == "matmul":
+        q = q.T
+    q_init.CopyFrom(numpy_helper.from_array(q.astype(dtype), q_init.name))

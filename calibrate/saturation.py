@@ -7,8 +7,8 @@ added into a *saturating* int16 before they are widened. With uint8 activations 
 and int8 weights up to 127, that sum reaches 64770 and is clamped to 32767 (ONNX Runtime's
 quantization docs name the problem and suggest 7-bit weights or U8U8). VNNI's
 ``vpdpbusd`` and ARM's dot products do not saturate, so the same artifact gives different
-numbers on different CPUs. Measured on mobilenet-v2 here (AVX2, no VNNI): top-1 agreement
-with FP32 0.72 with the integer kernels against 0.92 for the same graph run unfused.
+numbers on different CPUs, and on AVX2 the saturated sums cost accuracy that the same
+graph run unfused does not lose.
 
 The pairs can only saturate when both weights have the same sign; then the sum is at most
 255 * (|w[k]| + |w[k+1]|), which fits int16 when |w[k]| + |w[k+1]| <= 128 (``PAIR_LIMIT``).
@@ -150,14 +150,14 @@ def fit_scales(qdq_model) -> tuple[int, int]:
     ``reduce_range`` (7-bit weights)."""
     from onnx import numpy_helper
 
-    from edgeopt.calibrate.bias_correction import _dequantized
+    from edgeopt.calibrate.bias_correction import dequantized
 
     inits = {i.name: i for i in qdq_model.graph.initializer}
     producer = {o: n for n in qdq_model.graph.node for o in n.output}
     changed = seen = 0
     for node, dq, attrs in list(_targets(qdq_model)):
         old = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
-        rows, back = reduction_rows(_dequantized(inits, dq), node.op_type, attrs)
+        rows, back = reduction_rows(dequantized(inits, dq), node.op_type, attrs)
         q, scale, grow = refit(rows, old)
         seen += grow.size
         if not grow.any():

@@ -92,28 +92,19 @@ def collect_stats(onnx_path: Path, samples: Iterable[dict[str, np.ndarray]],
     """Run the FP32 model over ``samples`` (consumed one at a time) and gather per-tensor
     statistics of every float tensor, or of ``names``; ``total`` is only for progress."""
     import onnx
-    import onnxruntime as ort
+
+    from edgeopt.runtimes import capture_onnx
 
     model = onnx.load(str(onnx_path))
     names = _float_tensors(model) if names is None else list(names)
-    outputs = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in outputs:
-            model.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    runs = capture_onnx(model, samples, names)
     del model
     rng = np.random.default_rng(seed)
     stats = {n: TensorStats(n) for n in names}
-    input_names = {i.name for i in session.get_inputs()}
     if total is None and isinstance(samples, Sequence):
         total = len(samples)
-    for i, sample in enumerate(samples):
-        feeds = {k: v for k, v in sample.items() if k in input_names}
-        for name, value in zip(names, session.run(names, feeds), strict=True):
+    for i, values in enumerate(runs):
+        for name, value in zip(names, values, strict=True):
             stats[name].update(np.asarray(value, dtype=np.float32).ravel(), reservoir, rng)
         if progress is not None:
             progress(i + 1, total or i + 1)

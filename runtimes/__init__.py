@@ -10,6 +10,14 @@ import importlib
 
 from edgeopt.runtimes.base import Availability, Loaded, RuntimeAdapter, TensorSpec
 from edgeopt.runtimes.bench import BenchProtocol, BenchResult, run_benchmark
+from edgeopt.runtimes.capture import (
+    OPENVINO_F32,
+    capture_onnx,
+    capture_openvino,
+    onnx_input_specs,
+    optimized_op_counts,
+    read_openvino_model,
+)
 from edgeopt.runtimes.compare import (
     OutputDiff,
     Parity,
@@ -78,6 +86,7 @@ def get_adapter(name: str) -> RuntimeAdapter:
 __all__ = [
     "ADAPTERS",
     "ADAPTER_ALIASES",
+    "OPENVINO_F32",
     "AdapterUnavailable",
     "Availability",
     "BenchProtocol",
@@ -101,6 +110,8 @@ __all__ = [
     "UnknownAdapter",
     "UnknownDevice",
     "absent_reason",
+    "capture_onnx",
+    "capture_openvino",
     "check",
     "compare",
     "cosine",
@@ -108,8 +119,11 @@ __all__ = [
     "get_adapter",
     "load_devices",
     "max_abs_diff",
+    "onnx_input_specs",
+    "optimized_op_counts",
     "output_diff",
     "peak_abs",
+    "read_openvino_model",
     "row_cosines",
     "run_benchmark",
 ]

@@ -8,8 +8,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeopt.calibrate import QuantConfig, integer_kernel_counts, quantize_onnx_for_ort
-from edgeopt.calibrate.bias_correction import _run_tensors
 from edgeopt.calibrate.equalize import depthwise_pairs, equalize_depthwise_inputs
+from edgeopt.runtimes import capture_onnx
 
 CHANNELS = 8
 
@@ -48,7 +48,8 @@ def _samples(n: int, seed: int) -> list[dict[str, np.ndarray]]:
 
 
 def _run(model, names, samples):
-    return list(_run_tensors(model, names, samples))
+    return [dict(zip(names, values, strict=True))
+            for values in capture_onnx(model, samples, names)]
 
 
 @pytest.mark.parametrize("clip", [True, False], ids=["relu6", "relu"])

@@ -9,10 +9,11 @@ import json
 import numpy as np
 import onnx
 import pytest
-from tiny_models import detector_samples, save_tiny_detector
 
 from edgeopt.calibrate.calibrators import CALIBRATORS
 from edgeopt.calibrate.output_ranges import bounded_tensors, output_tensors
+
+from tiny_models import detector_samples, save_tiny_detector
 
 FAST = ("--bench-iterations", "3", "--bench-seconds", "0", "--bench-repeats", "1",
         "--warmup", "1", "--quiet")

@@ -107,13 +107,13 @@ def test_torchscript_is_refused():
 def test_int8_weight_rounding_keeps_pruned_zeros():
     """GPTQ pushes each weight's rounding error onto the next ones; pruned zeros must stay
     zero, or INT8 would undo the sparsity the zipped artifact relies on."""
-    from edgeopt.calibrate.rounding import _gptq_rows
+    from edgeopt.calibrate.rounding import gptq_rows
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((6, 12))
     w[rng.random(w.shape) < 0.5] = 0.0
     x = rng.standard_normal((12, 200))
-    q = _gptq_rows(w, np.abs(w).max(axis=1) / 127, x @ x.T / 200, -127, 127)
+    q = gptq_rows(w, np.abs(w).max(axis=1) / 127, x @ x.T / 200, -127, 127)
     assert np.all(q[w == 0] == 0)
     assert np.count_nonzero(q[w != 0]) > 0.9 * np.count_nonzero(w)
 

@@ -13,7 +13,8 @@ from onnx import numpy_helper
 
 from edgeopt.calibrate import integer_kernel_counts, quantize_onnx_for_ort
 from edgeopt.calibrate.errors import CalibrationError
-from edgeopt.calibrate.qat import _Simulation, finetune_qdq, unsupported_ops
+from edgeopt.calibrate.qat import finetune_qdq, unsupported_ops
+from edgeopt.calibrate.qdq_simulation import QdqSimulation
 from edgeopt.calibrate.quantize import QuantConfig
 from edgeopt.convert import export_onnx
 
@@ -66,7 +67,7 @@ def test_the_simulation_is_the_fp32_graph_and_the_qdq_graph(blocks_onnx, tmp_pat
     out = tmp_path / "q.onnx"
     # the simulation reads the model that was quantized: without equalization, the file
     quantize_onnx_for_ort(blocks_onnx, out, _samples(16, 0), QuantConfig(equalize=False))
-    sim = _Simulation(onnx.load(str(blocks_onnx)), onnx.load(str(out)))
+    sim = QdqSimulation(onnx.load(str(blocks_onnx)), onnx.load(str(out)))
     held = _samples(8, 1)
     batch = {"input": torch.from_numpy(np.concatenate([s["input"] for s in held]))}
     with torch.no_grad():

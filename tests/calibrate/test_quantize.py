@@ -167,7 +167,7 @@ def test_bias_correction_removes_the_weight_rounding_mean_shift(cnn_onnx, calib,
 
 def test_gptq_rounding_lowers_the_layer_output_error():
     """On correlated inputs, data-aware rounding beats round-to-nearest in output error."""
-    from edgeopt.calibrate.rounding import _gptq_rows
+    from edgeopt.calibrate.rounding import gptq_rows
 
     rng = np.random.default_rng(0)
     mix = rng.standard_normal((16, 16))
@@ -176,7 +176,7 @@ def test_gptq_rounding_lowers_the_layer_output_error():
     w = rng.standard_normal((32, 16))
     scale = np.abs(w).max(axis=1) / 127 * 8               # coarse grid: rounding matters
     nearest = np.clip(np.round(w / scale[:, None]), -127, 127)
-    gptq = _gptq_rows(w, scale, h, -127, 127)
+    gptq = gptq_rows(w, scale, h, -127, 127)
     assert np.all(np.abs(gptq) <= 127) and np.array_equal(gptq, np.round(gptq))
 
     def output_error(q):

@@ -13,7 +13,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeopt.calibrate import quantize_onnx_for_ort
-from edgeopt.calibrate.rounding import _gptq_rows
+from edgeopt.calibrate.rounding import gptq_rows
 from edgeopt.calibrate.saturation import (
     bound_pairs,
     fit_scales,
@@ -124,9 +124,9 @@ def test_constrained_gptq_rounding_has_no_saturating_pair():
     w = rng.standard_normal((16, 32))
     h = x.T @ x / len(x)
     scale = needed_scale(w)
-    q = _gptq_rows(w, scale, h, -127, 127, pairs=True)
+    q = gptq_rows(w, scale, h, -127, 127, pairs=True)
     assert not over_limit(q).any()
-    free = _gptq_rows(w, np.abs(w).max(axis=1) / 127, h, -127, 127)
+    free = gptq_rows(w, np.abs(w).max(axis=1) / 127, h, -127, 127)
     assert over_limit(free).any()          # the case is one the constraint has to act on
 
 
@@ -191,14 +191,14 @@ def test_fit_scales_coarsens_saturating_channels_and_the_bias_follows(tmp_path):
     float value, and the graph computes nearly what it did."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from edgeopt.calibrate.quantize import _Reader
+    from edgeopt.calibrate.quantize import CalibrationReader
 
     fp32 = _big_weight_model(tmp_path / "big.onnx")
     rng = np.random.default_rng(4)
     calib = [{"input": rng.uniform(0, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
 
     path = tmp_path / "ort.onnx"
-    quantize_static(str(fp32), str(path), _Reader(calib, None), quant_format=QuantFormat.QDQ,
+    quantize_static(str(fp32), str(path), CalibrationReader(calib, None), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8)
     model = onnx.load(str(path))
@@ -294,7 +294,7 @@ def test_openvino_bias_takes_the_requantized_weights_mean_shift(tmp_path):
     import nncf
     import openvino as ov
 
-    from edgeopt.calibrate.quantize_ov import _input_means, fit_weight_scales
+    from edgeopt.calibrate.quantize_ov import fit_weight_scales, input_means
     from edgeopt.convert import to_openvino_ir
 
     torch.manual_seed(1)
@@ -319,5 +319,5 @@ def test_openvino_bias_takes_the_requantized_weights_mean_shift(tmp_path):
 
     plain, corrected = quantized.clone(), quantized.clone()
     assert fit_weight_scales(plain)[0] > 0
-    assert fit_weight_scales(corrected, _input_means(fp32, calib))[0] > 0
+    assert fit_weight_scales(corrected, input_means(fp32, calib))[0] > 0
     assert mean_error(corrected) < 0.5 * mean_error(plain)

@@ -1,4 +1,4 @@
-"""The FP32 stem (quantize.stem_block): which convolutions it takes, and that ONNX Runtime's
+"""The FP32 stem (qdq_graph.stem_block): which convolutions it takes, and that ONNX Runtime's
 artifact keeps exactly those float while the rest runs integer kernels."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgeopt.calibrate import QuantConfig, integer_kernel_counts, quantize_onnx_for_ort
-from edgeopt.calibrate.quantize import stem_block
+from edgeopt.calibrate.qdq_graph import stem_block
 
 from conftest import int8_quantization
 
@@ -83,7 +83,7 @@ def test_onnx_runtime_keeps_the_stem_float_and_int8_stem_quantizes_it(tmp_path):
     assert full.excluded_nodes == ()
     counts, all_int8 = integer_kernel_counts(kept.path), integer_kernel_counts(full.path)
     floats = lambda c: c.get("Conv", 0) + c.get("FusedConv", 0)  # noqa: E731
-    # the last conv, whose output is the graph's, stays float in both (quantize.py)
+    # the last conv, whose output is the graph's, stays float in both (qdq_graph.float_outputs)
     assert all_int8.get("QLinearConv") == 29 and floats(all_int8) == 1, all_int8
     assert counts.get("QLinearConv") == 26 and floats(counts) == 4, counts
 

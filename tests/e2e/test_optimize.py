@@ -134,7 +134,7 @@ def test_mobilenet_v2_int8_agreement(run_cli, tmp_path):
         assert a["accuracy"]["value"] >= threshold, (a["path"], a["accuracy"])
     ort_int8 = next(a for a in report["artifacts"] if a["path"].endswith("int8-ort.onnx"))
     kernels = ort_int8["quantization"]["integer_kernels"]
-    # every convolution but the stem's three (kept FP32: quantize.stem_block) and the
+    # every convolution but the stem's three (kept FP32: qdq_graph.stem_block) and the
     # classifier run as integer kernels
     stem = ort_int8["quantization"]["excluded_nodes"]
     assert len(stem) == 3, stem

@@ -19,6 +19,12 @@ PUBLIC_API: dict[str, list[str]] = {
         "BACKENDS", "Artifact", "Backend", "QuantJob", "TargetSpec", "get_backend",
         "onnx_runner", "package_targets", "runtime_names",
     ]),
+    "edgeopt.calibrate": sorted([
+        "CalibrationDataError", "CalibrationError", "CalibrationSet", "Preprocess",
+        "PreprocessError", "QuantConfig", "QuantResult", "check_calibration", "check_finite",
+        "integer_kernel_counts", "load_calibration", "parse_preprocess",
+        "quantize_for_openvino", "quantize_onnx_for_ort", "random_samples", "read_calibration",
+    ]),
     "edgeopt.convert": sorted([
         "OPS_CONFIG", "ConvertError", "ExportError", "ExportResult", "FactoryError",
         "InputShapeError", "ModelLoadError", "SourceModel", "call_factory", "canonical_names",
@@ -33,6 +39,8 @@ PUBLIC_API: dict[str, list[str]] = {
     ]),
     "edgeopt.runtimes": sorted([
         "ADAPTERS", "ADAPTER_ALIASES", "AdapterUnavailable", "Availability", "BenchProtocol",
+        "OPENVINO_F32", "capture_onnx", "capture_openvino", "onnx_input_specs",
+        "optimized_op_counts", "read_openvino_model",
         "BenchResult", "ComparisonError", "ComputeUnit", "DeviceCatalog", "DeviceProfile",
         "DeviceProfileError", "InvalidDeviceProfiles", "InvalidProtocol", "Loaded",
         "ModelLoadFailed", "OutputDiff", "Parity", "ParityError", "RuntimeAdapter",

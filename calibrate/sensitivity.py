@@ -1,0 +1,134 @@
+"""Which layers lose most to quantization: the SQNR of each quantized activation against
+the same tensor of the FP32 model, on either runtime, and the order in which layers go
+back to FP32 when an accuracy budget is broken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from edgeopt.runtimes import capture_onnx, capture_openvino
+
+
+def layer_sqnr(fp32_model, qdq_model, samples: Sequence[dict[str, np.ndarray]],
+               limit: int = 8) -> list[dict]:
+    """SQNR of each quantized activation (its DequantizeLinear output) against the same
+    tensor in the FP32 model, over ``limit`` samples; worst first. Errors accumulate from
+    the layers before, as they do at run time."""
+    consumers: dict[str, list] = {}
+    for node in qdq_model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    pairs = _quantized_activations(fp32_model, qdq_model, consumers)
+    if not pairs:
+        return []
+    db = _onnx_sqnr_db(fp32_model, qdq_model, pairs, list(samples)[:limit])
+    producer = {o: n for n in qdq_model.graph.node for o in n.output}
+    rows = [_onnx_row(name, db, producer, consumers) for name in pairs]
+    return sorted(rows, key=lambda r: r["sqnr_db"])
+
+
+def _quantized_activations(fp32_model, qdq_model, consumers: dict) -> dict[str, str]:
+    """FP32 tensor -> the output of the DequantizeLinear that gives it back quantized."""
+    inits = {i.name for i in qdq_model.graph.initializer}
+    fp32_names = {o for n in fp32_model.graph.node for o in n.output}
+    fp32_names |= {i.name for i in fp32_model.graph.input}
+    pairs = {}
+    for node in qdq_model.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in inits:
+            continue
+        if node.input[0] not in fp32_names:
+            continue
+        dq = next((c for c in consumers.get(node.output[0], []) if c.op_type == "DequantizeLinear"), None)
+        if dq is not None:
+            pairs[node.input[0]] = dq.output[0]
+    return pairs
+
+
+def _onnx_sqnr_db(fp32_model, qdq_model, pairs: dict[str, str], samples) -> dict[str, float]:
+    signal = dict.fromkeys(pairs, 0.0)
+    noise = dict.fromkeys(pairs, 0.0)
+    fp32_runs = capture_onnx(fp32_model, samples, list(pairs))
+    q_runs = capture_onnx(qdq_model, samples, list(pairs.values()))
+    for ref, got in zip(fp32_runs, q_runs, strict=True):
+        for name, a, b in zip(pairs, ref, got, strict=True):
+            a = a.astype(np.float64)
+            signal[name] += float(np.sum(a * a))
+            noise[name] += float(np.sum((a - b.astype(np.float64)) ** 2))
+    return {name: 10 * np.log10(max(signal[name], 1e-30) / noise[name]) if noise[name] > 0
+            else float("inf") for name in pairs}
+
+
+def _onnx_row(name: str, db: dict[str, float], producer: dict, consumers: dict) -> dict:
+    node = producer.get(name)
+    # SQNR of the node's quantized inputs (DQ <- Q <- tensor), to tell the error a
+    # layer adds from the error it inherits.
+    inherited = []
+    for edge in (node.input if node is not None else ()):
+        dq = producer.get(edge)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in db:
+            inherited.append(db[q.input[0]])
+    # the nodes that read the quantized tensor: with its producer, the group that
+    # returns to FP32 together (ONNX Runtime quantizes a tensor for any quantized reader)
+    readers = [c.name for q in consumers.get(name, []) if q.op_type == "QuantizeLinear"
+               for d in consumers.get(q.output[0], []) if d.op_type == "DequantizeLinear"
+               for c in consumers.get(d.output[0], []) if c.name]
+    return {"tensor": name, "node": node.name if node is not None else "(input)",
+            "readers": list(dict.fromkeys(readers)),
+            "op": node.op_type if node is not None else "input",
+            "sqnr_db": round(float(db[name]), 2),
+            "input_sqnr_db": round(float(min(inherited)), 2) if inherited else None}
+
+
+def sensitivity_order(rows: Sequence[dict], limit_db: float = 60.0) -> list[tuple[str, ...]]:
+    """Groups of nodes (a quantized tensor's producer and readers), most damaging first: by
+    the SQNR lost between the producer's quantized inputs and the tensor (a tensor fed by
+    float data, or a graph input, counts from ``limit_db``)."""
+    scored = []
+    for r in rows:
+        before = r["input_sqnr_db"] if r["input_sqnr_db"] is not None else limit_db
+        group = tuple(n for n in (r["node"] if r["op"] != "input" else "", *r["readers"]) if n)
+        if group:
+            scored.append((min(before, limit_db) - min(r["sqnr_db"], limit_db), group))
+    return list(dict.fromkeys(g for _, g in sorted(scored, key=lambda t: -t[0])))
+
+
+def ov_layer_sqnr(fp32_model, int8_model, samples: Sequence[dict[str, np.ndarray]],
+                  limit: int = 8) -> list[dict]:
+    """SQNR of each activation FakeQuantize's output against the same tensor of the FP32
+    OpenVINO model, over ``limit`` samples; worst first (same rows as :func:`layer_sqnr`)."""
+    fp32_outputs = {name: out for op in fp32_model.get_ops() for out in op.outputs()
+                    for name in out.get_names()}
+    pairs = []
+    for fq in int8_model.get_ops():
+        if fq.get_type_name() != "FakeQuantize":
+            continue
+        source = fq.input(0).get_source_output()
+        if source.get_node().get_type_name() == "Constant":
+            continue
+        name = next((n for n in sorted(source.get_names()) if n in fp32_outputs), None)
+        if name is not None:
+            pairs.append((name, fq))
+    if not pairs:
+        return []
+    samples = list(samples)[:limit]
+    run_fp32 = capture_openvino(fp32_model, samples, [fp32_outputs[n] for n, _ in pairs])
+    run_int8 = capture_openvino(int8_model, samples, [fq.output(0) for _, fq in pairs])
+    signal = np.zeros(len(pairs))
+    noise = np.zeros(len(pairs))
+    for a, b in zip(run_fp32, run_int8, strict=True):
+        for i in range(len(pairs)):
+            x = np.asarray(a[i], dtype=np.float64)
+            signal[i] += float(np.sum(x * x))
+            noise[i] += float(np.sum((x - np.asarray(b[i], dtype=np.float64)) ** 2))
+    rows = []
+    for (name, fq), sig, err in zip(pairs, signal, noise, strict=True):
+        db = 10 * np.log10(max(sig, 1e-30) / err) if err > 0 else float("inf")
+        producer = fq.input(0).get_source_output().get_node()
+        rows.append({"tensor": name, "node": producer.get_friendly_name(),
+                     "readers": [], "op": producer.get_type_name(),
+                     "sqnr_db": round(float(db), 2), "input_sqnr_db": None})
+    return sorted(rows, key=lambda r: r["sqnr_db"])
