@@ -5,7 +5,7 @@ The maths is numpy only, testable without any runtime.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,17 +129,25 @@ DEFAULT_CALIBRATOR = "mean-minmax"
 
 
 def compute_ranges(stats: dict[str, TensorStats], calibrator: str,
-                   inputs: Collection[str] = ()) -> dict[str, QuantRange]:
-    """Each tensor's range by the named calibrator; the graph ``inputs`` named get their
-    full range (min-max). An input is the data itself, not a layer's output: clipping it
-    throws away pixels the model was trained to see, and a calibrator's clip there only
-    reflects how many dark or bright crops the calibration set had. ONNX Runtime's
-    artifacts take it (it raised their agreement with FP32). OpenVINO's do not: NNCF's
-    input quantizer is symmetric, the full range costs it more levels, and the same change
-    there was mixed."""
+                   inputs: Collection[str] = (),
+                   protected: Mapping[str, tuple[float, float] | None] | None = None,
+                   ) -> dict[str, QuantRange]:
+    """Each tensor's range by the named calibrator. The graph ``inputs`` named get their
+    full range (min-max): an input is the data itself, not a layer's output, and a clip
+    there only reflects how many dark or bright samples the calibration set had (ONNX
+    Runtime's quantizer takes this; NNCF's symmetric input quantizer does not).
+
+    ``protected`` tensors (``output_ranges.protected_ranges``) are never clipped: a
+    bounded function's output takes its mathematical range, what reaches a graph output
+    its full observed range."""
     choose = CALIBRATORS[calibrator]
-    return {name: (minmax if name in inputs else choose)(s)
-            for name, s in stats.items() if s.count}
+    protected = protected or {}
+    ranges = {name: (minmax if name in inputs or name in protected else choose)(s)
+              for name, s in stats.items() if s.count}
+    for name, bounds in protected.items():
+        if bounds is not None and (name in ranges or name in stats):
+            ranges[name] = QuantRange(float(bounds[0]), float(bounds[1]))
+    return ranges
 
 
 def sqnr_gain_db(stats: dict[str, TensorStats], ranges: dict[str, QuantRange],

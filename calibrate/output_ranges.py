@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["BOUNDED", "PASS_THROUGH", "bounded_tensors", "output_tensors"]
+__all__ = ["BOUNDED", "PASS_THROUGH", "bounded_tensors", "output_tensors", "protected_ranges"]
 
 # Ops whose output is an element-wise function (or a rearrangement) of their inputs: a
 # clip of their output is a clip of what reaches the model's output.
@@ -50,3 +50,11 @@ def bounded_tensors(model) -> dict[str, tuple[float, float]]:
     """The outputs of bounded functions, with their mathematical range."""
     return {node.output[0]: BOUNDED[node.op_type] for node in model.graph.node
             if node.op_type in BOUNDED and node.output}
+
+
+def protected_ranges(model) -> dict[str, tuple[float, float] | None]:
+    """Tensor -> its mathematical range (bounded functions), or None: its full observed
+    range (what reaches a graph output)."""
+    ranges: dict[str, tuple[float, float] | None] = dict.fromkeys(output_tensors(model))
+    ranges.update(bounded_tensors(model))
+    return ranges

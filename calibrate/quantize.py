@@ -39,6 +39,7 @@ from edgeopt.calibrate.calibrators import (
 from edgeopt.calibrate.data import check_finite
 from edgeopt.calibrate.equalize import equalize_depthwise_inputs
 from edgeopt.calibrate.errors import CalibrationDataError, CalibrationError
+from edgeopt.calibrate.output_ranges import protected_ranges
 from edgeopt.calibrate.qat import QatResult, finetune_qdq
 from edgeopt.calibrate.qdq_graph import (
     first_conv,
@@ -187,7 +188,8 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
     check_calibration(calib, inputs)
     if stats is None:
         stats = activation_stats(fp32_onnx, calib, progress)
-    ranges = compute_ranges(stats, config.calibrator, inputs=[spec[0] for spec in inputs])
+    ranges = compute_ranges(stats, config.calibrator, inputs=[spec[0] for spec in inputs],
+                            protected=protected_ranges(onnx.load(str(fp32_onnx))))
     out = Path(out)
     prepped = staging_path(out, ".prep.onnx")
     tmp = staging_path(out, ".onnx")

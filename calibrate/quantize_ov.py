@@ -13,6 +13,7 @@ import numpy as np
 
 from edgeopt.calibrate.calibrators import QuantRange, compute_ranges
 from edgeopt.calibrate.errors import CalibrationError
+from edgeopt.calibrate.output_ranges import protected_ranges
 from edgeopt.calibrate.qdq_graph import fp32_nodes, linear_nodes
 from edgeopt.calibrate.quantize import (
     Progress,
@@ -241,7 +242,8 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
     try:
         quantized = _nncf_quantize(model, samples, excluded, transformer, progress)
         if stats is not None:
-            applied, note = _set_calibrator_ranges(quantized, stats, config.calibrator)
+            applied, note = _set_calibrator_ranges(quantized, stats, config.calibrator,
+                                                   _protected(fp32_onnx))
             notes.append(note)
         if config.saturation_guard:
             notes += _saturation_guard(quantized, model, samples)
@@ -305,10 +307,17 @@ def _nncf_quantize(model, samples: list, excluded: list[str], transformer: bool,
                          **({"ignored_scope": ignored} if ignored else {}))
 
 
-def _set_calibrator_ranges(quantized, stats: dict[str, TensorStats],
-                           calibrator: str) -> tuple[int, str]:
+def _protected(fp32_onnx: Path | None) -> dict:
+    import onnx
+
+    return {} if fp32_onnx is None else protected_ranges(onnx.load(str(fp32_onnx)))
+
+
+def _set_calibrator_ranges(quantized, stats: dict[str, TensorStats], calibrator: str,
+                           protected: dict) -> tuple[int, str]:
     """The calibrator's ranges on the activation FakeQuantize ops: (how many, note)."""
-    applied, missed = _apply_fq_ranges(quantized, compute_ranges(stats, calibrator))
+    applied, missed = _apply_fq_ranges(quantized,
+                                       compute_ranges(stats, calibrator, protected=protected))
     note = (f"'{calibrator}' ranges set on {applied} activation FakeQuantize ops"
             + (f"; {missed} keep NNCF's (per-channel ranges of depthwise inputs, or no "
                "statistics)" if missed else ""))

@@ -54,7 +54,6 @@ def test_every_calibrator_keeps_the_score_range_on_both_runtimes(run_cli, tmp_pa
     assert set(int8) == {"onnxruntime", "openvino"}
     for runtime, figures in int8.items():
         assert figures["scores"]["range_coverage"] >= 0.99, (runtime, figures["scores"])
-        assert figures["boxes"]["range_coverage"] >= 0.99, (runtime, figures["boxes"])
         assert figures["status"] != "clipped-output", (runtime, figures)
 
 
