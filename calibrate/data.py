@@ -40,6 +40,7 @@ DEFAULT_RANDOM_SAMPLES = 32
 # limit take this many (NNCF's and ONNX Runtime's default calibration subset size).
 DEFAULT_STREAM_SAMPLES = 300
 ARRAY_SUFFIXES = (".npy", ".npz")
+LABELS_KEY = "labels"
 _FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 
@@ -88,7 +89,7 @@ def _split(array: np.ndarray, shape: tuple[int, ...], source: str, name: str) ->
     raise CalibrationDataError(msg)
 
 
-def _read(path: Path, inputs: Sequence[InputSpec]) -> list[dict[str, np.ndarray]]:
+def read_array_file(path: Path, inputs: Sequence[InputSpec]) -> list[dict[str, np.ndarray]]:
     try:
         loaded = np.load(path, allow_pickle=False)
     except Exception as e:
@@ -103,7 +104,9 @@ def _read(path: Path, inputs: Sequence[InputSpec]) -> list[dict[str, np.ndarray]
         arrays = {inputs[0][0]: loaded}
     else:
         with loaded:
-            arrays = {k: loaded[k] for k in loaded.files}
+            names = {n for n, _, _ in inputs}
+            # a 'labels' array is the samples' task labels (evaluation), not an input
+            arrays = {k: loaded[k] for k in loaded.files if k != LABELS_KEY or k in names}
         if len(inputs) == 1 and len(arrays) == 1:
             arrays = {inputs[0][0]: next(iter(arrays.values()))}
     expected = {n for n, _, _ in inputs}
@@ -133,10 +136,10 @@ def _read(path: Path, inputs: Sequence[InputSpec]) -> list[dict[str, np.ndarray]
 def check_finite(samples: Sequence[dict[str, np.ndarray]], source: str = "calibration data") -> None:
     """Raise naming the first sample and input that holds NaN or Inf."""
     for index, sample in enumerate(samples):
-        _check_finite_sample(sample, f"{source}: sample {index}")
+        check_finite_sample(sample, f"{source}: sample {index}")
 
 
-def _check_finite_sample(sample: dict[str, np.ndarray], where: str) -> None:
+def check_finite_sample(sample: dict[str, np.ndarray], where: str) -> None:
     for name, array in sample.items():
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             bad = "NaN" if np.isnan(array).any() else "Inf"
@@ -217,7 +220,7 @@ def _from_arrays(files: list[Path], spec: str, inputs: Sequence[InputSpec],
                  limit: int | None) -> CalibrationSet:
     samples: list[dict[str, np.ndarray]] = []
     for file in files:
-        found = _read(file, inputs)
+        found = read_array_file(file, inputs)
         check_finite(found, f"calibration file {file}")
         samples.extend(found)
         if limit is not None and len(samples) >= limit:
@@ -246,8 +249,8 @@ def _from_images(files: list[Path], spec: str, inputs: Sequence[InputSpec],
     n = min(len(files), limit or DEFAULT_STREAM_SAMPLES)
     samples = []
     for file in files[:n]:      # only these are decoded
-        sample = _image_sample(file, inputs[0], pre)
-        _check_finite_sample(sample, f"calibration image {file}:")
+        sample = image_sample(file, inputs[0], pre)
+        check_finite_sample(sample, f"calibration image {file}:")
         samples.append(sample)
     if what == "folder":
         note = f"{n} of {len(files)} images in {spec} (name order)"
@@ -256,7 +259,7 @@ def _from_images(files: list[Path], spec: str, inputs: Sequence[InputSpec],
     return CalibrationSet(samples, f"{note}, preprocessing {pre.to_spec()}", pre.to_dict())
 
 
-def _image_sample(path: Path, spec: InputSpec, pre: Preprocess) -> dict[str, np.ndarray]:
+def image_sample(path: Path, spec: InputSpec, pre: Preprocess) -> dict[str, np.ndarray]:
     name, dtype, shape = spec
     array = load_image(path, pre)
     if len(shape) == array.ndim + 1 and shape[0] == 1:
@@ -273,7 +276,7 @@ def _image_sample(path: Path, spec: InputSpec, pre: Preprocess) -> dict[str, np.
     return {name: np.ascontiguousarray(array.astype(dtype, copy=False))}
 
 
-def _call_factory(spec: str, where: str) -> Any:
+def call_factory(spec: str, where: str) -> Any:
     """Import ``package.module:attr`` (the working directory on the path) and call it.
 
     convert/load.py does the same for model factories; calibrate may not import convert
@@ -301,7 +304,7 @@ def _call_factory(spec: str, where: str) -> Any:
 
 def _from_factory(spec: str, inputs: Sequence[InputSpec], limit: int | None) -> CalibrationSet:
     where = f"calibration factory {spec}"
-    made = _call_factory(spec, where)
+    made = call_factory(spec, where)
     if isinstance(made, (Mapping, str, bytes, np.ndarray)) or not hasattr(made, "__iter__"):
         msg = (f"{where}: the factory returned {type(made).__name__}, not an iterable of "
                "input dicts; return a list or generator of {input_name: array}")
@@ -320,8 +323,8 @@ def _from_factory(spec: str, inputs: Sequence[InputSpec], limit: int | None) -> 
                 msg = (f"{where}: raised {type(e).__name__} while giving sample {index}: "
                        f"{first_line(e)[:160]}")
                 raise CalibrationDataError(msg) from e
-            sample = _check_sample(item, inputs, f"{where}: sample {index}")
-            _check_finite_sample(sample, f"{where}: sample {index}")
+            sample = check_sample(item, inputs, f"{where}: sample {index}")
+            check_finite_sample(sample, f"{where}: sample {index}")
             samples.append(sample)
     finally:
         close = getattr(items, "close", None)
@@ -333,7 +336,7 @@ def _from_factory(spec: str, inputs: Sequence[InputSpec], limit: int | None) -> 
     return CalibrationSet(samples, f"factory {spec} ({len(samples)} samples)")
 
 
-def _check_sample(item: Any, inputs: Sequence[InputSpec], where: str) -> dict[str, np.ndarray]:
+def check_sample(item: Any, inputs: Sequence[InputSpec], where: str) -> dict[str, np.ndarray]:
     """One factory sample as the model takes it; raise naming the sample otherwise."""
     if not isinstance(item, Mapping):
         msg = f"{where} is {type(item).__name__}, not a dict {{input_name: array}}"

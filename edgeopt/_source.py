@@ -17,12 +17,11 @@ from edgeopt.convert import (
     parse_input_shapes,
 )
 from edgeopt.errors import UsageError
-from edgeopt.metrics import BUILTIN
+from edgeopt.metrics import BUILTIN, resolve_metric
 from edgeopt.recipe import Recipe
 from edgeopt.runtimes import row_cosines
 
 REF_PREFIX = "ref:"
-USER_EVAL_SAMPLES = 64
 
 
 @dataclass
@@ -51,7 +50,7 @@ class Prepared:
         if self.chosen is not None:
             return self.chosen.needs_labels or (self.labels is not None
                                                 and self.chosen.name not in BUILTIN)
-        if self.reference is not None:
+        if self.reference is not None and self.eval_set is not None:
             return self.reference.metric in TASK_METRICS
         return self.labels is not None
 
@@ -76,7 +75,7 @@ class Prepared:
         """The run's metric of stacked first outputs, against the FP32 source where needed."""
         if self.chosen is not None:
             return self.chosen(outputs, fp32_outputs, self.labels)
-        if self.reference is not None:
+        if self.reference is not None and self.eval_set is not None:
             return float(self.reference.score(outputs, self.eval_set, fp32_outputs))
         if self.labels is not None and _integral(self.labels):
             return BUILTIN["top1"](outputs, fp32_outputs, self.labels)
@@ -145,7 +144,6 @@ def _specs_from_example(names: tuple[str, ...], example: tuple) -> list:
 
 def prepare(config: Recipe, source: SourceModel) -> Prepared:
     """Check inputs fit and gather calibration/evaluation data, before anything is written."""
-    from edgeopt.calibrate.data import RANDOM, random_samples
     from edgeopt.convert.torch_to_onnx import default_input_names
 
     name = artifact_stem(config.model)
@@ -160,62 +158,103 @@ def prepare(config: Recipe, source: SourceModel) -> Prepared:
         specs = [(n, dtype, fixed[n]) for n, dtype, _ in specs]
 
     if reference is not None and config.data.calib is None:
-        if config.data.input_shape and tuple(specs[0][2]) != tuple(reference.input_shape):
-            msg = (f"--input-shape {config.data.input_shape} differs from {config.model}'s "
-                   f"{'x'.join(map(str, reference.input_shape))}, and its data has that shape; "
-                   "drop --input-shape or pass --calib")
-            raise UsageError(msg)
-        calib = reference.calibration_set(config.data.calib_samples)
-        calib_note = f"reference calibration set of {config.model} ({len(calib)} samples)"
-        eval_set = reference.evaluation_set(config.data.eval_samples)
-        labelled = ", labelled" if eval_set.labels is not None else ""
-        return Prepared(
-            name, source, specs, source.output_names, calib, calib_note,
-            list(eval_set.inputs), f"reference evaluation set ({len(eval_set.inputs)} samples"
-            f"{labelled}, disjoint from calibration): {reference.description}",
-            reference.metric, reference=reference, eval_set=eval_set,
-            preprocessing=dict(reference.preprocessing), labels=eval_set.labels,
-        )
-    if config.data.calib is None:
+        prepared = _reference_data(config, source, specs, reference, name)
+    else:
+        prepared = _user_data(config, source, specs, reference, name)
+    if config.data.metric is None:
+        return prepared
+    chosen = resolve_metric(config.data.metric, prepared.labels is not None)
+    return replace(prepared, chosen=chosen, metric=chosen.name)
+
+
+def _reference_data(config: Recipe, source, specs: list, reference, name: str) -> Prepared:
+    """A reference model's own calibration set, and its evaluation set or --eval's."""
+    if config.data.input_shape and tuple(specs[0][2]) != tuple(reference.input_shape):
+        msg = (f"--input-shape {config.data.input_shape} differs from {config.model}'s "
+               f"{'x'.join(map(str, reference.input_shape))}, and its data has that shape; "
+               "drop --input-shape or pass --calib")
+        raise UsageError(msg)
+    calib = reference.calibration_set(config.data.calib_samples)
+    calib_note = f"reference calibration set of {config.model} ({len(calib)} samples)"
+    preprocessing = dict(reference.preprocessing)
+    if config.data.eval is not None:
+        from edgeopt.calibrate.datasets import Dataset, check_disjoint
+
+        held_out = _held_out(config, specs, _preprocess_for(config, specs, reference)[0])
+        check_disjoint(Dataset(calib, None, calib_note), held_out, config.data.eval)
+        return Prepared(name, source, specs, source.output_names, calib, calib_note,
+                        held_out.samples, held_out.note, _generic_metric(held_out.labels),
+                        reference=reference, preprocessing=preprocessing,
+                        labels=held_out.labels)
+    eval_set = reference.evaluation_set(config.data.eval_samples)
+    labelled = ", labelled" if eval_set.labels is not None else ""
+    return Prepared(
+        name, source, specs, source.output_names, calib, calib_note, list(eval_set.inputs),
+        f"reference evaluation set ({len(eval_set.inputs)} samples{labelled}, disjoint from "
+        f"calibration): {reference.description}", reference.metric, reference=reference,
+        eval_set=eval_set, preprocessing=preprocessing, labels=eval_set.labels)
+
+
+def _user_data(config: Recipe, source, specs: list, reference, name: str) -> Prepared:
+    """--calib's data and --eval's, or a seeded split of --calib's when no --eval is given."""
+    from edgeopt.calibrate.data import RANDOM, random_samples
+    from edgeopt.calibrate.datasets import check_disjoint, read_dataset, read_split
+
+    data = config.data
+    if data.calib is None:
         msg = (f"no calibration data for {config.model}: pass --calib FILE_OR_FOLDER "
                "(.npy/.npz samples matching the model's inputs, or images with --preprocess), "
                "--calib package.module:factory, or --calib random "
                "(INT8 ranges from random data; accuracy then unknown)")
         raise UsageError(msg)
-    if config.data.calib == RANDOM:
-        n = config.data.calib_samples or 32
+    preprocess, origin = _preprocess_for(config, specs, reference)
+    if data.calib == RANDOM:
+        n = data.calib_samples or 32
         calib = random_samples(specs, n, seed=0)
-        eval_inputs = random_samples(specs, config.data.eval_samples or n, seed=1)
         calib_note = f"RANDOM data ({n} samples), as asked with --calib random"
-        preprocessing = None
-        eval_note = (f"random inputs ({len(eval_inputs)} samples): output cosine to FP32 only, "
-                     "not task accuracy")
+        if data.eval is None:
+            inputs = random_samples(specs, data.eval_samples or n, seed=1)
+            note = (f"random inputs ({len(inputs)} samples): output cosine to FP32 only, not "
+                    "task accuracy")
+            return Prepared(name, source, specs, source.output_names, calib, calib_note,
+                            inputs, note, "output_cosine_vs_fp32", reference=reference)
+        held_out = _held_out(config, specs, preprocess)
+        return Prepared(name, source, specs, source.output_names, calib, calib_note,
+                        held_out.samples, held_out.note, _generic_metric(held_out.labels),
+                        reference=reference, labels=held_out.labels)
+    if data.eval is not None:
+        found = read_dataset(data.calib, specs, data.calib_samples, preprocess, "calibration")
+        held_out = _held_out(config, specs, preprocess)
+        check_disjoint(found, held_out, data.eval)
     else:
-        found = _read_user_calibration(config, specs, reference)
-        calib, calib_note, preprocessing = found.samples, found.note, found.preprocessing
-        eval_inputs = calib[: config.data.eval_samples or USER_EVAL_SAMPLES]
-        eval_note = (f"{len(eval_inputs)} of the calibration samples (no held-out set given): "
-                     "output cosine to FP32")
-    return Prepared(name, source, specs, source.output_names, calib, calib_note,
-                    eval_inputs, eval_note, "output_cosine_vs_fp32",
-                    preprocessing=preprocessing or {})
+        found, held_out = read_split(data.calib, specs, data.calib_samples, data.eval_samples,
+                                     preprocess)
+    if found.preprocessing is None and data.preprocess is not None:
+        msg = (f"--preprocess applies to images, and --calib {data.calib} holds none; "
+               "drop --preprocess")
+        raise UsageError(msg)
+    preprocessing = {**found.preprocessing, "from": origin} if found.preprocessing else {}
+    calib_note = found.note + (f" (from {origin})" if found.preprocessing else "")
+    return Prepared(name, source, specs, source.output_names, found.samples, calib_note,
+                    held_out.samples, held_out.note, _generic_metric(held_out.labels),
+                    reference=reference, preprocessing=preprocessing, labels=held_out.labels)
 
 
-def _read_user_calibration(config: Recipe, specs: list, reference: Any):
-    """--calib's samples; images take --preprocess, else a reference model's own preprocessing."""
-    from edgeopt.calibrate.data import read_calibration
+def _held_out(config: Recipe, specs: list, preprocess):
+    from edgeopt.calibrate.datasets import read_dataset
+
+    return read_dataset(config.data.eval, specs, config.data.eval_samples, preprocess)
+
+
+def _generic_metric(labels) -> str:
+    return "top1" if labels is not None and _integral(labels) else "output_cosine_vs_fp32"
+
+
+def _preprocess_for(config: Recipe, specs: list, reference: Any) -> tuple[Any, str]:
+    """--preprocess, else a reference model's own preprocessing for its image input."""
     from edgeopt.calibrate.images import reference_preprocess
 
-    preprocess, origin = config.data.preprocess, "--preprocess"
-    if preprocess is None and reference is not None:
-        preprocess = reference_preprocess(reference.preprocessing, specs[0][2])
-        origin = f"{config.model}'s preprocessing"
-    found = read_calibration(config.data.calib, specs, config.data.calib_samples, preprocess)
-    if found.preprocessing is None:
-        if config.data.preprocess is not None:
-            msg = (f"--preprocess applies to images, and --calib {config.data.calib} holds none; "
-                   "drop --preprocess")
-            raise UsageError(msg)
-        return found
-    return replace(found, note=f"{found.note} (from {origin})",
-                   preprocessing={**found.preprocessing, "from": origin})
+    if config.data.preprocess is None and reference is not None:
+        return (reference_preprocess(reference.preprocessing, specs[0][2]),
+                f"{config.model}'s preprocessing")
+    return config.data.preprocess, "--preprocess"
