@@ -107,8 +107,6 @@ def read_array_file(path: Path, inputs: Sequence[InputSpec]) -> list[dict[str, n
             names = {n for n, _, _ in inputs}
             # a 'labels' array is the samples' task labels (evaluation), not an input
             arrays = {k: loaded[k] for k in loaded.files if k != LABELS_KEY or k in names}
-        if len(inputs) == 1 and len(arrays) == 1:
-            arrays = {inputs[0][0]: next(iter(arrays.values()))}
     expected = {n for n, _, _ in inputs}
     missing = sorted(expected - set(arrays))
     if missing:

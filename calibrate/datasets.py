@@ -31,6 +31,7 @@ from edgeopt.calibrate.data import (
     check_sample,
     image_sample,
     read_array_file,
+    read_calibration,
 )
 from edgeopt.calibrate.errors import CalibrationDataError
 from edgeopt.calibrate.images import image_files, is_image, parse_preprocess
@@ -150,6 +151,8 @@ def _open(spec: str, inputs: Sequence[InputSpec], preprocess, role: str,
                         and p.suffix.lower() in ARRAY_SUFFIXES and not p.name.startswith("."))
         if arrays and not image_files(path):
             return _arrays(arrays, str(path), inputs, role)
+        if not image_files(path) and not _class_folders(path):
+            read_calibration(path, inputs, 1, preprocess)   # raises, saying what is there
         files, labels = _labelled_images(path, role)
         return _images(files, labels, f"{len(files)} images in {path}", inputs, preprocess, role)
     if is_image(path):
@@ -220,16 +223,17 @@ def _labelled_images(folder: Path, role: str) -> tuple[list[Path], np.ndarray | 
     if files:
         table = folder / LABELS_CSV
         return files, (_csv_labels(table, files, folder, role) if table.is_file() else None)
-    classes = sorted(d for d in folder.iterdir() if d.is_dir() and image_files(d))
-    if not classes:
-        msg = f"{role} data {folder} holds no images, .npy/.npz files or class folders"
-        raise CalibrationDataError(msg)
+    classes = _class_folders(folder)
     files, labels = [], []
     for index, d in enumerate(classes):
         found = image_files(d)
         files += found
         labels += [index] * len(found)
     return files, np.asarray(labels, dtype=np.int64)
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and image_files(d))
 
 
 def _csv_labels(table: Path, files: list[Path], folder: Path, role: str) -> np.ndarray:

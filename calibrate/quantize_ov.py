@@ -188,7 +188,7 @@ def fit_weight_scales(model, means: dict[str, np.ndarray] | None = None) -> tupl
         if kind == "MatMul" and (op.get_attributes().get("transpose_a") or q.ndim != 2):
             continue
         attrs = {"transpose_b": bool(op.get_attributes().get("transpose_b"))}
-        found = reduction_rows(q * scale, kind, attrs, runtime="openvino")
+        found = reduction_rows(q * scale, kind, attrs, even_channels=True)
         if found is None:
             continue
         rows, back = found

@@ -67,21 +67,22 @@ def bound_pairs(rows: np.ndarray) -> int:
 
 
 def reduction_rows(weight: np.ndarray, op: str, attrs: dict,
-                   runtime: str = "onnxruntime") -> tuple[np.ndarray, callable] | None:
+                   even_channels: bool = False) -> tuple[np.ndarray, callable] | None:
     """``weight`` as (output channels, K) in the kernels' reduction order, and the function
     that puts such rows back into the weight's shape; None where no int8 GEMM reads it.
 
     A convolution's patch is ``kh * kw * c_in`` with the input channel innermost. ONNX
     Runtime flattens it (with an odd ``c_in`` a pair spans two taps); OpenVINO's oneDNN
     pads each tap's channels to an even count, so its pairs never span taps (both probed
-    on AVX2). ``op`` is the ONNX op type, or OpenVINO's Convolution / MatMul.
+    on AVX2): ``even_channels`` asks for that layout. ``op`` is the ONNX op type, or
+    OpenVINO's Convolution / MatMul.
     """
     if op in {"Conv", "Convolution"} and weight.ndim == 4:
         c_out, c_in_g, kh, kw = weight.shape
         if attrs.get("group", 1) > 1 and c_in_g == 1:
             return None                                  # depthwise: no pairs
         hwio = weight.transpose(0, 2, 3, 1)
-        pad = c_in_g % 2 if runtime == "openvino" else 0
+        pad = c_in_g % 2 if even_channels else 0
         if pad:
             hwio = np.concatenate([hwio, np.zeros((c_out, kh, kw, 1), hwio.dtype)], axis=3)
         rows = hwio.reshape(c_out, -1).copy()

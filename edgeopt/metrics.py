@@ -25,7 +25,7 @@ __all__ = ["BUILTIN", "GATE", "Metric", "gate_problems", "output_figures", "reso
 # set a budget (--max-accuracy-drop) on the run's metric, which then replaces it.
 GATE = {"max_metric_drop": 0.01, "min_cosine": 0.99, "min_sqnr_db": 10.0}
 # An output is "clipped-output" when the artifact's outputs cover less than this much of
-# the FP32 outputs' range and pile up at their edge: values the FP32 model puts beyond
+# the FP32 outputs' range and pile up at their edge: most values the FP32 model puts beyond
 # that edge come out at it (a float output that is merely less accurate has no such wall).
 MIN_COVERAGE = 0.99
 MIN_SATURATED = 2
@@ -161,14 +161,16 @@ def _one_output(ref: np.ndarray, out: np.ndarray) -> dict:
     span = hi - lo
     coverage = 1.0 if span <= 0 else max(0.0, min(hi, hi8) - max(lo, lo8)) / span
     tol = 1e-6 * max(1.0, abs(hi8), abs(lo8))
-    saturated = int(np.sum((out >= hi8 - tol) & (ref > hi8 + tol))
-                    + np.sum((out <= lo8 + tol) & (ref < lo8 - tol)))
+    beyond_hi, beyond_lo = ref > hi8 + tol, ref < lo8 - tol
+    saturated = int(np.sum(beyond_hi & (out >= hi8 - tol)) + np.sum(beyond_lo & (out <= lo8 + tol)))
+    beyond = int(beyond_hi.sum() + beyond_lo.sum())
     return {"cosine": round(float(row_cosines(ref, out).mean()), 6),
             "sqnr_db": round(sqnr_db(ref, out), 3),
             "max_rel_error": round(max_rel_error(ref, out), 6),
             "range_coverage": round(coverage, 6),
             "saturated": saturated,
-            "clipped": bool(span > 0 and coverage < MIN_COVERAGE and saturated >= MIN_SATURATED)}
+            "clipped": bool(span > 0 and coverage < MIN_COVERAGE and saturated >= MIN_SATURATED
+                            and saturated >= beyond / 2)}
 
 
 def gate_problems(figures: list[dict], metric_drop: float | None) -> list[str]:

@@ -270,7 +270,9 @@ def _spread(n: int, total: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
 
 
-def _imagenet_arrays(photos) -> np.ndarray:
+def imagenet_arrays(photos) -> np.ndarray:
+    """``(path, label)`` photos as the evaluation transform makes them: shorter side to
+    256, centre crop 224, /255, ImageNet mean/std, NCHW float32."""
     from PIL import Image
 
     out = np.empty((len(photos), 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
@@ -293,23 +295,24 @@ def _imagenet_arrays(photos) -> np.ndarray:
 
 def _imagenet_calibration(n: int) -> np.ndarray:
     calib, _ = _imagenet_split()
-    return _imagenet_arrays([calib[i] for i in _spread(n, len(calib), CALIB_SEED)])
+    return imagenet_arrays([calib[i] for i in _spread(n, len(calib), CALIB_SEED)])
 
 
 def _imagenet_evaluation(n: int) -> tuple[np.ndarray, np.ndarray]:
     _, evaluation = _imagenet_split()
     chosen = [evaluation[i] for i in _spread(n, len(evaluation), EVAL_SEED)]
-    return _imagenet_arrays(chosen), np.array([label for _, label in chosen], dtype=np.int64)
+    return imagenet_arrays(chosen), np.array([label for _, label in chosen], dtype=np.int64)
 
 
-def _reference() -> ReferenceModel:
+def _reference(photos: bool) -> ReferenceModel:
+    """mobilenet-v2 on the labelled photos (``photos``), else on the bundled-photo crops."""
     common = dict(name="mobilenet-v2", input_name="input",
                   input_shape=(1, 3, INPUT_SIZE, INPUT_SIZE), output_name="logits",
                   _build=pretrained_mobilenet_v2, _finetune=_finetune_crops)
     pixels = {"interpolation": "bilinear", "scale": 1 / 255, "mean": list(IMAGENET_MEAN),
               "std": list(IMAGENET_STD), "layout": "NCHW", "channel_order": "RGB",
               "dtype": "float32"}
-    if imagenet_dir() is not None:
+    if photos:
         calib, evaluation = _imagenet_split()
         return ReferenceModel(
             **common, metric="accuracy",
@@ -333,4 +336,10 @@ def _reference() -> ReferenceModel:
         _evaluation=_evaluation_crops)
 
 
-MOBILENET_V2 = _reference()
+def crops_reference() -> ReferenceModel:
+    """mobilenet-v2 scored on random crops of the bundled photos (top-1 agreement with FP32),
+    whether or not the labelled photos are here."""
+    return _reference(photos=False)
+
+
+MOBILENET_V2 = _reference(photos=imagenet_dir() is not None)

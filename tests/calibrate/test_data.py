@@ -115,7 +115,8 @@ def test_mobilenet_preprocessing_matches_its_own_crops(tmp_path):
     photo = rng.integers(0, 256, (300, 300, 3), dtype=np.uint8)
     save(tmp_path / "photo.png", photo)
     size = mnv2.INPUT_SIZE
-    pre = reference_preprocess(mnv2.MOBILENET_V2.preprocessing, mnv2.MOBILENET_V2.input_shape)
+    crops = mnv2.crops_reference()
+    pre = reference_preprocess(crops.preprocessing, crops.input_shape)
     assert pre is not None
     found = read_calibration(tmp_path, [("input", "float32", (1, 3, size, size))],
                              preprocess=pre)
@@ -128,6 +129,23 @@ def test_mobilenet_preprocessing_matches_its_own_crops(tmp_path):
     np.testing.assert_allclose(found.samples[0]["input"][0], expected, rtol=1e-5, atol=1e-5)
     assert found.preprocessing["spec"] == pre.to_spec()
     assert "resize=224,crop=224,mean=0.485:0.456:0.406" in found.note
+
+
+def test_mobilenet_photo_preprocessing_matches_an_image_folder(tmp_path):
+    """With the labelled photos, ref:mobilenet-v2 evaluates on shorter-side-256, centre-224
+    crops; a folder read with its preprocessing gives the same arrays."""
+    from edgeopt.reference_models import mobilenet_v2 as mnv2
+
+    photo = np.random.default_rng(3).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    save(tmp_path / "photo.png", photo)
+    described = {"resize": mnv2.PHOTO_SIZE, "crop": mnv2.INPUT_SIZE, "scale": 1 / 255,
+                 "mean": list(mnv2.IMAGENET_MEAN), "std": list(mnv2.IMAGENET_STD),
+                 "layout": "NCHW", "channel_order": "RGB", "interpolation": "bilinear"}
+    pre = reference_preprocess(described, (1, 3, mnv2.INPUT_SIZE, mnv2.INPUT_SIZE))
+    found = read_calibration(tmp_path, [("input", "float32", (1, 3, 224, 224))],
+                             preprocess=pre)
+    expected = mnv2.imagenet_arrays([(tmp_path / "photo.png", 0)])[0]
+    np.testing.assert_allclose(found.samples[0]["input"][0], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_reference_without_8_bit_preprocessing_gives_no_default():

@@ -257,7 +257,7 @@ def test_openvino_pairs_channels_within_each_tap_on_avx2():
         w[0, [i, j]] = 127
         w = w[:, np.argsort(order)].reshape(4, 3, 3, 3)    # back to OIHW
         saturated = _ov_conv(x, w) != 255 * 254
-        rows, _ = reduction_rows(np.round(w), "Convolution", {}, runtime="openvino")
+        rows, _ = reduction_rows(np.round(w), "Convolution", {}, even_channels=True)
         assert saturated == bool(over_limit(rows).any()), (i, j)
 
 
@@ -281,7 +281,7 @@ def test_openvino_weight_scales_are_fitted(tmp_path):
             continue
         const = op.input_value(1).get_node().input_value(0).get_node().input_value(0).get_node()
         attrs = {"transpose_b": bool(op.get_attributes().get("transpose_b"))}
-        rows, _ = reduction_rows(const.get_data(), op.get_type_name(), attrs, "openvino")
+        rows, _ = reduction_rows(const.get_data(), op.get_type_name(), attrs, True)
         assert not over_limit(rows).any(), op.get_friendly_name()
         checked += 1
     assert checked == 3

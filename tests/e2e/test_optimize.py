@@ -93,7 +93,8 @@ def test_optimize_with_images_and_with_a_factory(run_cli, tiny_onnx, tmp_path):
                      "--preprocess", "resize=8,crop=8,mean=0.5,std=0.25")
     assert result.code == 0, result.err
     report = json.loads((out / "report.json").read_text())
-    assert report["data"]["calibration"].startswith(f"3 of 4 images in {images}")
+    assert report["data"]["calibration"].startswith(f"4 images in {images}")
+    assert "3 calibrate, 1 others evaluate" in report["data"]["calibration"]
     assert "resize=8,crop=8,mean=0.5,std=0.25" in report["data"]["calibration"]
     assert report["input"]["preprocessing"]["from"] == "--preprocess"
     assert report["input"]["preprocessing"]["crop"] == [8, 8]

@@ -135,7 +135,9 @@ def test_digits_set_sizes_are_bounded_by_the_split():
 
 
 def test_mobilenet_calibration_and_evaluation_crops_differ():
-    ref = get_reference("mobilenet-v2")
+    from edgeopt.reference_models.mobilenet_v2 import crops_reference
+
+    ref = crops_reference()
     calib = _stack(ref.calibration_set(8), "input")
     eval_set = ref.evaluation_set(8)
     evals = _stack(eval_set.inputs, "input")
@@ -144,6 +146,21 @@ def test_mobilenet_calibration_and_evaluation_crops_differ():
         assert not any(np.array_equal(crop, e) for e in evals)
     # Deterministic: the same call gives the same crops, and a smaller set is a prefix.
     np.testing.assert_array_equal(_stack(ref.calibration_set(3), "input"), calib[:3])
+
+
+def test_mobilenet_uses_the_labelled_photos_when_they_are_here():
+    from edgeopt.reference_models.mobilenet_v2 import _imagenet_split, imagenet_dir
+
+    if imagenet_dir() is None:
+        pytest.skip("no labelled ImageNet photos here (shared/data/imagenet-500 beside the "
+                    "repository, or $EDGEOPT_IMAGENET_DIR)")
+    ref = get_reference("mobilenet-v2")
+    assert ref.metric == "accuracy" and "labelled ImageNet photos" in ref.description
+    calib, evaluation = _imagenet_split()
+    assert not {p for p, _ in calib} & {p for p, _ in evaluation}
+    eval_set = ref.evaluation_set(20)
+    assert eval_set.labels is not None and len(set(eval_set.labels)) == 20
+    assert eval_set.labels.max() > 500          # a spread over the whole set, not the start
 
 
 def test_samples_are_independent_copies():
@@ -178,7 +195,9 @@ def test_accuracy_compares_argmax_with_labels():
 
 
 def test_top1_agreement_compares_argmax_with_fp32():
-    ref = get_reference("mobilenet-v2")
+    from edgeopt.reference_models.mobilenet_v2 import crops_reference
+
+    ref = crops_reference()
     eval_set = EvalSet([{"input": np.zeros((1, 1), np.float32)}] * 5, None)
     fp32 = _one_hot([7, 2, 999, 0, 5], 1000)
     assert ref.score(fp32, eval_set, fp32) == 1.0

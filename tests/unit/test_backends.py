@@ -101,10 +101,13 @@ def _runtime_literals(path: Path, names: set[str]) -> list[str]:
 
 
 def test_only_backends_and_runtimes_name_a_runtime():
-    """The core asks the registry: no runtime or host-adapter name is spelled outside the
-    backend modules (runtimes/ is the runtimes' own package)."""
+    """The core and the leaves ask the registry or take a parameter: no runtime or
+    host-adapter name is spelled outside the backend modules (runtimes/ is the runtimes'
+    own package)."""
     names = set(runtime_names())
     names |= {get_backend(r).host_adapter for r in runtime_names()}
     core = [p for p in (ROOT / "edgeopt").rglob("*.py") if "backends" not in p.parts]
-    found = [hit for p in core for hit in _runtime_literals(p, names)]
+    leaves = [p for d in ("calibrate", "convert", "reference_models")
+              for p in (ROOT / d).rglob("*.py")]
+    found = [hit for p in core + leaves for hit in _runtime_literals(p, names)]
     assert found == []
