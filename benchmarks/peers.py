@@ -4,6 +4,9 @@ For each reference model, from the same FP32 model and the same calibration samp
   (1) ONNX Runtime's quantize_static after quant_pre_process (QDQ, per-channel, U8S8, MinMax)
   (2) NNCF quantize with its defaults, run in OpenVINO
   (3) edgeopt with each calibrator: mean-minmax (the default), minmax, kmeans
+mobilenet-v2 runs on the labelled ImageNet photos when shared/data/imagenet-500 is beside
+the repository (calibration on every 4th photo, evaluation on the other 375, top-1 against
+the labels and agreement with FP32), else on the bundled-photo crops (it says which).
 Timing is interleaved: every round runs a burst of each artifact in turn, so machine noise
 falls on all of them alike. Speed is compared as ratios within this one run: the ratio of
 the p50s over all rounds, and the median of the per-round ratios (robust to a noisy round).
@@ -120,6 +123,10 @@ def measure(ref, rows: list[Row], rounds: int, burst: int, threads: int) -> None
         row.metric = ref.score(row.outputs, eval_set, fp32[row.runtime])
         extra = getattr(ref, "extra_metrics", None)
         row.extra = dict(extra(row.outputs, fp32[row.runtime])) if callable(extra) else {}
+        if eval_set.labels is not None:     # labelled data: agreement beside top-1
+            row.extra["agreement"] = float(np.mean(
+                row.outputs.reshape(len(row.outputs), -1).argmax(axis=1)
+                == fp32[row.runtime].reshape(len(row.outputs), -1).argmax(axis=1)))
     times, round_p50 = interleave([r.run for r in rows], feeds, rounds, burst)
     for row, t, p in zip(rows, times, round_p50, strict=True):
         row.times, row.round_p50 = t, p
@@ -174,6 +181,7 @@ def main() -> None:
         for name in args.models:
             ref, rows, gains = build(name, Path(tmp), console)
             measure(ref, rows, args.rounds, args.burst, args.threads)
+            console.print(f"{name}: {ref.description}")
             console.print(table(name, ref, rows))
             console.print(gains_table(name, gains))
 

@@ -59,7 +59,7 @@ def test_mobilenet_v2_android_bundle(run_cli, tmp_path):
     ort_top1 = top1(ort.InferenceSession(str(model), providers=providers), crops)
     onnx_top1 = top1(ort.InferenceSession(str(out / "mobilenet-v2.int8-ort.onnx"), extended,
                                           providers=providers), crops)
-    assert len(crops) == 300
+    assert len(crops) == get_reference("mobilenet-v2").eval_samples
     assert float(np.mean(ort_top1 == onnx_top1)) == 1.0, np.flatnonzero(ort_top1 != onnx_top1)
 
     result = run_cli("verify", bundle, "--json", *FAST_BENCH)

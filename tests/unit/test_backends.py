@@ -111,3 +111,40 @@ def test_only_backends_and_runtimes_name_a_runtime():
               for p in (ROOT / d).rglob("*.py")]
     found = [hit for p in core + leaves for hit in _runtime_literals(p, names)]
     assert found == []
+
+
+class DriftingBackend(FakeBackend):
+    """A runtime whose INT8 artifact drifts: its weights come out 40% off (as a recurrent
+    state quantized badly would), while the other runtime's stays exact."""
+
+    runtime = "drifting-rt"
+
+    def quantize(self, job: QuantJob) -> Artifact:
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(job.fp32_onnx))
+        for init in model.graph.initializer:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.4, init.name))
+        file = self.artifact_files(job.name, "int8")[0]
+        onnx.save(model, str(job.path(file)))
+        return Artifact(file, self.format, "int8", self.runtime,
+                        quantization={"calibrator": job.config.calibrator,
+                                      "excluded_nodes": [], "notes": []})
+
+
+def test_an_artifact_that_loses_accuracy_on_one_runtime_is_never_ok(monkeypatch, tiny_onnx,
+                                                                    tmp_path):
+    import edgeopt
+
+    backend = DriftingBackend()
+    monkeypatch.setitem(BACKENDS, backend.runtime, backend)
+    report = edgeopt.optimize(tiny_onnx, out=tmp_path / "out", calib="random",
+                              runtimes=("onnxruntime", "drifting-rt"),
+                              bench=edgeopt.runtimes.BenchProtocol(**FAST_BENCH))
+    status = {(a.runtime, a.precision): a.status for a in report.artifacts}
+    assert status[("drifting-rt", "int8")] == "accuracy-drop"
+    assert status[("onnxruntime", "int8")] in {"ok", "slower-than-fp32"}
+    drifted = next(a for a in report.artifacts if a.path == "tiny.int8-fake.onnx")
+    assert drifted.accuracy["outputs"][0]["sqnr_db"] < 10
+    assert any("tiny.int8-fake.onnx: accuracy-drop: logits: SQNR" in w for w in report.warnings)
