@@ -222,8 +222,12 @@ def _user_data(config: Recipe, source, specs: list, reference, name: str) -> Pre
         return Prepared(name, source, specs, source.output_names, calib, calib_note,
                         held_out.samples, held_out.note, _generic_metric(held_out.labels),
                         reference=reference, labels=held_out.labels)
-    if data.eval is not None:
+    keeps_reference = (reference is not None and data.eval is None
+                       and tuple(specs[0][2]) == tuple(reference.input_shape))
+    if data.eval is not None or keeps_reference:
         found = read_dataset(data.calib, specs, data.calib_samples, preprocess, "calibration")
+        if keeps_reference:     # the user's calibration data, the reference's held-out set
+            return _with_reference_eval(config, source, specs, reference, name, found, origin)
         held_out = _held_out(config, specs, preprocess)
         check_disjoint(found, held_out, data.eval)
     else:
@@ -238,6 +242,23 @@ def _user_data(config: Recipe, source, specs: list, reference, name: str) -> Pre
     return Prepared(name, source, specs, source.output_names, found.samples, calib_note,
                     held_out.samples, held_out.note, _generic_metric(held_out.labels),
                     reference=reference, preprocessing=preprocessing, labels=held_out.labels)
+
+
+def _with_reference_eval(config: Recipe, source, specs: list, reference, name: str, found,
+                         origin: str) -> Prepared:
+    """--calib's samples with a reference model's own held-out set and metric: evaluation
+    never moves to the calibration samples."""
+    eval_set = reference.evaluation_set(config.data.eval_samples)
+    preprocessing = ({**found.preprocessing, "from": origin} if found.preprocessing
+                     else dict(reference.preprocessing))
+    labelled = ", labelled" if eval_set.labels is not None else ""
+    return Prepared(
+        name, source, specs, source.output_names, found.samples,
+        found.note + (f" (from {origin})" if found.preprocessing else ""),
+        list(eval_set.inputs), f"reference evaluation set ({len(eval_set.inputs)} samples"
+        f"{labelled}; calibration from --calib): {reference.description}", reference.metric,
+        reference=reference, eval_set=eval_set, preprocessing=preprocessing,
+        labels=eval_set.labels)
 
 
 def _held_out(config: Recipe, specs: list, preprocess):
