@@ -21,6 +21,7 @@ from edgeopt.convert.load import (
     parse_input_shapes,
 )
 from edgeopt.convert.onnx_to_ir import canonical_names, to_openvino_ir
+from edgeopt.convert.opset import upgrade_opset
 from edgeopt.convert.ort_format import OPS_CONFIG, to_ort, widen_4bit
 from edgeopt.convert.torch_to_onnx import (
     ExportResult,
@@ -54,5 +55,6 @@ __all__ = [
     "run_torch",
     "to_openvino_ir",
     "to_ort",
+    "upgrade_opset",
     "widen_4bit",
 ]

@@ -114,8 +114,13 @@ def export(state: RunState, file: str | None = None) -> None:
                           parity=parity)
     else:
         with state.progress.step("copy ONNX"):
-            _copy_onnx(source.path, path)
+            opset = _copy_onnx(source.path, path)
         state.record_step("copy ONNX")
+        if opset is not None:
+            step = f"ONNX opset {opset[0]} -> {opset[1]}"
+            with state.progress.step(step):
+                parity = _parity(step, state.parity_ref, onnx_runner().load(path), state)
+            state.record_step(step, parity=parity)
     state.fp32_onnx = path
     runner = onnx_runner()
     state.artifacts.append(Artifact(path.name, runner.format, "fp32", runner.runtime))
@@ -309,11 +314,18 @@ def _gain_summary(gains: dict[str, float]) -> dict:
                                        "tensors": int(values.size)}}
 
 
-def _copy_onnx(src: Path, dst: Path) -> None:
+def _copy_onnx(src: Path, dst: Path) -> tuple[int, int] | None:
+    """A standalone copy of the user's ONNX, upgraded to a supported opset where it is
+    older; returns (old, new) opset when it was upgraded."""
     import onnx
 
+    from edgeopt.convert import upgrade_opset
+
     proto = onnx.load(str(src))  # pulls external data in, so the copy stands alone
+    proto, found = upgrade_opset(proto)
     if proto.ByteSize() < 1_800_000_000:
         onnx.save(proto, str(dst))
     else:
         shutil.copyfile(src, dst)
+    new = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    return (found, new) if new != found else None

@@ -141,3 +141,37 @@ def test_onnx_to_ir_matches_onnx(tiny_onnx, tmp_path):
     ov_out = [compiled(x)[0]]
     parity = compare("ONNX -> OpenVINO IR", [_ort_run(tiny_onnx, {"input": x})], [ov_out])
     assert parity.ok, parity
+
+
+@pytest.mark.parametrize("opset", [11, 12])
+def test_older_opsets_are_upgraded_with_parity(run_cli, tmp_path, opset):
+    """A model exported at opset 11 or 12 goes through both runtimes: the copy is upgraded
+    before any quantization, and the report records the step and its parity."""
+    import json
+
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(opset)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("ReduceMean", ["r"], ["m"], axes=[2, 3], keepdims=0),
+         helper.make_node("Softmax", ["m"], ["probs"], axis=1)],
+        "old", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("probs", onnx.TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 6
+    path = tmp_path / f"old{opset}.onnx"
+    onnx.save(model, str(path))
+    out = tmp_path / "out"
+    result = run_cli("optimize", path, "--calib", "random", "--out", out, "--quiet",
+                     "--bench-iterations", "3", "--bench-seconds", "0", "--bench-repeats", "1")
+    assert result.code == 0, result.err
+    report = json.loads((out / "report.json").read_text())
+    step = next(s for s in report["steps"] if s["name"].startswith(f"ONNX opset {opset} ->"))
+    assert step["parity"]["cosine"] > 0.9999
+    assert {(a["runtime"], a["precision"]) for a in report["artifacts"]} >= {
+        ("onnxruntime", "int8"), ("openvino", "int8")}
+    assert onnx.load(str(path)).opset_import[0].version == opset      # the input untouched

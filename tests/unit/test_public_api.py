@@ -31,7 +31,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "check_inputs_fit",
         "default_input_names", "export_onnx", "file_sha256", "fix_onnx_shapes", "load_model",
         "onnx_input_specs", "parse_input_shapes", "run_torch", "to_openvino_ir", "to_ort",
-        "widen_4bit",
+        "upgrade_opset", "widen_4bit",
     ]),
     "edgeopt.reference_models": sorted([
         "REFERENCE_MODELS", "EvalSet", "ReferenceModel", "UnknownReferenceModel",
