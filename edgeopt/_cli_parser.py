@@ -16,7 +16,8 @@ __all__ = ["BENCH_FLAGS", "EXIT_USER_ERROR", "bench_protocol", "build_parser"]
 EXIT_USER_ERROR = 2
 # benchmark flag -> BenchProtocol field
 BENCH_FLAGS = {"warmup": "warmup", "bench_iterations": "min_iterations",
-               "bench_seconds": "min_seconds", "bench_repeats": "repeats", "threads": "threads"}
+               "bench_seconds": "min_seconds", "bench_repeats": "repeats", "threads": "threads",
+               "bench_ci": "ci_pct", "bench_max_seconds": "max_seconds"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,11 +60,16 @@ def bench_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("benchmark protocol")
     g.add_argument("--warmup", type=int, help="warm-up runs (default 10)")
     g.add_argument("--bench-iterations", type=int,
-                   help="minimum timed runs per repeat (default 100)")
+                   help="minimum timed runs per repeat (default 50)")
     g.add_argument("--bench-seconds", type=float,
-                   help="minimum timed seconds per repeat (default 3)")
+                   help="minimum timed seconds per repeat (default 1)")
+    g.add_argument("--bench-ci", type=float, metavar="PCT",
+                   help="then stop once the p50's bootstrap 95%% interval is within PCT%% "
+                        "of it (default 2; 0: stop at the minimums, fixed length)")
+    g.add_argument("--bench-max-seconds", type=float, metavar="S",
+                   help="cap per repeat, whatever the interval (default 10)")
     g.add_argument("--bench-repeats", type=int,
-                   help="independent repeats, each in a fresh process (default 3)")
+                   help="independent repeats, each in a fresh process (default 2)")
     g.add_argument("--threads", type=int,
                    help="inference threads (default: the runtime's choice for latency)")
 
@@ -178,6 +184,9 @@ def _optimize(sub, common) -> None:
     _palettize_flags(opt)
     opt.add_argument("--quiet", action="store_true", help="no progress output")
     _prune_flags(opt, required=False)
+    opt.add_argument("--no-bench", action="store_true", default=None,
+                     help="build and evaluate the artifacts, time nothing (the CI build step; "
+                          "time them on the device with edgeopt bench or verify)")
     bench_flags(opt)
 
 

@@ -37,20 +37,25 @@ def to_markdown(report: dict) -> str:
 
 def _artifact_lines(artifacts: list[dict]) -> list[str]:
     lines = ["## Artifacts", "",
-             "| file | runtime | device | precision | size (KB) | zipped (KB) | p50 ms | p90 ms "
-             "| p99 ms | CV | speedup vs FP32 | metric | label | status |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| file | runtime | device | precision | size (KB) | zipped (KB) | p50 ms "
+             "| p50 95% CI | p90 ms | p99 ms | CV | speedup vs FP32 | metric | label | status |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in artifacts:
         b = a.get("bench") or {}
         acc = a.get("accuracy") or {}
+        ci = b.get("p50_ci95_ms")
         lines.append(
             f"| {a['path']} | {a['runtime']} | {a['device'] or '—'} | {a['precision']} | "
             f"{a['size_bytes'] / 1024:.0f} | "
             f"{_fmt(a.get('size_zipped_bytes') and a['size_zipped_bytes'] / 1024, '.0f')} | "
-            f"{_fmt(b.get('p50_ms'))} | {_fmt(b.get('p90_ms'))} | "
+            f"{_fmt(b.get('p50_ms'))} | {f'{ci[0]:.3f}–{ci[1]:.3f}' if ci else '—'} | "
+            f"{_fmt(b.get('p90_ms'))} | "
             f"{_fmt(b.get('p99_ms'))} | {_fmt(b.get('cv'))} | {_fmt(a.get('speedup_vs_fp32'), '.2f')} | "
             f"{_fmt(acc.get('value'), '.4f')} | {b.get('label', '—')} | {a['status']} |"
         )
+    untimed = sorted({b["reason"] for a in artifacts
+                      if (b := a.get("bench") or {}).get("label") == "not-run" and "reason" in b})
+    lines += [""] + [f"Not timed: {reason}." for reason in untimed] if untimed else []
     # Secondary figures beside the metric (e.g. minilm's embedding cosine to FP32), per file.
     extra = {a["path"]: {k: v for k, v in (a.get("accuracy") or {}).items()
                          if k not in ("metric", "value", "samples")} for a in artifacts}

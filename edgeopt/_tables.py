@@ -15,6 +15,10 @@ def artifacts_table(report: dict) -> Table:
                 "CV", "vs FP32", report["data"]["metric"], "label", "status"):
         table.add_column(col, justify="right" if col not in {"artifact", "runtime", "device",
                                                               "status", "label"} else "left")
+    untimed = sorted({b["reason"] for a in report["artifacts"]
+                      if (b := a.get("bench") or {}).get("label") == "not-run" and "reason" in b})
+    if untimed:
+        table.caption = "Not timed: " + "; ".join(untimed)
     for a in report["artifacts"]:
         b = a.get("bench") or {}
         acc = (a.get("accuracy") or {}).get("value")

@@ -84,7 +84,7 @@ _DATA = ("input_shape", "calib", "calib_samples", "preprocess", "eval", "eval_sa
 _OPTIMIZE = ("calibrator", "max_accuracy_drop", "max_fp32_nodes", "keep_first_fp32", "qat_epochs",
           "palettize", "group_size", "require_measured")
 _NEGATED = {"int8_stem": "fp32_stem", "no_saturation_guard": "saturation_guard",
-            "no_quantize": "quantize"}
+            "no_quantize": "quantize", "no_bench": "benchmark"}
 
 
 def _prune_recipe(args: argparse.Namespace, base):

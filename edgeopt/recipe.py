@@ -184,6 +184,7 @@ class Recipe:
     quant: QuantRecipe = field(default_factory=QuantRecipe)
     prune: PruneRecipe | None = None
     package: PackageRecipe = field(default_factory=PackageRecipe)
+    benchmark: bool = True                     # False (--no-bench): build, evaluate, no timing
     bench: BenchProtocol = field(default_factory=BenchProtocol)
 
     def __post_init__(self) -> None:
@@ -269,8 +270,8 @@ _FLAT = {
     "packages": ("package", "targets"), "palettize": ("package", "palettize"),
     "group_size": ("package", "group_size"),
 }
-_TOP = ("model", "runtimes", "devices", "require_measured", "prune", "bench", "data", "quant",
-        "package")
+_TOP = ("model", "runtimes", "devices", "require_measured", "prune", "benchmark", "bench", "data",
+        "quant", "package")
 _SECTIONS = {"data": DataRecipe, "quant": QuantRecipe, "prune": PruneRecipe,
              "package": PackageRecipe, "bench": BenchProtocol}
 

@@ -25,6 +25,8 @@ __all__ = ["OPTIMIZE", "RunState", "benchmark", "calibrate", "convert", "evaluat
 
 PARITY_SAMPLES = 8
 GATE_TRIALS = 3             # node groups the default gate may return to FP32 before it flags
+NOT_BENCHMARKED = {"label": "not-run",
+                   "reason": "--no-bench: time it on the device with edgeopt bench or verify"}
 
 
 @dataclass
@@ -240,10 +242,17 @@ def loaded_names(loaded) -> tuple[str, ...]:
 
 
 def benchmark(state: RunState) -> None:
-    """Each artifact on each device unit whose adapter runs its runtime."""
+    """Each artifact on each device unit whose adapter runs its runtime; with the recipe's
+    ``benchmark`` off (--no-bench), each artifact's record says it was not timed."""
     from edgeopt._bench_step import artifact_record, check_int8_speed
     from edgeopt._measure import run_target
 
+    if not state.recipe.benchmark:
+        for art in state.artifacts:
+            record = artifact_record(art, state.staging, None)
+            record.bench = dict(NOT_BENCHMARKED)
+            state.records.append(record)
+        return
     feeds = state.prepared.eval_inputs[0]
     for target in state.targets:
         for art in state.artifacts:

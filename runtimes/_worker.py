@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import resource
 import sys
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,7 +25,10 @@ def _peak_rss_mb() -> float:
 
 
 def main() -> int:
+    import time
+
     from edgeopt.runtimes import get_adapter
+    from edgeopt.runtimes.bench import BenchProtocol, timed_runs
     from edgeopt.runtimes.errors import RuntimeAdapterError
 
     job = json.loads(sys.stdin.read())
@@ -43,22 +45,11 @@ def main() -> int:
         first_ms = (time.perf_counter() - start) * 1000
         for _ in range(p["warmup"]):
             loaded.run(feeds)
-        times = []
-        begin = time.perf_counter()
-        while True:
-            t0 = time.perf_counter()
-            loaded.run(feeds)
-            t1 = time.perf_counter()
-            times.append((t1 - t0) * 1000)
-            elapsed = t1 - begin
-            if len(times) >= p["min_iterations"] and elapsed >= p["min_seconds"]:
-                break
-            if elapsed >= p["max_seconds"] and times:
-                break
+        times, stopped = timed_runs(lambda: loaded.run(feeds), BenchProtocol(**p))
     except RuntimeAdapterError as e:
         print(json.dumps({"error": str(e), "error_type": type(e).__name__}))
         return 0
-    print(json.dumps({"times_ms": times, "load_ms": loaded.load_ms, "first_inference_ms": first_ms,
+    print(json.dumps({"times_ms": times, "stopped": stopped, "load_ms": loaded.load_ms, "first_inference_ms": first_ms,
                       "peak_rss_mb": _peak_rss_mb(), "info": loaded.info}))
     return 0
 

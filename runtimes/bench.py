@@ -2,8 +2,12 @@
 
 Each repeat runs in a fresh process (``python -m edgeopt.runtimes._worker``): load and
 compile are timed, then the first inference alone, then warm-up, then synchronous batch-1
-runs until both a minimum count and a minimum time are met. The child's peak RSS is the
-run's peak memory, unpolluted by whatever the parent process holds.
+runs. Once a minimum count and a minimum time are met, the runs stop as soon as the p50 is
+known: its bootstrap 95% confidence interval lies within ``ci_pct`` percent of it (checked
+on a geometric schedule, so the check costs little), or at the cap (``max_seconds``,
+``max_iterations``). ``ci_pct`` 0 is the fixed-length protocol: stop once the minimums are
+met. The child's peak RSS is the run's peak memory, unpolluted by whatever the parent
+process holds.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -29,6 +34,11 @@ from edgeopt.runtimes.errors import (
 )
 
 UNSTABLE_CV = 0.05
+# Why a repeat stopped: its p50's interval was tight, it hit the cap, or (ci_pct 0) it ran
+# the fixed minimum count and time.
+STOP_REASONS = ("ci", "cap", "fixed")
+BOOTSTRAP_RESAMPLES = 300
+_BOOTSTRAP_CELLS = 2_000_000      # resampled values held at once while bootstrapping
 # Set by edgeopt's qemu runner (e.g. "qemu-aarch64:cortex-a76"): figures taken under
 # emulation are labelled so, never passed off as the emulated device's speed.
 EMULATED_ENV = "EDGEOPT_EMULATED"
@@ -36,12 +46,23 @@ EMULATED_ENV = "EDGEOPT_EMULATED"
 
 @dataclass(frozen=True)
 class BenchProtocol:
+    """How a model is timed; the recipe's ``bench`` section.
+
+    Per repeat (a fresh process): ``warmup`` untimed runs, then timed runs until at least
+    ``min_iterations`` runs and ``min_seconds`` are done and the p50's bootstrap 95%
+    interval is within ``ci_pct`` percent of it; ``max_seconds`` and ``max_iterations``
+    cap a repeat whatever its interval. ``ci_pct`` 0 (or None): stop at the minimums, the
+    fixed-length protocol (edgeopt's earlier default: 100 runs, 3 s, 3 repeats).
+    """
+
     warmup: int = 10
-    min_iterations: int = 100
-    min_seconds: float = 3.0
-    max_seconds: float = 60.0
-    repeats: int = 3
+    min_iterations: int = 50
+    min_seconds: float = 1.0
+    max_seconds: float = 10.0
+    repeats: int = 2
     threads: int | None = None
+    ci_pct: float | None = 2.0
+    max_iterations: int | None = 100_000
 
     def __post_init__(self) -> None:
         problems = []
@@ -52,7 +73,12 @@ class BenchProtocol:
         if self.min_seconds < 0:
             problems.append(f"--bench-seconds {self.min_seconds} must be >= 0")
         if self.max_seconds < self.min_seconds:
-            problems.append(f"max_seconds {self.max_seconds} is below --bench-seconds")
+            problems.append(f"--bench-max-seconds {self.max_seconds} is below --bench-seconds")
+        if self.max_iterations is not None and self.max_iterations < self.min_iterations:
+            problems.append(f"max_iterations {self.max_iterations} is below --bench-iterations")
+        if self.ci_pct is not None and not 0 <= self.ci_pct < 100:
+            problems.append(f"--bench-ci {self.ci_pct} must be a percentage in [0, 100) "
+                            "(0: fixed length)")
         if self.repeats < 1:
             problems.append(f"--bench-repeats {self.repeats} must be >= 1")
         if self.threads is not None and self.threads < 1:
@@ -79,16 +105,86 @@ class BenchResult:
     repeat_p50_ms: tuple[float, ...]
     unstable: bool
     setup: dict = field(default_factory=dict)
+    p50_ci95_ms: tuple[float, float] | None = None
+    stopped: str | None = None                  # "cap" if any repeat hit it, else "ci"/"fixed"
+    repeat_stopped: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["repeat_p50_ms"] = list(self.repeat_p50_ms)
+        data["repeat_stopped"] = list(self.repeat_stopped)
+        if self.p50_ci95_ms is not None:
+            data["p50_ci95_ms"] = list(self.p50_ci95_ms)
         return data
 
 
-def summarize(times_ms: np.ndarray, repeat_p50: list[float], load_ms: float, first_ms: float,
-              peak_rss_mb: float | None, setup: dict) -> BenchResult:
+# ------------------------------------------------------------------ the adaptive stop
+
+def p50_ci95(times_ms: np.ndarray | Sequence[np.ndarray], resamples: int = BOOTSTRAP_RESAMPLES,
+             seed: int = 0) -> tuple[float, float]:
+    """Bootstrap 95% interval of the median of ``times_ms`` (seeded: the same timings give
+    the same interval). A list of arrays (one per repeat) is resampled within each array,
+    so every repeat keeps its weight."""
+    groups = ([np.asarray(times_ms, dtype=np.float64)] if isinstance(times_ms, np.ndarray)
+              or not len(times_ms) or np.isscalar(times_ms[0])
+              else [np.asarray(g, dtype=np.float64) for g in times_ms])
+    groups = [g for g in groups if g.size]
+    if not groups:
+        msg = "no timings to take an interval of"
+        raise ValueError(msg)
+    rng = np.random.default_rng(seed)
+    n = sum(g.size for g in groups)
+    chunk = max(1, _BOOTSTRAP_CELLS // n)
+    medians = []
+    for start in range(0, resamples, chunk):
+        rows = min(chunk, resamples - start)
+        sample = np.concatenate([g[rng.integers(0, g.size, size=(rows, g.size))]
+                                 for g in groups], axis=1)
+        medians.append(np.median(sample, axis=1))
+    lo, hi = np.percentile(np.concatenate(medians), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def ci_within(times_ms: np.ndarray | Sequence[float], pct: float) -> bool:
+    """Whether the p50's bootstrap 95% interval lies within ``pct`` percent of the p50."""
     t = np.asarray(times_ms, dtype=np.float64)
+    p50 = float(np.median(t))
+    lo, hi = p50_ci95(t)
+    return max(p50 - lo, hi - p50) <= p50 * pct / 100
+
+
+def timed_runs(run: Callable[[], object], protocol: BenchProtocol,
+               clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], str]:
+    """Time ``run()`` (after warm-up) under ``protocol``: the times in ms and why it stopped
+    (one of :data:`STOP_REASONS`). The interval is checked once the minimums are met, then
+    after every further 10% of runs, so checking adds at most a few percent of runs."""
+    times: list[float] = []
+    next_check = 0
+    begin = clock()
+    while True:
+        t0 = clock()
+        run()
+        t1 = clock()
+        times.append((t1 - t0) * 1000)
+        n, elapsed = len(times), t1 - begin
+        if n >= protocol.min_iterations and elapsed >= protocol.min_seconds:
+            if not protocol.ci_pct:
+                return times, "fixed"
+            if n >= next_check:
+                if ci_within(times, protocol.ci_pct):
+                    return times, "ci"
+                next_check = n + max(10, n // 10)
+        if elapsed >= protocol.max_seconds or (protocol.max_iterations is not None
+                                               and n >= protocol.max_iterations):
+            return times, "cap"
+
+
+def summarize(times_ms: np.ndarray | Sequence[np.ndarray], repeat_p50: list[float],
+              load_ms: float, first_ms: float, peak_rss_mb: float | None, setup: dict,
+              repeat_stopped: Sequence[str] = ()) -> BenchResult:
+    repeats = ([np.asarray(times_ms, dtype=np.float64)] if isinstance(times_ms, np.ndarray)
+               else [np.asarray(g, dtype=np.float64) for g in times_ms])
+    t = np.concatenate(repeats)
     mean = float(t.mean())
     cv = float(t.std() / mean) if mean > 0 else 0.0
     spread = (max(repeat_p50) - min(repeat_p50)) / min(repeat_p50) if min(repeat_p50) > 0 else 0
@@ -101,7 +197,15 @@ def summarize(times_ms: np.ndarray, repeat_p50: list[float], load_ms: float, fir
         peak_rss_mb=None if peak_rss_mb is None else r(peak_rss_mb),
         repeat_p50_ms=tuple(r(p) for p in repeat_p50),
         unstable=bool(cv > UNSTABLE_CV or spread > UNSTABLE_CV), setup=setup,
+        p50_ci95_ms=tuple(r(v) for v in p50_ci95(repeats)),
+        stopped=_overall_stop(repeat_stopped), repeat_stopped=tuple(repeat_stopped),
     )
+
+
+def _overall_stop(reasons: Sequence[str]) -> str | None:
+    if not reasons:
+        return None
+    return "cap" if "cap" in reasons else reasons[-1]
 
 
 def _sha256(path: Path) -> str:
@@ -132,7 +236,7 @@ def run_benchmark(adapter, model: Path, inputs: dict[str, np.ndarray], protocol:
         raise AdapterUnavailable(msg)
     model = Path(model)
     times: list[np.ndarray] = []
-    repeat_p50, loads, firsts, peaks = [], [], [], []
+    repeat_p50, loads, firsts, peaks, stops = [], [], [], [], []
     info: dict = {}
     with tempfile.TemporaryDirectory(prefix="edgeopt-bench-") as tmp:
         feeds = Path(tmp) / "inputs.npz"
@@ -150,6 +254,7 @@ def run_benchmark(adapter, model: Path, inputs: dict[str, np.ndarray], protocol:
             loads.append(out["load_ms"])
             firsts.append(out["first_inference_ms"])
             peaks.append(out["peak_rss_mb"])
+            stops.append(out["stopped"])
             info = out["info"]
     if progress is not None:
         progress(protocol.repeats, protocol.repeats)
@@ -165,8 +270,8 @@ def run_benchmark(adapter, model: Path, inputs: dict[str, np.ndarray], protocol:
     if emulated:
         setup["emulated_by"] = emulated
     peak = max(p for p in peaks if p is not None) if any(p is not None for p in peaks) else None
-    result = summarize(np.concatenate(times), repeat_p50, float(np.median(loads)),
-                       float(np.median(firsts)), peak, setup)
+    result = summarize(times, repeat_p50, float(np.median(loads)), float(np.median(firsts)),
+                       peak, setup, stops)
     return replace(result, label="emulated") if emulated else result
 
 

@@ -60,7 +60,11 @@ def test_a_report_json_gives_its_recipe_including_the_schema_1_flat_config(tmp_p
         "calibrator": "minmax", "quantize": True, "calib": None, "prune": None,
         "bench": {"warmup": 10, "min_iterations": 100, "min_seconds": 3.0,
                   "max_seconds": 60.0, "repeats": 3, "threads": None}}}))
-    assert load_recipe(old) == recipe
+    # its bench section predates the adaptive stop: the fields it has are kept, the new
+    # ones (ci_pct, max_iterations) take their defaults
+    assert load_recipe(old) == recipe.override(bench=BenchProtocol(
+        warmup=10, min_iterations=100, min_seconds=3.0, max_seconds=60.0, repeats=3))
+    assert load_recipe(old).bench.ci_pct == BenchProtocol().ci_pct
 
 
 def test_flat_overrides_reach_their_section():
