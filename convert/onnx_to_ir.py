@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edgeopt.convert.errors import ExportError, first_line
+from edgeopt.convert.errors import ExportError, short_reason
 
 
 def to_openvino_ir(onnx_path: Path, out_xml: Path, *, compress_to_fp16: bool = False) -> Path:
@@ -25,8 +25,7 @@ def to_openvino_ir(onnx_path: Path, out_xml: Path, *, compress_to_fp16: bool = F
     except Exception as e:
         for p in (tmp_xml, tmp_xml.with_suffix(".bin")):
             p.unlink(missing_ok=True)
-        first = first_line(e)
-        raise ExportError("ONNX -> OpenVINO IR conversion", first[:300]) from e
+        raise ExportError("ONNX -> OpenVINO IR conversion", short_reason(e)) from e
     os.replace(tmp_xml.with_suffix(".bin"), out_xml.with_suffix(".bin"))
     os.replace(tmp_xml, out_xml)
     return out_xml
