@@ -101,10 +101,17 @@ def _read(path: Path, inputs: Sequence[InputSpec]) -> list[dict[str, np.ndarray]
             raise CalibrationDataError(msg)
         arrays = {inputs[0][0]: loaded}
     else:
-        with loaded:
-            arrays = {k: loaded[k] for k in loaded.files}
-        if len(inputs) == 1 and len(arrays) == 1:
-            arrays = {inputs[0][0]: next(iter(arrays.values()))}
+        try:
+            with loaded:
+                arrays = {k: loaded[k] for k in loaded.files}
+        except Exception as e:       # object arrays (pickles), corrupt members
+            msg = (f"calibration file {path}: cannot read it as .npz ({type(e).__name__}: "
+                   f"{first_line(e)[:160]}); save plain numeric arrays (np.savez)")
+            raise CalibrationDataError(msg) from e
+        if len(inputs) == 1 and list(arrays) == ["arr_0"]:
+            # np.savez(f, x) names a positional array arr_0: unnamed, like a .npy. Any other
+            # name is checked against the model's input names.
+            arrays = {inputs[0][0]: arrays["arr_0"]}
     expected = {n for n, _, _ in inputs}
     missing = sorted(expected - set(arrays))
     if missing:

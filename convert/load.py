@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import re
@@ -183,15 +184,32 @@ def _load_torchscript(spec: str, path: Path, shapes) -> SourceModel:
                        module=module, example_inputs=example)
 
 
+@contextlib.contextmanager
+def _library_quiet():
+    """torch logs a failed load as a warning with its traceback before raising; the error
+    itself becomes edgeopt's one line, so its log and warnings are held back meanwhile."""
+    import logging
+    import warnings
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
 def _load_exported_program(spec: str, path: Path) -> SourceModel:
     import torch
 
     try:
-        program = torch.export.load(str(path))
+        with _library_quiet():
+            program = torch.export.load(str(path))
     except Exception as e:
-        reason = first_line(e)
         raise ModelLoadError(
-            spec, f"not an ExportedProgram archive ({reason[:160]})",
+            spec, f"not an ExportedProgram archive ({short_reason(e, 160)})",
             "save it with torch.export.save",
         ) from e
     example = tuple(program.example_inputs[0]) if program.example_inputs else ()

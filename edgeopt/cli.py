@@ -15,6 +15,7 @@ import os
 import sys
 
 from edgeopt._cli_parser import BENCH_FLAGS, EXIT_USER_ERROR, bench_protocol, build_parser
+from edgeopt.runtimes.errors import short_reason
 
 __all__ = ["EXIT_INTERNAL", "EXIT_USER_ERROR", "bench_protocol", "build_parser", "main"]
 
@@ -40,9 +41,41 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
-        sys.stderr.write(f"edgeopt: internal error: {type(e).__name__}: {e} "
+        line = _known_failure(e)
+        if line:
+            sys.stderr.write(f"edgeopt: error: {line}\n")
+            return EXIT_USER_ERROR
+        sys.stderr.write(f"edgeopt: internal error: {type(e).__name__}: {short_reason(e)} "
                          "(rerun with --debug for the traceback)\n")
         return EXIT_INTERNAL
+
+
+def _chain(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _known_failure(error: BaseException) -> str | None:
+    """A failure of the machine or of a file, not of edgeopt: one line, exit 2.
+
+    A full disk anywhere in a step is named as such; other OS errors (a read-only or
+    vanished folder) say which file and why.
+    """
+    import errno
+
+    for e in _chain(error):
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            where = e.filename or "the output"
+            return f"no space left on device writing {where}; free some space and rerun"
+    for e in _chain(error):
+        if isinstance(e, (OSError, MemoryError)) and not isinstance(e, ImportError):
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            return f"{short_reason(e)}{where}" if not where or str(e.filename) not in str(e) \
+                else short_reason(e)
+    return None
 
 
 def _dispatch(args: argparse.Namespace) -> int:
