@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["prune_markdown", "pruning_lines", "to_markdown"]
+__all__ = ["prune_markdown", "pruning_lines", "shown_status", "to_markdown"]
+
+
+def shown_status(artifact: dict) -> str:
+    """The artifact's status, with ``unstable`` where report.json marks its benchmark so."""
+    status = artifact.get("status") or "—"
+    if (artifact.get("bench") or {}).get("unstable"):
+        return "unstable" if status == "ok" else f"{status}, unstable"
+    return status
 
 
 def _fmt(value, spec: str = ".3f") -> str:
@@ -49,7 +57,7 @@ def _artifact_lines(artifacts: list[dict]) -> list[str]:
             f"{_fmt(a.get('size_zipped_bytes') and a['size_zipped_bytes'] / 1024, '.0f')} | "
             f"{_fmt(b.get('p50_ms'))} | {_fmt(b.get('p90_ms'))} | "
             f"{_fmt(b.get('p99_ms'))} | {_fmt(b.get('cv'))} | {_fmt(a.get('speedup_vs_fp32'), '.2f')} | "
-            f"{_fmt(acc.get('value'), '.4f')} | {b.get('label', '—')} | {a['status']} |"
+            f"{_fmt(acc.get('value'), '.4f')} | {b.get('label', '—')} | {shown_status(a)} |"
         )
     # Secondary figures beside the metric (e.g. minilm's embedding cosine to FP32), per file.
     extra = {a["path"]: {k: v for k, v in (a.get("accuracy") or {}).items()

@@ -26,10 +26,12 @@ BUDGET_EXIT = 3                 # the run finished, but the accuracy budget was 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from edgeopt._outdir import process_temp
     from edgeopt.errors import user_errors
 
     try:
-        return _dispatch(args)
+        with process_temp():
+            return _dispatch(args)
     except user_errors() as e:
         if args.debug:
             raise
@@ -190,7 +192,7 @@ def _optimize(args: argparse.Namespace) -> int:
     # Libraries (NNCF, ONNX Runtime's quantizer) print to stdout; with --json, stdout is
     # the report's alone, so everything else goes to stderr while the pipeline runs.
     with _stdout_to_stderr(args.quiet):
-        report = optimize(recipe=recipe, out=out, steps=steps)
+        report = optimize(recipe=recipe, out=out, steps=steps, overwrite=args.overwrite)
     data = report.to_dict()
     if args.json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
@@ -220,7 +222,7 @@ def _prune(args: argparse.Namespace) -> int:
     out = args.out or default_out(recipe.model)
     steps = Steps(quiet=args.quiet or _rank() != 0)
     with _stdout_to_stderr(args.quiet):
-        report = prune(recipe=recipe, out=out, steps=steps)
+        report = prune(recipe=recipe, out=out, steps=steps, overwrite=args.overwrite)
     if report is None:                  # a DDP rank other than 0: rank 0 reports
         return 0
     data = report.to_dict()
