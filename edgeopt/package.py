@@ -108,6 +108,9 @@ def package_model(model: Path, target: str, out: Path, *, palettize: int | None 
             raise UsageError(msg)
     elif suffix == ".onnx":
         files = {"onnx": model}
+        if model.stat().st_size == 0:
+            msg = f"cannot package '{model}': the file is empty (0 bytes)"
+            raise UsageError(msg)
     else:
         what = ".onnx or .xml (OpenVINO IR)" if spec.model_format == "openvino-ir" else ".onnx"
         msg = f"cannot package '{model}' for {target}: expected a {what} file or a run folder"

@@ -437,7 +437,9 @@ def test_a_failed_write_leaves_no_bundle(run_cli, digits_run, tmp_path, monkeypa
 
     monkeypatch.setattr(edgeopt.bundle.os, "replace", broken)
     result = package(run_cli, digits_run, "android", tmp_path / "b.zip")
-    assert result.code == 1
+    # an OS failure is one line, exit 2 (issue 22, item 3; it was an internal error, exit 1)
+    assert result.code == 2
+    assert result.err.strip().splitlines() == ["edgeopt: error: simulated disk full"]
     assert os.listdir(tmp_path) == []
 
 

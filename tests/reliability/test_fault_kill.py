@@ -1,0 +1,79 @@
+"""SIGKILL `optimize` at several points: `--out` is absent or complete, and the next run
+cleans up what the killed one left (issue 22, items 5 and 6)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ARGS = ("--calib", "random", "--runtime", "onnxruntime", "--quiet", "--json",
+        "--bench-iterations", "3", "--bench-seconds", "1", "--bench-repeats", "2", "--warmup", "1")
+
+
+def _staged(out: Path, pattern: str) -> bool:
+    return any(p.name.startswith(".edgeopt-partial-") and any(p.glob(pattern))
+               for p in out.iterdir()) if out.is_dir() else False
+
+
+POINTS = {
+    "locked": lambda out: (out / ".edgeopt.lock").is_file(),
+    "fp32-staged": lambda out: _staged(out, "*.fp32.onnx"),
+    "int8-staged": lambda out: _staged(out, "*.int8-ort.onnx"),
+    "report-staged": lambda out: _staged(out, "report.json"),
+}
+
+
+def _visible(out: Path) -> set[str]:
+    return {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() else set()
+
+
+def _assert_absent_or_complete(out: Path) -> None:
+    files = _visible(out)
+    if not files:
+        return
+    assert "report.json" in files, files
+    report = json.loads((out / "report.json").read_text())
+    listed = {f for a in report["artifacts"] for f in (a.get("files") or [a["path"]])}
+    assert files == listed | {"report.json", "report.md", "recipe.yaml"}
+    for a in report["artifacts"]:
+        for name, digest in (a.get("sha256_files") or {}).items():
+            assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("point", [*POINTS, "after-0.3s", "after-2s"])
+def test_killed_optimize_leaves_out_absent_or_complete_and_the_next_run_cleans_up(
+        tiny_onnx, tmp_path, point):
+    out, temp = tmp_path / "out", tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    cmd = [sys.executable, "-m", "edgeopt", "optimize", str(tiny_onnx), "--out", str(out), *ARGS]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    start, reached = time.time(), False
+    while proc.poll() is None and time.time() - start < 120:
+        if point.startswith("after-"):
+            reached = time.time() - start >= float(point[6:-1])
+        else:
+            reached = POINTS[point](out)
+        if reached:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, f"the run ended before {point}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _assert_absent_or_complete(out)
+    # the next run into the same --out: succeeds, and nothing of the killed one is left
+    flags = ["--overwrite"] if _visible(out) else []
+    again = subprocess.run([*cmd, *flags], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    _assert_absent_or_complete(out)
+    assert _visible(out)
+    assert list(temp.iterdir()) == []
