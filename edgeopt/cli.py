@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as e:
         if args.debug:
             raise
-        sys.stderr.write(f"edgeopt: error: {e}\n")
+        sys.stderr.write(f"edgeopt: error: {_disk_full(e) or e}\n")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("edgeopt: interrupted; nothing was left under a final name\n")
@@ -60,18 +60,27 @@ def _chain(error: BaseException):
         error = error.__cause__ or error.__context__
 
 
-def _known_failure(error: BaseException) -> str | None:
-    """A failure of the machine or of a file, not of edgeopt: one line, exit 2.
-
-    A full disk anywhere in a step is named as such; other OS errors (a read-only or
-    vanished folder) say which file and why.
-    """
+def _disk_full(error: BaseException) -> str | None:
+    """A full disk anywhere in the error's chain, named as such (libraries say it their own
+    way, or not at all)."""
     import errno
 
     for e in _chain(error):
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             where = e.filename or "the output"
             return f"no space left on device writing {where}; free some space and rerun"
+    return None
+
+
+def _known_failure(error: BaseException) -> str | None:
+    """A failure of the machine or of a file, not of edgeopt: one line, exit 2.
+
+    A full disk anywhere in a step is named as such; other OS errors (a read-only or
+    vanished folder) say which file and why.
+    """
+    full = _disk_full(error)
+    if full:
+        return full
     for e in _chain(error):
         if isinstance(e, (OSError, MemoryError)) and not isinstance(e, ImportError):
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""
