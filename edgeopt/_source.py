@@ -155,6 +155,15 @@ def prepare(config: Recipe, source: SourceModel) -> Prepared:
     else:
         found = _read_user_calibration(config, specs, reference)
         calib, calib_note, preprocessing = found.samples, found.note, found.preprocessing
+        if reference is not None and tuple(specs[0][2]) == tuple(reference.input_shape):
+            # The user's calibration data, the reference's own held-out set and metric:
+            # evaluation never quietly moves to the calibration samples (issue 22, item 11).
+            eval_set = reference.evaluation_set(config.data.eval_samples)
+            return Prepared(
+                name, source, specs, source.output_names, calib, calib_note,
+                list(eval_set.inputs), f"reference evaluation set ({len(eval_set.inputs)} "
+                "samples; calibration from --calib)", reference.metric, reference=reference,
+                eval_set=eval_set, preprocessing=preprocessing or dict(reference.preprocessing))
         eval_inputs = calib[: config.data.eval_samples or USER_EVAL_SAMPLES]
         eval_note = (f"{len(eval_inputs)} of the calibration samples (no held-out set given): "
                      "output cosine to FP32")

@@ -120,3 +120,42 @@ def test_emulate_without_the_toolchain_is_an_error_not_an_estimate(run_cli, tiny
     assert result.out == ""                        # no figure, estimated or otherwise
     lines = result.err.strip().splitlines()
     assert len(lines) == 1 and "apt-get install mmdebstrap" in lines[0], result.err
+
+
+def test_a_single_wrongly_named_npz_array_is_refused(run_cli, tiny_onnx, tmp_path):
+    import numpy as np
+
+    data = tmp_path / "calib.npz"
+    np.savez(data, image=np.zeros((4, 3, 8, 8), np.float32))
+    out = tmp_path / "out"
+    result = run_cli("optimize", tiny_onnx, "--calib", data, "--out", out, "--quiet")
+    assert result.code == 2
+    assert "no array for input(s) input (it has image)" in result.err, result.err
+    assert not out.exists()
+    unnamed = tmp_path / "unnamed.npz"           # np.savez(f, x): arr_0, like a .npy
+    np.savez(unnamed, np.zeros((4, 3, 8, 8), np.float32))
+    from edgeopt.calibrate.data import read_calibration
+
+    found = read_calibration(str(unnamed), [("input", "float32", (1, 3, 8, 8))], None, None)
+    assert len(found.samples) == 4
+
+
+def test_user_calibration_keeps_the_reference_evaluation_set(tmp_path):
+    """ref:NAME with --calib: calibrated on the user's data, evaluated on the reference's
+    held-out set with its metric, not on the calibration samples."""
+    import numpy as np
+
+    from edgeopt._source import load_source, prepare
+    from edgeopt.recipe import Recipe
+    from edgeopt.reference_models import get_reference
+
+    reference = get_reference("digits-cnn")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, **{reference.input_name: np.zeros((8, *reference.input_shape[1:]),
+                                                      np.float32)})
+    recipe = Recipe().override(model="ref:digits-cnn", calib=str(calib))
+    prepared = prepare(recipe, load_source(recipe))
+    assert prepared.metric == reference.metric
+    assert prepared.eval_note.startswith("reference evaluation set")
+    assert not any(np.array_equal(x[k], np.zeros_like(x[k])) for x in prepared.eval_inputs
+                   for k in x)
