@@ -29,7 +29,7 @@ from edgeopt.calibrate.images import (
     load_image,
     parse_preprocess,
 )
-from edgeopt.convert.errors import first_line
+from edgeopt.convert.errors import short_reason
 from edgeopt.convert.load import FactoryError, call_factory
 
 InputSpec = tuple[str, str, tuple[int, ...]]   # name, numpy dtype name, concrete shape
@@ -106,7 +106,7 @@ def _read(path: Path, inputs: Sequence[InputSpec]) -> list[dict[str, np.ndarray]
                 arrays = {k: loaded[k] for k in loaded.files}
         except Exception as e:       # object arrays (pickles), corrupt members
             msg = (f"calibration file {path}: cannot read it as .npz ({type(e).__name__}: "
-                   f"{first_line(e)[:160]}); save plain numeric arrays (np.savez)")
+                   f"{short_reason(e, 160)}); save plain numeric arrays (np.savez)")
             raise CalibrationDataError(msg) from e
         if len(inputs) == 1 and list(arrays) == ["arr_0"]:
             # np.savez(f, x) names a positional array arr_0: unnamed, like a .npy. Any other
@@ -302,7 +302,7 @@ def _from_factory(spec: str, inputs: Sequence[InputSpec], limit: int | None) -> 
                 break
             except Exception as e:
                 msg = (f"{where}: raised {type(e).__name__} while giving sample {index}: "
-                       f"{first_line(e)[:160]}")
+                       f"{short_reason(e, 160)}")
                 raise CalibrationDataError(msg) from e
             sample = _check_sample(item, inputs, f"{where}: sample {index}")
             _check_finite_sample(sample, f"{where}: sample {index}")
@@ -338,7 +338,7 @@ def _check_sample(item: Any, inputs: Sequence[InputSpec], where: str) -> dict[st
         try:
             array = np.asarray(value)
         except Exception as e:
-            msg = f"{where} input '{name}' is not an array ({type(e).__name__}: {first_line(e)[:160]})"
+            msg = f"{where} input '{name}' is not an array ({type(e).__name__}: {short_reason(e, 160)})"
             raise CalibrationDataError(msg) from e
         if array.dtype != np.dtype(dtype):
             if not (np.issubdtype(array.dtype, np.floating)

@@ -106,19 +106,31 @@ def clean_stale(out: Path) -> list[str]:
 
 
 def _undo_commit(out: Path, marker: Path, old: Path | None) -> None:
-    """Take back a commit that did not finish: the files it listed go, and the previous
-    run's files (moved aside by an overwrite) come back."""
+    """Take back a commit that did not finish, from its marker: ``{"new": [...], "old":
+    [...]}``. Every previous file is moved aside before any new one comes in, so a previous
+    file still in ``old/`` means whatever has its name in ``out`` is new: it goes, the
+    previous one comes back; a new name without a previous file goes too."""
     try:
-        names = json.loads(marker.read_text(encoding="utf-8"))
+        plan = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        names = []
-    for name in names if isinstance(names, list) else []:
-        if isinstance(name, str) and "/" not in name and not name.startswith("."):
+        plan = {}
+    plan = plan if isinstance(plan, dict) else {}
+
+    def names(key: str) -> list[str]:
+        value = plan.get(key)
+        return [n for n in value if isinstance(n, str) and "/" not in n
+                and not n.startswith(".")] if isinstance(value, list) else []
+
+    previous = names("old")
+    for name in previous:
+        if old is not None and (old / name).exists():
             (out / name).unlink(missing_ok=True)
-    if old is not None and old.is_dir():
-        for entry in old.iterdir():
-            os.replace(entry, out / entry.name)
-        old.rmdir()
+            os.replace(old / name, out / name)
+    for name in names("new"):
+        if name not in previous:
+            (out / name).unlink(missing_ok=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     marker.unlink(missing_ok=True)
 
 
@@ -258,17 +270,21 @@ class Staging:
         """Move the named staged files into ``out``: weights before the files naming them,
         ``report.json`` last. With ``replace``, the previous run's files leave first."""
         order = sorted(names, key=lambda n: (n == "report.json", not n.endswith(".bin"), n))
+        previous = _previous_run(self.out, self.dir) if self._replace else []
+        # The plan first, so a kill at any later point can be undone by the next start.
         fd, marker = tempfile.mkstemp(prefix=f".edgeopt-committing-{os.getpid()}-",
                                       dir=self.out)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(order, f)
+            json.dump({"new": order, "old": previous}, f)
+            f.flush()
+            os.fsync(f.fileno())
         old = None
         final = []
         try:
-            if self._replace:
+            if previous:
                 old = Path(tempfile.mkdtemp(prefix=f".edgeopt-old-{os.getpid()}-",
                                             dir=self.out))
-                for name in _previous_run(self.out, self.dir):
+                for name in previous:
                     os.replace(self.out / name, old / name)
             for name in order:
                 target = self.out / name

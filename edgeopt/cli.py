@@ -82,7 +82,10 @@ def _known_failure(error: BaseException) -> str | None:
     if full:
         return full
     for e in _chain(error):
-        if isinstance(e, (OSError, MemoryError)) and not isinstance(e, ImportError):
+        if isinstance(e, MemoryError):
+            return (f"out of memory ({short_reason(e) if str(e) else 'MemoryError'}); use "
+                    "smaller inputs or fewer samples")
+        if isinstance(e, OSError):
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""
             return f"{short_reason(e)}{where}" if not where or str(e.filename) not in str(e) \
                 else short_reason(e)

@@ -27,8 +27,26 @@ POINTS = {
     "locked": lambda out: (out / ".edgeopt.lock").is_file(),
     "fp32-staged": lambda out: _staged(out, "*.fp32.onnx"),
     "int8-staged": lambda out: _staged(out, "*.int8-ort.onnx"),
-    "report-staged": lambda out: _staged(out, "report.json"),
 }
+
+# Runs edgeopt with os.replace in edgeopt._outdir killing the process after N renames: a
+# SIGKILL in the middle of a commit, at a known point.
+KILL_AFTER = """
+import os, signal, sys
+import edgeopt._outdir as outdir
+real, count = os.replace, [0]
+def replace(src, dst):
+    if os.path.dirname(src) != os.path.dirname(dst):     # a commit's move, not a temp rename
+        if count[0] == int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        count[0] += 1
+    real(src, dst)
+outdir.os = type(os)("os_with_kill")
+outdir.os.__dict__.update(os.__dict__)
+outdir.os.replace = replace
+from edgeopt.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 def _visible(out: Path) -> set[str]:
@@ -46,6 +64,32 @@ def _assert_absent_or_complete(out: Path) -> None:
     for a in report["artifacts"]:
         for name, digest in (a.get("sha256_files") or {}).items():
             assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("renames, previous", [(0, False), (2, False), (4, False), (0, True),
+                                               (3, True), (7, True), (9, True)])
+def test_killed_in_the_middle_of_a_commit(tiny_onnx, tmp_path, renames, previous):
+    """Killed after ``renames`` renames of the commit (with a previous run: the first ones
+    move its files aside): the next start puts back the previous run or leaves nothing."""
+    out, temp = tmp_path / "out", tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    cmd = [sys.executable, "-m", "edgeopt", "optimize", str(tiny_onnx), "--out", str(out), *ARGS]
+    if previous:
+        assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()} if previous else {}
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER, str(renames), *cmd[3:],
+                             *(["--overwrite"] if previous else [])],
+                            env=env, capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    assert any(p.name.startswith(".edgeopt-committing-") for p in out.iterdir())
+    from edgeopt._outdir import clean_stale
+
+    clean_stale(out)
+    after = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    assert after == {k: v for k, v in before.items() if not k.startswith(".")}
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".edgeopt-")]
+    _assert_absent_or_complete(out)
 
 
 @pytest.mark.parametrize("point", [*POINTS, "after-0.3s", "after-2s"])

@@ -143,7 +143,9 @@ def test_an_interrupted_overwrite_is_undone_at_the_next_start(tmp_path):
     (old / "report.json").write_text("old report")
     (old / "m.onnx").write_text("old model")
     (out / "m.onnx").write_text("new, half committed")
-    (out / f".edgeopt-committing-{dead}-y").write_text(json.dumps(["m.onnx", "report.json"]))
+    (out / f".edgeopt-committing-{dead}-y").write_text(json.dumps(
+        {"new": ["m.onnx", "extra.onnx", "report.json"], "old": ["m.onnx", "report.json"]}))
+    (out / "extra.onnx").write_text("new, no previous file of that name")
     clean_stale(out)
     assert {p.name: p.read_text() for p in out.iterdir()} == {
         "report.json": "old report", "m.onnx": "old model"}
