@@ -4,7 +4,9 @@ A bundle is a flat zip: the model in the target's format, ``manifest.json``, ref
 and outputs (``reference.npz``) and whatever else the target needs. Writing is deterministic
 (sorted members, fixed timestamps and permissions, one deflate level), so the same inputs give
 the same bytes. Reading checks every member header before anything is extracted: no absolute
-paths, no ``..``, no symlinks, no duplicates, no encrypted members, sizes within limits.
+paths, no ``..``, no symlinks, no duplicates, no encrypted members, sizes within limits; then
+every member is streamed through sha256 in fixed-size chunks, so memory stays bounded
+whatever the zip claims (``manifest.json`` and ``reference.npz``, read whole, are capped).
 
 Imports only the standard library and numpy: ``edgeopt verify`` runs in the runtime-only
 install.
@@ -174,7 +176,8 @@ def _member_problem(info: zipfile.ZipInfo, limits: BundleLimits) -> str | None:
 
 
 class Bundle:
-    """An opened bundle: members checked, read into memory on demand with size caps."""
+    """An opened bundle: members checked; each streamed in ``CHUNK``-sized pieces through
+    hashing or extraction, and only the small ones (manifest, reference) read whole, capped."""
 
     def __init__(self, path: Path, zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo],
                  limits: BundleLimits) -> None:
