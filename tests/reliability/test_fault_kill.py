@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ARGS = ("--calib", "random", "--runtime", "onnxruntime", "--quiet", "--json",
-        "--bench-iterations", "3", "--bench-seconds", "1", "--bench-repeats", "2", "--warmup", "1")
+        "--bench-iterations", "3", "--bench-seconds", "0.5", "--bench-repeats", "2", "--warmup", "1")
 
 
 def _staged(out: Path, pattern: str) -> bool:
@@ -66,8 +66,7 @@ def _assert_absent_or_complete(out: Path) -> None:
             assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
 
 
-@pytest.mark.parametrize("renames, previous", [(0, False), (2, False), (4, False), (0, True),
-                                               (3, True), (7, True), (9, True)])
+@pytest.mark.parametrize("renames, previous", [(0, False), (3, False), (3, True), (7, True)])
 def test_killed_in_the_middle_of_a_commit(tiny_onnx, tmp_path, renames, previous):
     """Killed after ``renames`` renames of the commit (with a previous run: the first ones
     move its files aside): the next start puts back the previous run or leaves nothing."""
@@ -92,7 +91,7 @@ def test_killed_in_the_middle_of_a_commit(tiny_onnx, tmp_path, renames, previous
     _assert_absent_or_complete(out)
 
 
-@pytest.mark.parametrize("point", [*POINTS, "after-0.3s", "after-2s"])
+@pytest.mark.parametrize("point", [*POINTS, "after-0.3s"])
 def test_killed_optimize_leaves_out_absent_or_complete_and_the_next_run_cleans_up(
         tiny_onnx, tmp_path, point):
     out, temp = tmp_path / "out", tmp_path / "tmp"

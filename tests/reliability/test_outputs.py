@@ -176,8 +176,8 @@ def two_digits_bundles(tmp_path_factory) -> list[Path]:
     bundles = []
     for run in ("a", "b"):
         out = tmp_path_factory.mktemp("digits") / run
-        assert main(["optimize", "ref:digits-cnn", "--out", str(out), "--quiet",
-                     "--package", "android", *FAST_BENCH]) == 0
+        assert main(["optimize", "ref:digits-cnn", "--out", str(out), "--quiet", "--json",
+                     "--runtime", "onnxruntime", "--package", "android", *FAST_BENCH]) == 0
         bundles.append(out / "digits-cnn-android.zip")
     return bundles
 
