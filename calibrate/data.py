@@ -31,7 +31,7 @@ from edgeopt.calibrate.images import (
     load_image,
     parse_preprocess,
 )
-from edgeopt.runtimes.errors import first_line
+from edgeopt.runtimes.errors import first_line, short_reason
 
 InputSpec = tuple[str, str, tuple[int, ...]]   # name, numpy dtype name, concrete shape
 RANDOM = "random"
@@ -103,10 +103,19 @@ def read_array_file(path: Path, inputs: Sequence[InputSpec]) -> list[dict[str, n
             raise CalibrationDataError(msg)
         arrays = {inputs[0][0]: loaded}
     else:
-        with loaded:
-            names = {n for n, _, _ in inputs}
-            # a 'labels' array is the samples' task labels (evaluation), not an input
-            arrays = {k: loaded[k] for k in loaded.files if k != LABELS_KEY or k in names}
+        names = {n for n, _, _ in inputs}
+        try:
+            with loaded:
+                # a 'labels' array is the samples' task labels (evaluation), not an input
+                arrays = {k: loaded[k] for k in loaded.files if k != LABELS_KEY or k in names}
+        except Exception as e:       # object arrays (pickles), corrupt members
+            msg = (f"calibration file {path}: cannot read it as .npz ({type(e).__name__}: "
+                   f"{short_reason(e, 160)}); save plain numeric arrays (np.savez)")
+            raise CalibrationDataError(msg) from e
+        if len(inputs) == 1 and list(arrays) == ["arr_0"]:
+            # np.savez(f, x) names a positional array arr_0: unnamed, like a .npy. Any other
+            # name is checked against the model's input names.
+            arrays = {inputs[0][0]: arrays["arr_0"]}
     expected = {n for n, _, _ in inputs}
     missing = sorted(expected - set(arrays))
     if missing:
@@ -319,7 +328,7 @@ def _from_factory(spec: str, inputs: Sequence[InputSpec], limit: int | None) -> 
                 break
             except Exception as e:
                 msg = (f"{where}: raised {type(e).__name__} while giving sample {index}: "
-                       f"{first_line(e)[:160]}")
+                       f"{short_reason(e, 160)}")
                 raise CalibrationDataError(msg) from e
             sample = check_sample(item, inputs, f"{where}: sample {index}")
             check_finite_sample(sample, f"{where}: sample {index}")
@@ -355,7 +364,7 @@ def check_sample(item: Any, inputs: Sequence[InputSpec], where: str) -> dict[str
         try:
             array = np.asarray(value)
         except Exception as e:
-            msg = f"{where} input '{name}' is not an array ({type(e).__name__}: {first_line(e)[:160]})"
+            msg = f"{where} input '{name}' is not an array ({type(e).__name__}: {short_reason(e, 160)})"
             raise CalibrationDataError(msg) from e
         if array.dtype != np.dtype(dtype):
             if not (np.issubdtype(array.dtype, np.floating)

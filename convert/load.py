@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import re
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeopt.convert.errors import InputShapeError, ModelLoadError, first_line
+from edgeopt.convert.errors import InputShapeError, ModelLoadError, first_line, short_reason
 
 _FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 TORCH_KINDS = ("torch-factory", "torchscript", "exported-program")
@@ -55,7 +56,8 @@ def parse_input_shapes(text: str | None) -> dict[str, tuple[int, ...]] | tuple[i
 
     def dims(part: str) -> tuple[int, ...]:
         try:
-            values = tuple(int(d) for d in part.replace("x", ",").split(",") if d.strip())
+            # "1,3,8,8" or "1x3x8x8"; an empty or non-integer dimension ("1,x,8") is an error
+            values = tuple(int(d) for d in re.split(r"[,x]", part.strip()))
         except ValueError as e:
             msg = f"--input-shape '{text}' is not a list of integers (e.g. 1,3,224,224)"
             raise InputShapeError(msg) from e
@@ -182,15 +184,32 @@ def _load_torchscript(spec: str, path: Path, shapes) -> SourceModel:
                        module=module, example_inputs=example)
 
 
+@contextlib.contextmanager
+def _library_quiet():
+    """torch logs a failed load as a warning with its traceback before raising; the error
+    itself becomes edgeopt's one line, so its log and warnings are held back meanwhile."""
+    import logging
+    import warnings
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
 def _load_exported_program(spec: str, path: Path) -> SourceModel:
     import torch
 
     try:
-        program = torch.export.load(str(path))
+        with _library_quiet():
+            program = torch.export.load(str(path))
     except Exception as e:
-        reason = first_line(e)
         raise ModelLoadError(
-            spec, f"not an ExportedProgram archive ({reason[:160]})",
+            spec, f"not an ExportedProgram archive ({short_reason(e, 160)})",
             "save it with torch.export.save",
         ) from e
     example = tuple(program.example_inputs[0]) if program.example_inputs else ()
@@ -220,7 +239,7 @@ def call_factory(spec: str) -> Any:
     try:
         mod = importlib.import_module(module_name)
     except Exception as e:
-        problem = f"cannot import '{module_name}' ({type(e).__name__}: {first_line(e)[:160]})"
+        problem = f"cannot import '{module_name}' ({type(e).__name__}: {short_reason(e, 160)})"
         raise FactoryError(problem, "check the module is on PYTHONPATH") from e
     factory = getattr(mod, attr, None)
     if factory is None or not callable(factory):
@@ -229,7 +248,7 @@ def call_factory(spec: str) -> Any:
     try:
         return factory()
     except Exception as e:
-        problem = f"the factory raised {type(e).__name__}: {first_line(e)[:160]}"
+        problem = f"the factory raised {type(e).__name__}: {short_reason(e, 160)}"
         raise FactoryError(problem) from e
 
 

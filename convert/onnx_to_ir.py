@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edgeopt.convert.errors import ExportError, first_line
+from edgeopt.convert.errors import ExportError, short_reason
 
 
 def to_openvino_ir(onnx_path: Path, out_xml: Path, *, compress_to_fp16: bool = False) -> Path:
@@ -25,11 +25,25 @@ def to_openvino_ir(onnx_path: Path, out_xml: Path, *, compress_to_fp16: bool = F
     except Exception as e:
         for p in (tmp_xml, tmp_xml.with_suffix(".bin")):
             p.unlink(missing_ok=True)
-        first = first_line(e)
-        raise ExportError("ONNX -> OpenVINO IR conversion", first[:300]) from e
+        if _disk_full(out_xml.parent, Path(onnx_path)):
+            # OpenVINO reports a full disk as "basic_ios::clear: iostream error"
+            msg = f"no space left on device writing {out_xml.with_suffix('.bin')}"
+            raise ExportError("ONNX -> OpenVINO IR conversion", msg) from e
+        raise ExportError("ONNX -> OpenVINO IR conversion", short_reason(e)) from e
     os.replace(tmp_xml.with_suffix(".bin"), out_xml.with_suffix(".bin"))
     os.replace(tmp_xml, out_xml)
     return out_xml
+
+
+def _disk_full(folder: Path, source: Path) -> bool:
+    """Too little room left in ``folder`` for weights the size of ``source``'s."""
+    try:
+        free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+        need = sum(p.stat().st_size for p in source.parent.glob(f"{source.stem}*")
+                   if p.is_file())
+    except OSError:
+        return False
+    return free < max(need, 1 << 20)
 
 
 def canonical_names(model) -> int:

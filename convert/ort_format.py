@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.convert.errors import ExportError, first_line
+from edgeopt.convert.errors import ExportError, short_reason
 
 OPS_CONFIG = "required_operators.config"
 
@@ -65,7 +65,7 @@ def to_ort(onnx_path: Path, work: Path, *, keep_constant_subgraphs: bool = False
                              providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
     except Exception as e:
         msg = f"ONNX -> ORT format conversion of {onnx_path.name}"
-        raise ExportError(msg, first_line(e)[:300]) from e
+        raise ExportError(msg, short_reason(e, 300)) from e
     data = canonical_ort(out.read_bytes())
     out.write_bytes(data)
     config = work / OPS_CONFIG

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.convert.errors import ExportError, InputShapeError, first_line
+from edgeopt.convert.errors import ExportError, InputShapeError, short_reason
 
 DEFAULT_OPSET = 18  # ONNX Runtime's quantizer and OpenVINO both take it
 
@@ -60,9 +60,8 @@ def check_inputs_fit(module: Any, example_inputs: tuple, shape_text: str | None)
         return run_torch(module, example_inputs)
     except Exception as e:
         shapes = ", ".join("x".join(str(d) for d in t.shape) for t in example_inputs)
-        first = first_line(e)
         flag = f"--input-shape {shape_text}" if shape_text else f"input shape {shapes}"
-        msg = f"{flag} does not fit the model ({first[:200]}); pass the shape the model takes"
+        msg = f"{flag} does not fit the model ({short_reason(e, 200)}); pass the shape the model takes"
         raise InputShapeError(msg) from e
 
 
@@ -129,11 +128,9 @@ def export_onnx(
         except Exception as e:  # the exporters raise many kinds of errors
             last_error = e
             tmp.unlink(missing_ok=True)
-            first = first_line(e)
-            notes.append(f"{exporter} exporter failed ({first[:200]}); "
+            notes.append(f"{exporter} exporter failed ({short_reason(e, 200)}); "
                          "falling back to the TorchScript exporter")
-    first = first_line(last_error)
-    raise ExportError("torch -> ONNX export", first[:300]) from last_error
+    raise ExportError("torch -> ONNX export", short_reason(last_error)) from last_error
 
 
 def onnx_input_specs(path: Path) -> list[tuple[str, str, tuple[int | str, ...]]]:

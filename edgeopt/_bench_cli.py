@@ -45,6 +45,19 @@ def _check_model(model: Path) -> str:
     return fmt
 
 
+def _check_emulation() -> None:
+    """Asked for emulation, the user gets it or this error: never an estimate instead."""
+    try:
+        from edgeopt.runtimes.emulation import emulation_available
+    except ImportError as e:
+        msg = "--emulate: this install has no emulation support (edgeopt.runtimes.emulation)"
+        raise UsageError(msg) from e
+    availability = emulation_available()
+    if not availability.ok:
+        msg = f"--emulate needs the ARM emulation toolchain: {availability.reason}"
+        raise UsageError(msg)
+
+
 def _bench_bundle(args: argparse.Namespace) -> int:
     """An app bundle is benchmarked as `edgeopt verify` does it: its checksums and
     reference outputs are checked first, so a figure is never one of a damaged model."""
@@ -82,6 +95,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.emulate and not any(getattr(t.unit_obj, "qemu_cpu", None) for t in targets):
         out.warn("--emulate: none of these devices is an ARM CPU with a qemu model in its "
                  "profile (e.g. --device rpi5); nothing to emulate")
+    elif args.emulate:
+        _check_emulation()
     shapes = _parse_shapes(args.input_shape)
     results, refused = [], []
     for target in targets:

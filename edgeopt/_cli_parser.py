@@ -40,6 +40,13 @@ def _package_targets() -> list[str]:
     return list(package_targets())
 
 
+def _overwrite_flag(parser: argparse.ArgumentParser) -> None:
+    # Like --out, not part of the recipe: where a run writes, not what it builds.
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a previous run's output in --out whole (never merged); "
+                             "without it a non-empty --out is refused")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -174,6 +181,7 @@ def _optimize(sub, common) -> None:
                      help="runtime(s) to build for (repeatable; default all)")
     opt.add_argument("--out", type=Path, default=None,
                      help="output folder (default edgeopt-out/<model name>)")
+    _overwrite_flag(opt)
     _data_flags(opt)
     _quant_flags(opt)
     opt.add_argument("--json", action="store_true", help="print report.json on stdout")
@@ -224,6 +232,7 @@ def _prune(sub, common) -> None:
     _recipe_flag(prune)
     prune.add_argument("--out", type=Path, default=None,
                        help="output folder (default edgeopt-out/<model name>-pruned)")
+    _overwrite_flag(prune)
     _data_flags(prune)
     prune.add_argument("--json", action="store_true", help="print report.json on stdout")
     prune.add_argument("--quiet", action="store_true", help="no progress output")

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["prune_markdown", "pruning_lines", "to_markdown"]
+__all__ = ["prune_markdown", "pruning_lines", "shown_status", "to_markdown"]
+
+
+def shown_status(artifact: dict) -> str:
+    """The artifact's status, with ``unstable`` where report.json marks its benchmark so."""
+    status = artifact.get("status") or "—"
+    if (artifact.get("bench") or {}).get("unstable"):
+        return "unstable" if status == "ok" else f"{status}, unstable"
+    return status
 
 
 def _fmt(value, spec: str = ".3f") -> str:
@@ -51,7 +59,7 @@ def _artifact_lines(artifacts: list[dict]) -> list[str]:
             f"{_fmt(b.get('p50_ms'))} | {f'{ci[0]:.3f}–{ci[1]:.3f}' if ci else '—'} | "
             f"{_fmt(b.get('p90_ms'))} | "
             f"{_fmt(b.get('p99_ms'))} | {_fmt(b.get('cv'))} | {_fmt(a.get('speedup_vs_fp32'), '.2f')} | "
-            f"{_fmt(acc.get('value'), '.4f')} | {b.get('label', '—')} | {a['status']} |"
+            f"{_fmt(acc.get('value'), '.4f')} | {b.get('label', '—')} | {shown_status(a)} |"
         )
     untimed = sorted({b["reason"] for a in artifacts
                       if (b := a.get("bench") or {}).get("label") == "not-run" and "reason" in b})

@@ -134,11 +134,36 @@ def _emulate(model: Path, target, feeds, shapes) -> dict:
     except ImportError:
         return {"label": "unavailable", "reason": "no emulation support in this install"}
     availability = emulation_available()
-    if not availability.ok:
-        return {"label": "unavailable", "reason": availability.reason}
+    if not availability.ok:        # asked for emulation: never an estimate in its place
+        msg = f"--emulate needs the ARM emulation toolchain: {availability.reason}"
+        raise AdapterUnavailable(msg)
     if feeds is None:
         feeds = random_inputs(backend.load(model).inputs, shapes)
     return emulate(model, feeds, qemu_cpu, adapter=backend.emulation_adapter)
+
+
+MAX_INPUT_BYTES = 1 << 30      # one benchmark input, allocated in memory
+
+
+def _check_shape(spec, shape: tuple) -> None:
+    """``--input-shape`` against the model's own input, before anything is allocated."""
+    from edgeopt.errors import UsageError
+
+    dims = ",".join(str(d) for d in shape)
+    model_dims = ",".join(str(d) if isinstance(d, int) and d > 0 else "?" for d in spec.shape)
+    if any(not isinstance(d, int) or d <= 0 for d in shape):
+        msg = f"--input-shape {dims}: dimensions must be positive (e.g. 1,3,224,224)"
+        raise UsageError(msg)
+    fixed = [(i, d) for i, d in enumerate(spec.shape) if isinstance(d, int) and d > 0]
+    if len(shape) != len(spec.shape) or any(shape[i] != d for i, d in fixed):
+        msg = (f"--input-shape {dims} does not fit input '{spec.name}' of shape "
+               f"[{model_dims}]; pass the shape the model takes")
+        raise UsageError(msg)
+    size = int(np.prod(shape, dtype=object)) * np.dtype(spec.dtype).itemsize
+    if size > MAX_INPUT_BYTES:
+        msg = (f"--input-shape {dims}: input '{spec.name}' would take {size / 2**30:,.1f} GiB, "
+               f"over the {MAX_INPUT_BYTES >> 30} GiB a benchmark input may use")
+        raise UsageError(msg)
 
 
 def random_inputs(specs, shapes) -> dict[str, np.ndarray]:
@@ -156,6 +181,7 @@ def random_inputs(specs, shapes) -> dict[str, np.ndarray]:
                        "pass --input-shape with concrete dimensions")
                 raise UsageError(msg)
             shape = tuple(spec.shape)
+        _check_shape(spec, tuple(shape))
         dtype = np.dtype(spec.dtype)
         if np.issubdtype(dtype, np.integer):
             feeds[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from edgeopt.errors import UsageError
+from edgeopt.errors import UsageError, short_reason
 
 
 def run_package(args: argparse.Namespace) -> int:
@@ -29,11 +29,13 @@ def run_package(args: argparse.Namespace) -> int:
     if args.group_size is not None and args.group_size < 1:
         msg = f"--group-size {args.group_size} must be >= 1"
         raise UsageError(msg)
+    _check_out(Path(args.out))
     out = Output(quiet=args.quiet)
     # Python libraries (ONNX Runtime's tools, the palettizer) may print: stdout stays the
     # manifest's.
     sink = io.StringIO() if args.quiet else sys.stderr
-    with out.status(f"packaging {source} for {args.target}"), contextlib.redirect_stdout(sink):
+    with out.status(f"packaging {source} for {args.target}"), contextlib.redirect_stdout(sink), \
+            _model_errors(source):
         if source.is_dir():
             manifest = package_run(source, args.target, args.out, precision=args.precision,
                                    **options)
@@ -52,6 +54,43 @@ def run_package(args: argparse.Namespace) -> int:
     elif not args.quiet:
         sys.stderr.write(summary(Path(args.out), manifest) + "\n")
     return 0
+
+
+def _check_out(zip_path: Path) -> None:
+    """``--out`` can be written (a probe: root passes every permission check) and is no
+    folder; checked before any work."""
+    import tempfile
+
+    from edgeopt._outdir import _nearest_existing
+
+    if zip_path.is_dir():
+        msg = f"--out {zip_path} is a folder; name the .zip to write"
+        raise UsageError(msg)
+    base = _nearest_existing(zip_path.parent)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".edgeopt-probe-", dir=base)
+    except OSError as e:
+        msg = f"--out {zip_path} cannot be written ({e.strerror or e}); choose a writable folder"
+        raise UsageError(msg) from e
+    import os
+
+    os.close(fd)
+    os.unlink(probe)
+
+
+@contextlib.contextmanager
+def _model_errors(source: Path):
+    """ONNX's and protobuf's refusals of a model file (garbage bytes, external data outside
+    the model's folder) are the user's file, not edgeopt's fault: one line, exit 2."""
+    try:
+        yield
+    except Exception as e:
+        kind = type(e).__module__ or ""
+        if kind.startswith(("onnx", "google.protobuf")) or type(e).__name__ in (
+                "DecodeError", "ValidationError"):
+            msg = f"cannot package '{source}': not a readable ONNX model ({short_reason(e)})"
+            raise UsageError(msg) from e
+        raise
 
 
 def summary(path: Path, manifest: dict) -> str:

@@ -5,6 +5,8 @@ bundled model is, where it came from, and what it should compute. Used by
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edgeopt import __version__
@@ -137,6 +139,17 @@ def _tensor_specs(specs) -> list[dict]:
     return rows
 
 
+LATENCY_NOTE = {
+    "file": "beside the bundle: <bundle name>.latency.json (and the run's report.json)",
+    "why": "timings vary from run to run; kept out of the bundle, so the same inputs give "
+           "the same bundle bytes, and out of its checksums"}
+
+
+def latency_path(bundle: Path) -> Path:
+    """Where a bundle's latency figures go: ``NAME.latency.json`` beside ``NAME.zip``."""
+    return bundle.with_name(f"{bundle.stem}.latency.json")
+
+
 def _latency(source: BundleSource) -> list[dict]:
     keep = ("label", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "cv", "unstable",
             "low_ms", "high_ms", "reason", "calibration")
@@ -203,7 +216,7 @@ def _manifest(source: BundleSource, target: str, spec: TargetSpec, loaded, model
                                       if k in quant}}) if quant and precision == "int8" else None,
         "pruning": no_paths(report.get("pruning")),
         "palettization": palettization,
-        "latency": _latency(source),
+        "latency": LATENCY_NOTE,
         "reference": {"file": REFERENCE, "samples": len(inputs), "inputs_from": input_note,
                       "computed_with": f"{spec.host_adapter} on the bundled model itself",
                       "arrays": {**{f"input.{i}": s.name for i, s in enumerate(loaded.inputs)},

@@ -53,8 +53,53 @@ def read_report(run_dir: Path) -> dict:
     return report
 
 
+def _check_artifacts(run_dir: Path, report: dict) -> None:
+    """Every artifact record has the keys packaging reads, as strings; collected in one pass."""
+    problems = []
+    for i, a in enumerate(report["artifacts"]):
+        if not isinstance(a, dict):
+            problems.append(f"artifacts[{i}] is not an object")
+            continue
+        for key in ("path", "runtime", "precision", "format"):
+            if not isinstance(a.get(key), str) or not a.get(key):
+                problems.append(f"artifacts[{i}] has no {key}")
+        files = a.get("files")
+        if files is not None and (not isinstance(files, list)
+                                  or not all(isinstance(f, str) for f in files)):
+            problems.append(f"artifacts[{i}].files is not a list of names")
+    if problems:
+        msg = f"{run_dir / 'report.json'}: {'; '.join(problems)}; rerun optimize"
+        raise UsageError(msg)
+
+
+def _run_file(run_dir: Path, name: str, artifact: dict) -> Path:
+    """A file of the run, checked: inside the run folder, listed with a sha256, matching it."""
+    root = run_dir.resolve()
+    path = (run_dir / name)
+    if Path(name).is_absolute() or ".." in Path(name).parts or \
+            not path.resolve().is_relative_to(root):
+        msg = (f"{run_dir}: report.json lists {name!r}, which is outside the run folder; "
+               "package takes only the run's own files")
+        raise UsageError(msg)
+    if not path.is_file():
+        msg = f"{run_dir}: {name}, listed in report.json, is missing"
+        raise UsageError(msg)
+    sums = artifact.get("sha256_files") if isinstance(artifact.get("sha256_files"), dict) else {}
+    expected = sums.get(name) or (artifact.get("sha256") if name == artifact["path"] else None)
+    if not isinstance(expected, str):
+        msg = (f"{run_dir}: {name} has no sha256 in report.json; package takes only files the "
+               "run listed with their checksums (rerun optimize)")
+        raise UsageError(msg)
+    if file_sha256(path) != expected:
+        msg = (f"{run_dir}: {name} changed since report.json was written (sha256 differs); "
+               "rerun optimize")
+        raise UsageError(msg)
+    return path
+
+
 def run_source(run_dir: Path, report: dict, spec: TargetSpec, precision: str | None,
                 palettize: int | None) -> BundleSource:
+    _check_artifacts(run_dir, report)
     by_precision: dict[str, dict] = {}
     for a in report["artifacts"]:
         if a.get("runtime") == spec.runtime:
@@ -71,26 +116,23 @@ def run_source(run_dir: Path, report: dict, spec: TargetSpec, precision: str | N
         raise UsageError(msg)
     artifact = by_precision[chosen]
     files = {}
+    roles = {".onnx": "onnx", ".xml": "xml", ".bin": "bin"}
     for name in artifact.get("files") or [artifact["path"]]:
-        path = run_dir / name
-        if not path.is_file():
-            msg = f"{run_dir}: {name}, listed in report.json, is missing"
+        path = _run_file(run_dir, name, artifact)
+        if path.suffix not in roles:
+            msg = f"{run_dir}: {name}, listed in report.json, is not a model file"
             raise UsageError(msg)
-        expected = (artifact.get("sha256_files") or {}).get(name)
-        if expected and file_sha256(path) != expected:
-            msg = (f"{run_dir}: {name} changed since report.json was written (sha256 differs); "
-                   "rerun optimize")
-            raise UsageError(msg)
-        files[{".onnx": "onnx", ".xml": "xml", ".bin": "bin"}[path.suffix]] = path
+        files[roles[path.suffix]] = path
     spec_text = report.get("input", {}).get("spec") or ""
     origin = {"kind": "edgeopt optimize run", "model": _model_label(spec_text),
               "artifact": artifact["path"], "sha256": artifact.get("sha256"),
               "run_edgeopt": report.get("edgeopt")}
     name = Path(artifact["path"]).name.split(".")[0]
     fp32 = by_precision.get("fp32")
+    fp32_onnx = (_run_file(run_dir, fp32["path"], fp32)
+                 if fp32 and fp32["format"] == "onnx" else None)
     return BundleSource(name, chosen, spec.runtime, files, origin, report, artifact, notes,
-                   fp32_onnx=run_dir / fp32["path"] if fp32 and fp32["format"] == "onnx"
-                   else None)
+                        fp32_onnx=fp32_onnx)
 
 
 def _model_label(spec: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.errors import UsageError
+from edgeopt.errors import UsageError, short_reason
 
 
 def run_model(args) -> int:
@@ -62,14 +62,17 @@ def _load_inputs(path: Path) -> dict[str, np.ndarray]:
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        msg = f"--inputs {path} is not a readable .npz file: {reason}"
+        msg = f"--inputs {path} is not a readable .npz file: {short_reason(e, 200)}"
         raise UsageError(msg) from e
     if not isinstance(data, np.lib.npyio.NpzFile):
         msg = f"--inputs {path} must be a .npz of input name -> array, not a single array"
         raise UsageError(msg)
-    with data:
-        return {name: data[name] for name in data.files}
+    try:
+        with data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:   # object arrays, damage
+        msg = f"--inputs {path} is not a readable .npz file: {short_reason(e, 200)}"
+        raise UsageError(msg) from e
 
 
 def _save_atomic(out: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from edgeopt._markdown import shown_status
+
 
 def _ms(value) -> str:
     return "—" if value is None else f"{value:.3f}"
@@ -23,7 +25,8 @@ def artifacts_table(report: dict) -> Table:
         b = a.get("bench") or {}
         acc = (a.get("accuracy") or {}).get("value")
         speed = a.get("speedup_vs_fp32")
-        status = a["status"] if a["status"] == "ok" else f"[bold red]{a['status']}[/bold red]"
+        shown = shown_status(a)
+        status = shown if shown == "ok" else f"[bold red]{shown}[/bold red]"
         table.add_row(a["path"], a["runtime"], a["device"] or "—", a["precision"],
                       f"{a['size_bytes'] / 1024:.0f}", _ms(b.get("p50_ms")), _ms(b.get("p90_ms")),
                       "—" if b.get("cv") is None else f"{b['cv']:.3f}",

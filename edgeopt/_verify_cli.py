@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.errors import UsageError
+from edgeopt.errors import UsageError, short_reason
 
 VERIFY_FAILED = 1
 
@@ -33,7 +33,14 @@ class _Failed(Exception):
 def run_verify(args: argparse.Namespace) -> int:
     from edgeopt._cli_parser import bench_protocol
     from edgeopt._output import Output
-    from edgeopt.bundle import REFERENCE, BundleRejected, check_files, open_bundle, read_npz
+    from edgeopt.bundle import (
+        REFERENCE,
+        BundleRejected,
+        check_files,
+        extract_private,
+        open_bundle,
+        read_reference,
+    )
 
     protocol = bench_protocol(args)
     out = Output(quiet=args.quiet)
@@ -43,23 +50,20 @@ def run_verify(args: argparse.Namespace) -> int:
         with open_bundle(path) as bundle:
             manifest = bundle.manifest
             contents = check_files(bundle)
-        result.update({"target": manifest.get("target"), "files_checked": len(contents)})
-        model = manifest["model"]
-        if not isinstance(model, dict) or model.get("file") not in (model.get("files") or []):
-            msg = f"{path.name}: the manifest's model entry does not name one of its files"
-            raise _Failed(msg)
-        missing = [f for f in [*model["files"], REFERENCE] if f not in contents]
-        if missing:
-            msg = (f"{path.name}: {missing[0]}, named by the manifest, is not among "
-                   "its checksummed files")
-            raise _Failed(msg)
-        try:
-            arrays = read_npz(contents[REFERENCE])
-        except (ValueError, OSError) as e:
-            msg = f"{path.name}: {REFERENCE} is not a readable .npz ({e})"
-            raise _Failed(msg) from e
-        targets = _targets(tuple(args.devices or ("host-cpu",)), model, out)
-        folder = _extract(contents, model["files"])
+            result.update({"target": manifest.get("target"), "files_checked": len(contents)})
+            model = manifest["model"]
+            if not isinstance(model, dict) or not isinstance(model.get("files"), list) or \
+                    model.get("file") not in model["files"]:
+                msg = f"{path.name}: the manifest's model entry does not name one of its files"
+                raise _Failed(msg)
+            missing = [f for f in [*model["files"], REFERENCE] if f not in contents]
+            if missing:
+                msg = (f"{path.name}: {missing[0]}, named by the manifest, is not among "
+                       "its checksummed files")
+                raise _Failed(msg)
+            arrays = read_reference(bundle)
+            targets = _targets(tuple(args.devices or ("host-cpu",)), model, out)
+            folder = extract_private(bundle, model["files"])
         try:
             for target in targets:
                 row = _verify_on(target, folder / model["file"], manifest, arrays)
@@ -78,12 +82,6 @@ def run_verify(args: argparse.Namespace) -> int:
     result["ok"] = True
     _emit(args, result, out)
     return 0
-
-
-def _extract(contents: dict[str, bytes], names: list[str]) -> Path:
-    from edgeopt.bundle import extract_private
-
-    return extract_private(contents, names)
 
 
 def _targets(devices: tuple[str, ...], model: dict, out) -> list:
@@ -144,7 +142,7 @@ def _verify_on(target, model_path: Path, manifest: dict, arrays: dict) -> dict:
             outputs = loaded.run(feeds)
         except Exception as e:
             msg = (f"{name} fails to run reference sample {i} on {target.label}: "
-                   f"{(str(e).splitlines() or [type(e).__name__])[0][:200]}")
+                   f"{short_reason(e, 200)}")
             raise _Failed(msg) from e
         for j, row in enumerate(rows):
             got, want = np.asarray(outputs[j]), arrays[f"output.{j}"][i]

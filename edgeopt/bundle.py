@@ -4,7 +4,9 @@ A bundle is a flat zip: the model in the target's format, ``manifest.json``, ref
 and outputs (``reference.npz``) and whatever else the target needs. Writing is deterministic
 (sorted members, fixed timestamps and permissions, one deflate level), so the same inputs give
 the same bytes. Reading checks every member header before anything is extracted: no absolute
-paths, no ``..``, no symlinks, no duplicates, no encrypted members, sizes within limits.
+paths, no ``..``, no symlinks, no duplicates, no encrypted members, sizes within limits; then
+every member is streamed through sha256 in fixed-size chunks, so memory stays bounded
+whatever the zip claims (``manifest.json`` and ``reference.npz``, read whole, are capped).
 
 Imports only the standard library and numpy: ``edgeopt verify`` runs in the runtime-only
 install.
@@ -17,6 +19,7 @@ import io
 import json
 import os
 import re
+import shutil
 import stat
 import tempfile
 import zipfile
@@ -26,11 +29,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from edgeopt.errors import EdgeoptError
+from edgeopt.errors import EdgeoptError, short_reason
 
 __all__ = ["MANIFEST", "REFERENCE", "SCHEMA_VERSION", "Bundle", "BundleError", "BundleLimits",
            "BundleRejected", "check_files", "extract_private", "npz_bytes", "open_bundle",
-           "read_npz", "write_bundle"]
+           "read_npz", "read_reference", "write_bundle"]
 
 MANIFEST = "manifest.json"
 REFERENCE = "reference.npz"
@@ -40,6 +43,7 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 MEMBER_ATTR = (stat.S_IFREG | 0o644) << 16
 DEFLATE_LEVEL = 9
 MAX_MEMBERS = 64
+CHUNK = 1 << 20                  # members are inflated, hashed and written this much at a time
 
 
 class BundleError(EdgeoptError):
@@ -57,6 +61,8 @@ class BundleLimits:
     max_member_bytes: int = 2 << 30        # one member, uncompressed
     max_total_bytes: int = 4 << 30         # all members, uncompressed
     max_members: int = MAX_MEMBERS
+    max_manifest_bytes: int = 1 << 20      # manifest.json, parsed in memory
+    max_reference_bytes: int = 64 << 20    # reference.npz, decoded in memory
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -170,7 +176,8 @@ def _member_problem(info: zipfile.ZipInfo, limits: BundleLimits) -> str | None:
 
 
 class Bundle:
-    """An opened bundle: members checked, read into memory on demand with size caps."""
+    """An opened bundle: members checked; each streamed in ``CHUNK``-sized pieces through
+    hashing or extraction, and only the small ones (manifest, reference) read whole, capped."""
 
     def __init__(self, path: Path, zf: zipfile.ZipFile, infos: dict[str, zipfile.ZipInfo],
                  limits: BundleLimits) -> None:
@@ -184,19 +191,46 @@ class Bundle:
     def names(self) -> list[str]:
         return sorted(self._infos)
 
-    def read(self, name: str) -> bytes:
+    def chunks(self, name: str):
+        """The member's bytes, inflated ``CHUNK`` at a time: memory stays bounded whatever
+        the zip claims. A member that inflates past its declared size is rejected."""
         info = self._infos[name]
+        seen = 0
         try:
             with self._zf.open(info) as f:
-                # The header's size is checked already; a member inflating past it lies.
-                data = f.read(info.file_size + 1)
+                while True:
+                    block = f.read(CHUNK)
+                    if not block:
+                        break
+                    seen += len(block)
+                    if seen > info.file_size:
+                        msg = (f"{self.path.name}: member {name} inflates to more than its "
+                               "declared size")
+                        raise BundleRejected(msg)
+                    yield block
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-            msg = f"{self.path.name}: member {name} is corrupt ({e})"
+            msg = f"{self.path.name}: member {name} is corrupt ({short_reason(e)})"
             raise BundleRejected(msg) from e
-        if len(data) != info.file_size:
-            msg = f"{self.path.name}: member {name} inflates to more than its declared size"
+        if seen != info.file_size:
+            msg = f"{self.path.name}: member {name} inflates to less than its declared size"
             raise BundleRejected(msg)
-        return data
+
+    def digest(self, name: str) -> tuple[str, int]:
+        """sha256 and size of a member, streamed."""
+        h, size = hashlib.sha256(), 0
+        for block in self.chunks(name):
+            h.update(block)
+            size += len(block)
+        return h.hexdigest(), size
+
+    def read(self, name: str, limit: int | None = None) -> bytes:
+        """A small member (the manifest, the reference data) whole; ``limit`` caps its size."""
+        info = self._infos[name]
+        if limit is not None and info.file_size > limit:
+            msg = (f"{self.path.name}: member {name} is {info.file_size:,} bytes, over its "
+                   f"{limit:,}-byte limit")
+            raise BundleRejected(msg)
+        return b"".join(self.chunks(name))
 
     def close(self) -> None:
         self._zf.close()
@@ -250,7 +284,8 @@ def open_bundle(path: Path, limits: BundleLimits | None = None) -> Bundle:
         if MANIFEST not in infos:
             msg = f"{path} is not an edgeopt bundle: no {MANIFEST}"
             raise BundleError(msg)
-        bundle.manifest = _parse_manifest(path, bundle.read(MANIFEST))
+        bundle.manifest = _parse_manifest(
+            path, bundle.read(MANIFEST, limit=limits.max_manifest_bytes))
         return bundle
     except BaseException:
         zf.close()
@@ -276,21 +311,60 @@ def _parse_manifest(path: Path, data: bytes) -> dict:
     if missing or not isinstance(manifest.get("files"), dict):
         msg = f"{path.name}: {MANIFEST} lacks {', '.join(missing) or 'a files table'}"
         raise BundleError(msg)
+    problems = _manifest_problems(manifest)
+    if problems:
+        msg = f"{path.name}: {MANIFEST} is malformed: {'; '.join(problems)}"
+        raise BundleError(msg)
     return manifest
 
 
-def check_files(bundle: Bundle) -> dict[str, bytes]:
-    """Every file the manifest lists, read and checked against its sha256 and size.
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-    Raises BundleRejected naming the first file that is missing, altered, or present
-    without being listed.
+
+def _manifest_problems(manifest: dict) -> list[str]:
+    """Type problems of the keys ``verify`` reads, every one, so none fails later."""
+    problems = []
+    for key in ("model", "reference", "tolerance"):
+        if not isinstance(manifest[key], dict):
+            problems.append(f"{key} is {type(manifest[key]).__name__}, not an object")
+    for key in ("inputs", "outputs"):
+        value = manifest[key]
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            problems.append(f"{key} is not a list of objects")
+    if problems:
+        return problems
+    samples = manifest["reference"].get("samples")
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        problems.append(f"reference.samples {samples!r} is not a positive integer")
+    outputs = manifest["tolerance"].get("outputs")
+    if not isinstance(outputs, dict):
+        problems.append(f"tolerance.outputs {outputs!r} is not an object")
+        return problems
+    for name, tol in outputs.items():
+        if not isinstance(tol, dict):
+            problems.append(f"tolerance.outputs.{name} {tol!r} is not an object")
+            continue
+        for field in ("max_abs_diff", "min_cosine"):
+            if not _is_number(tol.get(field)):
+                problems.append(f"tolerance.outputs.{name}.{field} {tol.get(field)!r} "
+                                "is not a number")
+    return problems
+
+
+def check_files(bundle: Bundle) -> dict[str, dict]:
+    """Every file the manifest lists, streamed through sha256 and checked with its size.
+
+    Returns the checked manifest entries by name; nothing is held in memory. Raises
+    BundleRejected naming the first file that is missing, altered, or present without
+    being listed.
     """
     listed = bundle.manifest["files"]
     unlisted = [n for n in bundle.names if n != MANIFEST and n not in listed]
     if unlisted:
         msg = f"{bundle.path.name}: {unlisted[0]} is in the bundle but not in its manifest"
         raise BundleRejected(msg)
-    contents = {}
+    checked = {}
     for name, entry in sorted(listed.items()):
         if not isinstance(entry, dict) or member_name_problem(name):
             msg = f"{bundle.path.name}: manifest entry {name!r} is malformed"
@@ -298,23 +372,51 @@ def check_files(bundle: Bundle) -> dict[str, bytes]:
         if name not in bundle.names:
             msg = f"{bundle.path.name}: {name} is listed in the manifest but missing"
             raise BundleRejected(msg)
-        data = bundle.read(name)
-        if len(data) != entry.get("size") or sha256_bytes(data) != entry.get("sha256"):
+        if entry.get("size") != bundle._infos[name].file_size:
+            msg = (f"{bundle.path.name}: {name} does not match its manifest size "
+                   f"({bundle._infos[name].file_size:,} bytes; manifest {entry.get('size')!r})")
+            raise BundleRejected(msg)
+        digest, size = bundle.digest(name)
+        if size != entry.get("size") or digest != entry.get("sha256"):
             msg = (f"{bundle.path.name}: {name} does not match its manifest checksum (sha256 "
-                   f"{sha256_bytes(data)[:12]}..., {len(data):,} bytes; manifest "
+                   f"{digest[:12]}..., {size:,} bytes; manifest "
                    f"{str(entry.get('sha256'))[:12]}..., {entry.get('size')} bytes)")
             raise BundleRejected(msg)
-        contents[name] = data
-    return contents
+        checked[name] = entry
+    return checked
 
 
-def extract_private(contents: dict[str, bytes], names: list[str]) -> Path:
-    """Write the named (already checked) members into a new private temp folder (0700)."""
+def read_reference(bundle: Bundle) -> dict[str, np.ndarray]:
+    """``reference.npz``, capped in size and decoded without pickles."""
+    data = bundle.read(REFERENCE, limit=bundle._limits.max_reference_bytes)
+    if sha256_bytes(data) != (bundle.manifest["files"].get(REFERENCE) or {}).get("sha256"):
+        msg = f"{bundle.path.name}: {REFERENCE} changed since its checksum was checked"
+        raise BundleRejected(msg)
+    try:
+        return read_npz(data)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        msg = f"{bundle.path.name}: {REFERENCE} is not a readable .npz ({short_reason(e)})"
+        raise BundleRejected(msg) from e
+
+
+def extract_private(bundle: Bundle, names: list[str]) -> Path:
+    """Stream the named (already checked) members into a new private temp folder (0700),
+    hashing them again on the way: what lands on disk is what the manifest lists."""
     folder = Path(tempfile.mkdtemp(prefix="edgeopt-verify-"))
-    for name in names:
-        target = folder / PurePosixPath(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(contents[name])
+    try:
+        for name in names:
+            target = folder / PurePosixPath(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            h = hashlib.sha256()
+            with os.fdopen(fd, "wb") as f:
+                for block in bundle.chunks(name):
+                    h.update(block)
+                    f.write(block)
+            if h.hexdigest() != bundle.manifest["files"][name].get("sha256"):
+                msg = f"{bundle.path.name}: {name} changed since its checksum was checked"
+                raise BundleRejected(msg)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return folder

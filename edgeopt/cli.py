@@ -15,6 +15,7 @@ import os
 import sys
 
 from edgeopt._cli_parser import BENCH_FLAGS, EXIT_USER_ERROR, bench_protocol, build_parser
+from edgeopt.runtimes.errors import short_reason
 
 __all__ = ["EXIT_INTERNAL", "EXIT_USER_ERROR", "bench_protocol", "build_parser", "main"]
 
@@ -25,14 +26,16 @@ BUDGET_EXIT = 3                 # the run finished, but the accuracy budget was 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from edgeopt._outdir import process_temp
     from edgeopt.errors import user_errors
 
     try:
-        return _dispatch(args)
+        with process_temp():
+            return _dispatch(args)
     except user_errors() as e:
         if args.debug:
             raise
-        sys.stderr.write(f"edgeopt: error: {e}\n")
+        sys.stderr.write(f"edgeopt: error: {_disk_full(e) or e}\n")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("edgeopt: interrupted; nothing was left under a final name\n")
@@ -40,9 +43,53 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
-        sys.stderr.write(f"edgeopt: internal error: {type(e).__name__}: {e} "
+        line = _known_failure(e)
+        if line:
+            sys.stderr.write(f"edgeopt: error: {line}\n")
+            return EXIT_USER_ERROR
+        sys.stderr.write(f"edgeopt: internal error: {type(e).__name__}: {short_reason(e)} "
                          "(rerun with --debug for the traceback)\n")
         return EXIT_INTERNAL
+
+
+def _chain(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _disk_full(error: BaseException) -> str | None:
+    """A full disk anywhere in the error's chain, named as such (libraries say it their own
+    way, or not at all)."""
+    import errno
+
+    for e in _chain(error):
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            where = e.filename or "the output"
+            return f"no space left on device writing {where}; free some space and rerun"
+    return None
+
+
+def _known_failure(error: BaseException) -> str | None:
+    """A failure of the machine or of a file, not of edgeopt: one line, exit 2.
+
+    A full disk anywhere in a step is named as such; other OS errors (a read-only or
+    vanished folder) say which file and why.
+    """
+    full = _disk_full(error)
+    if full:
+        return full
+    for e in _chain(error):
+        if isinstance(e, MemoryError):
+            return (f"out of memory ({short_reason(e) if str(e) else 'MemoryError'}); use "
+                    "smaller inputs or fewer samples")
+        if isinstance(e, OSError):
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            return f"{short_reason(e)}{where}" if not where or str(e.filename) not in str(e) \
+                else short_reason(e)
+    return None
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -157,7 +204,7 @@ def _optimize(args: argparse.Namespace) -> int:
     # Libraries (NNCF, ONNX Runtime's quantizer) print to stdout; with --json, stdout is
     # the report's alone, so everything else goes to stderr while the pipeline runs.
     with _stdout_to_stderr(args.quiet):
-        report = optimize(recipe=recipe, out=out, steps=steps)
+        report = optimize(recipe=recipe, out=out, steps=steps, overwrite=args.overwrite)
     data = report.to_dict()
     if args.json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
@@ -187,7 +234,7 @@ def _prune(args: argparse.Namespace) -> int:
     out = args.out or default_out(recipe.model)
     steps = Steps(quiet=args.quiet or _rank() != 0)
     with _stdout_to_stderr(args.quiet):
-        report = prune(recipe=recipe, out=out, steps=steps)
+        report = prune(recipe=recipe, out=out, steps=steps, overwrite=args.overwrite)
     if report is None:                  # a DDP rank other than 0: rank 0 reports
         return 0
     data = report.to_dict()

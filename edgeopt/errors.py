@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from edgeopt.runtimes.errors import short_reason
+
+__all__ = ["BudgetError", "EdgeoptError", "OutputError", "UsageError", "short_reason",
+           "user_errors"]
+
 
 class EdgeoptError(Exception):
     """Root of the core's errors (recipe, pipeline, report)."""

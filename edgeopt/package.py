@@ -31,6 +31,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from edgeopt._outdir import write_json_atomic
+
 # The constants and tolerance_for are re-exported: they were public names of this module.
 from edgeopt._package_manifest import (  # noqa: F401
     LABEL_NOTES,
@@ -40,9 +42,11 @@ from edgeopt._package_manifest import (  # noqa: F401
     REFERENCE_SEED,
     TOLERANCE,
     _labels,
+    _latency,
     _manifest,
     _reference_arrays,
     _reference_inputs,
+    latency_path,
     tolerance_for,
 )
 from edgeopt._package_payload import (  # noqa: F401
@@ -104,6 +108,9 @@ def package_model(model: Path, target: str, out: Path, *, palettize: int | None 
             raise UsageError(msg)
     elif suffix == ".onnx":
         files = {"onnx": model}
+        if model.stat().st_size == 0:
+            msg = f"cannot package '{model}': the file is empty (0 bytes)"
+            raise UsageError(msg)
     else:
         what = ".onnx or .xml (OpenVINO IR)" if spec.model_format == "openvino-ir" else ".onnx"
         msg = f"cannot package '{model}' for {target}: expected a {what} file or a run folder"
@@ -176,9 +183,13 @@ def _build(source: BundleSource, target: str, out: Path, palettize, group_size, 
         manifest = _manifest(source, target, spec, loaded, model_files, conversion, precision,
                              inputs, outputs, input_note, palettization, labels, label_note)
         tick(4)
-        write_bundle(out, files, manifest)
+        sha = write_bundle(out, files, manifest)
+        latency = _latency(source)
+        if latency:
+            write_json_atomic(latency_path(out), {"bundle": out.name, "bundle_sha256": sha,
+                                                  "latency": latency})
         tick(5)
-    return {**manifest, "files": file_entries(files)}
+    return {**manifest, "files": file_entries(files), "latency": latency}
 
 
 def _check_out(out: Path, inputs: list[Path]) -> None:

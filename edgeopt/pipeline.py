@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from edgeopt import report as reporting
-from edgeopt._outdir import Staging, check_output_dir
+from edgeopt._outdir import check_output_dir, claim_output
 from edgeopt._progress import Steps
 from edgeopt.backends import get_backend, onnx_runner, runtime_names
 from edgeopt.errors import UsageError
@@ -50,7 +50,8 @@ def default_out(spec: str, suffix: str = "") -> Path:
 
 
 def optimize(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
-             out: str | Path | None = None, steps: Steps | None = None, **overrides) -> Report:
+             out: str | Path | None = None, steps: Steps | None = None,
+             overwrite: bool = False, **overrides) -> Report:
     """Run the pipeline; returns the report (also written to ``OUT/report.json``, with
     ``report.md`` and ``recipe.yaml``).
 
@@ -59,25 +60,26 @@ def optimize(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
     are flat recipe options (see :meth:`Recipe.override`).
 
     Every input problem is raised before anything is written; a failure later removes
-    what this run staged, so no half-written artifact is left under a final name.
+    what this run staged, so no half-written artifact is left under a final name. ``out``
+    is held by this run alone; a previous run's output there is refused unless
+    ``overwrite``, which replaces it whole (like ``out``, not part of the recipe).
     """
     recipe = resolve_recipe(model, recipe, **overrides)
     out = Path(out) if out is not None else default_out(recipe.model)
     progress = steps or Steps(quiet=True)
     started = time.time()
     state = load(recipe, out, progress)        # every input checked; nothing written yet
-    staging = state.staging = Staging(out)
-    try:
+    inputs = (state.prepared.source.path,) if state.prepared.source.path else ()
+    # One writer per --out, from the first staged file to the last bundle.
+    with claim_output(out, overwrite=overwrite, inputs=inputs) as staging:
+        state.staging = staging
         for step in OPTIMIZE:                   # reference, prune, export, convert, ...
             step(state)
         result = report(state, started)
         files = [f for art in state.artifacts for f in (art.file, *art.companions)]
         files += reporting.write(staging.dir, result)
         staging.commit(files)
-    except BaseException:
-        staging.abort()
-        raise
-    package(recipe, out, progress)
+        package(recipe, out, progress)
     return result
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgeopt import pipeline
 from edgeopt import report as reporting
-from edgeopt._outdir import Staging, check_output_dir
+from edgeopt._outdir import check_output_dir, claim_output
 from edgeopt._progress import Steps
 from edgeopt.recipe import Recipe
 from edgeopt.report import ArtifactRecord, Report
@@ -31,9 +31,11 @@ def default_out(spec: str) -> Path:
 
 
 def prune(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
-          out: str | Path | None = None, steps: Steps | None = None, **overrides) -> Report | None:
+          out: str | Path | None = None, steps: Steps | None = None,
+          overwrite: bool = False, **overrides) -> Report | None:
     """Run ``edgeopt prune`` (the recipe's ``prune`` section set); returns the report, or
-    None on a DDP rank other than 0 (which writes nothing)."""
+    None on a DDP rank other than 0 (which writes nothing). ``out`` is held by this run
+    alone; a previous run's output there is refused unless ``overwrite`` (replaced whole)."""
     from edgeopt._prune_step import check_prune
     from edgeopt._source import load_source, prepare
     from edgeopt.calibrate.finetune import is_main_process, shutdown_distributed
@@ -65,7 +67,7 @@ def prune(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
         prune_step(state)
         if not is_main_process():
             return None
-        return _write(state, out, started)
+        return _write(state, out, started, overwrite)
     finally:
         shutdown_distributed()
 
@@ -76,15 +78,15 @@ def reporting_runtime() -> str:
     return onnx_runner().runtime
 
 
-def _write(state: RunState, out: Path, started: float) -> Report:
+def _write(state: RunState, out: Path, started: float, overwrite: bool = False) -> Report:
     import torch
 
     from edgeopt._prune_step import artifact_figures
     from edgeopt.calibrate.pruning import deflated_size
     from edgeopt.convert import file_sha256
 
-    staging = state.staging = Staging(out)
-    try:
+    with claim_output(out, overwrite=overwrite) as staging:
+        state.staging = staging
         export(state, file=f"{state.name}.pruned.onnx")
         art = state.artifacts[-1]
         value = evaluate_artifact(state, art)
@@ -112,7 +114,4 @@ def _write(state: RunState, out: Path, started: float) -> Report:
         files = [onnx_path.name, weights.name]
         files += reporting.write(staging.dir, report, prune=True)
         staging.commit(files)
-    except BaseException:
-        staging.abort()
-        raise
     return report

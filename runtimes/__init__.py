@@ -49,6 +49,7 @@ from edgeopt.runtimes.errors import (
     UnknownAdapter,
     UnknownDevice,
     first_line,
+    short_reason,
 )
 
 # The one adapter registry, resolved lazily so importing this package imports no runtime.
@@ -116,6 +117,7 @@ __all__ = [
     "compare",
     "cosine",
     "first_line",
+    "short_reason",
     "get_adapter",
     "load_devices",
     "max_abs_diff",

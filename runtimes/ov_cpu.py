@@ -16,6 +16,7 @@ from edgeopt.runtimes.errors import (
     ModelLoadFailed,
     StaticShapesRequired,
     first_line,
+    short_reason,
 )
 
 
@@ -48,10 +49,8 @@ class OvLoaded:
 
 def plugin_error(error: BaseException) -> str:
     """The line of an OpenVINO exception that says what went wrong, not where it was thrown."""
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith("Exception from ")]
-    line = (useful or lines or [type(error).__name__])[0]
-    return re.sub(r'"[^"]*/([^"/]+\.so[^"]*)"', r'"\1"', line)[:300]
+    line = re.sub(r'"[^"]*/([^"/]+\.so[^"]*)"', r'"\1"', str(error))
+    return short_reason(line or type(error).__name__)
 
 
 def dynamic_inputs(ov_model) -> list[str]:

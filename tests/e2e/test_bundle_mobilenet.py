@@ -40,7 +40,8 @@ def test_mobilenet_v2_android_bundle(run_cli, tmp_path):
     assert manifest["inputs"][0]["shape"] == [1, 3, 224, 224]
     assert manifest["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert manifest["labels"] is None and "ImageNet" in manifest["labels_note"]
-    assert [r["label"] for r in manifest["latency"]] == ["measured"]
+    latency = json.loads((out / "mobilenet-v2-android.latency.json").read_text())
+    assert [r["label"] for r in latency["latency"]] == ["measured"]
     # 49 integer convolutions; the stem's three stay FP32 (qdq_graph.stem_block)
     assert manifest["quantization"]["integer_kernels"]["QLinearConv"] == 49
     assert "QLinearConv" in members["required_operators.config"].decode()

@@ -47,7 +47,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "RuntimeAdapterError", "StaticShapesRequired", "TensorSpec", "UnknownAdapter",
         "UnknownDevice", "absent_reason", "check", "compare", "cosine", "first_line",
         "get_adapter", "load_devices", "max_abs_diff", "output_diff", "peak_abs",
-        "row_cosines", "run_benchmark",
+        "row_cosines", "run_benchmark", "short_reason",
     ]),
 }
 
