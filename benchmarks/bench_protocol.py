@@ -7,7 +7,7 @@ new order per artifact, so the machine's noise falls on all of them alike):
 
 - ``old``: the fixed protocol edgeopt had (100 runs and 3 s per repeat, 3 repeats);
 - ``new``: the default now (adaptive: at least 50 runs and 1 s, then stop once the p50's
-  bootstrap 95% interval is within +-2%, cap 10 s; 2 repeats);
+  bootstrap 95% interval is within +-2%, cap 3 s; 2 repeats);
 - ``new-1``: the same with one repeat (one fresh process), to show what repeats buy.
 
 Printed per artifact and protocol: the mean wall time of one benchmark (fresh processes,

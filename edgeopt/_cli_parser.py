@@ -74,7 +74,8 @@ def bench_flags(p: argparse.ArgumentParser) -> None:
                    help="then stop once the p50's bootstrap 95%% interval is within PCT%% "
                         "of it (default 2; 0: stop at the minimums, fixed length)")
     g.add_argument("--bench-max-seconds", type=float, metavar="S",
-                   help="cap per repeat, whatever the interval (default 10)")
+                   help="cap per repeat, whatever the interval (default 3; at least "
+                        "--bench-seconds)")
     g.add_argument("--bench-repeats", type=int,
                    help="independent repeats, each in a fresh process (default 2)")
     g.add_argument("--threads", type=int,
@@ -87,9 +88,12 @@ def bench_protocol(args: argparse.Namespace, base=None):
 
     from edgeopt.runtimes import BenchProtocol
 
+    base = base or BenchProtocol()
     given = {field: getattr(args, flag) for flag, field in BENCH_FLAGS.items()
              if getattr(args, flag, None) is not None}
-    return replace(base or BenchProtocol(), **given)
+    if "max_seconds" not in given and given.get("min_seconds", 0) > base.max_seconds:
+        given["max_seconds"] = given["min_seconds"]     # a longer minimum lifts the cap
+    return replace(base, **given)
 
 
 def _prune_flags(p: argparse.ArgumentParser, *, required: bool) -> None:

@@ -58,7 +58,7 @@ class BenchProtocol:
     warmup: int = 10
     min_iterations: int = 50
     min_seconds: float = 1.0
-    max_seconds: float = 10.0
+    max_seconds: float = 3.0
     repeats: int = 2
     threads: int | None = None
     ci_pct: float | None = 2.0

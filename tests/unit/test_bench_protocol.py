@@ -36,7 +36,8 @@ def test_a_steady_model_stops_on_the_interval_right_after_the_minimums():
 
 def test_the_minimum_count_is_respected_on_a_slow_model():
     clock = FakeClock([0.5])
-    times, stopped = timed_runs(clock.run, BenchProtocol(min_iterations=7, min_seconds=1.0),
+    times, stopped = timed_runs(clock.run, BenchProtocol(min_iterations=7, min_seconds=1.0,
+                                                               max_seconds=10.0),
                                 clock=clock)
     assert stopped == "ci" and len(times) == 7
 
@@ -66,7 +67,8 @@ def test_ci_zero_is_the_fixed_length_protocol():
     rng = np.random.default_rng(2)
     clock = FakeClock(rng.choice([0.001, 0.100], size=10_000))
     times, stopped = timed_runs(clock.run, BenchProtocol(min_iterations=100, min_seconds=0.0,
-                                                         ci_pct=0), clock=clock)
+                                                         ci_pct=0, max_seconds=60.0),
+                                clock=clock)
     assert stopped == "fixed" and len(times) == 100
 
 
@@ -119,3 +121,14 @@ def test_old_protocol_fields_still_build_a_protocol():
 def test_bad_protocols_are_named(kwargs, message):
     with pytest.raises(InvalidProtocol, match=message):
         BenchProtocol(**kwargs)
+
+
+def test_a_longer_minimum_on_the_command_line_lifts_the_cap():
+    from edgeopt._cli_parser import bench_protocol, build_parser
+
+    args = build_parser().parse_args(["bench", "m.onnx", "--bench-seconds", "5"])
+    protocol = bench_protocol(args)
+    assert protocol.min_seconds == 5.0 and protocol.max_seconds == 5.0
+    args = build_parser().parse_args(["bench", "m.onnx", "--bench-ci", "0",
+                                      "--bench-max-seconds", "20"])
+    assert bench_protocol(args).ci_pct == 0 and bench_protocol(args).max_seconds == 20.0
