@@ -109,20 +109,29 @@ def run_bench(args: argparse.Namespace) -> int:
                 row = {"device": target.label, "adapter": target.adapter,
                        "runtime": target.runtime, "model": str(model),
                        "bench": {"label": "unavailable", "reason": str(e)}}
-        for key in ("static_shapes",):
-            if key in row:
-                out.warn(row[key])
-        if row.get("unsupported_ops"):
-            out.warn(f"{target.label} via {target.adapter}: {len(row['unsupported_ops'])} "
-                     f"operations cannot run on the device: {', '.join(row['unsupported_ops'])}")
-        if "unavailable" in row:
-            out.warn(f"{target.label} via {target.adapter}: not present here "
-                     f"({row['unavailable']})")
+        _warn_row(out, target, row)
         results.append(row)
     if args.json:
         sys.stdout.write(json.dumps(results, indent=2) + "\n")
     else:
         out.bench_table(results)
+    return _exit_code(results, refused)
+
+
+def _warn_row(out, target, row: dict) -> None:
+    """What the user should know about one target's row, as warnings."""
+    if "static_shapes" in row:
+        out.warn(row["static_shapes"])
+    if row.get("unsupported_ops"):
+        out.warn(f"{target.label} via {target.adapter}: {len(row['unsupported_ops'])} "
+                 f"operations cannot run on the device: {', '.join(row['unsupported_ops'])}")
+    if "unavailable" in row:
+        out.warn(f"{target.label} via {target.adapter}: not present here "
+                 f"({row['unavailable']})")
+
+
+def _exit_code(results: list[dict], refused: list[str]) -> int:
+    """2: a target refused, or no figure at all; 1: outputs under emulation differ."""
     for line in refused:
         sys.stderr.write(f"edgeopt: error: {line}\n")
     if refused:
