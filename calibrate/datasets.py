@@ -75,6 +75,7 @@ class _Source:
     labels: np.ndarray | None
     what: str                                  # "12 images in data/", "factory m:f", ...
     preprocessing: dict[str, Any] | None = None
+    streamed: bool = False                     # images, factories: capped by default
 
 
 def read_split(spec: str, inputs: Sequence[InputSpec], calib_n: int | None,
@@ -121,8 +122,7 @@ def check_disjoint(calib: Dataset, held_out: Dataset, spec: str) -> None:
 # ------------------------------------------------------------------------------ sources
 
 def _default_count(source: _Source, available: int) -> int:
-    return available if source.preprocessing is None and "factory" not in source.what \
-        else min(available, DEFAULT_STREAM_SAMPLES)
+    return min(available, DEFAULT_STREAM_SAMPLES) if source.streamed else available
 
 
 def _spread(n: int, total: int, seed: int) -> np.ndarray:
@@ -213,7 +213,7 @@ def _images(files: list[Path], labels, what: str, inputs: Sequence[InputSpec], p
         return sample
 
     return _Source(len(files), load, labels, f"{what}, preprocessing {pre.to_spec()}",
-                   pre.to_dict())
+                   pre.to_dict(), streamed=True)
 
 
 def _labelled_images(folder: Path, role: str) -> tuple[list[Path], np.ndarray | None]:
@@ -302,4 +302,4 @@ def _factory(spec: str, inputs: Sequence[InputSpec], role: str, n: int) -> _Sour
         raise CalibrationDataError(msg)
     merged = np.asarray(given) if given else None
     return _Source(len(samples), samples.__getitem__, merged,
-                   f"factory {spec} ({len(samples)} samples)")
+                   f"factory {spec} ({len(samples)} samples)", streamed=True)

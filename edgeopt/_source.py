@@ -19,7 +19,6 @@ from edgeopt.convert import (
 from edgeopt.errors import UsageError
 from edgeopt.metrics import BUILTIN, resolve_metric
 from edgeopt.recipe import Recipe
-from edgeopt.runtimes import row_cosines
 
 REF_PREFIX = "ref:"
 
@@ -79,7 +78,7 @@ class Prepared:
             return float(self.reference.score(outputs, self.eval_set, fp32_outputs))
         if self.labels is not None and _integral(self.labels):
             return BUILTIN["top1"](outputs, fp32_outputs, self.labels)
-        return mean_cosine(outputs, fp32_outputs)
+        return BUILTIN["cosine"](outputs, fp32_outputs, None)
 
 
 TASK_METRICS = ("accuracy", "lee_pearson")
@@ -87,13 +86,6 @@ TASK_METRICS = ("accuracy", "lee_pearson")
 
 def _integral(labels: np.ndarray) -> bool:
     return np.issubdtype(np.asarray(labels).dtype, np.integer)
-
-
-def mean_cosine(outputs: np.ndarray, reference: np.ndarray | None) -> float:
-    if reference is None:
-        msg = "output cosine needs the FP32 outputs"
-        raise ValueError(msg)
-    return float(row_cosines(reference, outputs).mean())
 
 
 def artifact_stem(spec: str) -> str:

@@ -148,14 +148,20 @@ def output_figures(reference: list[list[np.ndarray]], outputs: list[list[np.ndar
     against the FP32 reference on the same samples (one list of outputs per sample)."""
     figures = []
     for i in range(len(reference[0]) if reference else 0):
-        ref = np.concatenate([np.asarray(r[i], dtype=np.float64).ravel()[None] for r in reference])
-        out = np.concatenate([np.asarray(o[i], dtype=np.float64).ravel()[None] for o in outputs])
+        pairs = [(np.asarray(r[i], dtype=np.float64).ravel(),
+                  np.asarray(o[i], dtype=np.float64).ravel()) for r, o in zip(reference, outputs,
+                                                                              strict=True)]
         figures.append({"output": names[i] if i < len(names) else f"output {i}",
-                        **_one_output(ref, out)})
+                        **_one_output(pairs)})
     return figures
 
 
-def _one_output(ref: np.ndarray, out: np.ndarray) -> dict:
+def _one_output(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Figures of one output over (reference, output) pairs, one pair per sample; a
+    sample's size may differ from another's (dynamic output shapes)."""
+    ref = np.concatenate([r for r, _ in pairs])
+    out = np.concatenate([o for _, o in pairs])
+    cosine = float(np.mean([row_cosines(r[None], o[None])[0] for r, o in pairs]))
     lo, hi = float(ref.min()), float(ref.max())
     lo8, hi8 = float(out.min()), float(out.max())
     span = hi - lo
@@ -164,13 +170,13 @@ def _one_output(ref: np.ndarray, out: np.ndarray) -> dict:
     beyond_hi, beyond_lo = ref > hi8 + tol, ref < lo8 - tol
     saturated = int(np.sum(beyond_hi & (out >= hi8 - tol)) + np.sum(beyond_lo & (out <= lo8 + tol)))
     beyond = int(beyond_hi.sum() + beyond_lo.sum())
-    return {"cosine": round(float(row_cosines(ref, out).mean()), 6),
+    return {"cosine": round(cosine, 6),
             "sqnr_db": round(sqnr_db(ref, out), 3),
             "max_rel_error": round(max_rel_error(ref, out), 6),
             "range_coverage": round(coverage, 6),
             "saturated": saturated,
             "clipped": bool(span > 0 and coverage < MIN_COVERAGE
-                            and saturated >= max(MIN_SATURATED, 0.01 * len(ref))
+                            and saturated >= max(MIN_SATURATED, 0.01 * len(pairs))
                             and saturated >= beyond / 2)}
 
 

@@ -15,6 +15,7 @@ from edgeopt import pipeline
 from edgeopt import report as reporting
 from edgeopt._outdir import check_output_dir, claim_output
 from edgeopt._progress import Steps
+from edgeopt.backends import onnx_runner
 from edgeopt.recipe import Recipe
 from edgeopt.report import ArtifactRecord, Report
 from edgeopt.steps import RunState, evaluate_artifact, export, reference
@@ -46,7 +47,7 @@ def prune(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
     if recipe.prune is None:
         msg = "prune needs --prune-mode (magnitude-global, channels, ...)"
         raise UsageError(msg)
-    recipe = replace(recipe, runtimes=(reporting_runtime(),), quant=replace(recipe.quant,
+    recipe = replace(recipe, runtimes=(onnx_runner().runtime,), quant=replace(recipe.quant,
                                                                            enabled=False))
     out = Path(out) if out is not None else default_out(recipe.model)
     progress = steps or Steps(quiet=True)
@@ -70,12 +71,6 @@ def prune(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
         return _write(state, out, started, overwrite)
     finally:
         shutdown_distributed()
-
-
-def reporting_runtime() -> str:
-    from edgeopt.backends import onnx_runner
-
-    return onnx_runner().runtime
 
 
 def _write(state: RunState, out: Path, started: float, overwrite: bool = False) -> Report:

@@ -233,11 +233,11 @@ def evaluate_artifact(state: RunState, art: Artifact) -> float:
         art.accuracy = {"metric": prepared.metric, "value": round(value, 6),
                         "samples": len(prepared.eval_inputs),
                         **prepared.extra_metrics(outs, state.fp32_ref),
-                        "outputs": output_figures(state.ref_outs, runs, loaded_names(loaded))}
+                        "outputs": output_figures(state.ref_outs, runs, _output_names(loaded))}
     return value
 
 
-def loaded_names(loaded) -> tuple[str, ...]:
+def _output_names(loaded) -> tuple[str, ...]:
     return tuple(spec.name for spec in getattr(loaded, "outputs", ()))
 
 
