@@ -37,7 +37,7 @@ class Row:
     what: str
     runtime: str
     path: Path
-    sqnr: float | None = None          # mean activation SQNR vs FP32 over quantized layers, dB
+    choices: list[str] = field(default_factory=list)   # what edgeopt's run kept / dropped
     run: object = None
     metric: float = float("nan")
     extra: dict = field(default_factory=dict)
@@ -50,10 +50,11 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in files)
 
 
-def _mean_sqnr(q) -> float | None:
-    """Mean SQNR (dB) of the artifact's quantized activations against FP32, over layers."""
-    finite = [r["sqnr_db"] for r in q.layer_sqnr if np.isfinite(r["sqnr_db"])]
-    return float(np.mean(finite)) if finite else None
+def _choice(t: dict) -> str:
+    """A weighed default, in a few words: ``fp32-stem: dropped (gain -0.0053)``."""
+    if "not_weighed" in t:
+        return f"{t['choice']}: {'kept' if t['kept'] else 'not built'}"
+    return f"{t['choice']}: {'kept' if t['kept'] else 'dropped'} (gain {t['gain']:+.4f})"
 
 
 def build(name: str, work: Path, console: Console) -> tuple[object, list[Row], dict]:
@@ -65,7 +66,7 @@ def build(name: str, work: Path, console: Console) -> tuple[object, list[Row], d
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgeopt.calibrate import QuantConfig, quantize_for_openvino, quantize_onnx_for_ort
+    import edgeopt
     from edgeopt.calibrate.calibrators import compute_ranges, sqnr_gain_db
     from edgeopt.calibrate.quantize import CalibrationReader, activation_stats
 
@@ -92,20 +93,19 @@ def build(name: str, work: Path, console: Console) -> tuple[object, list[Row], d
 
     stats = activation_stats(fp32_onnx, calib)
     gains = {}
-    quantized: set[str] = set()       # the tensors the ONNX Runtime artifacts quantize
     for calibrator in CALIBRATORS:
-        console.log(f"{name}: edgeopt {calibrator}")
-        config = QuantConfig(calibrator=calibrator)
-        q = quantize_onnx_for_ort(fp32_onnx, work / f"{name}.{calibrator}.onnx", calib, config,
-                                  stats=stats)
-        rows.append(Row(f"edgeopt {calibrator}", "onnxruntime", q.path, sqnr=_mean_sqnr(q)))
-        quantized |= {r["tensor"] for r in q.layer_sqnr}
-        q = quantize_for_openvino(fp32_xml, work / f"{name}.{calibrator}.xml", calib, config,
-                                  stats=stats, fp32_onnx=fp32_onnx)
-        rows.append(Row(f"edgeopt {calibrator}", "openvino", q.path, sqnr=_mean_sqnr(q)))
-        ranges = compute_ranges(stats, calibrator)
-        values = list(sqnr_gain_db(stats, {t: r for t, r in ranges.items() if t in quantized})
-                      .values())
+        # edgeopt's artifacts as a user gets them: the whole pipeline, its defaults and the
+        # choices it weighed on this machine (stem, saturation guard), timing left to here
+        console.log(f"{name}: edgeopt {calibrator} (edgeopt.optimize)")
+        out = work / f"edgeopt-{calibrator}"
+        report = edgeopt.optimize(f"ref:{name}", out=out, overwrite=True, benchmark=False,
+                                  calibrator=calibrator)
+        for a in report.artifacts:
+            if a.precision == "int8":
+                rows.append(Row(f"edgeopt {calibrator}", a.runtime, out / a.path,
+                                choices=[_choice(t) for t in report.tradeoffs
+                                         if t["runtime"] == a.runtime]))
+        values = list(sqnr_gain_db(stats, compute_ranges(stats, calibrator)).values())
         gains[calibrator] = (float(np.mean(values)), float(np.min(values)),
                              int(sum(v > 1e-9 for v in values)), len(values))
     return ref, rows, gains
@@ -137,8 +137,9 @@ def table(name: str, ref, rows: list[Row]) -> Table:
     t = Table(title=f"{name}: INT8 side by side (one run, interleaved timing, "
                     f"{len(rows[0].round_p50)} rounds)")
     for col in ("artifact", "runtime", "size KB", "p50 ms", "p90 ms", "vs FP32", ref.metric,
-                *extra_keys, "act SQNR dB", "p50 / peer p50", "per-round ratio"):
-        t.add_column(col, justify="left" if col in {"artifact", "runtime"} else "right")
+                *extra_keys, "p50 / peer p50", "per-round ratio", "weighed defaults"):
+        t.add_column(col, justify="left" if col in {"artifact", "runtime", "weighed defaults"}
+                     else "right")
     by = {(r.what, r.runtime): r for r in rows}
     for r in rows:
         p50 = float(np.median(r.times))
@@ -151,7 +152,7 @@ def table(name: str, ref, rows: list[Row]) -> Table:
         t.add_row(r.what, r.runtime, f"{_size(r.path) / 1024:.0f}", f"{p50:.3f}",
                   f"{np.percentile(r.times, 90):.3f}", f"{base / p50:.2f}x", f"{r.metric:.4f}",
                   *[f"{r.extra[k]:.4f}" if k in r.extra else "" for k in extra_keys],
-                  "" if r.sqnr is None else f"{r.sqnr:.1f}", ratio, per_round)
+                  ratio, per_round, "; ".join(r.choices))
     return t
 
 

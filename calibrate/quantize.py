@@ -295,7 +295,7 @@ def _refine(model, qdq, calib, config: QuantConfig, progress: Progress,
     if channels:
         notes.append(_saturation_note(coarser, channels, pairs))
     elif not config.saturation_guard:
-        notes.append("AVX2 saturation guard off (--no-saturation-guard): for CPUs with VNNI or ARM only")
+        notes.append("AVX2 saturation guard off: for CPUs with VNNI or ARM only")
     if keep_float(qdq):
         notes.append("FP32 layers read their input through a per-channel "
                      "DequantizeLinear, so ONNX Runtime does not quantize their weights")

@@ -36,11 +36,34 @@ def to_markdown(report: dict) -> str:
     lines += _quantization_lines(report["artifacts"])
     if report.get("accuracy_budget"):
         lines += _budget_lines(report["accuracy_budget"])
+    if report.get("tradeoffs"):
+        lines += _tradeoff_lines(report["tradeoffs"])
     if report.get("warnings"):
         lines += ["", "## Warnings", ""] + [f"- **{w}**" for w in report["warnings"]]
     lines += ["", "## Versions", ""]
     lines += [f"- {k}: {v}" for k, v in report["libraries"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _tradeoff_lines(tradeoffs: list[dict]) -> list[str]:
+    """Each default that trades speed for accuracy, as measured (edgeopt.tradeoffs)."""
+    lines = ["", "## Speed for accuracy", "",
+             "Each default that keeps part of an INT8 model in float, against the same build "
+             "without it, on the evaluation set; it stays only when it buys accuracy.", "",
+             "| runtime | choice | metric | with | without | gain | min gain | p50 with / "
+             "without | kept |", "|---|---|---|---|---|---|---|---|---|"]
+    for t in tradeoffs:
+        if "not_weighed" in t:
+            lines.append(f"| {t['runtime']} | {t['what']} | — | — | — | — | — | — | "
+                         f"yes, not weighed: {t['not_weighed']} |")
+            continue
+        cost = t["p50_cost"]
+        cost = cost if isinstance(cost, str) else (
+            f"{t['p50_ms_with']:.3f} / {t['p50_ms_without']:.3f} ms ({cost:.2f}x)")
+        lines.append(f"| {t['runtime']} | {t['what']} | {t['metric']} | {t['with']:.4f} | "
+                     f"{t['without']:.4f} | {t['gain']:+.4f} | {t['min_gain']:g} | {cost} | "
+                     f"{'yes' if t['kept'] else 'no: quantized'} |")
+    return lines
 
 
 def _artifact_lines(artifacts: list[dict]) -> list[str]:

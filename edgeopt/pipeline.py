@@ -161,6 +161,7 @@ def report(state: RunState, started: float) -> Report:
                   pruning=state.pruning.record if state.pruning is not None else None,
                   accuracy_budget=budget if budget and budget.max_accuracy_drop is not None
                   else None,
+                  tradeoffs=state.tradeoffs,
                   duration_s=round(time.time() - started, 2))
 
 

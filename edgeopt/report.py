@@ -102,6 +102,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     pruning: dict | None = None
     accuracy_budget: Any = None             # edgeopt.budget.Budget, with a budget set
+    tradeoffs: list[dict] = field(default_factory=list)   # edgeopt.tradeoffs: each weighed
     duration_s: float | None = None
     schema_version: int = SCHEMA_VERSION
 
@@ -115,6 +116,8 @@ class Report:
         out["artifacts"] = [a.to_dict() for a in self.artifacts]
         if self.accuracy_budget is not None:
             out["accuracy_budget"] = self.accuracy_budget.to_dict()
+        if self.tradeoffs:
+            out["tradeoffs"] = self.tradeoffs
         out["warnings"] = self.warnings
         if self.duration_s is not None:
             out["duration_s"] = self.duration_s

@@ -8,7 +8,7 @@ asks the backend registry (:mod:`edgeopt.backends`).
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class RunState:
     records: list = field(default_factory=list)    # edgeopt.report.ArtifactRecord
     step_records: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    tradeoffs: list[dict] = field(default_factory=list)   # edgeopt.tradeoffs.weigh records
 
     @property
     def name(self) -> str:
@@ -187,11 +188,51 @@ def quantize(state: RunState) -> None:
             evaluate=lambda art: evaluate_artifact(state, art),
             rank=lambda art, b=backend, j=job: b.sensitivity(art, j([])),
             warn=state.progress.warn)
-        warning = state.budget.record(runtime, outcome.artifact, outcome.value, outcome.reverted)
+        _weigh_choices(state, backend, job(outcome.reverted), outcome.artifact)
+        value = outcome.artifact.accuracy["value"]
+        warning = state.budget.record(runtime, outcome.artifact, value, outcome.reverted)
         if warning:
             state.warn(warning)
         _gate(state, outcome.artifact, runtime)
         state.artifacts.append(outcome.artifact)
+
+
+def _weigh_choices(state: RunState, backend, job: QuantJob, art: Artifact) -> None:
+    """Each default of ``art``'s build that trades speed for accuracy, measured against the
+    build without it and kept only where it buys accuracy (:mod:`edgeopt.tradeoffs`)."""
+    from edgeopt.tradeoffs import (
+        adopt,
+        describe,
+        discard,
+        not_weighed,
+        saturating_elsewhere,
+        time_pair,
+        weigh,
+    )
+
+    budget = state.budget
+    elsewhere = saturating_elsewhere(state.targets, art.runtime)
+    for choice in backend.speed_choices(art, job):
+        if choice.host_specific and elsewhere:
+            state.tradeoffs.append(not_weighed(choice, art.runtime, f"{', '.join(elsewhere)} "
+                                               "may need it and is not this machine"))
+            state.progress.console.print(f"  {describe(state.tradeoffs[-1])}")
+            continue
+        def build(changes: dict, c=choice) -> Artifact:
+            return backend.quantize(replace(job, variant=f"without-{c.name}",
+                                            config=replace(job.config, **changes)))
+
+        record = weigh(
+            choice, art, build=build, evaluate=lambda a: evaluate_artifact(state, a),
+            drop=budget.drop,
+            acceptable=lambda v: budget.allowed_drop is None
+            or budget.drop(v) <= budget.allowed_drop + 1e-9,
+            time_pair=time_pair(state.targets, state.recipe, state.staging,
+                                state.prepared.eval_inputs[0]),
+            adopt=lambda v: adopt(state.staging, art, v),
+            discard=lambda v: discard(state.staging, v))
+        state.tradeoffs.append(record)
+        state.progress.console.print(f"  {describe(record)}")
 
 
 def _gate(state: RunState, art: Artifact, runtime: str) -> None:

@@ -209,3 +209,40 @@ def detector_samples(n: int, seed: int = 0) -> np.ndarray:
     base = np.abs(rng.standard_normal((n, 1, 3, 8, 8))).astype(np.float32)
     brightness = np.geomspace(0.1, 3.0, n).astype(np.float32)[rng.permutation(n)]
     return base * brightness[:, None, None, None, None]
+
+
+def save_inverted_residual_onnx(path: Path, body: int = 27, branch: bool = False) -> Path:
+    """A MobileNet-like stem (3->8 conv, Clip, 8-channel depthwise, Relu, 8->4 projection)
+    and ``body`` more 4->4 convolutions; with ``branch`` the depthwise output is also read
+    by an Add."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits, nodes = [], []
+
+    def conv(name, x, shape, group=1, pads=0):
+        inits.append(numpy_helper.from_array(
+            (rng.standard_normal(shape) * 0.3).astype(np.float32), f"{name}_w"))
+        inits.append(numpy_helper.from_array(
+            (rng.standard_normal(shape[0]) * 0.1).astype(np.float32), f"{name}_b"))
+        nodes.append(helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [name], name=name,
+                                      group=group, pads=[pads] * 4))
+        return name
+
+    inits += [numpy_helper.from_array(np.float32(0.0), "lo"),
+              numpy_helper.from_array(np.float32(6.0), "hi")]
+    x = conv("stem", "input", (8, 3, 3, 3), pads=1)
+    nodes.append(helper.make_node("Clip", [x, "lo", "hi"], ["stem_act"], name="stem_clip"))
+    x = conv("dw", "stem_act", (8, 1, 3, 3), group=8, pads=1)
+    nodes.append(helper.make_node("Relu", [x], ["dw_act"], name="dw_relu"))
+    x = "dw_act"
+    if branch:
+        nodes.append(helper.make_node("Add", [x, x], ["twice"], name="branch"))
+        x = "twice"
+    x = conv("project", x, (4, 8, 1, 1))
+    for i in range(body):
+        x = conv(f"body{i}", x, (4, 4, 1, 1))
+        nodes.append(helper.make_node("Relu", [x], [f"body{i}_act"], name=f"body{i}_relu"))
+        x = f"body{i}_act"
+    nodes.append(helper.make_node("Identity", [x], ["output"], name="out"))
+    return _save(path, "inverted_residual", nodes, inits, ("output", [1, 4, 8, 8]))

@@ -45,9 +45,15 @@ class QuantJob:
     stats: Any                  # activation statistics of fp32_onnx over the calibration set
     staging: Any                # edgeopt._outdir.Staging: where files are written
     steps: Any                  # edgeopt._progress.Steps: progress and timing
+    variant: str | None = None  # a trial build's INT8 files carry it: NAME.VARIANT.int8-...
 
     def path(self, file: str) -> Path:
         return self.staging.path(file)
+
+    def int8_files(self, backend: Backend) -> tuple[str, ...]:
+        """The INT8 artifact's files for ``backend`` (a variant's under their own names)."""
+        name = f"{self.name}.{self.variant}" if self.variant else self.name
+        return backend.artifact_files(name, "int8")
 
 
 class Backend:
@@ -103,6 +109,11 @@ class Backend:
     def sensitivity(self, art: Artifact, job: QuantJob) -> list[tuple[str, ...]]:
         """Node groups of the FP32 graph, most damaged by quantization first."""
         return list(art.sensitivity)
+
+    def speed_choices(self, art: Artifact, job: QuantJob) -> list:
+        """The defaults of ``art``'s build that keep part of it in float for accuracy
+        (:class:`edgeopt.tradeoffs.Choice`), each weighed against the build without it."""
+        return []
 
 
 def quant_record(result, job: QuantJob, integer_kernels: dict[str, int] | None = None) -> dict:

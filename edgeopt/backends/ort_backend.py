@@ -38,7 +38,7 @@ class OrtBackend(Backend):
         from edgeopt.calibrate import quantize_onnx_for_ort
         from edgeopt.calibrate.quantize import sensitivity_order
 
-        out = job.path(self.artifact_files(job.name, "int8")[0])
+        out = job.path(job.int8_files(self)[0])
         samples, note = _qat_data(job.prepared) if job.config.qat_epochs else (None, "")
         with job.steps.step("quantize INT8 for ONNX Runtime") as update:
             q = quantize_onnx_for_ort(job.fp32_onnx, out, job.prepared.calib, job.config, update,
@@ -67,6 +67,21 @@ class OrtBackend(Backend):
         finally:
             probe.unlink(missing_ok=True)
         return sensitivity_order(q.layer_sqnr)
+
+    def speed_choices(self, art: Artifact, job: QuantJob) -> list:
+        """The FP32 stem (``calibrate.qdq_graph.stem_block``), when this build kept one,
+        and the AVX2 saturation guard."""
+        import onnx
+
+        from edgeopt.calibrate.quantize import stem_block
+        from edgeopt.tradeoffs import Choice, guard_choice
+
+        excluded = set((art.quantization or {}).get("excluded_nodes", ()))
+        stem = [n for n in stem_block(onnx.load(str(job.fp32_onnx)))
+                if n in excluded and n not in job.config.exclude_nodes]
+        choices = [Choice("fp32-stem", f"the stem ({len(stem)} convolutions) kept FP32",
+                          {"fp32_stem": False}, tuple(stem))] if job.config.fp32_stem and stem else []
+        return choices + guard_choice(art, job.config)
 
 
 def _qat_data(prepared):

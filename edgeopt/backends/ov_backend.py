@@ -37,7 +37,7 @@ class OvBackend(Backend):
         from edgeopt.calibrate import quantize_for_openvino
         from edgeopt.convert import canonical_names
 
-        xml, bin_ = self.artifact_files(job.name, "int8")
+        xml, bin_ = job.int8_files(self)
         fp32_xml = job.path(self.artifact_files(job.name, "fp32")[0])
         with job.steps.step("quantize INT8 for OpenVINO (NNCF)") as update:
             q = quantize_for_openvino(fp32_xml, job.path(xml), job.prepared.calib, job.config,
@@ -45,6 +45,12 @@ class OvBackend(Backend):
                                       before_save=canonical_names)
         return Artifact(xml, self.format, "int8", self.runtime, companions=(bin_,),
                         quantization=quant_record(q, job, getattr(q, "integer_kernels", None)))
+
+    def speed_choices(self, art: Artifact, job: QuantJob) -> list:
+        """The AVX2 saturation guard on NNCF's int8 weights."""
+        from edgeopt.tradeoffs import guard_choice
+
+        return guard_choice(art, job.config)
 
     def sensitivity(self, art: Artifact, job: QuantJob) -> list[tuple[str, ...]]:
         """Borrowed from ONNX Runtime's QDQ probe: the IR's names derive from the ONNX nodes."""

@@ -3,8 +3,6 @@ artifact keeps exactly those float while the rest runs integer kernels."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,45 +10,7 @@ from edgeopt.calibrate import QuantConfig, integer_kernel_counts, quantize_onnx_
 from edgeopt.calibrate.qdq_graph import stem_block
 
 from conftest import int8_quantization
-
-
-def _inverted_residual_net(path: Path, body: int = 27, branch: bool = False) -> Path:
-    """A MobileNet-like stem (3->8 conv, Clip, 8-channel depthwise, Relu, 8->4 projection)
-    and ``body`` more 4->4 convolutions; with ``branch`` the depthwise output is also read
-    by an Add."""
-    from onnx import helper, numpy_helper
-
-    from tiny_models import _save
-
-    rng = np.random.default_rng(0)
-    inits, nodes = [], []
-
-    def conv(name, x, shape, group=1, pads=0):
-        inits.append(numpy_helper.from_array(
-            (rng.standard_normal(shape) * 0.3).astype(np.float32), f"{name}_w"))
-        inits.append(numpy_helper.from_array(
-            (rng.standard_normal(shape[0]) * 0.1).astype(np.float32), f"{name}_b"))
-        nodes.append(helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [name], name=name,
-                                      group=group, pads=[pads] * 4))
-        return name
-
-    inits += [numpy_helper.from_array(np.float32(0.0), "lo"),
-              numpy_helper.from_array(np.float32(6.0), "hi")]
-    x = conv("stem", "input", (8, 3, 3, 3), pads=1)
-    nodes.append(helper.make_node("Clip", [x, "lo", "hi"], ["stem_act"], name="stem_clip"))
-    x = conv("dw", "stem_act", (8, 1, 3, 3), group=8, pads=1)
-    nodes.append(helper.make_node("Relu", [x], ["dw_act"], name="dw_relu"))
-    x = "dw_act"
-    if branch:
-        nodes.append(helper.make_node("Add", [x, x], ["twice"], name="branch"))
-        x = "twice"
-    x = conv("project", x, (4, 8, 1, 1))
-    for i in range(body):
-        x = conv(f"body{i}", x, (4, 4, 1, 1))
-        nodes.append(helper.make_node("Relu", [x], [f"body{i}_act"], name=f"body{i}_relu"))
-        x = f"body{i}_act"
-    nodes.append(helper.make_node("Identity", [x], ["output"], name="out"))
-    return _save(path, "inverted_residual", nodes, inits, ("output", [1, 4, 8, 8]))
+from tiny_models import save_inverted_residual_onnx as _inverted_residual_net
 
 
 def test_the_stem_runs_to_the_first_narrowing_convolution(tmp_path):
@@ -88,14 +48,29 @@ def test_onnx_runtime_keeps_the_stem_float_and_int8_stem_quantizes_it(tmp_path):
     assert counts.get("QLinearConv") == 26 and floats(counts) == 4, counts
 
 
-def test_int8_stem_flag_reaches_the_onnx_runtime_artifact(run_cli, tmp_path):
+def test_the_stem_is_weighed_and_int8_stem_quantizes_it(run_cli, tmp_path):
+    """By default the FP32 stem is built, then weighed against the same build without it
+    (edgeopt.tradeoffs): the artifact keeps it exactly when the report says it bought at
+    least the minimum gain. --int8-stem quantizes it and weighs nothing."""
+    import json
+
     path = _inverted_residual_net(tmp_path / "net.onnx")
     fast = ("--bench-seconds", "0", "--bench-iterations", "2", "--bench-repeats", "1",
             "--warmup", "0")
-    excluded = {}
+    excluded, tradeoffs = {}, {}
     for flag in ((), ("--int8-stem",)):
-        quantization = int8_quantization(run_cli, path, tmp_path / f"out{len(flag)}",
-                                         "--runtime", "onnxruntime", *fast, *flag)
+        out = tmp_path / f"out{len(flag)}"
+        quantization = int8_quantization(run_cli, path, out, "--runtime", "onnxruntime",
+                                         *fast, *flag)
         assert list(quantization) == ["onnxruntime"], quantization
         excluded[flag] = quantization["onnxruntime"]["excluded_nodes"]
-    assert excluded == {(): ["stem", "dw", "project"], ("--int8-stem",): []}
+        tradeoffs[flag] = [t for t in json.loads((out / "report.json").read_text())["tradeoffs"]
+                           if t["choice"] == "fp32-stem"]
+        assert not [f for f in out.iterdir() if "without" in f.name]
+    assert excluded[("--int8-stem",)] == [] and tradeoffs[("--int8-stem",)] == []
+    (record,) = tradeoffs[()]
+    assert record["choice"] == "fp32-stem" and record["nodes"] == ["stem", "dw", "project"]
+    assert record["gain"] == pytest.approx(record["with"] - record["without"], abs=1e-5)
+    assert record["kept"] == (record["gain"] >= record["min_gain"])
+    assert excluded[()] == (["stem", "dw", "project"] if record["kept"] else [])
+    assert isinstance(record["p50_ms_with"], float) and record["p50_cost"] > 0

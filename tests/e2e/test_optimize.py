@@ -214,13 +214,20 @@ def test_keep_first_fp32_leaves_the_first_convolution_in_float(run_cli, tiny_onn
 
 
 def test_no_saturation_guard_reaches_both_runtimes(run_cli, tiny_onnx, tmp_path):
-    notes = {}
+    """By default the guard is built, then weighed (edgeopt.tradeoffs): the artifact has it
+    exactly when the report says it was kept. --no-saturation-guard never builds it."""
+    notes, weighed = {}, {}
     for flag in ((), ("--no-saturation-guard",)):
-        quantization = int8_quantization(run_cli, tiny_onnx, tmp_path / f"out{len(flag)}",
-                                         *FAST_BENCH, *flag)
+        out = tmp_path / f"out{len(flag)}"
+        quantization = int8_quantization(run_cli, tiny_onnx, out, *FAST_BENCH, *flag)
         notes[flag] = {rt: " | ".join(q["notes"]) for rt, q in quantization.items()}
+        weighed[flag] = {t["runtime"]: t for t in json.loads((out / "report.json").read_text())
+                         .get("tradeoffs", []) if t["choice"] == "saturation-guard"}
+    assert weighed[("--no-saturation-guard",)] == {}
     for runtime in ("onnxruntime", "openvino"):
-        assert "AVX2 saturation guard:" in notes[()][runtime], notes[()]
+        guarded = "AVX2 saturation guard:" in notes[()][runtime]
+        record = weighed[()].get(runtime)
+        assert guarded == (record is None or record["kept"]), (notes[()], record)
         assert "AVX2 saturation guard:" not in notes[("--no-saturation-guard",)][runtime]
     assert "AVX2 saturation guard off" in notes[("--no-saturation-guard",)]["onnxruntime"]
 

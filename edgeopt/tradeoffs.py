@@ -1,0 +1,189 @@
+"""Speed is never traded silently. A default that trades speed for accuracy (a CNN's FP32
+stem on ONNX Runtime) or accuracy for speed on other CPUs (the AVX2 saturation guard's
+coarser weight scales, instead of slower U8U8 kernels) stays only when it buys accuracy on
+the evaluation set:
+the same build without it is made, evaluated and, when the run benchmarks, timed against
+it on the host, interleaved. Where the choice does not buy at least :func:`min_gain` of
+the run's metric, the layers are quantized and the build without it is the artifact. The
+report lists every choice with its measured gain and p50 cost either way.
+
+The backend says which choices its build made (:meth:`Backend.speed_choices`); the search
+knows nothing of runtimes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Choice", "adopt", "describe", "discard", "guard_choice", "min_gain", "not_weighed",
+           "saturating_elsewhere", "time_pair", "weigh"]
+
+# The metric gain that counts as "buys accuracy": a fraction-of-samples metric (top-1,
+# agreement, a custom one) must gain at least this much and at least one sample more;
+# cosine and SQNR have their own scale.
+MIN_GAIN = {"cosine": 0.0005, "sqnr": 0.25}
+MIN_FRACTION_GAIN = 0.002
+BENCH_ROUNDS = 2            # interleaved A/B rounds; each side's p50 is its lowest
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A default that trades speed for accuracy, and the build without it."""
+
+    name: str                   # e.g. "fp32-stem"
+    what: str                   # for people: "the stem (3 convolutions) kept FP32"
+    without: dict               # QuantConfig fields of the build without it
+    nodes: tuple[str, ...] = ()
+    # Its worth depends on the CPU's int8 kernels (the AVX2 saturation guard): not weighed
+    # when a target that is not this machine may need it (:func:`saturating_elsewhere`).
+    host_specific: bool = False
+
+
+_GUARD_NOTE = re.compile(r"AVX2 saturation guard: .*?(\d+) of (\d+) output channels got a "
+                         r"coarser weight scale")
+
+
+def guard_choice(art, config) -> list[Choice]:
+    """The AVX2 saturation guard, when this build has it and it changed any weight scale
+    (its note in the artifact's quantization record says how many)."""
+    if not config.saturation_guard:
+        return []
+    for note in (art.quantization or {}).get("notes", ()):
+        found = _GUARD_NOTE.search(note)
+        if found and int(found.group(1)) > 0:
+            return [Choice("saturation-guard",
+                           f"the AVX2 saturation guard ({found.group(1)} of {found.group(2)} "
+                           "output channels on coarser weight scales)",
+                           {"saturation_guard": False}, host_specific=True)]
+    return []
+
+
+DOT_PRODUCT = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def saturating_elsewhere(targets, runtime: str) -> list[str]:
+    """The target CPUs of ``runtime`` that are not this machine and may saturate int16
+    accumulation (x86 without int8 dot products, or ISA unknown): for them the guard is
+    kept unweighed, since the evaluation here cannot see what it prevents there."""
+    found = []
+    for t in targets:
+        unit = t.unit_obj
+        if t.runtime != runtime or not t.absent or getattr(unit, "kind", "cpu") != "cpu":
+            continue
+        if str(unit.arch or "").startswith(("aarch64", "arm")):
+            continue
+        if not any(f in (unit.isa or ()) for f in DOT_PRODUCT):
+            found.append(t.label)
+    return found
+
+
+def not_weighed(choice: Choice, runtime: str, reason: str) -> dict:
+    """The record of a choice kept without measuring it, and why."""
+    return {"runtime": runtime, "choice": choice.name, "what": choice.what, "kept": True,
+            "not_weighed": reason}
+
+
+
+def min_gain(metric: str, samples: int) -> float:
+    """The smallest metric gain that counts as buying accuracy for ``metric``."""
+    for kind, gain in MIN_GAIN.items():
+        if kind in metric:              # also "output_cosine_vs_fp32"
+            return gain
+    return max(MIN_FRACTION_GAIN, 1.0 / max(samples, 1))
+
+
+def weigh(choice: Choice, art, *, build: Callable, evaluate: Callable, drop: Callable,
+          acceptable: Callable, time_pair: Callable | None, adopt: Callable,
+          discard: Callable) -> dict:
+    """Measure ``choice`` on the INT8 artifact ``art`` and keep the better build.
+
+    ``build(config_changes)`` makes the artifact without the choice (under another name),
+    ``evaluate(a)`` scores an artifact, ``drop(value)`` is its metric drop from FP32
+    (positive: worse), ``acceptable(value)`` whether a metric value is within the run's
+    budget or gate (a build outside it is never adopted), ``time_pair(a, b)`` their host
+    p50s in ms (None: not timed), ``adopt(variant)`` makes the variant the artifact,
+    ``discard(variant)`` removes it. Returns the report's record of the choice."""
+    value = art.accuracy["value"]
+    variant = build(choice.without)
+    try:
+        variant_value = evaluate(variant)
+        gain = round(drop(variant_value) - drop(value), 6)      # what the choice buys
+        threshold = min_gain(art.accuracy["metric"], art.accuracy["samples"])
+        p50 = time_pair(art, variant) if time_pair is not None else None
+    except BaseException:
+        discard(variant)
+        raise
+    kept = gain >= threshold - 1e-12 or not acceptable(variant_value)
+    record = {"runtime": art.runtime, "choice": choice.name, "what": choice.what,
+              "metric": art.accuracy["metric"], "with": round(value, 6),
+              "without": round(variant_value, 6), "gain": gain, "min_gain": round(threshold, 6),
+              "kept": kept}
+    if choice.nodes:
+        record["nodes"] = list(choice.nodes)
+    if p50 is None:
+        record["p50_cost"] = "not timed"
+    else:
+        (with_ms, without_ms) = p50
+        record["p50_ms_with"], record["p50_ms_without"] = round(with_ms, 4), round(without_ms, 4)
+        record["p50_cost"] = round(with_ms / without_ms, 3)   # >1: the choice is slower
+    if kept:
+        discard(variant)
+    else:
+        adopt(variant)
+    return record
+
+
+def describe(record: dict) -> str:
+    """One line for the console: what the choice bought, cost, and what became of it."""
+    if "not_weighed" in record:
+        return f"{record['runtime']}: {record['what']}: kept, not weighed ({record['not_weighed']})"
+    cost = record["p50_cost"]
+    cost = cost if isinstance(cost, str) else f"p50 {cost:.2f}x the build without it"
+    verdict = ("kept: it buys accuracy" if record["kept"] else
+               "dropped: it buys less than " f"{record['min_gain']:g}, so the layers are quantized")
+    return (f"{record['runtime']}: {record['what']}: {record['metric']} {record['with']:.4f} "
+            f"with, {record['without']:.4f} without (gain {record['gain']:+.4f}; {cost}); "
+            f"{verdict}")
+
+
+def time_pair(targets, recipe, staging, feeds) -> Callable | None:
+    """A ``time_pair(a, b)`` that times two artifacts on the host target of their runtime,
+    interleaved, or None when the run does not benchmark or no such target is here."""
+    if not recipe.benchmark:
+        return None
+    from edgeopt._measure import run_target, target_availability
+
+    def timed(a, b) -> tuple[float, float] | None:
+        target = next((t for t in targets if t.runtime == a.runtime
+                       and target_availability(t).ok), None)
+        if target is None:
+            return None
+        best = [float("inf"), float("inf")]
+        for _ in range(BENCH_ROUNDS):
+            for i, art in enumerate((a, b)):
+                row = run_target(target, staging.path(art.file), feeds, recipe.bench)
+                p50 = row.get("bench", {}).get("p50_ms")
+                if p50 is None:
+                    return None
+                best[i] = min(best[i], p50)
+        return best[0], best[1]
+
+    return timed
+
+
+def adopt(staging, art, variant) -> None:
+    """The variant build becomes ``art``: its files take ``art``'s names, its figures
+    ``art``'s place."""
+    for src, dst in zip((variant.file, *variant.companions), (art.file, *art.companions),
+                        strict=True):
+        os.replace(staging.path(src), staging.path(dst))
+    art.accuracy, art.quantization = variant.accuracy, variant.quantization
+    art.sensitivity, art.status = variant.sensitivity, variant.status
+
+
+def discard(staging, variant) -> None:
+    for name in (variant.file, *variant.companions):
+        staging.path(name).unlink(missing_ok=True)

@@ -1,0 +1,93 @@
+"""edgeopt.tradeoffs.weigh: a speed-for-accuracy default stays only when it buys accuracy."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeopt.backends import Artifact
+from edgeopt.tradeoffs import Choice, describe, min_gain, weigh
+
+CHOICE = Choice("fp32-stem", "the stem (3 convolutions) kept FP32", {"fp32_stem": False},
+                ("a", "b", "c"))
+
+
+def _art(value: float, file: str = "m.int8-ort.onnx") -> Artifact:
+    return Artifact(file, "onnx", "int8", "onnxruntime",
+                    accuracy={"metric": "top1", "value": value, "samples": 375})
+
+
+def _weigh(with_value: float, without_value: float, *, budget: float | None = None,
+           timed: tuple[float, float] | None = None):
+    art, calls = _art(with_value), []
+    record = weigh(
+        CHOICE, art,
+        build=lambda changes: calls.append(("build", changes)) or _art(None, "v.onnx"),
+        evaluate=lambda a: without_value,
+        drop=lambda v: 0.82 - v,
+        acceptable=lambda v: budget is None or 0.82 - v <= budget,
+        time_pair=(lambda a, b: timed) if timed else None,
+        adopt=lambda v: calls.append(("adopt", v.file)),
+        discard=lambda v: calls.append(("discard", v.file)))
+    return record, calls
+
+
+def test_a_choice_that_buys_accuracy_stays_and_its_cost_is_reported():
+    record, calls = _weigh(0.820, 0.808, timed=(2.0, 1.6))
+    assert calls == [("build", {"fp32_stem": False}), ("discard", "v.onnx")]
+    assert record["kept"] and record["gain"] == pytest.approx(0.012)
+    assert record["p50_cost"] == pytest.approx(1.25) and record["p50_ms_without"] == 1.6
+    assert "kept" in describe(record)
+
+
+def test_a_choice_that_buys_nothing_is_dropped_and_the_layers_quantized():
+    record, calls = _weigh(0.820, 0.8187)
+    assert calls[-1] == ("adopt", "v.onnx") and not record["kept"]
+    assert record["p50_cost"] == "not timed"
+    assert "dropped" in describe(record)
+
+
+def test_a_build_outside_the_budget_is_never_adopted():
+    record, calls = _weigh(0.820, 0.8187, budget=0.0)
+    assert record["kept"] and calls[-1] == ("discard", "v.onnx")
+
+
+def test_the_variant_is_removed_when_measuring_it_fails():
+    calls = []
+
+    def evaluate(a):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        weigh(CHOICE, _art(0.8), build=lambda c: _art(None, "v.onnx"), evaluate=evaluate,
+              drop=lambda v: -v, acceptable=lambda v: True, time_pair=None,
+              adopt=lambda v: calls.append("adopt"), discard=lambda v: calls.append("discard"))
+    assert calls == ["discard"]
+
+
+def test_min_gain_is_at_least_one_sample_of_a_fraction_metric():
+    assert min_gain("top1", 375) == pytest.approx(1 / 375)
+    assert min_gain("top1", 5000) == pytest.approx(0.002)
+    assert min_gain("sqnr", 10) == 0.25
+    assert min_gain("output_cosine_vs_fp32", 8) == 0.0005
+
+
+def _target(runtime: str, kind: str, arch: str, isa: tuple[str, ...], label: str = "d:cpu",
+            absent: str | None = "not this machine"):
+    from types import SimpleNamespace
+
+    unit = SimpleNamespace(kind=kind, arch=arch, isa=isa)
+    return SimpleNamespace(runtime=runtime, unit_obj=unit, label=label, absent=absent)
+
+
+def test_the_guard_goes_unweighed_only_for_absent_cpus_without_dot_products():
+    from edgeopt.tradeoffs import saturating_elsewhere
+
+    host = _target("onnxruntime", "cpu", "x86_64", ("avx2",), "host-cpu:cpu", absent=None)
+    vnni = _target("onnxruntime", "cpu", "x86_64", ("avx2", "avx512_vnni"), "i7:cpu")
+    avx2 = _target("onnxruntime", "cpu", "x86_64", ("avx2", "fma"), "old:cpu")
+    arm = _target("onnxruntime", "cpu", "aarch64", ("asimd",), "rpi4:cpu")
+    gpu = _target("onnxruntime", "igpu", "x86_64", (), "x:igpu")
+    other = _target("openvino", "cpu", "x86_64", ("avx2",), "other:cpu")
+    assert saturating_elsewhere([host, vnni, arm, gpu, other], "onnxruntime") == []
+    assert saturating_elsewhere([host, avx2, other], "onnxruntime") == ["old:cpu"]
+    assert saturating_elsewhere([other], "openvino") == ["other:cpu"]
