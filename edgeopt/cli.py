@@ -127,7 +127,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 _PRUNE = {"prune_mode": "mode", "prune_ratio": "ratio", "prune_importance": "importance",
           "finetune_data": "finetune_data", "epochs": "epochs", "lr": "lr",
           "weight_decay": "weight_decay", "batch_size": "batch_size"}
-_DATA = ("input_shape", "calib", "calib_samples", "preprocess", "eval", "eval_samples", "metric")
+_DATA = ("name", "input_shape", "calib", "calib_samples", "preprocess", "eval", "eval_samples",
+         "metric")
 _OPTIMIZE = ("calibrator", "max_accuracy_drop", "max_fp32_nodes", "keep_first_fp32", "qat_epochs",
           "palettize", "group_size", "require_measured")
 _NEGATED = {"int8_stem": "fp32_stem", "no_saturation_guard": "saturation_guard",
@@ -199,7 +200,7 @@ def _optimize(args: argparse.Namespace) -> int:
     from edgeopt.pipeline import default_out, optimize
 
     recipe = _recipe(args, keys=_DATA + _OPTIMIZE)
-    out = args.out or default_out(recipe.model)
+    out = args.out or default_out(recipe)
     steps = Steps(quiet=args.quiet)
     # Libraries (NNCF, ONNX Runtime's quantizer) print to stdout; with --json, stdout is
     # the report's alone, so everything else goes to stderr while the pipeline runs.
@@ -231,7 +232,7 @@ def _prune(args: argparse.Namespace) -> int:
     from edgeopt.pruning import default_out, prune
 
     recipe = _recipe(args, keys=_DATA)
-    out = args.out or default_out(recipe.model)
+    out = args.out or default_out(recipe)
     steps = Steps(quiet=args.quiet or _rank() != 0)
     with _stdout_to_stderr(args.quiet):
         report = prune(recipe=recipe, out=out, steps=steps, overwrite=args.overwrite)
