@@ -214,7 +214,8 @@ def _optimize(args: argparse.Namespace) -> int:
 
         from edgeopt._tables import artifacts_table, console_width
 
-        Console(width=console_width()).print(artifacts_table(data))
+        console = Console(width=console_width())
+        console.print(artifacts_table(data, console.width))
         steps.console.print(f"wrote {out}/report.json, report.md and recipe.yaml")
     budget = data.get("accuracy_budget")
     if budget and not budget["met"]:
