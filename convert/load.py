@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeopt.convert.errors import InputShapeError, ModelLoadError, first_line, short_reason
+from edgeopt.convert.errors import InputShapeError, ModelLoadError, short_reason
 
 _FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 TORCH_KINDS = ("torch-factory", "torchscript", "exported-program")
@@ -129,9 +129,9 @@ def _load_onnx(spec: str, path: Path) -> SourceModel:
         onnx.checker.check_model(str(path))
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError, ValidationError, OSError...
-        reason = first_line(e)
         raise ModelLoadError(
-            spec, f"not a valid ONNX model ({reason[:200]})", "re-export it or check the file"
+            spec, f"not a valid ONNX model ({short_reason(e, 200)})",
+            "re-export it or check the file",
         ) from e
     initializers = {i.name for i in proto.graph.initializer}
     inputs = tuple(i.name for i in proto.graph.input if i.name not in initializers)
@@ -173,9 +173,8 @@ def _load_torchscript(spec: str, path: Path, shapes) -> SourceModel:
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
-        reason = first_line(e)
         raise ModelLoadError(
-            spec, f"not a TorchScript archive ({reason[:160]})",
+            spec, f"not a TorchScript archive ({short_reason(e, 160)})",
             "save it with torch.jit.save, or pass package.module:factory for an nn.Module",
         ) from e
     module.eval()

@@ -1,7 +1,7 @@
 """The `edgeopt` command line: optimize, prune, bench, devices, package, verify.
 
-A user's mistake prints one line and exits 2 (the traceback only with --debug); an
-internal failure exits 1. Human output goes to stderr, so `--json` keeps stdout clean.
+A user's mistake prints one line and exits 2; an internal failure exits 1; --debug adds
+the traceback above that line and keeps the exit code. Human output goes to stderr, so `--json` keeps stdout clean.
 ``optimize`` and ``prune`` build a Recipe (flags override ``--recipe FILE``) and call the
 same Python API the tests call.
 """
@@ -29,27 +29,34 @@ def main(argv: list[str] | None = None) -> int:
     from edgeopt._outdir import process_temp
     from edgeopt.errors import user_errors
 
+    # --debug adds the traceback before the same one line, and the same exit code
     try:
         with process_temp():
             return _dispatch(args)
     except user_errors() as e:
-        if args.debug:
-            raise
+        _traceback(args.debug)
         sys.stderr.write(f"edgeopt: error: {_disk_full(e) or e}\n")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("edgeopt: interrupted; nothing was left under a final name\n")
         return 130
     except Exception as e:
-        if args.debug:
-            raise
+        _traceback(args.debug)
         line = _known_failure(e)
         if line:
             sys.stderr.write(f"edgeopt: error: {line}\n")
             return EXIT_USER_ERROR
-        sys.stderr.write(f"edgeopt: internal error: {type(e).__name__}: {short_reason(e)} "
-                         "(rerun with --debug for the traceback)\n")
+        hint = "" if args.debug else " (rerun with --debug for the traceback)"
+        sys.stderr.write(f"edgeopt: internal error: {type(e).__name__}: {short_reason(e)}"
+                         f"{hint}\n")
         return EXIT_INTERNAL
+
+
+def _traceback(debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
 
 
 def _chain(error: BaseException):
