@@ -14,7 +14,8 @@ from typing import Any
 from edgeopt.convert.errors import InputShapeError, ModelLoadError, short_reason
 
 _FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-TORCH_KINDS = ("torch-factory", "torchscript", "exported-program")
+_SUFFIXES = {".onnx", ".xml", ".pt", ".pth", ".pt2", ".keras", ".tflite"}
+TORCH_KINDS = ("torch-factory", "torchscript", "exported-program", "keras")
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,9 @@ class SourceModel:
     """A loaded model and where it came from.
 
     ``kind`` is one of ``onnx``, ``openvino-ir``, ``torch-factory``, ``torchscript``,
-    ``exported-program``, ``reference``. Torch kinds carry ``module`` (an ``nn.Module``
-    or ``ExportedProgram``) and ``example_inputs``.
+    ``exported-program``, ``keras``, ``reference``. Torch kinds carry ``module`` (an
+    ``nn.Module`` or ``ExportedProgram``; a Keras model on the torch backend is wrapped in
+    one) and ``example_inputs``.
     """
 
     spec: str
@@ -88,23 +90,28 @@ def load_model(spec: str, input_shape: str | None = None) -> SourceModel:
     """
     shapes = parse_input_shapes(input_shape)
     path = Path(spec)
-    if path.suffix.lower() in {".onnx", ".xml", ".pt", ".pth", ".pt2"} or path.exists():
+    if path.suffix.lower() in _SUFFIXES or path.exists():
         return _load_file(spec, path, shapes)
     if _FACTORY_SPEC.match(spec):
         return _load_factory(spec, shapes)
     raise ModelLoadError(
         spec,
         "not a model file or a 'package.module:factory' spec",
-        "pass a .onnx, .xml (OpenVINO IR), .pt (TorchScript), .pt2 (ExportedProgram), "
-        "package.module:factory, or ref:NAME",
+        "pass a .onnx, .xml (OpenVINO IR), .pt (TorchScript), .pt2 (ExportedProgram), .keras, "
+        ".tflite, a TensorFlow SavedModel folder, package.module:factory, or ref:NAME",
     )
 
 
 def _load_file(spec: str, path: Path, shapes) -> SourceModel:
+    from edgeopt.convert import keras_tf
+
     if not path.exists():
         raise ModelLoadError(spec, "no such file", "check the path")
+    if keras_tf.is_saved_model(path):
+        return keras_tf.convert_tensorflow(spec, path)
     if path.is_dir():
-        raise ModelLoadError(spec, "is a directory, not a model file")
+        raise ModelLoadError(spec, "is a directory, not a model file (nor a TensorFlow "
+                                   "SavedModel: no saved_model.pb in it)")
     if path.stat().st_size == 0:
         raise ModelLoadError(spec, "the file is empty (0 bytes)", "re-export the model")
     suffix = path.suffix.lower()
@@ -116,8 +123,13 @@ def _load_file(spec: str, path: Path, shapes) -> SourceModel:
         return _load_torchscript(spec, path, shapes)
     if suffix == ".pt2":
         return _load_exported_program(spec, path)
+    if suffix == ".keras":
+        return keras_tf.load_keras(spec, path, shapes)
+    if suffix == ".tflite":
+        return keras_tf.convert_tensorflow(spec, path)
     raise ModelLoadError(
-        spec, f"unknown model file type '{suffix}'", "use .onnx, .xml, .pt or .pt2"
+        spec, f"unknown model file type '{suffix}'",
+        "use .onnx, .xml, .pt, .pt2, .keras, .tflite or a SavedModel folder"
     )
 
 
