@@ -138,8 +138,9 @@ def load_keras(spec: str, path: Path, shapes):
 
 def convert_tensorflow(spec: str, path: Path):
     """A TensorFlow SavedModel folder or ``.tflite`` file, converted to ONNX by tf2onnx
-    into this process's temporary folder; an ``onnx`` :class:`SourceModel` of it whose
-    ``spec`` and ``sha256`` stay the original's."""
+    into this process's temporary folder: a :class:`SourceModel` (kind ``tflite`` or
+    ``tensorflow-savedmodel``, run as ONNX from ``path``) whose ``spec`` and ``sha256`` stay
+    the original's."""
     from edgeopt.convert.load import SourceModel, file_sha256, load_model
 
     missing = [m for m in ("tensorflow", "tf2onnx") if importlib.util.find_spec(m) is None]
@@ -167,6 +168,7 @@ def convert_tensorflow(spec: str, path: Path):
         sha = digest.hexdigest()
     else:
         sha = file_sha256(path)
-    return SourceModel(spec, "onnx", path=out, sha256=sha, input_names=onnx_model.input_names,
+    kind = "tflite" if path.suffix.lower() == ".tflite" else "tensorflow-savedmodel"
+    return SourceModel(spec, kind, path=out, sha256=sha, input_names=onnx_model.input_names,
                        output_names=onnx_model.output_names,
                        extra={"converted_from": what, "converter": "tf2onnx"})

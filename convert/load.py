@@ -23,7 +23,8 @@ class SourceModel:
     """A loaded model and where it came from.
 
     ``kind`` is one of ``onnx``, ``openvino-ir``, ``torch-factory``, ``torchscript``,
-    ``exported-program``, ``keras``, ``reference``. Torch kinds carry ``module`` (an
+    ``exported-program``, ``keras``, ``reference``, ``tflite`` or ``tensorflow-savedmodel``
+    (converted to the ONNX file at ``path``). Torch kinds carry ``module`` (an
     ``nn.Module`` or ``ExportedProgram``; a Keras model on the torch backend is wrapped in
     one) and ``example_inputs``.
     """

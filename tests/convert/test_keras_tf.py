@@ -3,6 +3,7 @@ extra (issue 20)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import sys
@@ -135,3 +136,58 @@ def test_a_folder_that_is_not_a_saved_model_is_refused(run_cli, tmp_path):
     (tmp_path / "folder").mkdir()
     result = run_cli("optimize", tmp_path / "folder", "--out", tmp_path / "out", *FAST)
     assert result.code == 2 and "no saved_model.pb" in result.err, result.err
+
+
+FAKE_TF2ONNX = '''
+"""A stand-in for tf2onnx's command line: records its arguments, writes a tiny ONNX model."""
+import json, os, shutil, sys
+
+args = sys.argv[1:]
+with open(os.environ["FAKE_TF2ONNX_LOG"], "w") as f:
+    json.dump(args, f)
+if os.environ.get("FAKE_TF2ONNX_FAIL"):
+    sys.stderr.write("2026 INFO loading\\nValueError: Unsupported op: TensorListReserve\\n")
+    sys.exit(1)
+shutil.copy(os.environ["FAKE_TF2ONNX_MODEL"], args[args.index("--output") + 1])
+'''
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_tensorflow_models_go_through_tf2onnx(run_cli, tmp_path, monkeypatch, tiny_onnx, fail):
+    """The plumbing around tf2onnx (TensorFlow itself is too large to install here): its
+    command line, the converted model run like any ONNX model, the report naming the source,
+    and a conversion failure as one line with tf2onnx's reason."""
+    fake = tmp_path / "fake" / "tf2onnx"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "convert.py").write_text(FAKE_TF2ONNX)
+    log = tmp_path / "args.json"
+    monkeypatch.setenv("PYTHONPATH", str(fake.parent))
+    monkeypatch.setenv("FAKE_TF2ONNX_LOG", str(log))
+    monkeypatch.setenv("FAKE_TF2ONNX_MODEL", str(tiny_onnx))
+    if fail:
+        monkeypatch.setenv("FAKE_TF2ONNX_FAIL", "1")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "tensorflow" else real(name, *a))
+    monkeypatch.syspath_prepend(str(fake.parent))
+    model = tmp_path / "exported"
+    (model / "variables").mkdir(parents=True)
+    (model / "saved_model.pb").write_bytes(b"\x08\x01")
+    out = tmp_path / "out"
+    result = run_cli("optimize", model, "--out", out, "--runtime", "onnxruntime", *FAST)
+    args = json.loads(log.read_text())
+    assert args[:2] == ["--saved-model", str(model)] and args[-2:] == ["--opset", "17"]
+    if fail:
+        assert result.code == 2
+        lines = result.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].endswith(
+            "tf2onnx could not convert this TensorFlow SavedModel (ValueError: Unsupported "
+            "op: TensorListReserve)"), result.err
+        assert not out.exists()
+        return
+    assert result.code == 0, result.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["input"]["kind"] == "tensorflow-savedmodel"
+    assert report["input"]["sha256"] != hashlib.sha256(tiny_onnx.read_bytes()).hexdigest()
+    assert (out / "exported.int8-ort.onnx").is_file()
