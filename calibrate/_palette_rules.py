@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edgeopt.calibrate._palette_graph import Palette, Target
 from edgeopt.calibrate.errors import CalibrationError
-from edgeopt.runtimes.errors import first_line
+from edgeopt.runtimes.errors import short_reason
 
 PAY_RULE = ("at least 16 x 2^bits elements, rank >= 2 (never a bias), and the tables no "
              "larger than the packed indices")
@@ -69,7 +69,7 @@ def load_model(model: Path, bits: int):
     try:
         proto = onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError, OSError...
-        msg = f"cannot read ONNX model {path.name}: {first_line(e)[:200]}"
+        msg = f"cannot read ONNX model {path.name}: {short_reason(e, 200)}"
         raise palettize_error(msg, e) from e
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     if bits <= 4 and opset < UINT4_OPSET:
@@ -79,7 +79,7 @@ def load_model(model: Path, bits: int):
             proto = version_converter.convert_version(proto, UINT4_OPSET)
         except Exception as e:
             msg = (f"cannot convert {path.name} from opset {opset} to {UINT4_OPSET} for uint4 "
-                   f"indices: {first_line(e)[:200]}; use bits 5-8 (uint8 indices)")
+                   f"indices: {short_reason(e, 200)}; use bits 5-8 (uint8 indices)")
             raise palettize_error(msg, e) from e
     return proto
 

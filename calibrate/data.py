@@ -31,7 +31,7 @@ from edgeopt.calibrate.images import (
     load_image,
     parse_preprocess,
 )
-from edgeopt.runtimes.errors import first_line, short_reason
+from edgeopt.runtimes.errors import short_reason
 
 InputSpec = tuple[str, str, tuple[int, ...]]   # name, numpy dtype name, concrete shape
 RANDOM = "random"
@@ -296,7 +296,7 @@ def call_factory(spec: str, where: str) -> Any:
         module = importlib.import_module(module_name)
     except Exception as e:
         msg = (f"{where}: cannot import '{module_name}' ({type(e).__name__}: "
-               f"{first_line(e)[:160]}); check the module is on PYTHONPATH")
+               f"{short_reason(e, 160)}); check the module is on PYTHONPATH")
         raise CalibrationDataError(msg) from e
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
@@ -305,7 +305,7 @@ def call_factory(spec: str, where: str) -> Any:
     try:
         return factory()
     except Exception as e:
-        msg = f"{where}: the factory raised {type(e).__name__}: {first_line(e)[:160]}"
+        msg = f"{where}: the factory raised {type(e).__name__}: {short_reason(e, 160)}"
         raise CalibrationDataError(msg) from e
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt.calibrate.errors import CalibrationDataError, PreprocessError
+from edgeopt.runtimes.errors import short_reason
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ORDERS = ("rgb", "bgr", "gray")
@@ -202,7 +203,7 @@ def load_image(path: Path, preprocess: Preprocess) -> np.ndarray:
             # convert() decodes the whole file, so a truncated one fails here
             image = opened.convert("L" if preprocess.order == "gray" else "RGB")
     except Exception as e:
-        reason = str(e).splitlines()[0][:160] if str(e) else ""
+        reason = short_reason(e, 160)
         msg = f"calibration image {path}: cannot decode it ({type(e).__name__}: {reason})"
         raise CalibrationDataError(msg) from e
     if preprocess.resize is not None:
@@ -267,7 +268,7 @@ def _from_file(path: Path) -> Preprocess:
 
             data = yaml.safe_load(text)
     except Exception as e:
-        reason = str(e).splitlines()[0][:160] if str(e) else ""
+        reason = short_reason(e, 160)
         raise PreprocessError(where, [f"cannot read it ({type(e).__name__}: {reason})"]) from e
     if not isinstance(data, Mapping):
         raise PreprocessError(where, [f"holds {type(data).__name__}, not a mapping of keys "

@@ -56,7 +56,7 @@ from edgeopt.calibrate._palette_rules import (  # noqa: F401 (MIN_FAN_IN: re-exp
     scaled,
     select_targets,
 )
-from edgeopt.runtimes.errors import first_line
+from edgeopt.runtimes.errors import short_reason
 
 __all__ = ["PalettizeError", "assign", "kmeans_1d", "palettize_onnx", "uniform_blockwise_onnx",
            "uniform_grid"]
@@ -186,7 +186,7 @@ def _write(proto, out: Path) -> None:
     try:
         save_atomic(proto, out)
     except Exception as e:
-        msg = f"cannot write {out}: {first_line(e)[:200]}"
+        msg = f"cannot write {out}: {short_reason(e, 200)}"
         raise palettize_error(msg, e) from e
 
 

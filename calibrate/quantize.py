@@ -54,7 +54,7 @@ from edgeopt.calibrate.saturation import bound_model, fit_scales
 from edgeopt.calibrate.sensitivity import layer_sqnr, sensitivity_order
 from edgeopt.calibrate.stats import TensorStats, collect_stats
 from edgeopt.runtimes import onnx_input_specs, optimized_op_counts
-from edgeopt.runtimes.errors import first_line
+from edgeopt.runtimes.errors import short_reason
 
 __all__ = [
     "INTEGER_KERNELS",
@@ -143,7 +143,7 @@ def _onnx_inputs(path: Path) -> list[tuple[str, str, tuple]]:
     try:
         return [(s.name, s.dtype, s.shape) for s in onnx_input_specs(path)]
     except Exception as e:  # protobuf DecodeError, OSError...
-        msg = f"cannot read ONNX model {Path(path).name}: {str(e).strip()[:200] or type(e).__name__}"
+        msg = f"cannot read ONNX model {Path(path).name}: {short_reason(e, 200)}"
         raise CalibrationError(msg) from e
 
 
@@ -166,7 +166,7 @@ def activation_stats(fp32_onnx: Path, calib: Sequence[dict[str, np.ndarray]],
     try:
         return collect_stats(Path(fp32_onnx), calib, progress=progress)
     except Exception as e:
-        msg = f"calibration run of {Path(fp32_onnx).name} failed: {first_line(e)[:300]}"
+        msg = f"calibration run of {Path(fp32_onnx).name} failed: {short_reason(e)}"
         raise CalibrationError(msg) from e
 
 
@@ -204,8 +204,8 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
     except CalibrationError:
         raise
     except Exception as e:
-        text = first_line(e)
-        msg = f"ONNX Runtime quantization of {Path(fp32_onnx).name} failed: {text[:300]}"
+        msg = (f"ONNX Runtime quantization of {Path(fp32_onnx).name} failed: "
+               f"{short_reason(e)}")
         raise CalibrationError(msg) from e
     finally:
         prepped.unlink(missing_ok=True)

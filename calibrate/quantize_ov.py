@@ -27,7 +27,7 @@ from edgeopt.calibrate.saturation import reduction_rows, refit
 from edgeopt.calibrate.sensitivity import ov_layer_sqnr
 from edgeopt.calibrate.stats import TensorStats
 from edgeopt.runtimes import capture_openvino, read_openvino_model
-from edgeopt.runtimes.errors import first_line
+from edgeopt.runtimes.errors import short_reason
 
 
 def _ov_first_conv(model) -> list[str]:
@@ -251,8 +251,7 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
             before_save(quantized)
         _save_ir(quantized, tmp, out_xml)
     except Exception as e:
-        text = first_line(e)
-        msg = f"NNCF quantization of {Path(fp32_model).name} failed: {text[:300]}"
+        msg = f"NNCF quantization of {Path(fp32_model).name} failed: {short_reason(e)}"
         raise CalibrationError(msg) from e
     finally:
         tmp.unlink(missing_ok=True)

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeopt.convert.errors import InputShapeError, ModelLoadError, first_line, short_reason
+from edgeopt.convert.errors import InputShapeError, ModelLoadError, short_reason
 
 _FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-TORCH_KINDS = ("torch-factory", "torchscript", "exported-program")
+_SUFFIXES = {".onnx", ".xml", ".pt", ".pth", ".pt2", ".keras", ".tflite"}
+TORCH_KINDS = ("torch-factory", "torchscript", "exported-program", "keras")
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,10 @@ class SourceModel:
     """A loaded model and where it came from.
 
     ``kind`` is one of ``onnx``, ``openvino-ir``, ``torch-factory``, ``torchscript``,
-    ``exported-program``, ``reference``. Torch kinds carry ``module`` (an ``nn.Module``
-    or ``ExportedProgram``) and ``example_inputs``.
+    ``exported-program``, ``keras``, ``reference``, ``tflite`` or ``tensorflow-savedmodel``
+    (converted to the ONNX file at ``path``). Torch kinds carry ``module`` (an
+    ``nn.Module`` or ``ExportedProgram``; a Keras model on the torch backend is wrapped in
+    one) and ``example_inputs``.
     """
 
     spec: str
@@ -88,23 +91,28 @@ def load_model(spec: str, input_shape: str | None = None) -> SourceModel:
     """
     shapes = parse_input_shapes(input_shape)
     path = Path(spec)
-    if path.suffix.lower() in {".onnx", ".xml", ".pt", ".pth", ".pt2"} or path.exists():
+    if path.suffix.lower() in _SUFFIXES or path.exists():
         return _load_file(spec, path, shapes)
     if _FACTORY_SPEC.match(spec):
         return _load_factory(spec, shapes)
     raise ModelLoadError(
         spec,
         "not a model file or a 'package.module:factory' spec",
-        "pass a .onnx, .xml (OpenVINO IR), .pt (TorchScript), .pt2 (ExportedProgram), "
-        "package.module:factory, or ref:NAME",
+        "pass a .onnx, .xml (OpenVINO IR), .pt (TorchScript), .pt2 (ExportedProgram), .keras, "
+        ".tflite, a TensorFlow SavedModel folder, package.module:factory, or ref:NAME",
     )
 
 
 def _load_file(spec: str, path: Path, shapes) -> SourceModel:
+    from edgeopt.convert import keras_tf
+
     if not path.exists():
         raise ModelLoadError(spec, "no such file", "check the path")
+    if keras_tf.is_saved_model(path):
+        return keras_tf.convert_tensorflow(spec, path)
     if path.is_dir():
-        raise ModelLoadError(spec, "is a directory, not a model file")
+        raise ModelLoadError(spec, "is a directory, not a model file (nor a TensorFlow "
+                                   "SavedModel: no saved_model.pb in it)")
     if path.stat().st_size == 0:
         raise ModelLoadError(spec, "the file is empty (0 bytes)", "re-export the model")
     suffix = path.suffix.lower()
@@ -116,8 +124,13 @@ def _load_file(spec: str, path: Path, shapes) -> SourceModel:
         return _load_torchscript(spec, path, shapes)
     if suffix == ".pt2":
         return _load_exported_program(spec, path)
+    if suffix == ".keras":
+        return keras_tf.load_keras(spec, path, shapes)
+    if suffix == ".tflite":
+        return keras_tf.convert_tensorflow(spec, path)
     raise ModelLoadError(
-        spec, f"unknown model file type '{suffix}'", "use .onnx, .xml, .pt or .pt2"
+        spec, f"unknown model file type '{suffix}'",
+        "use .onnx, .xml, .pt, .pt2, .keras, .tflite or a SavedModel folder"
     )
 
 
@@ -129,9 +142,9 @@ def _load_onnx(spec: str, path: Path) -> SourceModel:
         onnx.checker.check_model(str(path))
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError, ValidationError, OSError...
-        reason = first_line(e)
         raise ModelLoadError(
-            spec, f"not a valid ONNX model ({reason[:200]})", "re-export it or check the file"
+            spec, f"not a valid ONNX model ({short_reason(e, 200)})",
+            "re-export it or check the file",
         ) from e
     initializers = {i.name for i in proto.graph.initializer}
     inputs = tuple(i.name for i in proto.graph.input if i.name not in initializers)
@@ -173,9 +186,8 @@ def _load_torchscript(spec: str, path: Path, shapes) -> SourceModel:
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
-        reason = first_line(e)
         raise ModelLoadError(
-            spec, f"not a TorchScript archive ({reason[:160]})",
+            spec, f"not a TorchScript archive ({short_reason(e, 160)})",
             "save it with torch.jit.save, or pass package.module:factory for an nn.Module",
         ) from e
     module.eval()

@@ -7,7 +7,7 @@ checks the upgraded model's parity against the original, like every conversion s
 
 from __future__ import annotations
 
-from edgeopt.convert.errors import ExportError, first_line
+from edgeopt.convert.errors import ExportError, short_reason
 
 __all__ = ["MIN_OPSET", "TARGET_OPSET", "default_opset", "upgrade_opset"]
 
@@ -33,7 +33,7 @@ def upgrade_opset(model, target: int = TARGET_OPSET):
     except Exception as e:
         ops = sorted({n.op_type for n in model.graph.node})
         step = f"ONNX opset {found} -> {target} upgrade"
-        problem = f"{first_line(e)[:200]} (the model's ops: {', '.join(ops)[:120]})"
+        problem = f"{short_reason(e, 200)} (the model's ops: {', '.join(ops)[:120]})"
         raise ExportError(step, problem) from e
     if upgraded.ir_version < 7:
         upgraded.ir_version = 7

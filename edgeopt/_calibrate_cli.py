@@ -246,7 +246,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from edgeopt._progress import Steps
-    from edgeopt._tables import console_width
+    from edgeopt._tables import add_column, console_width
     from edgeopt.backends import get_backend, runtime_names
     from edgeopt.runtimes import load_devices
     from edgeopt.runtimes.estimate import calibrate, save_calibration
@@ -284,7 +284,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         table = Table(title=f"{cal.key}: fitted on {len(cal.models)} models")
         for col in ("model", "measured p50 ms", "fitted ms", "error %", "LOO predicted ms",
                     "LOO error %"):
-            table.add_column(col, justify="left" if col == "model" else "right")
+            add_column(table, col, right=col != "model")
         for fit, loo in zip(cal.models, cal.loo, strict=True):
             err = (fit["fitted_ms"] - fit["p50_ms"]) / fit["p50_ms"] * 100
             table.add_row(fit["model"], f"{fit['p50_ms']:.3f}", f"{fit['fitted_ms']:.3f}",

@@ -140,6 +140,8 @@ def _output_flags(p: argparse.ArgumentParser, json_help: str) -> None:
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", help="artifact name: NAME.fp32.onnx, NAME.int8.onnx, ... (default: "
+                   "the model file's stem, the factory's module, or ref:NAME's NAME)")
     p.add_argument("--input-shape", help="e.g. 1,3,224,224 or name=1,3,224,224;mask=1,128")
     p.add_argument("--calib", help="calibration data: a .npy/.npz file or folder, an image "
                    "or folder of images (see --preprocess), package.module:factory "

@@ -90,14 +90,13 @@ class Output:
             from rich.console import Console
             from rich.table import Table
 
-            from edgeopt._tables import console_width
+            from edgeopt._tables import add_column, console_width
         except ImportError:
             sys.stdout.write(plain_table(title, header, rows))
             return
         table = Table(title=title)
         for col in header:
-            table.add_column(col, justify="right" if col.endswith(("ms", "CV", "ips", "MB"))
-                             else "left")
+            add_column(table, col, right=col.endswith(("ms", "CV", "ips", "MB")))
         for row in rows:
             table.add_row(*row)
         Console(width=console_width()).print(table)

@@ -14,8 +14,12 @@ from edgeopt._package_source import BundleSource, TargetSpec, dist_version, no_p
 from edgeopt.bundle import REFERENCE, SCHEMA_VERSION
 from edgeopt.convert.ort_format import OPS_CONFIG
 
-REFERENCE_BYTES = 2 << 20        # reference inputs: a few samples, at most ~2 MB of them
-REFERENCE_MAX_SAMPLES = 8
+# reference.npz: a few samples, small next to the model: at most REFERENCE_MODEL_SHARE of
+# the model's bytes or REFERENCE_BYTES, whichever is larger (inputs and outputs together;
+# fewer samples when the outputs are big, as a detector's are), and always one sample.
+REFERENCE_BYTES = 1 << 20
+REFERENCE_MODEL_SHARE = 0.10
+REFERENCE_MAX_SAMPLES = 4
 REFERENCE_SEED = 0
 # Known class names by reference model; None: not available offline.
 LABELS = {"digits-cnn": [str(d) for d in range(10)]}
@@ -23,24 +27,38 @@ LABEL_NOTES = {
     "mobilenet-v2": "ImageNet-1k class names are not available offline here; output index i is "
                     "class i of torchvision's ImageNet-1k order",
 }
-# verify's tolerance per output, by the precision of the bundled model. INT8 kernels differ
-# between CPUs (x86 VNNI/AVX2 vs ARM dot-product): a rounding step here and there, compounding.
+# verify's tolerance per output, by the precision of the bundled model, relative to that
+# output's own scale (its range in the reference outputs: boxes on 0-320 and scores on 0-1 each
+# get their own). INT8 kernels differ between CPUs (x86 VNNI/AVX2 vs ARM dot-product): a
+# rounding step (range / 255) here and there, compounding. Score outputs also keep their
+# argmax wherever the reference's best class leads the next by more than ``argmax_margin``.
 TOLERANCE = {
-    "fp32": {"relative_max_abs_diff": 1e-3, "min_cosine": 0.9999},
-    "int8": {"relative_max_abs_diff": 0.1, "min_cosine": 0.99},
+    "fp32": {"relative_max_abs_diff": 1e-3, "min_cosine": 0.9999, "argmax_margin": 1e-4},
+    "int8": {"relative_max_abs_diff": 0.1, "min_cosine": 0.99, "argmax_margin": 0.02},
 }
+CLASSIFIER_METRICS = ("accuracy", "top1", "top5", "agreement")
 
 
 # --- reference inputs and outputs ------------------------------------------------------
 
-def _reference_count(specs) -> int:
-    per_sample = sum(int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in s.shape]))
-                     * np.dtype(s.dtype).itemsize for s in specs)
-    return int(max(1, min(REFERENCE_MAX_SAMPLES, REFERENCE_BYTES // max(per_sample, 1))))
+def reference_budget(model_bytes: int) -> int:
+    """The most bytes ``reference.npz`` may hold for a model of ``model_bytes``."""
+    return max(REFERENCE_BYTES, int(REFERENCE_MODEL_SHARE * model_bytes))
 
 
-def _reference_inputs(source: BundleSource, specs) -> tuple[list[dict[str, np.ndarray]], str]:
-    n = _reference_count(specs)
+def reference_count(sample_bytes: int, model_bytes: int) -> int:
+    """How many reference samples of ``sample_bytes`` (inputs and outputs) fit the budget:
+    1 to REFERENCE_MAX_SAMPLES."""
+    fit = reference_budget(model_bytes) // max(sample_bytes, 1)
+    return int(max(1, min(REFERENCE_MAX_SAMPLES, fit)))
+
+
+def sample_bytes(feeds: dict[str, np.ndarray], outputs) -> int:
+    return int(sum(np.asarray(a).nbytes for a in (*feeds.values(), *outputs)))
+
+
+def _reference_inputs(source: BundleSource, specs, n: int
+                      ) -> tuple[list[dict[str, np.ndarray]], str]:
     report = source.report or {}
     inp = report.get("input") or {}
     spec = inp.get("spec") or ""
@@ -99,21 +117,46 @@ def _reference_arrays(loaded, inputs, outputs) -> dict[str, np.ndarray]:
     return arrays
 
 
-def tolerance_for(precision: str, outputs: list[list[np.ndarray]], specs) -> dict:
-    """Per output: the largest |difference| allowed (relative to the output's peak) and the
-    lowest cosine, for the bundled model's precision."""
+def _output_scale(values: np.ndarray) -> tuple[float, float, float]:
+    """(lowest, highest, scale): the scale is the range, or 1% of the peak |value| for a
+    near-constant output, and never 0."""
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return 0.0, 0.0, 1.0
+    lo, hi = float(values.min()), float(values.max())
+    return lo, hi, max(hi - lo, 0.01 * max(abs(lo), abs(hi)), 1e-6)
+
+
+def _is_score(sample: np.ndarray, lo: float, hi: float, classifier: bool) -> bool:
+    """A score output: [batch, classes] or [batch, boxes, classes] with Softmax/Sigmoid-
+    bounded values (0-1), or the first output of a classifier (its metric says so)."""
+    return sample.ndim in (2, 3) and sample.shape[-1] >= 2 and (
+        (lo >= 0.0 and hi <= 1.0) or classifier)
+
+
+def tolerance_for(precision: str, outputs: list[list[np.ndarray]], specs,
+                  classifier: bool = False) -> dict:
+    """Per output, relative to that output's own scale (its range in ``outputs``): the
+    largest |difference| allowed, the lowest cosine, and for score outputs the class axis
+    whose argmax must not change where the reference's lead is above a margin."""
     rule = TOLERANCE["int8" if precision == "int8" else "fp32"]
     per_output = {}
     for j, spec in enumerate(specs):
         values = np.concatenate([np.asarray(o[j], dtype=np.float64).reshape(-1) for o in outputs])
-        peak = float(np.abs(values).max()) if values.size else 0.0
-        per_output[spec.name] = {
-            "max_abs_diff": float(f"{rule['relative_max_abs_diff'] * max(peak, 1.0):.6g}"),
-            "min_cosine": rule["min_cosine"]}
+        lo, hi, scale = _output_scale(values)
+        tol = {"max_abs_diff": float(f"{rule['relative_max_abs_diff'] * scale:.6g}"),
+               "min_cosine": rule["min_cosine"], "range": [lo, hi], "scale": float(f"{scale:.6g}")}
+        if _is_score(np.asarray(outputs[0][j]), lo, hi, classifier and j == 0):
+            tol["argmax"] = {"axis": -1,
+                             "min_margin": float(f"{rule['argmax_margin'] * scale:.6g}")}
+        per_output[spec.name] = tol
     return {"rule": {"precision": precision, **rule,
-                     "why": "max_abs_diff = relative_max_abs_diff x max(1, peak |output|); INT8 "
-                            "kernels round differently across CPUs, FP32 only sums in another "
-                            "order"},
+                     "why": "max_abs_diff = relative_max_abs_diff x the output's scale (its "
+                            "range in the reference outputs; 1% of its peak when near-constant);"
+                            " score outputs (0-1 values or a classifier's, with a class axis) "
+                            "keep their argmax where the best class leads by more than "
+                            "argmax_margin x scale. INT8 kernels round differently across CPUs, "
+                            "FP32 only sums in another order"},
             "outputs": per_output}
 
 
@@ -177,8 +220,8 @@ def _metric(report: dict, artifact: dict) -> dict | None:
                       "evaluation": data.get("evaluation"), **accuracy})
 
 
-def _manifest(source: BundleSource, target: str, spec: TargetSpec, loaded, model_files: list[str],
-              conversion, precision: str, inputs, outputs, input_note: str, palettization,
+def _manifest(source: BundleSource, target: str, spec: TargetSpec, loaded, files: dict,
+              model_files: list[str], conversion, precision: str, inputs, outputs, input_note: str, palettization,
               labels, label_note) -> dict:
     report = source.report or {}
     artifact = source.artifact or {}
@@ -218,11 +261,16 @@ def _manifest(source: BundleSource, target: str, spec: TargetSpec, loaded, model
         "palettization": palettization,
         "latency": LATENCY_NOTE,
         "reference": {"file": REFERENCE, "samples": len(inputs), "inputs_from": input_note,
+                      "bytes": sum(sample_bytes(f, o) for f, o in zip(inputs, outputs,
+                                                                       strict=True)),
+                      "budget_bytes": reference_budget(sum(
+                          len(files[f]) for f in model_files)),
                       "computed_with": f"{spec.host_adapter} on the bundled model itself",
                       "arrays": {**{f"input.{i}": s.name for i, s in enumerate(loaded.inputs)},
                                  **{f"output.{j}": s.name
                                     for j, s in enumerate(loaded.outputs)}}},
-        "tolerance": tolerance_for(precision, outputs, loaded.outputs),
+        "tolerance": tolerance_for(precision, outputs, loaded.outputs, classifier=(
+            (report.get("data") or {}).get("metric") in CLASSIFIER_METRICS)),
         "notes": notes,
     }
 

@@ -89,11 +89,18 @@ def _integral(labels: np.ndarray) -> bool:
 
 
 def artifact_stem(spec: str) -> str:
+    """The name artifacts take from a model spec: ``ref:NAME`` -> NAME, a file -> its stem,
+    ``pkg.mod:build`` -> ``mod`` (the factory's module: ``build`` names no model)."""
     if spec.startswith(REF_PREFIX):
         return spec[len(REF_PREFIX):]
     if ":" in spec and not Path(spec).exists():
-        return spec.rpartition(":")[2]
+        return spec.rpartition(":")[0].rpartition(".")[2]
     return Path(spec).stem
+
+
+def run_name(recipe: Recipe) -> str:
+    """The run's artifact name: ``--name``, else the model's (:func:`artifact_stem`)."""
+    return recipe.name or artifact_stem(recipe.model)
 
 
 def load_source(config: Recipe) -> SourceModel:
@@ -138,7 +145,7 @@ def prepare(config: Recipe, source: SourceModel) -> Prepared:
     """Check inputs fit and gather calibration/evaluation data, before anything is written."""
     from edgeopt.convert.torch_to_onnx import default_input_names
 
-    name = artifact_stem(config.model)
+    name = run_name(config)
     reference = source.extra.get("reference")
     if source.is_torch:
         check_inputs_fit(source.module, source.example_inputs, config.data.input_shape)

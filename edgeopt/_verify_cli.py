@@ -114,7 +114,7 @@ def _targets(devices: tuple[str, ...], model: dict, out) -> list:
 
 def _verify_on(target, model_path: Path, manifest: dict, arrays: dict) -> dict:
     """Run the reference inputs on ``target``; raise _Failed on any difference."""
-    from edgeopt.runtimes import get_adapter, output_diff
+    from edgeopt.runtimes import get_adapter
     from edgeopt.runtimes.errors import RuntimeAdapterError
 
     name = model_path.name
@@ -136,7 +136,9 @@ def _verify_on(target, model_path: Path, manifest: dict, arrays: dict) -> dict:
             raise _Failed(msg)
         rows.append({"name": spec.name, "max_abs_diff": 0.0, "min_cosine": 1.0,
                      "allowed_max_abs_diff": tol["max_abs_diff"],
-                     "allowed_min_cosine": tol["min_cosine"], "worst_sample": 0})
+                     "allowed_min_cosine": tol["min_cosine"], "worst_sample": 0,
+                     **({"argmax": {**tol["argmax"], "rows": 0, "changed": 0}}
+                        if tol.get("argmax") else {})})
     for i, feeds in enumerate(feeds_by_sample):
         try:
             outputs = loaded.run(feeds)
@@ -145,25 +147,67 @@ def _verify_on(target, model_path: Path, manifest: dict, arrays: dict) -> dict:
                    f"{short_reason(e, 200)}")
             raise _Failed(msg) from e
         for j, row in enumerate(rows):
-            got, want = np.asarray(outputs[j]), arrays[f"output.{j}"][i]
-            if got.shape != want.shape:
-                msg = (f"{name} output '{row['name']}' has shape {list(got.shape)}, the "
-                       f"reference {list(want.shape)} (sample {i})")
-                raise _Failed(msg)
-            diff = output_diff(want, got)
-            if diff.max_abs_diff > row["max_abs_diff"]:
-                row["max_abs_diff"], row["worst_sample"] = diff.max_abs_diff, i
-            row["min_cosine"] = min(row["min_cosine"], diff.cosine)
+            _compare(name, row, np.asarray(outputs[j]), arrays[f"output.{j}"][i], i)
     for row in rows:
-        if not row["max_abs_diff"] <= row["allowed_max_abs_diff"] or \
-                not row["min_cosine"] >= row["allowed_min_cosine"]:
-            msg = (f"{name} output '{row['name']}' differs from the reference on {target.label}: "
-                   f"max |diff| {row['max_abs_diff']:.4g} (allowed {row['allowed_max_abs_diff']:.4g},"
-                   f" sample {row['worst_sample']}), cosine {row['min_cosine']:.6f} (allowed >= "
-                   f"{row['allowed_min_cosine']})")
-            raise _Failed(msg)
+        _check_row(name, row, target.label)
     return {"device": target.label, "adapter": target.adapter, "runtime": target.runtime,
             "samples": len(feeds_by_sample), "outputs": rows}
+
+
+def _compare(name: str, row: dict, got: np.ndarray, want: np.ndarray, sample: int) -> None:
+    """One output of one sample against the reference, into ``row``'s running figures."""
+    from edgeopt.runtimes import output_diff
+
+    if got.shape != want.shape:
+        msg = (f"{name} output '{row['name']}' has shape {list(got.shape)}, the "
+               f"reference {list(want.shape)} (sample {sample})")
+        raise _Failed(msg)
+    diff = output_diff(want, got)
+    if not diff.max_abs_diff <= row["max_abs_diff"]:
+        row["max_abs_diff"], row["worst_sample"] = diff.max_abs_diff, sample
+    row["min_cosine"] = min(row["min_cosine"], diff.cosine)
+    argmax = row.get("argmax")
+    if argmax is None:
+        return
+    if not -want.ndim <= argmax["axis"] < want.ndim:
+        msg = (f"{name}: the manifest's argmax axis {argmax['axis']} does not exist in output "
+               f"'{row['name']}' of shape {list(want.shape)}")
+        raise _Failed(msg)
+    # rows along the class axis where the reference's best class leads the next by more
+    # than the margin: there the device must pick the same class
+    w = np.moveaxis(np.asarray(want, np.float64), argmax["axis"], -1)
+    g = np.moveaxis(np.asarray(got, np.float64), argmax["axis"], -1)
+    w, g = w.reshape(-1, w.shape[-1]), g.reshape(-1, g.shape[-1])
+    if w.shape[-1] < 2:
+        return
+    top2 = np.sort(w, axis=-1)[:, -2:]
+    decided = (top2[:, 1] - top2[:, 0]) > argmax["min_margin"]
+    changed = decided & (np.argmax(w, axis=-1) != np.argmax(g, axis=-1))
+    argmax["rows"] += int(decided.sum())
+    if changed.any() and not argmax["changed"]:
+        first = int(np.flatnonzero(changed)[0])
+        argmax["first"] = {"sample": sample, "row": first, "class": int(np.argmax(g[first])),
+                           "reference_class": int(np.argmax(w[first]))}
+    argmax["changed"] += int(changed.sum())
+
+
+def _check_row(name: str, row: dict, device: str) -> None:
+    if not row["max_abs_diff"] <= row["allowed_max_abs_diff"] or \
+            not row["min_cosine"] >= row["allowed_min_cosine"]:
+        msg = (f"{name} output '{row['name']}' differs from the reference on {device}: "
+               f"max |diff| {row['max_abs_diff']:.4g} (allowed {row['allowed_max_abs_diff']:.4g},"
+               f" sample {row['worst_sample']}), cosine {row['min_cosine']:.6f} (allowed >= "
+               f"{row['allowed_min_cosine']})")
+        raise _Failed(msg)
+    argmax = row.get("argmax")
+    if argmax and argmax["changed"]:
+        first = argmax["first"]
+        msg = (f"{name} output '{row['name']}' picks another class than the reference on "
+               f"{device} in {argmax['changed']} of {argmax['rows']} decided rows (sample "
+               f"{first['sample']}, row {first['row']}: class {first['class']}, reference "
+               f"{first['reference_class']}; rows whose best class leads by more than "
+               f"{argmax['min_margin']:.3g})")
+        raise _Failed(msg)
 
 
 def _check_signature(name: str, kind: str, specs, expected: list[dict]) -> None:
@@ -213,7 +257,9 @@ def _bench(target, model_path: Path, manifest: dict, arrays: dict, protocol, out
 
 def _say(out, row: dict, model_file: str) -> None:
     parts = [f"{o['name']}: max |diff| {o['max_abs_diff']:.3g} <= {o['allowed_max_abs_diff']:.3g}"
-             f", cosine {o['min_cosine']:.6f}" for o in row["outputs"]]
+             f", cosine {o['min_cosine']:.6f}"
+             + (f", same class on {o['argmax']['rows']} decided rows" if o.get("argmax") else "")
+             for o in row["outputs"]]
     if not out.quiet:
         sys.stderr.write(f"{model_file} on {row['device']} via {row['adapter']}: "
                          f"{row['samples']} reference samples match ({'; '.join(parts)})\n")

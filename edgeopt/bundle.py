@@ -349,6 +349,12 @@ def _manifest_problems(manifest: dict) -> list[str]:
             if not _is_number(tol.get(field)):
                 problems.append(f"tolerance.outputs.{name}.{field} {tol.get(field)!r} "
                                 "is not a number")
+        argmax = tol.get("argmax")
+        if argmax is not None and not (isinstance(argmax, dict)
+                                       and isinstance(argmax.get("axis"), int)
+                                       and _is_number(argmax.get("min_margin"))):
+            problems.append(f"tolerance.outputs.{name}.argmax {argmax!r} is not "
+                            "{axis: int, min_margin: number}")
     return problems
 
 

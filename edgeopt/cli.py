@@ -1,7 +1,7 @@
 """The `edgeopt` command line: optimize, prune, bench, devices, package, verify.
 
-A user's mistake prints one line and exits 2 (the traceback only with --debug); an
-internal failure exits 1. Human output goes to stderr, so `--json` keeps stdout clean.
+A user's mistake prints one line and exits 2; an internal failure exits 1; --debug adds
+the traceback above that line and keeps the exit code. Human output goes to stderr, so `--json` keeps stdout clean.
 ``optimize`` and ``prune`` build a Recipe (flags override ``--recipe FILE``) and call the
 same Python API the tests call.
 """
@@ -29,27 +29,34 @@ def main(argv: list[str] | None = None) -> int:
     from edgeopt._outdir import process_temp
     from edgeopt.errors import user_errors
 
+    # --debug adds the traceback before the same one line, and the same exit code
     try:
         with process_temp():
             return _dispatch(args)
     except user_errors() as e:
-        if args.debug:
-            raise
+        _traceback(args.debug)
         sys.stderr.write(f"edgeopt: error: {_disk_full(e) or e}\n")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("edgeopt: interrupted; nothing was left under a final name\n")
         return 130
     except Exception as e:
-        if args.debug:
-            raise
+        _traceback(args.debug)
         line = _known_failure(e)
         if line:
             sys.stderr.write(f"edgeopt: error: {line}\n")
             return EXIT_USER_ERROR
-        sys.stderr.write(f"edgeopt: internal error: {type(e).__name__}: {short_reason(e)} "
-                         "(rerun with --debug for the traceback)\n")
+        hint = "" if args.debug else " (rerun with --debug for the traceback)"
+        sys.stderr.write(f"edgeopt: internal error: {type(e).__name__}: {short_reason(e)}"
+                         f"{hint}\n")
         return EXIT_INTERNAL
+
+
+def _traceback(debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
 
 
 def _chain(error: BaseException):
@@ -127,7 +134,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 _PRUNE = {"prune_mode": "mode", "prune_ratio": "ratio", "prune_importance": "importance",
           "finetune_data": "finetune_data", "epochs": "epochs", "lr": "lr",
           "weight_decay": "weight_decay", "batch_size": "batch_size"}
-_DATA = ("input_shape", "calib", "calib_samples", "preprocess", "eval", "eval_samples", "metric")
+_DATA = ("name", "input_shape", "calib", "calib_samples", "preprocess", "eval", "eval_samples",
+         "metric")
 _OPTIMIZE = ("calibrator", "max_accuracy_drop", "max_fp32_nodes", "keep_first_fp32", "qat_epochs",
           "palettize", "group_size", "require_measured")
 _NEGATED = {"int8_stem": "fp32_stem", "no_saturation_guard": "saturation_guard",
@@ -199,7 +207,7 @@ def _optimize(args: argparse.Namespace) -> int:
     from edgeopt.pipeline import default_out, optimize
 
     recipe = _recipe(args, keys=_DATA + _OPTIMIZE)
-    out = args.out or default_out(recipe.model)
+    out = args.out or default_out(recipe)
     steps = Steps(quiet=args.quiet)
     # Libraries (NNCF, ONNX Runtime's quantizer) print to stdout; with --json, stdout is
     # the report's alone, so everything else goes to stderr while the pipeline runs.
@@ -213,7 +221,8 @@ def _optimize(args: argparse.Namespace) -> int:
 
         from edgeopt._tables import artifacts_table, console_width
 
-        Console(width=console_width()).print(artifacts_table(data))
+        console = Console(width=console_width())
+        console.print(artifacts_table(data, console.width))
         steps.console.print(f"wrote {out}/report.json, report.md and recipe.yaml")
     budget = data.get("accuracy_budget")
     if budget and not budget["met"]:
@@ -231,7 +240,7 @@ def _prune(args: argparse.Namespace) -> int:
     from edgeopt.pruning import default_out, prune
 
     recipe = _recipe(args, keys=_DATA)
-    out = args.out or default_out(recipe.model)
+    out = args.out or default_out(recipe)
     steps = Steps(quiet=args.quiet or _rank() != 0)
     with _stdout_to_stderr(args.quiet):
         report = prune(recipe=recipe, out=out, steps=steps, overwrite=args.overwrite)

@@ -47,6 +47,8 @@ from edgeopt._package_manifest import (  # noqa: F401
     _reference_arrays,
     _reference_inputs,
     latency_path,
+    reference_count,
+    sample_bytes,
     tolerance_for,
 )
 from edgeopt._package_payload import (  # noqa: F401
@@ -171,7 +173,10 @@ def _build(source: BundleSource, target: str, out: Path, palettize, group_size, 
         for name in model_files:
             (work / name).write_bytes(files[name])
         loaded = _host_load(spec, work / model_files[0])
-        inputs, input_note = _reference_inputs(source, loaded.inputs)
+        first, _ = _reference_inputs(source, loaded.inputs, 1)   # sizes one sample
+        model_bytes = sum(len(files[name]) for name in model_files)
+        n = reference_count(sample_bytes(first[0], loaded.run(first[0])), model_bytes)
+        inputs, input_note = _reference_inputs(source, loaded.inputs, n)
         outputs = [loaded.run(feeds) for feeds in inputs]
         tick(3)
         reference = _reference_arrays(loaded, inputs, outputs)
@@ -180,8 +185,9 @@ def _build(source: BundleSource, target: str, out: Path, palettize, group_size, 
         labels, label_note = _labels(source)
         if labels is not None:
             files["labels.txt"] = ("\n".join(labels) + "\n").encode()
-        manifest = _manifest(source, target, spec, loaded, model_files, conversion, precision,
-                             inputs, outputs, input_note, palettization, labels, label_note)
+        manifest = _manifest(source, target, spec, loaded, files, model_files, conversion,
+                             precision, inputs, outputs, input_note, palettization, labels,
+                             label_note)
         tick(4)
         sha = write_bundle(out, files, manifest)
         latency = _latency(source)

@@ -43,10 +43,12 @@ def resolve_recipe(model: str | Recipe | None = None, recipe: Recipe | None = No
     return recipe
 
 
-def default_out(spec: str, suffix: str = "") -> Path:
-    from edgeopt._source import artifact_stem
+def default_out(model: str | Recipe, suffix: str = "") -> Path:
+    """``edgeopt-out/NAME``: the recipe's ``--name``, else the model's name."""
+    from edgeopt._source import artifact_stem, run_name
 
-    return Path("edgeopt-out") / f"{artifact_stem(spec)}{suffix}"
+    name = run_name(model) if isinstance(model, Recipe) else artifact_stem(model)
+    return Path("edgeopt-out") / f"{name}{suffix}"
 
 
 def optimize(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
@@ -65,7 +67,7 @@ def optimize(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
     ``overwrite``, which replaces it whole (like ``out``, not part of the recipe).
     """
     recipe = resolve_recipe(model, recipe, **overrides)
-    out = Path(out) if out is not None else default_out(recipe.model)
+    out = Path(out) if out is not None else default_out(recipe)
     progress = steps or Steps(quiet=True)
     started = time.time()
     state = load(recipe, out, progress)        # every input checked; nothing written yet
@@ -167,12 +169,12 @@ def report(state: RunState, started: float) -> Report:
 
 def package(recipe: Recipe, out: Path, progress: Steps) -> None:
     """The app bundles the recipe asks for, from the run folder just written."""
-    from edgeopt._source import artifact_stem
+    from edgeopt._source import run_name
 
     for target in recipe.package.targets:
         from edgeopt.package import package_run
 
-        bundle = out / f"{artifact_stem(recipe.model)}-{target}.zip"
+        bundle = out / f"{run_name(recipe)}-{target}.zip"
         with progress.step(f"package {bundle.name}"):
             package_run(out, target, bundle, palettize=recipe.package.palettize,
                         group_size=recipe.package.group_size,

@@ -27,8 +27,8 @@ LOAD_HINT = ("edgeopt.calibrate.pruning.load_pruned(build_model(), "
              "torch.load(path, weights_only=True))")
 
 
-def default_out(spec: str) -> Path:
-    return pipeline.default_out(spec, "-pruned")
+def default_out(model: str | Recipe) -> Path:
+    return pipeline.default_out(model, "-pruned")
 
 
 def prune(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
@@ -49,7 +49,7 @@ def prune(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
         raise UsageError(msg)
     recipe = replace(recipe, runtimes=(onnx_runner().runtime,), quant=replace(recipe.quant,
                                                                            enabled=False))
-    out = Path(out) if out is not None else default_out(recipe.model)
+    out = Path(out) if out is not None else default_out(recipe)
     progress = steps or Steps(quiet=True)
     started = time.time()
     with progress.step("load model"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,12 @@ __all__ = [
     "load_recipe",
     "parse_budget",
 ]
+
+
+# --name: a file stem safe on every OS: no separator, no '..', no leading dot or dash, no
+# trailing dot, no Windows device name (CON, NUL, COM1...)
+_SAFE_NAME = re.compile(r"(?!(?:con|prn|aux|nul|com\d|lpt\d)(?:\.|$))"
+                        r"[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?!\.)){0,99}(?<!\.)", re.IGNORECASE)
 
 
 def _raise(problems: list[str]) -> None:
@@ -177,6 +184,7 @@ class Recipe:
     """One run: the model, where it runs, and what is done to it."""
 
     model: str | None = None                   # path, package.module:factory or ref:NAME
+    name: str | None = None                    # artifact names (default: the model's stem)
     runtimes: tuple[str, ...] | None = None    # None: every registered backend
     devices: tuple[str, ...] = ("host-cpu",)
     require_measured: bool = False             # a device not here is an error, not an estimate
@@ -201,6 +209,11 @@ class Recipe:
             problems.append(f"unknown runtime {', '.join(unknown)} (known: {', '.join(known)})")
         if not self.devices:
             problems.append("no --device given")
+        if self.name is not None and not (isinstance(self.name, str)
+                                          and _SAFE_NAME.fullmatch(self.name)):
+            problems.append(f"--name {self.name!r} is not a safe file name: use 1-100 letters, "
+                            "digits, '.', '_' or '-', starting with a letter or digit (not "
+                            "ending with '.')")
         if self.quant.qat_epochs and not unknown and (
                 not self.quant.enabled
                 or not any(get_backend(r).supports_qat for r in self.runtimes)):
@@ -270,7 +283,7 @@ _FLAT = {
     "packages": ("package", "targets"), "palettize": ("package", "palettize"),
     "group_size": ("package", "group_size"),
 }
-_TOP = ("model", "runtimes", "devices", "require_measured", "prune", "benchmark", "bench", "data",
+_TOP = ("model", "name", "runtimes", "devices", "require_measured", "prune", "benchmark", "bench", "data",
         "quant", "package")
 _SECTIONS = {"data": DataRecipe, "quant": QuantRecipe, "prune": PruneRecipe,
              "package": PackageRecipe, "bench": BenchProtocol}

@@ -31,6 +31,7 @@ from edgeopt.runtimes.errors import (
     InvalidProtocol,
     ModelLoadFailed,
     RuntimeAdapterError,
+    short_reason,
 )
 
 UNSTABLE_CV = 0.05
@@ -283,7 +284,7 @@ def _run_worker(job: dict) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-        msg = f"benchmark worker for {job['adapter']} failed: {tail[0][:300]}"
+        msg = f"benchmark worker for {job['adapter']} failed: {short_reason(tail[0])}"
         raise RuntimeAdapterError(msg)
     out = json.loads(lines[-1])
     if "error" in out:

@@ -128,7 +128,7 @@ def test_android_bundle_holds_an_ort_model_the_config_and_references(digits_run,
     path = tmp_path / "model.ort"
     path.write_bytes(members["model.ort"])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert manifest["reference"]["samples"] == len(ref["input.0"]) == 8
+    assert manifest["reference"]["samples"] == len(ref["input.0"]) == 4     # a few
     for x, y in zip(ref["input.0"], ref["output.0"], strict=True):
         np.testing.assert_allclose(session.run(None, {"input": x})[0], y, atol=1e-5)
 

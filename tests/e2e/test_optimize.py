@@ -75,7 +75,7 @@ def test_optimize_torch_factory_exports_with_parity(run_cli, tmp_path, rng):
     export = next(s for s in report["steps"] if s["name"] == "torch -> ONNX")
     assert export["exporter"] == "dynamo"
     assert export["parity"]["ok"] and export["parity"]["cosine"] > 0.9999
-    assert (out / "tiny_cnn.fp32.onnx").is_file()
+    assert (out / "tiny_models.fp32.onnx").is_file()      # named after the module
 
 
 
