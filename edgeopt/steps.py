@@ -218,9 +218,10 @@ def _weigh_choices(state: RunState, backend, job: QuantJob, art: Artifact) -> No
                                                "may need it and is not this machine"))
             state.progress.console.print(f"  {describe(state.tradeoffs[-1])}")
             continue
-        def build(changes: dict, c=choice) -> Artifact:
-            return backend.quantize(replace(job, variant=f"without-{c.name}",
-                                            config=replace(job.config, **changes)))
+
+        def build(changes: dict, c=choice, base=job) -> Artifact:
+            return backend.quantize(replace(base, variant=f"without-{c.name}",
+                                            config=replace(base.config, **changes)))
 
         record = weigh(
             choice, art, build=build, evaluate=lambda a: evaluate_artifact(state, a),
@@ -233,6 +234,8 @@ def _weigh_choices(state: RunState, backend, job: QuantJob, art: Artifact) -> No
             discard=lambda v: discard(state.staging, v))
         state.tradeoffs.append(record)
         state.progress.console.print(f"  {describe(record)}")
+        if not record["kept"]:      # later choices are weighed on the build without it
+            job = replace(job, config=replace(job.config, **choice.without))
 
 
 def _gate(state: RunState, art: Artifact, runtime: str) -> None:
