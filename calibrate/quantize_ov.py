@@ -13,6 +13,7 @@ import numpy as np
 
 from edgeopt.calibrate.calibrators import QuantRange, compute_ranges
 from edgeopt.calibrate.errors import CalibrationError
+from edgeopt.calibrate.float_ops import ov_control_flow, ov_recurrent_notes
 from edgeopt.calibrate.output_ranges import protected_ranges
 from edgeopt.calibrate.qdq_graph import fp32_nodes, linear_nodes
 from edgeopt.calibrate.quantize import (
@@ -236,11 +237,15 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
     if transformer:
         notes.append("transformer-style graph: NNCF's TRANSFORMER model type")
     excluded = _ov_names(model, excluded, onnx_outputs)
+    inside, control_flow = ov_control_flow(model)      # bodies stay float
+    notes += control_flow
     out_xml = Path(out_xml)
     tmp = staging_path(out_xml, ".xml")
     applied = 0
     try:
-        quantized = _nncf_quantize(model, samples, excluded, transformer, progress)
+        quantized = _nncf_quantize(model, samples, excluded + inside, transformer, progress,
+                                   full_bias_correction=not control_flow)
+        notes += ov_recurrent_notes(quantized)
         if stats is not None:
             applied, note = _set_calibrator_ranges(quantized, stats, config.calibrator,
                                                    _protected(fp32_onnx))
@@ -259,7 +264,8 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
         tmp.with_suffix(".bin").unlink(missing_ok=True)
     fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
     notes.append(f"NNCF {nncf.__version__} post-training quantization (PERFORMANCE preset, "
-                 f"bias correction) from {len(samples)} samples; {fq} FakeQuantize ops")
+                 f"{'fast ' if control_flow else ''}bias correction) from {len(samples)} "
+                 f"samples; {fq} FakeQuantize ops")
     sqnr = ov_layer_sqnr(model, quantized, samples)
     return QuantResult(out_xml, tuple(excluded), tuple(notes), layer_sqnr=tuple(sqnr),
                        ranges_applied=applied)
@@ -284,9 +290,10 @@ def _onnx_layout(fp32_onnx: Path | None) -> tuple[dict[str, list[str]], bool]:
 
 
 def _nncf_quantize(model, samples: list, excluded: list[str], transformer: bool,
-                   progress: Progress):
+                   progress: Progress, full_bias_correction: bool = True):
     """NNCF's PERFORMANCE preset (symmetric activations, the fastest int8 graph for the
-    CPU plugin) with full bias correction; the calibrator's ranges replace NNCF's after."""
+    CPU plugin) with full bias correction (fast where the graph has control flow, which
+    the full one does not take); the calibrator's ranges replace NNCF's after."""
     import nncf
 
     done = {"n": 0}
@@ -301,7 +308,7 @@ def _nncf_quantize(model, samples: list, excluded: list[str], transformer: bool,
     return nncf.quantize(model, nncf.Dataset(samples, transform),
                          subset_size=len(samples),
                          preset=nncf.QuantizationPreset.PERFORMANCE,
-                         fast_bias_correction=False,
+                         fast_bias_correction=not full_bias_correction,
                          **({"model_type": nncf.ModelType.TRANSFORMER} if transformer
                             else {}),
                          **({"ignored_scope": ignored} if ignored else {}))

@@ -1,0 +1,74 @@
+"""Ops that INT8 leaves float, one line each for the report: recurrent cells (LSTM, GRU,
+RNN) where the runtime has no integer kernel for them, and control flow (If, Loop, Scan),
+whose subgraphs stay float.
+
+ONNX Runtime's static (QDQ) quantizer has no LSTM, GRU or RNN kernel (its LSTM kernel is
+the dynamic ``DynamicQuantizeLSTM``) and does not enter subgraphs. NNCF quantizes
+OpenVINO's LSTMSequence and GRUSequence, except a GRU with ``linear_before_reset`` (the
+form PyTorch exports), and would quantize If bodies too: edgeopt keeps control-flow bodies
+float on both runtimes.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CONTROL_FLOW", "RECURRENT", "ov_control_flow", "ov_recurrent_notes", "qdq_notes"]
+
+RECURRENT = ("LSTM", "GRU", "RNN")
+CONTROL_FLOW = ("If", "Loop", "Scan")
+_OV_RECURRENT = ("LSTMSequence", "GRUSequence", "RNNSequence", "LSTMCell", "GRUCell",
+                 "RNNCell")
+_OV_CONTROL_FLOW = ("If", "Loop", "TensorIterator")
+
+
+def qdq_notes(model) -> list[str]:
+    """One line per recurrent or control-flow node of an ONNX model quantized to QDQ."""
+    notes = []
+    for node in model.graph.node:
+        name = node.name or node.output[0]
+        if node.op_type in RECURRENT:
+            notes.append(f"{node.op_type} '{name}' stays float: ONNX Runtime's static INT8 "
+                         f"(QDQ) has no {node.op_type} kernel")
+        elif node.op_type in CONTROL_FLOW:
+            notes.append(f"{node.op_type} '{name}': its subgraphs stay float (the QDQ "
+                         "quantizer does not enter them)")
+    return notes
+
+
+def ov_control_flow(model) -> tuple[list[str], list[str]]:
+    """The friendly names of every op inside an If/Loop/TensorIterator body of an
+    ``openvino.Model`` (to leave NNCF out of them), and one note per such op."""
+    inner, notes = [], []
+    for op in model.get_ops():
+        kind = op.get_type_name()
+        if kind not in _OV_CONTROL_FLOW:
+            continue
+        bodies = [op.get_function(i) for i in range(2 if kind == "If" else 1)]
+        for body in bodies:
+            inner += [b.get_friendly_name() for b in body.get_ops()
+                      if b.get_type_name() not in {"Parameter", "Result", "Constant"}]
+            sub_inner, _ = ov_control_flow(body)
+            inner += sub_inner
+        notes.append(f"{kind} '{op.get_friendly_name()}': its subgraphs stay float")
+    return inner, notes
+
+
+def ov_recurrent_notes(quantized) -> list[str]:
+    """One line per recurrent op of an NNCF-quantized ``openvino.Model``: quantized when a
+    FakeQuantize feeds it, else float."""
+    notes = []
+    for op in quantized.get_ops():
+        kind = op.get_type_name()
+        if kind not in _OV_RECURRENT:
+            continue
+        fed = [i for i, value in enumerate(op.input_values())
+               if value.get_node().get_type_name() == "FakeQuantize"]
+        name = op.get_friendly_name()
+        if fed:
+            notes.append(f"{kind} '{name}' quantized: INT8 on {len(fed)} of its inputs "
+                         "(data, state and weights) by NNCF")
+        else:
+            notes.append(f"{kind} '{name}' stays float: NNCF does not quantize it (a GRU "
+                         "with linear_before_reset, as PyTorch exports it, has no INT8 form)"
+                         if kind.startswith("GRU") else
+                         f"{kind} '{name}' stays float: NNCF placed no quantizer on it")
+    return notes
