@@ -11,11 +11,11 @@ float on both runtimes.
 
 from __future__ import annotations
 
-__all__ = ["CONTROL_FLOW", "RECURRENT", "ov_control_flow", "ov_recurrent_notes", "qdq_notes"]
+__all__ = ["CONTROL_FLOW", "OV_RECURRENT", "RECURRENT", "ov_control_flow", "ov_recurrent_notes", "qdq_notes"]
 
 RECURRENT = ("LSTM", "GRU", "RNN")
 CONTROL_FLOW = ("If", "Loop", "Scan")
-_OV_RECURRENT = ("LSTMSequence", "GRUSequence", "RNNSequence", "LSTMCell", "GRUCell",
+OV_RECURRENT = ("LSTMSequence", "GRUSequence", "RNNSequence", "LSTMCell", "GRUCell",
                  "RNNCell")
 _OV_CONTROL_FLOW = ("If", "Loop", "TensorIterator")
 
@@ -58,7 +58,7 @@ def ov_recurrent_notes(quantized) -> list[str]:
     notes = []
     for op in quantized.get_ops():
         kind = op.get_type_name()
-        if kind not in _OV_RECURRENT:
+        if kind not in OV_RECURRENT:
             continue
         fed = [i for i, value in enumerate(op.input_values())
                if value.get_node().get_type_name() == "FakeQuantize"]

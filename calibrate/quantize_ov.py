@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgeopt.calibrate.calibrators import QuantRange, compute_ranges
 from edgeopt.calibrate.errors import CalibrationError
-from edgeopt.calibrate.float_ops import ov_control_flow, ov_recurrent_notes
+from edgeopt.calibrate.float_ops import OV_RECURRENT, ov_control_flow, ov_recurrent_notes
 from edgeopt.calibrate.output_ranges import protected_ranges
 from edgeopt.calibrate.qdq_graph import fp32_nodes, linear_nodes
 from edgeopt.calibrate.quantize import (
@@ -29,6 +30,8 @@ from edgeopt.calibrate.sensitivity import ov_layer_sqnr
 from edgeopt.calibrate.stats import TensorStats
 from edgeopt.runtimes import capture_openvino, read_openvino_model
 from edgeopt.runtimes.errors import first_line
+
+RECURRENT_MIN_SQNR_DB = 10.0     # the default gate's floor for an output (edgeopt.metrics)
 
 
 def _ov_first_conv(model) -> list[str]:
@@ -243,9 +246,11 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
     tmp = staging_path(out_xml, ".xml")
     applied = 0
     try:
-        quantized = _nncf_quantize(model, samples, excluded + inside, transformer, progress,
-                                   full_bias_correction=not control_flow)
-        notes += ov_recurrent_notes(quantized)
+        quantized, recurrent = _checked_recurrent(
+            model, samples, lambda types=(): _nncf_quantize(
+                model, samples, excluded + inside, transformer, progress,
+                full_bias_correction=not control_flow, ignored_types=types))
+        notes += recurrent
         if stats is not None:
             applied, note = _set_calibrator_ranges(quantized, stats, config.calibrator,
                                                    _protected(fp32_onnx))
@@ -289,8 +294,45 @@ def _onnx_layout(fp32_onnx: Path | None) -> tuple[dict[str, list[str]], bool]:
     return {n.name: list(n.output) for n in graph.graph.node}, bool(linear_nodes(graph))
 
 
+def _checked_recurrent(model, samples: list, quantize: Callable) -> tuple[Any, list[str]]:
+    """``quantize()``, and where NNCF quantized a recurrent op, the model's outputs checked
+    against FP32 on the calibration samples: below RECURRENT_MIN_SQNR_DB on any output,
+    the recurrent ops are quantized again as float (a state quantized badly drifts over
+    every step). Returns the model and one note per recurrent op."""
+    quantized = quantize()
+    notes = ov_recurrent_notes(quantized)
+    kinds = sorted({op.get_type_name() for op in quantized.get_ops()
+                    if op.get_type_name() in OV_RECURRENT
+                    and any(v.get_node().get_type_name() == "FakeQuantize"
+                            for v in op.input_values())})
+    if not kinds:
+        return quantized, notes
+    worst = _worst_output_sqnr(model, quantized, samples[:8])
+    if worst >= RECURRENT_MIN_SQNR_DB:
+        return quantized, notes
+    quantized = quantize(tuple(kinds))
+    return quantized, [f"{kind} ops stay float: quantized, an output fell to {worst:.1f} dB "
+                       f"SQNR against FP32 on the calibration samples (< "
+                       f"{RECURRENT_MIN_SQNR_DB} dB)" for kind in kinds]
+
+
+def _worst_output_sqnr(fp32_model, int8_model, samples: list) -> float:
+    """The lowest SQNR (dB) of any model output of ``int8_model`` against ``fp32_model``."""
+    fp32, int8 = capture_openvino(fp32_model, samples), capture_openvino(int8_model, samples)
+    signal = np.zeros(len(fp32_model.outputs))
+    noise = np.zeros_like(signal)
+    for a, b in zip(fp32, int8, strict=True):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            x = np.asarray(x, dtype=np.float64)
+            signal[i] += float(np.sum(x * x))
+            noise[i] += float(np.sum((x - np.asarray(y, dtype=np.float64)) ** 2))
+    return float(min(10 * np.log10(max(s, 1e-30) / max(n, 1e-30)) for s, n in
+                     zip(signal, noise, strict=True)))
+
+
 def _nncf_quantize(model, samples: list, excluded: list[str], transformer: bool,
-                   progress: Progress, full_bias_correction: bool = True):
+                   progress: Progress, full_bias_correction: bool = True,
+                   ignored_types: tuple[str, ...] = ()):
     """NNCF's PERFORMANCE preset (symmetric activations, the fastest int8 graph for the
     CPU plugin) with full bias correction (fast where the graph has control flow, which
     the full one does not take); the calibrator's ranges replace NNCF's after."""
@@ -304,7 +346,8 @@ def _nncf_quantize(model, samples: list, excluded: list[str], transformer: bool,
             progress(min(done["n"], len(samples)), len(samples))
         return sample
 
-    ignored = nncf.IgnoredScope(names=excluded, validate=False) if excluded else None
+    ignored = (nncf.IgnoredScope(names=excluded, types=list(ignored_types), validate=False)
+               if excluded or ignored_types else None)
     return nncf.quantize(model, nncf.Dataset(samples, transform),
                          subset_size=len(samples),
                          preset=nncf.QuantizationPreset.PERFORMANCE,

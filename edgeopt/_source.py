@@ -42,6 +42,7 @@ class Prepared:
     preprocessing: dict = field(default_factory=dict)
     labels: np.ndarray | None = None           # one task label per evaluation sample
     chosen: Any = None                         # --metric: an edgeopt.metrics.Metric
+    states: dict[str, str] = field(default_factory=dict)   # state input -> its output
 
     @property
     def task_metric(self) -> bool:
@@ -153,6 +154,10 @@ def prepare(config: Recipe, source: SourceModel) -> Prepared:
         prepared = _reference_data(config, source, specs, reference, name)
     else:
         prepared = _user_data(config, source, specs, reference, name)
+    if source.kind == "onnx":
+        from edgeopt._states import onnx_output_specs, state_pairs
+
+        prepared.states = state_pairs(specs, onnx_output_specs(source.path))
     if config.data.metric is None:
         return prepared
     chosen = resolve_metric(config.data.metric, prepared.labels is not None)

@@ -20,7 +20,7 @@ from edgeopt.budget import Budget, within_budget
 from edgeopt.metrics import GATE, gate_problems, output_figures
 from edgeopt.recipe import Recipe
 
-__all__ = ["OPTIMIZE", "RunState", "benchmark", "calibrate", "convert", "evaluate",
+__all__ = ["OPTIMIZE", "RunState", "benchmark", "calibrate", "carry_states", "convert", "evaluate",
            "evaluate_artifact", "export", "prune", "quantize", "reference"]
 
 PARITY_SAMPLES = 8
@@ -70,6 +70,24 @@ class RunState:
 
     def record_step(self, name: str, **extra) -> None:
         self.step_records.append({"name": name, **extra})
+
+
+def carry_states(state: RunState) -> None:
+    """Random data for a model with state inputs: each sample's state is the state the
+    source model gave back for the previous one (zeros first), as it is run."""
+    from edgeopt._states import carry_states as carry
+
+    prepared, data = state.prepared, state.recipe.data
+    if not prepared.states or data.calib != "random":
+        return
+    with state.progress.step("carry state inputs"):
+        loaded = onnx_runner().load(prepared.source.path)
+        names = _output_names(loaded)
+        prepared.calib = carry(prepared.calib, prepared.states, names, loaded.run)
+        if data.eval is None:
+            prepared.eval_inputs = carry(prepared.eval_inputs, prepared.states, names,
+                                         loaded.run)
+    state.record_step("carry state inputs", states=dict(prepared.states))
 
 
 def reference(state: RunState) -> None:
@@ -275,7 +293,7 @@ def benchmark(state: RunState) -> None:
         state.warn(text)
 
 
-OPTIMIZE = (reference, prune, export, convert, calibrate, quantize, evaluate, benchmark)
+OPTIMIZE = (carry_states, reference, prune, export, convert, calibrate, quantize, evaluate, benchmark)
 
 
 # ------------------------------------------------------------------------------ helpers
