@@ -24,7 +24,7 @@ class ZooModel:
     input_shape: str | None = None             # only where the model does not say
     calib: str = "random"
     state_inputs: tuple[str, ...] = ()         # the report must name these as state
-    float_ops: tuple[str, ...] = ()            # ops the report must say stay float
+    noted_ops: tuple[str, ...] = ()            # ops each INT8 artifact's notes must name
 
 
 ZOO: dict[str, ZooModel] = {
@@ -35,10 +35,10 @@ ZOO: dict[str, ZooModel] = {
     "transformer": ZooModel(sequence.build_transformer, ("attention", "LayerNorm",
                                                          "int64 input", "bool input")),
     "lstm_state": ZooModel(sequence.build_lstm_state, ("LSTM", "state in/out"),
-                           state_inputs=("h", "c"), float_ops=("LSTM",)),
+                           state_inputs=("h", "c"), noted_ops=("LSTM",)),
     "gru_state": ZooModel(sequence.build_gru_state, ("GRU", "state in/out"),
                           calib="zoo.data:gru_chunks", state_inputs=("state",),
-                          float_ops=("GRU",)),
+                          noted_ops=("GRU",)),
     "audio_conv1d": ZooModel(sequence.build_audio_conv1d, ("1-D conv audio",)),
     "detection_head": ZooModel(vision.build_detection_head, ("Sigmoid scores",
                                                              "box regression", "Concat")),
@@ -46,7 +46,7 @@ ZOO: dict[str, ZooModel] = {
     "multi_io": ZooModel(graphs.build_multi_io, ("multi-input", "multi-output",
                                                  "float16 input")),
     "scalar_input": ZooModel(graphs.build_scalar_input, ("scalar input", "If"),
-                             calib="zoo.data:vad_chunks", float_ops=("If",)),
+                             calib="zoo.data:vad_chunks", noted_ops=("If",)),
     "opset11": ZooModel(graphs.build_opset11, ("opset 11",)),
     "opset12": ZooModel(graphs.build_opset12, ("opset 12",)),
     "dynamic_detector": ZooModel(vision.build_dynamic_detector, ("dynamic axes",),
