@@ -134,7 +134,7 @@ def export(state: RunState, file: str | None = None) -> None:
                           parity=parity)
     else:
         with state.progress.step("copy ONNX"):
-            opset = _copy_onnx(source.path, path)
+            opset = _copy_onnx(source, path)
         state.record_step("copy ONNX")
         if opset is not None:
             step = f"ONNX opset {opset[0]} -> {opset[1]}"
@@ -341,18 +341,18 @@ def _gain_summary(gains: dict[str, float]) -> dict:
                                        "tensors": int(values.size)}}
 
 
-def _copy_onnx(src: Path, dst: Path) -> tuple[int, int] | None:
-    """A standalone copy of the user's ONNX, upgraded to a supported opset where it is
-    older; returns (old, new) opset when it was upgraded."""
+def _copy_onnx(source, dst: Path) -> tuple[int, int] | None:
+    """A standalone copy of the user's ONNX, as upgraded to a supported opset and IR
+    version when it was loaded; returns (old, new) opset when it was upgraded."""
     import onnx
 
-    from edgeopt.convert import upgrade_opset
-
-    proto = onnx.load(str(src))  # pulls external data in, so the copy stands alone
-    proto, found = upgrade_opset(proto)
+    proto = source.extra.get("upgraded")
+    if proto is None:
+        proto = onnx.load(str(source.path))  # pulls external data in: the copy stands alone
     if proto.ByteSize() < 1_800_000_000:
         onnx.save(proto, str(dst))
     else:
-        shutil.copyfile(src, dst)
+        shutil.copyfile(source.path, dst)
+    found = source.extra.get("opset")
     new = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    return (found, new) if new != found else None
+    return (found, new) if found is not None and new != found else None
