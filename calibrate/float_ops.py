@@ -34,22 +34,10 @@ def qdq_notes(model) -> list[str]:
     return notes
 
 
-def ov_control_flow(model) -> tuple[list[str], list[str]]:
-    """The friendly names of every op inside an If/Loop/TensorIterator body of an
-    ``openvino.Model`` (to leave NNCF out of them), and one note per such op."""
-    inner, notes = [], []
-    for op in model.get_ops():
-        kind = op.get_type_name()
-        if kind not in _OV_CONTROL_FLOW:
-            continue
-        bodies = [op.get_function(i) for i in range(2 if kind == "If" else 1)]
-        for body in bodies:
-            inner += [b.get_friendly_name() for b in body.get_ops()
-                      if b.get_type_name() not in {"Parameter", "Result", "Constant"}]
-            sub_inner, _ = ov_control_flow(body)
-            inner += sub_inner
-        notes.append(f"{kind} '{op.get_friendly_name()}': its subgraphs stay float")
-    return inner, notes
+def ov_control_flow(model) -> list[str]:
+    """One note per If/Loop/TensorIterator op of an ``openvino.Model``."""
+    return [f"{op.get_type_name()} '{op.get_friendly_name()}': its subgraphs stay float"
+            for op in model.get_ops() if op.get_type_name() in _OV_CONTROL_FLOW]
 
 
 def ov_recurrent_notes(quantized) -> list[str]:

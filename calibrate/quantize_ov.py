@@ -240,7 +240,7 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
     if transformer:
         notes.append("transformer-style graph: NNCF's TRANSFORMER model type")
     excluded = _ov_names(model, excluded, onnx_outputs)
-    inside, control_flow = ov_control_flow(model)      # bodies stay float
+    control_flow = ov_control_flow(model)      # bodies stay float
     notes += control_flow
     out_xml = Path(out_xml)
     tmp = staging_path(out_xml, ".xml")
@@ -248,8 +248,8 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
     try:
         quantized, recurrent = _checked_recurrent(
             model, samples, lambda types=(): _nncf_quantize(
-                model, samples, excluded + inside, transformer, progress,
-                full_bias_correction=not control_flow, ignored_types=types))
+                model, samples, excluded, transformer, progress,
+                control_flow=bool(control_flow), ignored_types=types))
         notes += recurrent
         if stats is not None:
             applied, note = _set_calibrator_ranges(quantized, stats, config.calibrator,
@@ -331,12 +331,23 @@ def _worst_output_sqnr(fp32_model, int8_model, samples: list) -> float:
 
 
 def _nncf_quantize(model, samples: list, excluded: list[str], transformer: bool,
-                   progress: Progress, full_bias_correction: bool = True,
+                   progress: Progress, control_flow: bool = False,
                    ignored_types: tuple[str, ...] = ()):
     """NNCF's PERFORMANCE preset (symmetric activations, the fastest int8 graph for the
-    CPU plugin) with full bias correction (fast where the graph has control flow, which
-    the full one does not take); the calibrator's ranges replace NNCF's after."""
+    CPU plugin) with full bias correction; the calibrator's ranges replace NNCF's after.
+
+    With control flow: fast bias correction (the full one does not take If), and NNCF's
+    If-less path (an internal function of nncf 3.x), which leaves If/Loop bodies whole,
+    so they stay float: its If path quantizes each body with the samples that reach it,
+    and fails on a branch no calibration sample takes."""
     import nncf
+
+    quantize = nncf.quantize
+    if control_flow:
+        from nncf.openvino.quantization.quantize_model import native_quantize_impl
+
+        def quantize(model, dataset, **options):
+            return native_quantize_impl(model=model, calibration_dataset=dataset, **options)
 
     done = {"n": 0}
 
@@ -348,13 +359,11 @@ def _nncf_quantize(model, samples: list, excluded: list[str], transformer: bool,
 
     ignored = (nncf.IgnoredScope(names=excluded, types=list(ignored_types), validate=False)
                if excluded or ignored_types else None)
-    return nncf.quantize(model, nncf.Dataset(samples, transform),
-                         subset_size=len(samples),
-                         preset=nncf.QuantizationPreset.PERFORMANCE,
-                         fast_bias_correction=not full_bias_correction,
-                         **({"model_type": nncf.ModelType.TRANSFORMER} if transformer
-                            else {}),
-                         **({"ignored_scope": ignored} if ignored else {}))
+    return quantize(model, nncf.Dataset(samples, transform), subset_size=len(samples),
+                    preset=nncf.QuantizationPreset.PERFORMANCE,
+                    fast_bias_correction=control_flow,
+                    **({"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}),
+                    **({"ignored_scope": ignored} if ignored else {}))
 
 
 def _protected(fp32_onnx: Path | None) -> dict:
