@@ -81,6 +81,8 @@ def _split(array: np.ndarray, shape: tuple[int, ...], source: str, name: str) ->
     """One sample of ``shape``, or a stack of them along the batch axis."""
     if array.shape == shape:
         return [array]
+    if not shape and array.ndim == 1:           # a stack of scalars: each stays 0-d
+        return [np.asarray(value) for value in array]
     if len(shape) >= 1 and shape[0] == 1 and array.shape[1:] == shape[1:]:
         return [array[i : i + 1] for i in range(array.shape[0])]
     if array.ndim == len(shape) - 1 and shape[0] == 1 and array.shape == shape[1:]:
