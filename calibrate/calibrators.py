@@ -39,6 +39,9 @@ def sqnr_db(values: np.ndarray, rmin: float, rmax: float, levels: int = QMAX_U8)
     return 10.0 * np.log10(max(sig, 1e-300) / err)
 
 
+FEW_VALUES = 64     # per sample: below, mean-minmax takes min-max
+
+
 def minmax(stats: TensorStats) -> QuantRange:
     """The global min and max seen over the calibration set."""
     return QuantRange(min(stats.min, 0.0), max(stats.max, 0.0))
@@ -47,7 +50,13 @@ def minmax(stats: TensorStats) -> QuantRange:
 def mean_minmax(stats: TensorStats) -> QuantRange:
     """The mean over calibration samples of each sample's min and max (NNCF's default
     activation estimator; ONNX Runtime's MinMax with moving average). It clips the rare
-    extremes that a single sample brings, without looking at the distribution."""
+    extremes that a single sample brings, without looking at the distribution.
+
+    A tensor of fewer than FEW_VALUES values per sample (a feature vector, a small head)
+    gets min-max: the extremes of a handful of values sit well inside the distribution's
+    (six normal values average a max of 1.3 sigma), so their mean would clip every sample."""
+    if stats.samples and stats.count < FEW_VALUES * stats.samples:
+        return minmax(stats)
     return QuantRange(min(stats.mean_min, 0.0), max(stats.mean_max, 0.0))
 
 

@@ -60,16 +60,19 @@ class CalibrationSet:
 
 
 def random_samples(inputs: Sequence[InputSpec], n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Standard-normal float inputs (small non-negative integers for integer inputs)."""
+    """Standard-normal float inputs (small non-negative integers for integer inputs,
+    either value for bool ones), of exactly the given shapes (0-d included)."""
     rng = np.random.default_rng(seed)
     samples = []
     for _ in range(n):
         sample = {}
         for name, dtype, shape in inputs:
-            if np.issubdtype(np.dtype(dtype), np.integer):
-                sample[name] = rng.integers(0, 2, size=shape).astype(dtype)
+            kind = np.dtype(dtype)
+            if np.issubdtype(kind, np.integer) or kind == np.bool_:
+                values = rng.integers(0, 2, size=shape)
             else:
-                sample[name] = rng.standard_normal(shape).astype(dtype)
+                values = rng.standard_normal(shape)
+            sample[name] = np.asarray(values, dtype=kind)
         samples.append(sample)
     return samples
 
@@ -78,6 +81,8 @@ def _split(array: np.ndarray, shape: tuple[int, ...], source: str, name: str) ->
     """One sample of ``shape``, or a stack of them along the batch axis."""
     if array.shape == shape:
         return [array]
+    if not shape and array.ndim == 1:           # a stack of scalars: each stays 0-d
+        return [np.asarray(value) for value in array]
     if len(shape) >= 1 and shape[0] == 1 and array.shape[1:] == shape[1:]:
         return [array[i : i + 1] for i in range(array.shape[0])]
     if array.ndim == len(shape) - 1 and shape[0] == 1 and array.shape == shape[1:]:
@@ -137,7 +142,7 @@ def read_array_file(path: Path, inputs: Sequence[InputSpec]) -> list[dict[str, n
         msg = f"calibration file {path}: inputs hold different numbers of samples"
         raise CalibrationDataError(msg)
     n = counts.pop()
-    return [{name: np.ascontiguousarray(per_input[name][i]) for name in per_input} for i in range(n)]
+    return [{name: np.asarray(per_input[name][i], order="C") for name in per_input} for i in range(n)]
 
 
 def check_finite(samples: Sequence[dict[str, np.ndarray]], source: str = "calibration data") -> None:
@@ -280,7 +285,7 @@ def image_sample(path: Path, spec: InputSpec, pre: Preprocess) -> dict[str, np.n
             msg = (f"calibration image {path}: input '{name}' takes {dtype}, preprocessing "
                    "gives float32 (for raw integer pixels use scale=1 without mean/std)")
             raise CalibrationDataError(msg)
-    return {name: np.ascontiguousarray(array.astype(dtype, copy=False))}
+    return {name: np.asarray(array.astype(dtype, copy=False), order="C")}
 
 
 def call_factory(spec: str, where: str) -> Any:
@@ -379,7 +384,7 @@ def check_sample(item: Any, inputs: Sequence[InputSpec], where: str) -> dict[str
                 msg = (f"{where} input '{name}' has shape {_dims(array.shape)}, "
                        f"the model takes {_dims(shape)}")
                 raise CalibrationDataError(msg)
-        sample[name] = np.ascontiguousarray(array)
+        sample[name] = np.asarray(array, order="C")  # keeps 0-d arrays 0-d
     return sample
 
 

@@ -60,7 +60,7 @@ class Dataset:
 def sample_key(sample: Mapping[str, np.ndarray]) -> str:
     h = hashlib.sha1()
     for name in sorted(sample):
-        a = np.ascontiguousarray(sample[name])
+        a = np.asarray(sample[name], order="C")
         h.update(f"{name}|{a.dtype}|{a.shape}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()

@@ -68,6 +68,14 @@ class Preprocess:
         return 1 if self.order == "gray" else 3
 
     @property
+    def output_size(self) -> Size | None:
+        """(height, width) of every image it makes, where the spec says (a crop, or a
+        resize to HxW); None when the size follows each image (resize=N keeps aspect)."""
+        if self.crop is not None:
+            return self.crop
+        return self.resize if isinstance(self.resize, tuple) else None
+
+    @property
     def keeps_integers(self) -> bool:
         """Pixels pass through unchanged (scale 1, mean 0, std 1): an integer input can take them."""
         return self.scale == 1 and all(m == 0 for m in self.mean) and all(s == 1 for s in self.std)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["BOUNDED", "PASS_THROUGH", "bounded_tensors", "output_tensors", "protected_ranges"]
+__all__ = ["BOUNDED", "PASS_THROUGH", "bounded_tensors", "output_tensors", "protected_ranges",
+           "state_tensors"]
 
 # Ops whose output is an element-wise function (or a rearrangement) of their inputs: a
 # clip of their output is a clip of what reaches the model's output.
@@ -29,12 +30,27 @@ BOUNDED: Mapping[str, tuple[float, float]] = {
 }
 
 
+# Recurrent ops' initial-state inputs (initial_h, initial_c): a state is the previous
+# call's output, and a clip there compounds over every step of the sequence.
+RECURRENT_STATE: Mapping[str, tuple[int, ...]] = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}
+
+
+def state_tensors(model) -> set[str]:
+    """Recurrent initial states, and the tensors that reach one through pass-through ops."""
+    starts = [node.input[i] for node in model.graph.node
+              for i in RECURRENT_STATE.get(node.op_type, ()) if i < len(node.input)]
+    return _through_pass_through(model, starts)
+
+
 def output_tensors(model) -> set[str]:
     """Graph outputs, and the tensors that reach one through pass-through ops only."""
+    return _through_pass_through(model, [o.name for o in model.graph.output])
+
+
+def _through_pass_through(model, todo: list[str]) -> set[str]:
     producer = {out: node for node in model.graph.node for out in node.output}
     initializers = {t.name for t in model.graph.initializer}
     found: set[str] = set()
-    todo = [o.name for o in model.graph.output]
     while todo:
         name = todo.pop()
         if name in found or name in initializers or not name:
@@ -54,7 +70,8 @@ def bounded_tensors(model) -> dict[str, tuple[float, float]]:
 
 def protected_ranges(model) -> dict[str, tuple[float, float] | None]:
     """Tensor -> its mathematical range (bounded functions), or None: its full observed
-    range (what reaches a graph output)."""
-    ranges: dict[str, tuple[float, float] | None] = dict.fromkeys(output_tensors(model))
+    range (what reaches a graph output or a recurrent state)."""
+    ranges: dict[str, tuple[float, float] | None] = dict.fromkeys(output_tensors(model)
+                                                                  | state_tensors(model))
     ranges.update(bounded_tensors(model))
     return ranges

@@ -39,6 +39,7 @@ from edgeopt.calibrate.calibrators import (
 from edgeopt.calibrate.data import check_finite
 from edgeopt.calibrate.equalize import equalize_depthwise_inputs
 from edgeopt.calibrate.errors import CalibrationDataError, CalibrationError
+from edgeopt.calibrate.float_ops import qdq_notes
 from edgeopt.calibrate.output_ranges import protected_ranges
 from edgeopt.calibrate.qat import QatResult, finetune_qdq
 from edgeopt.calibrate.qdq_graph import (
@@ -212,6 +213,7 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
         tmp.unlink(missing_ok=True)
     notes.append(f"QDQ, per-channel S8 weights, U8 activations, '{config.calibrator}' ranges "
                  f"for {len(ranges)} tensors from {len(calib)} samples")
+    notes += qdq_notes(onnx.load(str(fp32_onnx), load_external_data=False))
     return QuantResult(out, tuple(excluded), tuple(notes), integer_kernel_counts(out),
                        tuple(sqnr), len(ranges))
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgeopt.calibrate.calibrators import QuantRange, compute_ranges
 from edgeopt.calibrate.errors import CalibrationError
+from edgeopt.calibrate.float_ops import OV_RECURRENT, ov_control_flow, ov_recurrent_notes
 from edgeopt.calibrate.output_ranges import protected_ranges
 from edgeopt.calibrate.qdq_graph import fp32_nodes, linear_nodes
 from edgeopt.calibrate.quantize import (
@@ -28,6 +30,8 @@ from edgeopt.calibrate.sensitivity import ov_layer_sqnr
 from edgeopt.calibrate.stats import TensorStats
 from edgeopt.runtimes import capture_openvino, read_openvino_model
 from edgeopt.runtimes.errors import short_reason
+
+RECURRENT_MIN_SQNR_DB = 10.0     # the default gate's floor for an output (edgeopt.metrics)
 
 
 def _ov_first_conv(model) -> list[str]:
@@ -236,11 +240,17 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
     if transformer:
         notes.append("transformer-style graph: NNCF's TRANSFORMER model type")
     excluded = _ov_names(model, excluded, onnx_outputs)
+    control_flow = ov_control_flow(model)      # bodies stay float
+    notes += control_flow
     out_xml = Path(out_xml)
     tmp = staging_path(out_xml, ".xml")
     applied = 0
     try:
-        quantized = _nncf_quantize(model, samples, excluded, transformer, progress)
+        quantized, recurrent = _checked_recurrent(
+            model, samples, lambda types=(): _nncf_quantize(
+                model, samples, excluded, transformer, progress,
+                control_flow=bool(control_flow), ignored_types=types))
+        notes += recurrent
         if stats is not None:
             applied, note = _set_calibrator_ranges(quantized, stats, config.calibrator,
                                                    _protected(fp32_onnx))
@@ -258,7 +268,8 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
         tmp.with_suffix(".bin").unlink(missing_ok=True)
     fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
     notes.append(f"NNCF {nncf.__version__} post-training quantization (PERFORMANCE preset, "
-                 f"bias correction) from {len(samples)} samples; {fq} FakeQuantize ops")
+                 f"{'fast ' if control_flow else ''}bias correction) from {len(samples)} "
+                 f"samples; {fq} FakeQuantize ops")
     sqnr = ov_layer_sqnr(model, quantized, samples)
     return QuantResult(out_xml, tuple(excluded), tuple(notes), layer_sqnr=tuple(sqnr),
                        ranges_applied=applied)
@@ -282,11 +293,60 @@ def _onnx_layout(fp32_onnx: Path | None) -> tuple[dict[str, list[str]], bool]:
     return {n.name: list(n.output) for n in graph.graph.node}, bool(linear_nodes(graph))
 
 
+def _checked_recurrent(model, samples: list, quantize: Callable) -> tuple[Any, list[str]]:
+    """``quantize()``, and where NNCF quantized a recurrent op, the model's outputs checked
+    against FP32 on the calibration samples: below RECURRENT_MIN_SQNR_DB on any output,
+    the recurrent ops are quantized again as float (a state quantized badly drifts over
+    every step). Returns the model and one note per recurrent op."""
+    quantized = quantize()
+    notes = ov_recurrent_notes(quantized)
+    kinds = sorted({op.get_type_name() for op in quantized.get_ops()
+                    if op.get_type_name() in OV_RECURRENT
+                    and any(v.get_node().get_type_name() == "FakeQuantize"
+                            for v in op.input_values())})
+    if not kinds:
+        return quantized, notes
+    worst = _worst_output_sqnr(model, quantized, samples[:8])
+    if worst >= RECURRENT_MIN_SQNR_DB:
+        return quantized, notes
+    quantized = quantize(tuple(kinds))
+    return quantized, [f"{kind} ops stay float: quantized, an output fell to {worst:.1f} dB "
+                       f"SQNR against FP32 on the calibration samples (< "
+                       f"{RECURRENT_MIN_SQNR_DB} dB)" for kind in kinds]
+
+
+def _worst_output_sqnr(fp32_model, int8_model, samples: list) -> float:
+    """The lowest SQNR (dB) of any model output of ``int8_model`` against ``fp32_model``."""
+    fp32, int8 = capture_openvino(fp32_model, samples), capture_openvino(int8_model, samples)
+    signal = np.zeros(len(fp32_model.outputs))
+    noise = np.zeros_like(signal)
+    for a, b in zip(fp32, int8, strict=True):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            x = np.asarray(x, dtype=np.float64)
+            signal[i] += float(np.sum(x * x))
+            noise[i] += float(np.sum((x - np.asarray(y, dtype=np.float64)) ** 2))
+    return float(min(10 * np.log10(max(s, 1e-30) / max(n, 1e-30)) for s, n in
+                     zip(signal, noise, strict=True)))
+
+
 def _nncf_quantize(model, samples: list, excluded: list[str], transformer: bool,
-                   progress: Progress):
+                   progress: Progress, control_flow: bool = False,
+                   ignored_types: tuple[str, ...] = ()):
     """NNCF's PERFORMANCE preset (symmetric activations, the fastest int8 graph for the
-    CPU plugin) with full bias correction; the calibrator's ranges replace NNCF's after."""
+    CPU plugin) with full bias correction; the calibrator's ranges replace NNCF's after.
+
+    With control flow: fast bias correction (the full one does not take If), and NNCF's
+    If-less path (an internal function of nncf 3.x), which leaves If/Loop bodies whole,
+    so they stay float: its If path quantizes each body with the samples that reach it,
+    and fails on a branch no calibration sample takes."""
     import nncf
+
+    quantize = nncf.quantize
+    if control_flow:
+        from nncf.openvino.quantization.quantize_model import native_quantize_impl
+
+        def quantize(model, dataset, **options):
+            return native_quantize_impl(model=model, calibration_dataset=dataset, **options)
 
     done = {"n": 0}
 
@@ -296,14 +356,13 @@ def _nncf_quantize(model, samples: list, excluded: list[str], transformer: bool,
             progress(min(done["n"], len(samples)), len(samples))
         return sample
 
-    ignored = nncf.IgnoredScope(names=excluded, validate=False) if excluded else None
-    return nncf.quantize(model, nncf.Dataset(samples, transform),
-                         subset_size=len(samples),
-                         preset=nncf.QuantizationPreset.PERFORMANCE,
-                         fast_bias_correction=False,
-                         **({"model_type": nncf.ModelType.TRANSFORMER} if transformer
-                            else {}),
-                         **({"ignored_scope": ignored} if ignored else {}))
+    ignored = (nncf.IgnoredScope(names=excluded, types=list(ignored_types), validate=False)
+               if excluded or ignored_types else None)
+    return quantize(model, nncf.Dataset(samples, transform), subset_size=len(samples),
+                    preset=nncf.QuantizationPreset.PERFORMANCE,
+                    fast_bias_correction=control_flow,
+                    **({"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}),
+                    **({"ignored_scope": ignored} if ignored else {}))
 
 
 def _protected(fp32_onnx: Path | None) -> dict:

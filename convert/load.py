@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt.convert.errors import InputShapeError, ModelLoadError, short_reason
+from edgeopt.convert.opset import needs_upgrade, upgrade_opset
 
 _FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _SUFFIXES = {".onnx", ".xml", ".pt", ".pth", ".pt2", ".keras", ".tflite"}
@@ -149,8 +150,12 @@ def _load_onnx(spec: str, path: Path) -> SourceModel:
     initializers = {i.name for i in proto.graph.initializer}
     inputs = tuple(i.name for i in proto.graph.input if i.name not in initializers)
     outputs = tuple(o.name for o in proto.graph.output)
+    extra = {}
+    if needs_upgrade(proto):    # before any other work: what cannot convert is refused now
+        upgraded, found = upgrade_opset(onnx.load(str(path)))
+        extra = {"upgraded": upgraded, "opset": found}
     return SourceModel(spec, "onnx", path=path, sha256=file_sha256(path),
-                       input_names=inputs, output_names=outputs)
+                       input_names=inputs, output_names=outputs, extra=extra)
 
 
 def _load_ir(spec: str, path: Path) -> SourceModel:

@@ -178,7 +178,8 @@ def fix_onnx_shapes(
             if any(not isinstance(d, int) or d <= 0 for d in model_shape):
                 dims = ",".join(str(d) for d in model_shape)
                 msg = (f"input '{name}' has dynamic shape [{dims}]; "
-                       "pass --input-shape with concrete dimensions")
+                       "pass --input-shape with concrete dimensions (an image input also "
+                       "takes its size from --preprocess crop or resize=HxW)")
                 raise InputShapeError(msg)
             fixed[name] = tuple(int(d) for d in model_shape)
             continue

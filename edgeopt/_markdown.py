@@ -23,7 +23,12 @@ def to_markdown(report: dict) -> str:
               f"{report['host'].get('cpu', report['host']['machine'])}.", ""]
     lines += [f"- Calibration: {report['data']['calibration']}",
               f"- Evaluation: {report['data']['evaluation']}",
-              f"- Metric: `{report['data']['metric']}`", ""]
+              f"- Metric: `{report['data']['metric']}`"]
+    states = report["data"].get("state_inputs")
+    if states:
+        lines.append("- State inputs (fed from the output named): "
+                     + ", ".join(f"`{i}` <- `{o}`" for i, o in states.items()))
+    lines.append("")
     lines += _artifact_lines(report["artifacts"])
     lines += ["", "## Steps", "", "| step | seconds | parity (max abs diff / cosine) |",
               "|---|---|---|"]

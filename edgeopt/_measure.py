@@ -184,9 +184,9 @@ def random_inputs(specs, shapes) -> dict[str, np.ndarray]:
         _check_shape(spec, tuple(shape))
         dtype = np.dtype(spec.dtype)
         if np.issubdtype(dtype, np.integer):
-            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(dtype)
+            feeds[spec.name] = np.asarray(rng.integers(0, 2, size=shape), dtype=dtype)
         elif dtype == np.bool_:
             feeds[spec.name] = np.ones(shape, dtype=bool)
         else:
-            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+            feeds[spec.name] = np.asarray(rng.standard_normal(shape), dtype=dtype)
     return feeds

@@ -42,6 +42,7 @@ class Prepared:
     preprocessing: dict = field(default_factory=dict)
     labels: np.ndarray | None = None           # one task label per evaluation sample
     chosen: Any = None                         # --metric: an edgeopt.metrics.Metric
+    states: dict[str, str] = field(default_factory=dict)   # state input -> its output
 
     @property
     def task_metric(self) -> bool:
@@ -136,6 +137,28 @@ def load_source(config: Recipe) -> SourceModel:
     return source
 
 
+def _image_size(specs: list, shapes, preprocess):
+    """``shapes`` (from --input-shape) with the size --preprocess gives (its crop, or a
+    resize to HxW) for the one 4-d input whose size is dynamic and not given, batch 1."""
+    if preprocess is None or isinstance(shapes, tuple):
+        return shapes
+    from edgeopt.calibrate.images import parse_preprocess
+
+    pre = parse_preprocess(preprocess)
+    shapes = dict(shapes or {})
+    images = [(n, s) for n, _, s in specs if len(s) == 4 and n not in shapes
+              and any(not isinstance(d, int) or d <= 0 for d in s)]
+    if pre.output_size is None or len(images) != 1:
+        return shapes or None
+    name, dims = images[0]
+    height, width = pre.output_size
+    wanted = ((1, pre.channels, height, width) if pre.layout == "nchw"
+              else (1, height, width, pre.channels))
+    shapes[name] = tuple(d if isinstance(d, int) and d > 0 else w
+                         for d, w in zip(dims, wanted, strict=True))
+    return shapes
+
+
 def _specs_from_example(names: tuple[str, ...], example: tuple) -> list:
     return [(n, str(t.detach().numpy().dtype), tuple(int(d) for d in t.shape))
             for n, t in zip(names, example, strict=True)]
@@ -153,13 +176,19 @@ def prepare(config: Recipe, source: SourceModel) -> Prepared:
         specs = _specs_from_example(names, source.example_inputs)
     else:
         specs = list(onnx_input_specs(source.path))
-        fixed = fix_onnx_shapes(specs, parse_input_shapes(config.data.input_shape), config.data.input_shape)
+        shapes = _image_size(specs, parse_input_shapes(config.data.input_shape),
+                             config.data.preprocess)
+        fixed = fix_onnx_shapes(specs, shapes, config.data.input_shape)
         specs = [(n, dtype, fixed[n]) for n, dtype, _ in specs]
 
     if reference is not None and config.data.calib is None:
         prepared = _reference_data(config, source, specs, reference, name)
     else:
         prepared = _user_data(config, source, specs, reference, name)
+    if source.kind == "onnx":
+        from edgeopt._states import onnx_output_specs, state_pairs
+
+        prepared.states = state_pairs(specs, onnx_output_specs(source.path))
     if config.data.metric is None:
         return prepared
     chosen = resolve_metric(config.data.metric, prepared.labels is not None)

@@ -235,7 +235,7 @@ def _samples(manifest: dict, arrays: dict, loaded) -> list[dict[str, np.ndarray]
         msg = (f"reference.npz holds {n} samples, the manifest says "
                f"{manifest['reference'].get('samples')}")
         raise _Failed(msg)
-    return [{name: np.ascontiguousarray(stack[i]) for name, stack in stacks.items()}
+    return [{name: np.asarray(stack[i], order="C") for name, stack in stacks.items()}
             for i in range(n)]
 
 
@@ -243,7 +243,7 @@ def _bench(target, model_path: Path, manifest: dict, arrays: dict, protocol, out
            table: bool) -> dict:
     from edgeopt._measure import run_target
 
-    feeds = {spec["name"]: np.ascontiguousarray(arrays[f"input.{i}"][0])
+    feeds = {spec["name"]: np.asarray(arrays[f"input.{i}"][0], order="C")
              for i, spec in enumerate(manifest["inputs"])}
     with out.status(f"benchmark {model_path.name} on {target.label}"):
         row = run_target(target, model_path, feeds, protocol)

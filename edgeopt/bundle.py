@@ -90,7 +90,7 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     members = {}
     for key, array in arrays.items():
         out = io.BytesIO()
-        np.lib.format.write_array(out, np.ascontiguousarray(array), allow_pickle=False)
+        np.lib.format.write_array(out, np.asarray(array, order="C"), allow_pickle=False)
         members[f"{key}.npy"] = out.getvalue()
     return _zip_bytes(members, compress=False)    # the bundle deflates it
 

@@ -166,7 +166,9 @@ def _one_output(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     lo8, hi8 = float(out.min()), float(out.max())
     span = hi - lo
     coverage = 1.0 if span <= 0 else max(0.0, min(hi, hi8) - max(lo, lo8)) / span
-    tol = 1e-6 * max(1.0, abs(hi8), abs(lo8))
+    # A value within half a grid step of the output's extreme rounds to it: that is
+    # rounding, not clipping (a Softmax output on a 1/255 grid over a span of 0.1).
+    tol = max(1e-6 * max(1.0, abs(hi8), abs(lo8)), 0.5 * _grid_step(out))
     beyond_hi, beyond_lo = ref > hi8 + tol, ref < lo8 - tol
     saturated = int(np.sum(beyond_hi & (out >= hi8 - tol)) + np.sum(beyond_lo & (out <= lo8 + tol)))
     beyond = int(beyond_hi.sum() + beyond_lo.sum())
@@ -178,6 +180,13 @@ def _one_output(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
             "clipped": bool(span > 0 and coverage < MIN_COVERAGE
                             and saturated >= max(MIN_SATURATED, 0.01 * len(pairs))
                             and saturated >= beyond / 2)}
+
+
+def _grid_step(values: np.ndarray) -> float:
+    """The smallest gap between distinct values: an INT8 output's grid step (tiny for
+    float outputs)."""
+    gaps = np.diff(np.unique(values))
+    return float(gaps.min()) if gaps.size else 0.0
 
 
 def gate_problems(figures: list[dict], metric_drop: float | None) -> list[str]:

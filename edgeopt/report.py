@@ -139,7 +139,8 @@ def header(recipe: Recipe, prepared) -> dict:
                   "preprocessing": prepared.preprocessing or None},
         "recipe": recipe,
         "data": {"calibration": prepared.calib_note, "evaluation": prepared.eval_note,
-                 "metric": prepared.metric},
+                 "metric": prepared.metric,
+                 **({"state_inputs": dict(prepared.states)} if prepared.states else {})},
     }
 
 

@@ -20,7 +20,7 @@ from edgeopt.budget import Budget, within_budget
 from edgeopt.metrics import GATE, gate_problems, output_figures
 from edgeopt.recipe import Recipe
 
-__all__ = ["OPTIMIZE", "RunState", "benchmark", "calibrate", "convert", "evaluate",
+__all__ = ["OPTIMIZE", "RunState", "benchmark", "calibrate", "carry_states", "convert", "evaluate",
            "evaluate_artifact", "export", "prune", "quantize", "reference"]
 
 PARITY_SAMPLES = 8
@@ -73,6 +73,24 @@ class RunState:
         self.step_records.append({"name": name, **extra})
 
 
+def carry_states(state: RunState) -> None:
+    """Random data for a model with state inputs: each sample's state is the state the
+    source model gave back for the previous one (zeros first), as it is run."""
+    from edgeopt._states import carry_states as carry
+
+    prepared, data = state.prepared, state.recipe.data
+    if not prepared.states or data.calib != "random":
+        return
+    with state.progress.step("carry state inputs"):
+        loaded = onnx_runner().load(prepared.source.path)
+        names = _output_names(loaded)
+        prepared.calib = carry(prepared.calib, prepared.states, names, loaded.run)
+        if data.eval is None:
+            prepared.eval_inputs = carry(prepared.eval_inputs, prepared.states, names,
+                                         loaded.run)
+    state.record_step("carry state inputs", states=dict(prepared.states))
+
+
 def reference(state: RunState) -> None:
     """The source model's own outputs on the evaluation set: the FP32 reference."""
     prepared, source = state.prepared, state.prepared.source
@@ -117,7 +135,7 @@ def export(state: RunState, file: str | None = None) -> None:
                           parity=parity)
     else:
         with state.progress.step("copy ONNX"):
-            opset = _copy_onnx(source.path, path)
+            opset = _copy_onnx(source, path)
         state.record_step("copy ONNX")
         if opset is not None:
             step = f"ONNX opset {opset[0]} -> {opset[1]}"
@@ -319,7 +337,7 @@ def benchmark(state: RunState) -> None:
         state.warn(text)
 
 
-OPTIMIZE = (reference, prune, export, convert, calibrate, quantize, evaluate, benchmark)
+OPTIMIZE = (carry_states, reference, prune, export, convert, calibrate, quantize, evaluate, benchmark)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -367,18 +385,18 @@ def _gain_summary(gains: dict[str, float]) -> dict:
                                        "tensors": int(values.size)}}
 
 
-def _copy_onnx(src: Path, dst: Path) -> tuple[int, int] | None:
-    """A standalone copy of the user's ONNX, upgraded to a supported opset where it is
-    older; returns (old, new) opset when it was upgraded."""
+def _copy_onnx(source, dst: Path) -> tuple[int, int] | None:
+    """A standalone copy of the user's ONNX, as upgraded to a supported opset and IR
+    version when it was loaded; returns (old, new) opset when it was upgraded."""
     import onnx
 
-    from edgeopt.convert import upgrade_opset
-
-    proto = onnx.load(str(src))  # pulls external data in, so the copy stands alone
-    proto, found = upgrade_opset(proto)
+    proto = source.extra.get("upgraded")
+    if proto is None:
+        proto = onnx.load(str(source.path))  # pulls external data in: the copy stands alone
     if proto.ByteSize() < 1_800_000_000:
         onnx.save(proto, str(dst))
     else:
-        shutil.copyfile(src, dst)
+        shutil.copyfile(source.path, dst)
+    found = source.extra.get("opset")
     new = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    return (found, new) if new != found else None
+    return (found, new) if found is not None and new != found else None

@@ -177,5 +177,7 @@ def _run_compiled(compiled, samples: Iterable[Mapping[str, np.ndarray]]
                   ) -> Iterator[list[np.ndarray]]:
     count = len(compiled.outputs)
     for sample in samples:
-        result = compiled(dict(sample))
+        from edgeopt.runtimes.ov_cpu import scalars_as_tensors
+
+        result = compiled(scalars_as_tensors(dict(sample)))   # 0-d inputs stay 0-d
         yield [np.array(result[i]) for i in range(count)]

@@ -43,8 +43,20 @@ class OvLoaded:
         self._request = self.compiled.create_infer_request()
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        result = self._request.infer(feeds)
+        result = self._request.infer(scalars_as_tensors(feeds))
         return [np.array(result[out]) for out in self.compiled.outputs]
+
+
+def scalars_as_tensors(feeds: dict[str, np.ndarray]) -> dict:
+    """``feeds`` with each 0-d array as an ``openvino.Tensor`` of shape []: given as an
+    array, OpenVINO's Python layer makes a 0-d input shape [1] on a fresh request, and a
+    model that takes a scalar then refuses it."""
+    if not any(np.ndim(v) == 0 for v in feeds.values()):
+        return feeds
+    import openvino as ov
+
+    return {k: ov.Tensor(np.array(v)) if np.ndim(v) == 0 else v
+            for k, v in feeds.items()}
 
 
 def plugin_error(error: BaseException) -> str:

@@ -80,7 +80,12 @@ def test_the_simulation_is_the_fp32_graph_and_the_qdq_graph(blocks_onnx, tmp_pat
     assert np.abs(int8 - fp32).max() > 0          # the quantizers are really simulated
 
 
-def test_qat_lowers_the_error_on_unseen_samples_with_the_same_graph(blocks_onnx, tmp_path):
+def test_qat_lowers_the_error_on_unseen_samples_with_the_same_graph(blocks_onnx, tmp_path,
+                                                                    monkeypatch):
+    # The classifier's 32-value input clipped by per-sample mean ranges, as mean-minmax
+    # gave before it took min-max on small tensors: an INT8 error QAT has to fix (with
+    # min-max there, plain INT8 is 2.8x closer to FP32 and leaves QAT under 1% to gain).
+    monkeypatch.setattr("edgeopt.calibrate.calibrators.FEW_VALUES", 0)
     calib, train, held = _samples(16, 0), _samples(64, 2), _samples(32, 3)
     plain, tuned = tmp_path / "plain.onnx", tmp_path / "tuned.onnx"
     quantize_onnx_for_ort(blocks_onnx, plain, calib)

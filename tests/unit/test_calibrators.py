@@ -122,3 +122,22 @@ def test_sqnr_gain_is_zero_for_minmax_and_non_negative_for_kmeans():
     gains = sqnr_gain_db(stats, compute_ranges(stats, "kmeans"))
     assert set(gains) == set(stats) and min(gains.values()) >= 0.0
     assert gains["outliers"] > 0.1                        # a far outlier is worth clipping
+
+
+def test_mean_minmax_takes_min_max_on_a_few_values_per_sample():
+    """Six values a sample (a feature vector): each sample's extremes sit well inside the
+    distribution, so their mean would clip most samples; min-max is taken instead."""
+    from edgeopt.calibrate.calibrators import FEW_VALUES, mean_minmax
+
+    rng = np.random.default_rng(0)
+
+    def collected(values_per_sample: int) -> TensorStats:
+        stats = TensorStats("t")
+        for _ in range(16):
+            stats.update(rng.standard_normal(values_per_sample).astype(np.float32), 4096, rng)
+        return stats
+
+    few = collected(6)
+    assert mean_minmax(few) == minmax(few)
+    many = collected(4 * FEW_VALUES)
+    assert mean_minmax(many).rmax < minmax(many).rmax

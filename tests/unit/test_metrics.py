@@ -28,3 +28,16 @@ def test_a_wall_at_the_top_is_clipped_and_a_lower_maximum_alone_is_not():
     noisy = [[r[0] * 0.97] for r in reference]          # less accurate, no wall
     (figure,) = output_figures(reference, noisy)
     assert figure["range_coverage"] < 0.99 and not figure["clipped"]
+
+
+def test_rounding_on_an_int8_grid_is_not_clipping():
+    """Softmax probabilities of 0.1-0.25 on a 1/255 grid: the top values round down by
+    under half a step, which is rounding; a wall well below the top is still clipping."""
+    rng = np.random.default_rng(0)
+    reference = [[rng.uniform(0.1, 0.25, 6)] for _ in range(40)]
+    rounded = [[np.round(r[0] * 255) / 255] for r in reference]
+    (figure,) = output_figures(reference, rounded)
+    assert figure["range_coverage"] < 0.99 and not figure["clipped"]
+    walled = [[np.minimum(np.round(r[0] * 255) / 255, 0.2)] for r in reference]
+    (figure,) = output_figures(reference, walled)
+    assert figure["clipped"]
