@@ -14,14 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt._cache import Cache
 from edgeopt._outputs import run_all, stack_first, torch_outputs
+from edgeopt._step_cache import DataKeys, artifact_facts, artifact_from, through_cache
 from edgeopt.backends import Artifact, QuantJob, get_backend, onnx_runner, runtime_names
 from edgeopt.budget import Budget, within_budget
 from edgeopt.metrics import GATE, gate_problems, output_figures
 from edgeopt.recipe import Recipe
 
 __all__ = ["OPTIMIZE", "RunState", "benchmark", "calibrate", "convert", "evaluate",
-           "evaluate_artifact", "export", "prune", "quantize", "reference"]
+           "evaluate_artifact", "export", "fp32_reference", "prune", "quantize", "reference"]
 
 PARITY_SAMPLES = 8
 GATE_TRIALS = 3             # node groups the default gate may return to FP32 before it flags
@@ -51,6 +53,13 @@ class RunState:
     records: list = field(default_factory=list)    # edgeopt.report.ArtifactRecord
     step_records: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    cache: Cache = field(default_factory=lambda: Cache(None))    # edgeopt._cache: off
+    keys: Any = None                           # edgeopt._step_cache.DataKeys
+    ref_from_onnx: bool = False                # the FP32 reference is the FP32 ONNX's run
+    ref_runner: Any = None                     # that ONNX, loaded on the host
+
+    def __post_init__(self) -> None:
+        self.keys = DataKeys(self)
 
     @property
     def name(self) -> str:
@@ -73,15 +82,57 @@ class RunState:
 
 
 def reference(state: RunState) -> None:
-    """The source model's own outputs on the evaluation set: the FP32 reference."""
-    prepared, source = state.prepared, state.prepared.source
+    """Pruning measures against the unpruned model on the whole evaluation set: then the
+    source model gives the FP32 reference. Otherwise :func:`fp32_reference` takes it from
+    the parity-checked FP32 ONNX, and the source runs only the parity samples, when the
+    export is checked."""
+    state.module = state.prepared.source.module
+    if state.recipe.prune is None:
+        return
     with state.progress.step("FP32 reference outputs") as update:
-        if source.is_torch:
-            outs = torch_outputs(source.module, state.input_names, prepared.eval_inputs, update)
-        else:
-            outs = run_all(onnx_runner().load(source.path), prepared.eval_inputs, update)
+        outs = _source_outputs(state, state.prepared.eval_inputs, update)
     state.ref_outs, state.fp32_ref = outs, stack_first(outs)
-    state.module, state.parity_ref = source.module, outs[:PARITY_SAMPLES]
+    state.parity_ref = outs[:PARITY_SAMPLES]
+
+
+def _source_outputs(state: RunState, samples, update=None) -> list:
+    source = state.prepared.source
+    if source.is_torch:
+        return torch_outputs(source.module, state.input_names, samples, update)
+    return run_all(onnx_runner().load(source.path), samples, update)
+
+
+def _parity_reference(state: RunState) -> list:
+    """What the export must reproduce: the model's outputs on the parity samples."""
+    if state.parity_ref is None:
+        state.parity_ref = _source_outputs(state, state.parity_inputs)
+    return state.parity_ref
+
+
+def fp32_reference(state: RunState) -> None:
+    """The FP32 reference on the evaluation set, from the FP32 ONNX on the host's ONNX
+    runtime: the export passed parity with the source, and this runtime is the one the
+    artifacts are measured in (it also serves as the FP32 ONNX's own evaluation run)."""
+    if state.ref_outs is not None:
+        return
+    from edgeopt._step_cache import load_outputs, save_outputs
+
+    file = state.staging.scratch / "fp32-reference.npz"
+
+    def build() -> dict:
+        state.ref_runner = onnx_runner().load(state.fp32_onnx)
+        with state.progress.step("FP32 reference outputs") as update:
+            outs = run_all(state.ref_runner, state.prepared.eval_inputs, update)
+        return {"count": save_outputs(file, outs)}
+
+    def parts() -> dict:
+        return {"onnx": state.keys.fp32_onnx, "eval": state.keys.eval}
+
+    facts, _ = through_cache(state, "reference", parts, [file.name], build,
+                             dest=state.staging.scratch)
+    state.ref_outs, state.ref_from_onnx = load_outputs(file, facts["count"]), True
+    state.fp32_ref = stack_first(state.ref_outs)
+    file.unlink(missing_ok=True)
 
 
 def prune(state: RunState) -> None:
@@ -100,16 +151,29 @@ def prune(state: RunState) -> None:
 def export(state: RunState, file: str | None = None) -> None:
     """The FP32 ONNX: exported from PyTorch and checked, or a copy of the user's file
     (never modified). It is the artifact of the backend that runs plain ONNX."""
+    source = state.prepared.source
+    path = state.staging.path(file or f"{state.name}.fp32.onnx")
+    def parts() -> dict:
+        return {"model": state.keys.model(), "file": path.name, "inputs": state.input_names,
+                "outputs": state.prepared.output_names, "parity": state.keys.parity}
+
+    through_cache(state, "export", parts, [path.name], lambda: _export(state, path))
+    state.fp32_onnx = path
+    runner = onnx_runner()
+    state.artifacts.append(Artifact(path.name, runner.format, "fp32", runner.runtime))
+
+
+def _export(state: RunState, path: Path) -> None:
     from edgeopt.convert import export_onnx
 
     source = state.prepared.source
-    path = state.staging.path(file or f"{state.name}.fp32.onnx")
     if source.is_torch:
         with state.progress.step("torch -> ONNX"):
             result = export_onnx(state.module, source.example_inputs, path,
                                  input_names=state.input_names,
                                  output_names=state.prepared.output_names or None)
-            parity = _parity("torch -> ONNX", state.parity_ref, onnx_runner().load(path), state)
+            parity = _parity("torch -> ONNX", _parity_reference(state), onnx_runner().load(path),
+                             state)
         for note in result.warnings:
             state.warn(note)
         state.record_step("torch -> ONNX", exporter=result.exporter, opset=result.opset,
@@ -121,11 +185,8 @@ def export(state: RunState, file: str | None = None) -> None:
         if opset is not None:
             step = f"ONNX opset {opset[0]} -> {opset[1]}"
             with state.progress.step(step):
-                parity = _parity(step, state.parity_ref, onnx_runner().load(path), state)
+                parity = _parity(step, _parity_reference(state), onnx_runner().load(path), state)
             state.record_step(step, parity=parity)
-    state.fp32_onnx = path
-    runner = onnx_runner()
-    state.artifacts.append(Artifact(path.name, runner.format, "fp32", runner.runtime))
 
 
 def convert(state: RunState) -> None:
@@ -136,12 +197,24 @@ def convert(state: RunState) -> None:
 
     for runtime in _runtimes(state):
         backend = get_backend(runtime)
-        built = backend.build_fp32(state.name, state.fp32_onnx, state.staging, state.progress,
-                                   check_parity)
-        if built is not None:
-            art, record = built
-            state.artifacts.append(art)
-            state.record_step(**record)
+        if backend is onnx_runner():
+            continue                            # the ONNX itself is its artifact
+
+        def build(b=backend) -> dict:
+            built = b.build_fp32(state.name, state.fp32_onnx, state.staging, state.progress,
+                                 check_parity)
+            if built is None:
+                return {}
+            state.record_step(**built[1])
+            return {"artifact": artifact_facts(built[0])}
+
+        def parts(r=runtime) -> dict:
+            return {"onnx": state.keys.fp32_onnx, "parity": state.keys.parity, "runtime": r}
+
+        facts, _ = through_cache(state, "convert", parts,
+                                 list(backend.artifact_files(state.name, "fp32")), build)
+        if "artifact" in facts:
+            state.artifacts.append(artifact_from(facts["artifact"]))
 
 
 def calibrate(state: RunState) -> None:
@@ -151,12 +224,28 @@ def calibrate(state: RunState) -> None:
     from edgeopt.calibrate.calibrators import compute_ranges, sqnr_gain_db
     from edgeopt.calibrate.quantize import activation_stats
 
+    from edgeopt._step_cache import load_stats, save_stats
+
     calib, calibrator = state.prepared.calib, state.recipe.quant.calibrator
-    with state.progress.step("calibration statistics") as update:
-        state.stats = activation_stats(state.fp32_onnx, calib, update)
+    file = state.staging.scratch / "statistics.npz"
+
+    def build() -> dict:
+        with state.progress.step("calibration statistics") as update:
+            state.stats = activation_stats(state.fp32_onnx, calib, update)
+        return {"tensors": save_stats(file, state.stats)}
+
+    def parts() -> dict:
+        return {"onnx": state.keys.fp32_onnx, "calib": state.keys.calib}
+
+    facts, cached = through_cache(state, "statistics", parts, [file.name], build,
+                                  dest=state.staging.scratch)
+    if cached:
+        state.stats = load_stats(file, facts["tensors"])
+    file.unlink(missing_ok=True)
     gains = sqnr_gain_db(state.stats, compute_ranges(state.stats, calibrator))
     state.record_step("calibration statistics", tensors=len(state.stats), samples=len(calib),
-                      calibrator=calibrator, **_gain_summary(gains))
+                      calibrator=calibrator, **_gain_summary(gains),
+                      **({"cached": True} if cached else {}))
 
 
 def quantize(state: RunState) -> None:
@@ -183,7 +272,7 @@ def quantize(state: RunState) -> None:
 
         outcome = within_budget(
             runtime, state.budget,
-            build=lambda excluded, b=backend, j=job: b.quantize(j(excluded)),
+            build=lambda excluded, b=backend, j=job: _quantize(state, b, j(excluded)),
             evaluate=lambda art: evaluate_artifact(state, art),
             rank=lambda art, b=backend, j=job: b.sensitivity(art, j([])),
             warn=state.progress.warn)
@@ -192,6 +281,24 @@ def quantize(state: RunState) -> None:
             state.warn(warning)
         _gate(state, outcome.artifact, runtime)
         state.artifacts.append(outcome.artifact)
+
+
+def _quantize(state: RunState, backend, job: QuantJob) -> Artifact:
+    """``backend.quantize(job)``, or its artifact from the cache."""
+    def build() -> dict:
+        return {"artifact": artifact_facts(backend.quantize(job))}
+
+    def parts() -> dict:
+        from dataclasses import asdict
+
+        config = asdict(job.config)
+        return {"onnx": state.keys.fp32_onnx, "calib": state.keys.calib, "config": config,
+                "runtime": backend.runtime, "name": job.name,
+                "model": state.recipe.model if job.config.qat_epochs else None}
+
+    facts, _ = through_cache(state, "quantize", parts,
+                             list(backend.artifact_files(job.name, "int8")), build)
+    return artifact_from(facts["artifact"])
 
 
 def _gate(state: RunState, art: Artifact, runtime: str) -> None:
@@ -223,18 +330,40 @@ def evaluate(state: RunState) -> None:
 
 
 def evaluate_artifact(state: RunState, art: Artifact) -> float:
-    """Run ``art`` on its backend over the evaluation set and score it; returns the metric."""
+    """Run ``art`` on its backend over the evaluation set and score it; returns the metric.
+    The FP32 ONNX's run is the FP32 reference's own, when that came from it."""
     prepared = state.prepared
-    with state.progress.step(f"evaluate {art.file}") as update:
-        loaded = get_backend(art.runtime).load(state.staging.path(art.file))
-        runs = run_all(loaded, prepared.eval_inputs, update)
-        outs = stack_first(runs)
-        value = prepared.score(outs, state.fp32_ref)
-        art.accuracy = {"metric": prepared.metric, "value": round(value, 6),
+
+    def build() -> dict:
+        with state.progress.step(f"evaluate {art.file}") as update:
+            same = state.ref_from_onnx and art.file == state.fp32_onnx.name
+            if same:                    # the reference's own run (the same runtime, inputs)
+                loaded = state.ref_runner or onnx_runner().load(state.fp32_onnx)
+                runs = state.ref_outs
+            else:
+                loaded = get_backend(art.runtime).load(state.staging.path(art.file))
+                runs = run_all(loaded, prepared.eval_inputs, update)
+            outs = stack_first(runs)
+            value = prepared.score(outs, state.fp32_ref)
+            accuracy = {"metric": prepared.metric, "value": round(value, 6),
                         "samples": len(prepared.eval_inputs),
                         **prepared.extra_metrics(outs, state.fp32_ref),
                         "outputs": output_figures(state.ref_outs, runs, _output_names(loaded))}
-    return value
+        return {"accuracy": accuracy, "value": value}
+
+    def parts() -> dict:
+        files = [art.file, *art.companions]
+        return {"files": {f: state.keys.file(state.staging.path(f)) for f in files},
+                "runtime": art.runtime, "eval": state.keys.eval,
+                "reference": state.keys.fp32_onnx,
+                "metric": [prepared.metric, state.recipe.data.metric],
+                "model": state.recipe.model}
+
+    # A pruned run's reference is the unpruned model's: not cached.
+    facts, _ = through_cache(state, "evaluate", parts if state.ref_from_onnx else None, [],
+                             build)
+    art.accuracy = facts["accuracy"]
+    return facts["value"]
 
 
 def _output_names(loaded) -> tuple[str, ...]:
@@ -275,7 +404,7 @@ def benchmark(state: RunState) -> None:
         state.warn(text)
 
 
-OPTIMIZE = (reference, prune, export, convert, calibrate, quantize, evaluate, benchmark)
+OPTIMIZE = (reference, prune, export, fp32_reference, convert, calibrate, quantize, evaluate, benchmark)
 
 
 # ------------------------------------------------------------------------------ helpers
