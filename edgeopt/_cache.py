@@ -34,8 +34,6 @@ import numpy as np
 __all__ = ["Cache", "default_root", "digest", "file_digest", "module_digest", "samples_digest"]
 
 LAYOUT = "v1"
-# Libraries whose version can change a step's result (edgeopt's own source is hashed).
-LIBRARIES = ("numpy", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "torch")
 
 
 def default_root() -> Path:
@@ -96,17 +94,12 @@ def module_digest(module, example_inputs=()) -> str:
 
 @functools.cache
 def versions() -> dict[str, str | None]:
-    """Library versions and a digest of edgeopt's own source (a code change is a new key)."""
-    from importlib import metadata
-
+    """The versions the report lists (numpy, onnx, onnxscript, torch and every backend's
+    runtime libraries) and a digest of edgeopt's own source (a code change is a new key)."""
     import edgeopt
+    from edgeopt.report import library_versions
 
-    found: dict[str, str | None] = {}
-    for name in LIBRARIES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
+    found = library_versions()
     h = hashlib.sha256()
     packages = [Path(edgeopt.__file__).parent]
     for sub in ("convert", "calibrate", "runtimes"):
