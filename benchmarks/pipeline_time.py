@@ -172,7 +172,8 @@ def measure(model: str, n: int, work: Path, console: Console) -> dict:
     _, _, code = _run([*edgeopt, "--no-quantize", "--no-bench", "--no-cache", "--out",
                        str(fp32), "--quiet"], work / "fp32.log", env)
     if code:
-        raise SystemExit(f"{model}: the FP32 build failed; see {work / 'fp32.log'}")
+        msg = f"{model}: the FP32 build failed; see {work / 'fp32.log'}"
+        raise SystemExit(msg)
     stem = model if model != RESNET else "resnet50"
     me = [sys.executable, __file__, "--child"]
     cache = work / "cache"
@@ -193,7 +194,8 @@ def measure(model: str, n: int, work: Path, console: Console) -> dict:
         console.log(f"{model}: {label}")
         seconds, rss, code = _run(cmd, work / f"{label.split()[0]}.log", env)
         if code:
-            raise SystemExit(f"{model}: {label} failed; see {work / label.split()[0]}.log")
+            msg = f"{model}: {label} failed; see {work / label.split()[0]}.log"
+            raise SystemExit(msg)
         results[label] = {"seconds": seconds, "rss_mb": rss}
     reports = {k: json.loads((work / d / "report.json").read_text())
                for k, d in (("cold", "cold"), ("warm", "warm"), ("bench", "bench"))}

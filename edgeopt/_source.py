@@ -191,8 +191,8 @@ def _reference_data(config: Recipe, source, specs: list, reference, name: str) -
 def _user_data(config: Recipe, source, specs: list, reference, name: str) -> Prepared:
     """--calib's data and --eval's, or a seeded split of --calib's when no --eval is given."""
     from edgeopt.calibrate.data import RANDOM, iter_random_samples
-    from edgeopt.calibrate.spill import spill
     from edgeopt.calibrate.datasets import check_disjoint, read_dataset, read_split
+    from edgeopt.calibrate.spill import spill
 
     data = config.data
     if data.calib is None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from edgeopt._cache import Cache, default_root, file_digest, module_digest, samples_digest
 
-__all__ = ["DataKeys", "open_cache", "through_cache"]
+__all__ = ["DataKeys", "cached_quantize", "open_cache", "through_cache"]
 
 
 def open_cache(recipe, warn: Callable[[str], None]) -> Cache:
@@ -103,6 +103,22 @@ def through_cache(state, step: str, parts: Callable[[], dict] | None, files: lis
                     {"steps": progress.log[log:], "records": state.step_records[records:],
                      "warnings": state.warnings[warnings:], "extra": extra})
     return extra, False
+
+
+def cached_quantize(state, backend, job):
+    """``backend.quantize(job)``, or its artifact from the cache."""
+    def build() -> dict:
+        return {"artifact": artifact_facts(backend.quantize(job))}
+
+    def parts() -> dict:
+        return {"onnx": state.keys.fp32_onnx, "calib": state.keys.calib,
+                "config": dataclasses.asdict(job.config), "runtime": backend.runtime,
+                "name": job.name,
+                "model": state.recipe.model if job.config.qat_epochs else None}
+
+    facts, _ = through_cache(state, "quantize", parts,
+                             list(backend.artifact_files(job.name, "int8")), build)
+    return artifact_from(facts["artifact"])
 
 
 # ------------------------------------------------------------------ (de)serialising

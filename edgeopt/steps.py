@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt import _step_cache as _cached
 from edgeopt._cache import Cache
 from edgeopt._outputs import run_all, stack_first, torch_outputs
 from edgeopt._step_cache import DataKeys, artifact_facts, artifact_from, through_cache
@@ -110,27 +111,24 @@ def _parity_reference(state: RunState) -> list:
 
 
 def fp32_reference(state: RunState) -> None:
-    """The FP32 reference on the evaluation set, from the FP32 ONNX on the host's ONNX
-    runtime: the export passed parity with the source, and this runtime is the one the
-    artifacts are measured in (it also serves as the FP32 ONNX's own evaluation run)."""
+    """The FP32 reference on the evaluation set: the parity-checked FP32 ONNX on the host's
+    ONNX runtime (also the FP32 ONNX's own evaluation run)."""
     if state.ref_outs is not None:
         return
-    from edgeopt._step_cache import load_outputs, save_outputs
-
     file = state.staging.scratch / "fp32-reference.npz"
 
     def build() -> dict:
         state.ref_runner = onnx_runner().load(state.fp32_onnx)
         with state.progress.step("FP32 reference outputs") as update:
             outs = run_all(state.ref_runner, state.prepared.eval_inputs, update)
-        return {"count": save_outputs(file, outs)}
+        return {"count": _cached.save_outputs(file, outs)}
 
     def parts() -> dict:
         return {"onnx": state.keys.fp32_onnx, "eval": state.keys.eval}
 
     facts, _ = through_cache(state, "reference", parts, [file.name], build,
                              dest=state.staging.scratch)
-    state.ref_outs, state.ref_from_onnx = load_outputs(file, facts["count"]), True
+    state.ref_outs, state.ref_from_onnx = _cached.load_outputs(file, facts["count"]), True
     state.fp32_ref = stack_first(state.ref_outs)
     file.unlink(missing_ok=True)
 
@@ -151,8 +149,8 @@ def prune(state: RunState) -> None:
 def export(state: RunState, file: str | None = None) -> None:
     """The FP32 ONNX: exported from PyTorch and checked, or a copy of the user's file
     (never modified). It is the artifact of the backend that runs plain ONNX."""
-    source = state.prepared.source
     path = state.staging.path(file or f"{state.name}.fp32.onnx")
+
     def parts() -> dict:
         return {"model": state.keys.model(), "file": path.name, "inputs": state.input_names,
                 "outputs": state.prepared.output_names, "parity": state.keys.parity}
@@ -192,7 +190,10 @@ def _export(state: RunState, path: Path) -> None:
 def convert(state: RunState) -> None:
     """Each runtime's FP32 artifact from the ONNX export, parity-checked against it."""
     def check_parity(step: str, path: Path) -> dict:
-        reference = run_all(onnx_runner().load(state.fp32_onnx), state.parity_inputs)
+        if state.ref_from_onnx:     # the FP32 ONNX's own outputs on these samples, run already
+            reference = state.ref_outs[:PARITY_SAMPLES]
+        else:
+            reference = run_all(onnx_runner().load(state.fp32_onnx), state.parity_inputs)
         return _parity(step, reference, backend.load(path), state)
 
     for runtime in _runtimes(state):
@@ -224,15 +225,13 @@ def calibrate(state: RunState) -> None:
     from edgeopt.calibrate.calibrators import compute_ranges, sqnr_gain_db
     from edgeopt.calibrate.quantize import activation_stats
 
-    from edgeopt._step_cache import load_stats, save_stats
-
     calib, calibrator = state.prepared.calib, state.recipe.quant.calibrator
     file = state.staging.scratch / "statistics.npz"
 
     def build() -> dict:
         with state.progress.step("calibration statistics") as update:
             state.stats = activation_stats(state.fp32_onnx, calib, update)
-        return {"tensors": save_stats(file, state.stats)}
+        return {"tensors": _cached.save_stats(file, state.stats)}
 
     def parts() -> dict:
         return {"onnx": state.keys.fp32_onnx, "calib": state.keys.calib}
@@ -240,7 +239,7 @@ def calibrate(state: RunState) -> None:
     facts, cached = through_cache(state, "statistics", parts, [file.name], build,
                                   dest=state.staging.scratch)
     if cached:
-        state.stats = load_stats(file, facts["tensors"])
+        state.stats = _cached.load_stats(file, facts["tensors"])
     file.unlink(missing_ok=True)
     gains = sqnr_gain_db(state.stats, compute_ranges(state.stats, calibrator))
     state.record_step("calibration statistics", tensors=len(state.stats), samples=len(calib),
@@ -272,7 +271,7 @@ def quantize(state: RunState) -> None:
 
         outcome = within_budget(
             runtime, state.budget,
-            build=lambda excluded, b=backend, j=job: _quantize(state, b, j(excluded)),
+            build=lambda excluded, b=backend, j=job: _cached.cached_quantize(state, b, j(excluded)),
             evaluate=lambda art: evaluate_artifact(state, art),
             rank=lambda art, b=backend, j=job: b.sensitivity(art, j([])),
             warn=state.progress.warn)
@@ -281,24 +280,6 @@ def quantize(state: RunState) -> None:
             state.warn(warning)
         _gate(state, outcome.artifact, runtime)
         state.artifacts.append(outcome.artifact)
-
-
-def _quantize(state: RunState, backend, job: QuantJob) -> Artifact:
-    """``backend.quantize(job)``, or its artifact from the cache."""
-    def build() -> dict:
-        return {"artifact": artifact_facts(backend.quantize(job))}
-
-    def parts() -> dict:
-        from dataclasses import asdict
-
-        config = asdict(job.config)
-        return {"onnx": state.keys.fp32_onnx, "calib": state.keys.calib, "config": config,
-                "runtime": backend.runtime, "name": job.name,
-                "model": state.recipe.model if job.config.qat_epochs else None}
-
-    facts, _ = through_cache(state, "quantize", parts,
-                             list(backend.artifact_files(job.name, "int8")), build)
-    return artifact_from(facts["artifact"])
 
 
 def _gate(state: RunState, art: Artifact, runtime: str) -> None:
