@@ -136,18 +136,25 @@ def artifact_from(facts: dict):
                        "sensitivity": tuple(tuple(g) for g in facts["sensitivity"])})
 
 
-def save_outputs(path: Path, outs: list[list[np.ndarray]]) -> list[int]:
+def save_outputs(path: Path, outs) -> list[int]:
     """Every output of every sample into ``path`` (.npz); returns [samples, outputs]."""
-    arrays = {f"s{i}_o{j}": o for i, sample in enumerate(outs) for j, o in enumerate(sample)}
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
-    return [len(outs), len(outs[0]) if outs else 0]
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:     # np.savez's layout, one array at a time
+        for i, sample in enumerate(outs):
+            for j, o in enumerate(sample):
+                with z.open(f"s{i}_o{j}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asarray(o), allow_pickle=False)
+    return [len(outs), len(outs[0]) if len(outs) else 0]
 
 
-def load_outputs(path: Path, count: tuple[int, int]) -> list[list[np.ndarray]]:
+def load_outputs(path: Path, count: tuple[int, int]):
+    """The outputs :func:`save_outputs` wrote, kept on disk, read one sample at a time."""
+    from edgeopt._outputs import SpilledOutputs
+
     n, k = count
     with np.load(path, allow_pickle=False) as data:
-        return [[data[f"s{i}_o{j}"] for j in range(k)] for i in range(n)]
+        return SpilledOutputs([data[f"s{i}_o{j}"] for j in range(k)] for i in range(n))
 
 
 def save_stats(path: Path, stats: dict) -> list[dict]:

@@ -11,7 +11,7 @@ is better, called with the stacked first output and the labels (or None).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,42 +142,76 @@ def max_rel_error(reference: np.ndarray, output: np.ndarray) -> float:
     return float(err.max() / span) if span > 0 else float(err.max() if err.size else 0.0)
 
 
-def output_figures(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]],
-                   names: tuple[str, ...] = ()) -> list[dict]:
+def output_figures(reference: Sequence[Sequence[np.ndarray]],
+                   outputs: Sequence[Sequence[np.ndarray]], names: tuple[str, ...] = ()) -> list[dict]:
     """Cosine, SQNR, max error relative to range and range coverage of every output, each
-    against the FP32 reference on the same samples (one list of outputs per sample)."""
-    figures = []
-    for i in range(len(reference[0]) if reference else 0):
-        pairs = [(np.asarray(r[i], dtype=np.float64).ravel(),
-                  np.asarray(o[i], dtype=np.float64).ravel()) for r, o in zip(reference, outputs,
-                                                                              strict=True)]
-        figures.append({"output": names[i] if i < len(names) else f"output {i}",
-                        **_one_output(pairs)})
-    return figures
+    against the FP32 reference on the same samples (one list of outputs per sample).
+
+    The figures are accumulated one sample at a time, in two passes over the samples (the
+    saturation count needs the artifact's final range), so ``reference`` and ``outputs``
+    may be read from disk (:class:`edgeopt._outputs.SpilledOutputs`) and memory holds one
+    sample; a sample's size may differ from another's (dynamic output shapes)."""
+    if not len(reference):
+        return []
+    count = len(reference[0])
+    acc = [_OutputState() for _ in range(count)]
+    for ref, out in zip(reference, outputs, strict=True):
+        for state, r, o in zip(acc, ref, out, strict=True):
+            state.add(_flat(r), _flat(o))
+    for ref, out in zip(reference, outputs, strict=True):
+        for state, r, o in zip(acc, ref, out, strict=True):
+            state.count_saturated(_flat(r), _flat(o))
+    return [{"output": names[i] if i < len(names) else f"output {i}", **state.figures()}
+            for i, state in enumerate(acc)]
 
 
-def _one_output(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """Figures of one output over (reference, output) pairs, one pair per sample; a
-    sample's size may differ from another's (dynamic output shapes)."""
-    ref = np.concatenate([r for r, _ in pairs])
-    out = np.concatenate([o for _, o in pairs])
-    cosine = float(np.mean([row_cosines(r[None], o[None])[0] for r, o in pairs]))
-    lo, hi = float(ref.min()), float(ref.max())
-    lo8, hi8 = float(out.min()), float(out.max())
-    span = hi - lo
-    coverage = 1.0 if span <= 0 else max(0.0, min(hi, hi8) - max(lo, lo8)) / span
-    tol = 1e-6 * max(1.0, abs(hi8), abs(lo8))
-    beyond_hi, beyond_lo = ref > hi8 + tol, ref < lo8 - tol
-    saturated = int(np.sum(beyond_hi & (out >= hi8 - tol)) + np.sum(beyond_lo & (out <= lo8 + tol)))
-    beyond = int(beyond_hi.sum() + beyond_lo.sum())
-    return {"cosine": round(cosine, 6),
-            "sqnr_db": round(sqnr_db(ref, out), 3),
-            "max_rel_error": round(max_rel_error(ref, out), 6),
-            "range_coverage": round(coverage, 6),
-            "saturated": saturated,
-            "clipped": bool(span > 0 and coverage < MIN_COVERAGE
-                            and saturated >= max(MIN_SATURATED, 0.01 * len(pairs))
-                            and saturated >= beyond / 2)}
+def _flat(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64).ravel()
+
+
+class _OutputState:
+    """One output's running figures over (reference, output) sample pairs."""
+
+    def __init__(self) -> None:
+        self.samples, self.cosines = 0, 0.0
+        self.noise = self.signal = self.max_err = 0.0
+        self.lo = self.lo8 = float("inf")
+        self.hi = self.hi8 = float("-inf")
+        self.saturated = self.beyond = 0
+
+    def add(self, ref: np.ndarray, out: np.ndarray) -> None:
+        self.samples += 1
+        self.cosines += float(row_cosines(ref[None], out[None])[0])
+        err = out - ref
+        self.noise += float(np.sum(err * err))
+        self.signal += float(np.sum(ref * ref))
+        if ref.size:
+            self.max_err = max(self.max_err, float(np.abs(err).max()))
+            self.lo, self.hi = min(self.lo, float(ref.min())), max(self.hi, float(ref.max()))
+            self.lo8, self.hi8 = min(self.lo8, float(out.min())), max(self.hi8, float(out.max()))
+
+    def count_saturated(self, ref: np.ndarray, out: np.ndarray) -> None:
+        tol = 1e-6 * max(1.0, abs(self.hi8), abs(self.lo8))
+        beyond_hi, beyond_lo = ref > self.hi8 + tol, ref < self.lo8 - tol
+        self.saturated += int(np.sum(beyond_hi & (out >= self.hi8 - tol))
+                              + np.sum(beyond_lo & (out <= self.lo8 + tol)))
+        self.beyond += int(beyond_hi.sum() + beyond_lo.sum())
+
+    def figures(self) -> dict:
+        span = self.hi - self.lo
+        coverage = (1.0 if span <= 0 else
+                    max(0.0, min(self.hi, self.hi8) - max(self.lo, self.lo8)) / span)
+        sqnr = 99.0 if self.noise == 0 else float(
+            10 * np.log10(max(self.signal, 1e-300) / self.noise))
+        rel = self.max_err / span if span > 0 else self.max_err
+        return {"cosine": round(self.cosines / self.samples, 6),
+                "sqnr_db": round(sqnr, 3),
+                "max_rel_error": round(rel, 6),
+                "range_coverage": round(coverage, 6),
+                "saturated": self.saturated,
+                "clipped": bool(span > 0 and coverage < MIN_COVERAGE
+                                and self.saturated >= max(MIN_SATURATED, 0.01 * self.samples)
+                                and self.saturated >= self.beyond / 2)}
 
 
 def gate_problems(figures: list[dict], metric_drop: float | None) -> list[str]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgeopt import _step_cache as _cached
 from edgeopt._cache import Cache
-from edgeopt._outputs import run_all, stack_first, torch_outputs
+from edgeopt._outputs import run_all, run_spilled, stack_first, torch_outputs
 from edgeopt._step_cache import DataKeys, artifact_facts, artifact_from, through_cache
 from edgeopt.backends import Artifact, QuantJob, get_backend, onnx_runner, runtime_names
 from edgeopt.budget import Budget, within_budget
@@ -120,7 +120,7 @@ def fp32_reference(state: RunState) -> None:
     def build() -> dict:
         state.ref_runner = onnx_runner().load(state.fp32_onnx)
         with state.progress.step("FP32 reference outputs") as update:
-            outs = run_all(state.ref_runner, state.prepared.eval_inputs, update)
+            outs = run_spilled(state.ref_runner, state.prepared.eval_inputs, update)
         return {"count": _cached.save_outputs(file, outs)}
 
     def parts() -> dict:
@@ -323,7 +323,7 @@ def evaluate_artifact(state: RunState, art: Artifact) -> float:
                 runs = state.ref_outs
             else:
                 loaded = get_backend(art.runtime).load(state.staging.path(art.file))
-                runs = run_all(loaded, prepared.eval_inputs, update)
+                runs = run_spilled(loaded, prepared.eval_inputs, update)
             outs = stack_first(runs)
             value = prepared.score(outs, state.fp32_ref)
             accuracy = {"metric": prepared.metric, "value": round(value, 6),
