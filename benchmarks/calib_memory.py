@@ -9,7 +9,8 @@ growth over the RSS just before calibration starts (model and runtime loaded, no
     python benchmarks/calib_memory.py [--model minilm] [--samples 100 1000]
 
 Samples are the model's calibration set, cycled when more are asked than it holds: memory
-depends on how many samples pass, not on which.
+depends on how many samples pass, not on which. The set comes as edgeopt keeps it (decoded
+once, on disk, read back one sample at a time: calibrate/spill.py), for both calibrators.
 """
 
 from __future__ import annotations

@@ -62,8 +62,13 @@ class CalibrationSet:
 def random_samples(inputs: Sequence[InputSpec], n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Standard-normal float inputs (small non-negative integers for integer inputs,
     either value for bool ones), of exactly the given shapes (0-d included)."""
+    return list(iter_random_samples(inputs, n, seed))
+
+
+def iter_random_samples(inputs: Sequence[InputSpec], n: int,
+                        seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """The samples of :func:`random_samples`, made one at a time."""
     rng = np.random.default_rng(seed)
-    samples = []
     for _ in range(n):
         sample = {}
         for name, dtype, shape in inputs:
@@ -73,8 +78,7 @@ def random_samples(inputs: Sequence[InputSpec], n: int, seed: int = 0) -> list[d
             else:
                 values = rng.standard_normal(shape)
             sample[name] = np.asarray(values, dtype=kind)
-        samples.append(sample)
-    return samples
+        yield sample
 
 
 def _split(array: np.ndarray, shape: tuple[int, ...], source: str, name: str) -> list[np.ndarray]:

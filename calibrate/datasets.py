@@ -35,6 +35,7 @@ from edgeopt.calibrate.data import (
 )
 from edgeopt.calibrate.errors import CalibrationDataError
 from edgeopt.calibrate.images import image_files, is_image, parse_preprocess
+from edgeopt.calibrate.spill import SpilledSamples, spill
 
 __all__ = ["Dataset", "check_disjoint", "read_dataset", "read_split"]
 
@@ -47,7 +48,7 @@ LABELS_CSV, CLASSES_TXT = "labels.csv", "classes.txt"
 class Dataset:
     """Checked samples, their labels (or None) and a line for the report."""
 
-    samples: list[dict[str, np.ndarray]]
+    samples: SpilledSamples                    # a Sequence of input dicts, read from disk
     labels: np.ndarray | None
     note: str
     preprocessing: dict[str, Any] | None = None
@@ -132,7 +133,7 @@ def _spread(n: int, total: int, seed: int) -> np.ndarray:
 
 
 def _take(source: _Source, indices: np.ndarray, note: str) -> Dataset:
-    samples = [source.load(int(i)) for i in indices]
+    samples = spill(source.load(int(i)) for i in indices)    # one decoded sample at a time
     labels = None if source.labels is None else source.labels[indices]
     return Dataset(samples, labels, note + (", labelled" if labels is not None else ""),
                    source.preprocessing)

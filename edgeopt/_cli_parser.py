@@ -201,6 +201,11 @@ def _optimize(sub, common) -> None:
     opt.add_argument("--no-bench", action="store_true", default=None,
                      help="build and evaluate the artifacts, time nothing (the CI build step; "
                           "time them on the device with edgeopt bench or verify)")
+    opt.add_argument("--cache-dir", metavar="DIR",
+                     help="reuse unchanged steps from this cache (default "
+                          "$XDG_CACHE_HOME/edgeopt or ~/.cache/edgeopt)")
+    opt.add_argument("--no-cache", action="store_true", default=None,
+                     help="build every step again, read and write no cache")
     bench_flags(opt)
 
 

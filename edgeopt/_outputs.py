@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["run_all", "stack_first", "torch_outputs"]
+__all__ = ["SpilledOutputs", "run_all", "run_spilled", "stack_first", "torch_outputs"]
 
 Progress = Callable[[int, int], None] | None
 Samples = Sequence[dict[str, np.ndarray]]
@@ -22,7 +22,41 @@ def run_all(loaded, samples: Samples, update: Progress = None) -> list[list[np.n
     return outs
 
 
-def stack_first(outputs: list[list[np.ndarray]]) -> np.ndarray:
+class SpilledOutputs(Sequence):
+    """Every output of every sample, on disk (``calibrate.spill``), read back one sample
+    at a time as a list of arrays: memory holds one sample, whatever the sample count."""
+
+    def __init__(self, outputs: Iterable[Sequence[np.ndarray]] = ()) -> None:
+        from edgeopt.calibrate.spill import SpilledSamples
+
+        self._store = SpilledSamples()
+        for outs in outputs:
+            self.append(outs)
+
+    def append(self, outs: Sequence[np.ndarray]) -> None:
+        self._store.append({str(j): np.asarray(o) for j, o in enumerate(outs)})
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        sample = self._store[i]
+        return [sample[str(j)] for j in range(len(sample))]
+
+
+def run_spilled(loaded, samples: Samples, update: Progress = None) -> SpilledOutputs:
+    """:func:`run_all`, its outputs kept on disk as they come."""
+    outs = SpilledOutputs()
+    for i, feeds in enumerate(samples):
+        outs.append(loaded.run(feeds))
+        if update is not None:
+            update(i + 1, len(samples))
+    return outs
+
+
+def stack_first(outputs: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
     """The first output of every sample, one flattened row each."""
     return np.concatenate([o[0].reshape(1, -1) for o in outputs], axis=0)
 

@@ -18,6 +18,7 @@ class Steps:
 
         self.console = Console(stderr=True, quiet=quiet, highlight=False, width=console_width())
         self.timings: dict[str, float] = {}
+        self.log: list[str] = []             # step names in the order they finished
         self._progress: Progress | None = None
 
     @contextmanager
@@ -37,7 +38,15 @@ class Steps:
             yield update
         seconds = time.perf_counter() - start
         self.timings[name] = self.timings.get(name, 0.0) + seconds
+        self.log.append(name)
         self.console.print(f"[green]✓[/green] {name} [dim]({seconds:.1f} s)[/dim]")
+
+    def cached(self, name: str, seconds: float) -> None:
+        """A step whose result came from the cache (``seconds``: checking and copying it)."""
+        self.timings[name] = self.timings.get(name, 0.0) + seconds
+        self.log.append(name)
+        self.console.print(f"[green]✓[/green] {name} [cyan](cached)[/cyan] "
+                           f"[dim]({seconds:.1f} s)[/dim]")
 
     def warn(self, text: str) -> None:
         self.console.print(f"[bold red]WARNING[/bold red] {text}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,9 @@ class Prepared:
     source: SourceModel
     input_specs: list[tuple[str, str, tuple[int, ...]]]
     output_names: tuple[str, ...]
-    calib: list[dict[str, np.ndarray]]
-    calib_note: str
-    eval_inputs: list[dict[str, np.ndarray]]
+    calib: Sequence[dict[str, np.ndarray]]     # calibrate.spill.SpilledSamples: on disk,
+    calib_note: str                            # read back one sample at a time
+    eval_inputs: Sequence[dict[str, np.ndarray]]
     eval_note: str
     metric: str
     reference: Any = None                      # ReferenceModel for ref:NAME
@@ -217,7 +218,7 @@ def _reference_data(config: Recipe, source, specs: list, reference, name: str) -
     eval_set = reference.evaluation_set(config.data.eval_samples)
     labelled = ", labelled" if eval_set.labels is not None else ""
     return Prepared(
-        name, source, specs, source.output_names, calib, calib_note, list(eval_set.inputs),
+        name, source, specs, source.output_names, calib, calib_note, eval_set.inputs,
         f"reference evaluation set ({len(eval_set.inputs)} samples{labelled}, disjoint from "
         f"calibration): {reference.description}", reference.metric, reference=reference,
         eval_set=eval_set, preprocessing=preprocessing, labels=eval_set.labels)
@@ -225,8 +226,9 @@ def _reference_data(config: Recipe, source, specs: list, reference, name: str) -
 
 def _user_data(config: Recipe, source, specs: list, reference, name: str) -> Prepared:
     """--calib's data and --eval's, or a seeded split of --calib's when no --eval is given."""
-    from edgeopt.calibrate.data import RANDOM, random_samples
+    from edgeopt.calibrate.data import RANDOM, iter_random_samples
     from edgeopt.calibrate.datasets import check_disjoint, read_dataset, read_split
+    from edgeopt.calibrate.spill import spill
 
     data = config.data
     if data.calib is None:
@@ -238,10 +240,10 @@ def _user_data(config: Recipe, source, specs: list, reference, name: str) -> Pre
     preprocess, origin = _preprocess_for(config, specs, reference)
     if data.calib == RANDOM:
         n = data.calib_samples or 32
-        calib = random_samples(specs, n, seed=0)
+        calib = spill(iter_random_samples(specs, n, seed=0))
         calib_note = f"RANDOM data ({n} samples), as asked with --calib random"
         if data.eval is None:
-            inputs = random_samples(specs, data.eval_samples or n, seed=1)
+            inputs = spill(iter_random_samples(specs, data.eval_samples or n, seed=1))
             note = (f"random inputs ({len(inputs)} samples): output cosine to FP32 only, not "
                     "task accuracy")
             return Prepared(name, source, specs, source.output_names, calib, calib_note,
@@ -283,7 +285,7 @@ def _with_reference_eval(config: Recipe, source, specs: list, reference, name: s
     return Prepared(
         name, source, specs, source.output_names, found.samples,
         found.note + (f" (from {origin})" if found.preprocessing else ""),
-        list(eval_set.inputs), f"reference evaluation set ({len(eval_set.inputs)} samples"
+        eval_set.inputs, f"reference evaluation set ({len(eval_set.inputs)} samples"
         f"{labelled}; calibration from --calib): {reference.description}", reference.metric,
         reference=reference, eval_set=eval_set, preprocessing=preprocessing,
         labels=eval_set.labels)

@@ -78,3 +78,22 @@ def carry_states(samples: list[dict[str, np.ndarray]], pairs: dict[str, str],
                  sample[name].shape) for name, out in pairs.items()}
         carried.append(sample)
     return carried
+
+
+def carry_step(state) -> None:
+    """The pipeline step (``edgeopt.steps.carry_states``): random data for a model with
+    state inputs gets each sample's state from the source model's previous run (zeros
+    first), as it is run."""
+    from edgeopt.backends import onnx_runner
+
+    prepared, data = state.prepared, state.recipe.data
+    if not prepared.states or data.calib != "random":
+        return
+    with state.progress.step("carry state inputs"):
+        loaded = onnx_runner().load(prepared.source.path)
+        names = tuple(spec.name for spec in getattr(loaded, "outputs", ()))
+        prepared.calib = carry_states(prepared.calib, prepared.states, names, loaded.run)
+        if data.eval is None:
+            prepared.eval_inputs = carry_states(prepared.eval_inputs, prepared.states, names,
+                                                loaded.run)
+    state.record_step("carry state inputs", states=dict(prepared.states))

@@ -11,7 +11,7 @@ is better, called with the stacked first output and the labels (or None).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +19,7 @@ import numpy as np
 from edgeopt.errors import UsageError
 from edgeopt.runtimes import row_cosines
 
-__all__ = ["BUILTIN", "GATE", "Metric", "gate_problems", "output_figures", "resolve_metric"]
+__all__ = ["BUILTIN", "GATE", "Metric", "gate", "gate_problems", "output_figures", "resolve_metric"]
 
 # The default gate: an INT8 artifact is "accuracy-drop" past any of these, unless the user
 # set a budget (--max-accuracy-drop) on the run's metric, which then replaces it.
@@ -142,44 +142,81 @@ def max_rel_error(reference: np.ndarray, output: np.ndarray) -> float:
     return float(err.max() / span) if span > 0 else float(err.max() if err.size else 0.0)
 
 
-def output_figures(reference: list[list[np.ndarray]], outputs: list[list[np.ndarray]],
-                   names: tuple[str, ...] = ()) -> list[dict]:
+def output_figures(reference: Sequence[Sequence[np.ndarray]],
+                   outputs: Sequence[Sequence[np.ndarray]], names: tuple[str, ...] = ()) -> list[dict]:
     """Cosine, SQNR, max error relative to range and range coverage of every output, each
-    against the FP32 reference on the same samples (one list of outputs per sample)."""
-    figures = []
-    for i in range(len(reference[0]) if reference else 0):
-        pairs = [(np.asarray(r[i], dtype=np.float64).ravel(),
-                  np.asarray(o[i], dtype=np.float64).ravel()) for r, o in zip(reference, outputs,
-                                                                              strict=True)]
-        figures.append({"output": names[i] if i < len(names) else f"output {i}",
-                        **_one_output(pairs)})
-    return figures
+    against the FP32 reference on the same samples (one list of outputs per sample).
+
+    The figures are accumulated one sample at a time, in two passes over the samples (the
+    saturation count needs the artifact's final range), so ``reference`` and ``outputs``
+    may be read from disk (:class:`edgeopt._outputs.SpilledOutputs`) and memory holds one
+    sample; a sample's size may differ from another's (dynamic output shapes)."""
+    if not len(reference):
+        return []
+    count = len(reference[0])
+    acc = [_OutputState() for _ in range(count)]
+    for ref, out in zip(reference, outputs, strict=True):
+        for state, r, o in zip(acc, ref, out, strict=True):
+            state.add(_flat(r), _flat(o))
+    for ref, out in zip(reference, outputs, strict=True):
+        for state, r, o in zip(acc, ref, out, strict=True):
+            state.count_saturated(_flat(r), _flat(o))
+    return [{"output": names[i] if i < len(names) else f"output {i}", **state.figures()}
+            for i, state in enumerate(acc)]
 
 
-def _one_output(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """Figures of one output over (reference, output) pairs, one pair per sample; a
-    sample's size may differ from another's (dynamic output shapes)."""
-    ref = np.concatenate([r for r, _ in pairs])
-    out = np.concatenate([o for _, o in pairs])
-    cosine = float(np.mean([row_cosines(r[None], o[None])[0] for r, o in pairs]))
-    lo, hi = float(ref.min()), float(ref.max())
-    lo8, hi8 = float(out.min()), float(out.max())
-    span = hi - lo
-    coverage = 1.0 if span <= 0 else max(0.0, min(hi, hi8) - max(lo, lo8)) / span
-    # A value within half a grid step of the output's extreme rounds to it: that is
-    # rounding, not clipping (a Softmax output on a 1/255 grid over a span of 0.1).
-    tol = max(1e-6 * max(1.0, abs(hi8), abs(lo8)), 0.5 * _grid_step(out))
-    beyond_hi, beyond_lo = ref > hi8 + tol, ref < lo8 - tol
-    saturated = int(np.sum(beyond_hi & (out >= hi8 - tol)) + np.sum(beyond_lo & (out <= lo8 + tol)))
-    beyond = int(beyond_hi.sum() + beyond_lo.sum())
-    return {"cosine": round(cosine, 6),
-            "sqnr_db": round(sqnr_db(ref, out), 3),
-            "max_rel_error": round(max_rel_error(ref, out), 6),
-            "range_coverage": round(coverage, 6),
-            "saturated": saturated,
-            "clipped": bool(span > 0 and coverage < MIN_COVERAGE
-                            and saturated >= max(MIN_SATURATED, 0.01 * len(pairs))
-                            and saturated >= beyond / 2)}
+def _flat(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64).ravel()
+
+
+class _OutputState:
+    """One output's running figures over (reference, output) sample pairs."""
+
+    def __init__(self) -> None:
+        self.samples, self.cosines = 0, 0.0
+        self.noise = self.signal = self.max_err = 0.0
+        self.lo = self.lo8 = float("inf")
+        self.hi = self.hi8 = float("-inf")
+        self.saturated = self.beyond = 0
+        self.step = float("inf")        # the smallest gap between an output's values
+
+    def add(self, ref: np.ndarray, out: np.ndarray) -> None:
+        self.samples += 1
+        self.cosines += float(row_cosines(ref[None], out[None])[0])
+        err = out - ref
+        self.noise += float(np.sum(err * err))
+        self.signal += float(np.sum(ref * ref))
+        if ref.size:
+            self.max_err = max(self.max_err, float(np.abs(err).max()))
+            self.lo, self.hi = min(self.lo, float(ref.min())), max(self.hi, float(ref.max()))
+            self.lo8, self.hi8 = min(self.lo8, float(out.min())), max(self.hi8, float(out.max()))
+            self.step = min(self.step, _grid_step(out))
+
+    def count_saturated(self, ref: np.ndarray, out: np.ndarray) -> None:
+        # A value within half a grid step of the output's extreme rounds to it: that is
+        # rounding, not clipping (a Softmax output on a 1/255 grid over a span of 0.1).
+        step = 0.0 if self.step == float("inf") else self.step
+        tol = max(1e-6 * max(1.0, abs(self.hi8), abs(self.lo8)), 0.5 * step)
+        beyond_hi, beyond_lo = ref > self.hi8 + tol, ref < self.lo8 - tol
+        self.saturated += int(np.sum(beyond_hi & (out >= self.hi8 - tol))
+                              + np.sum(beyond_lo & (out <= self.lo8 + tol)))
+        self.beyond += int(beyond_hi.sum() + beyond_lo.sum())
+
+    def figures(self) -> dict:
+        span = self.hi - self.lo
+        coverage = (1.0 if span <= 0 else
+                    max(0.0, min(self.hi, self.hi8) - max(self.lo, self.lo8)) / span)
+        sqnr = 99.0 if self.noise == 0 else float(
+            10 * np.log10(max(self.signal, 1e-300) / self.noise))
+        rel = self.max_err / span if span > 0 else self.max_err
+        return {"cosine": round(self.cosines / self.samples, 6),
+                "sqnr_db": round(sqnr, 3),
+                "max_rel_error": round(rel, 6),
+                "range_coverage": round(coverage, 6),
+                "saturated": self.saturated,
+                "clipped": bool(span > 0 and coverage < MIN_COVERAGE
+                                and self.saturated >= max(MIN_SATURATED, 0.01 * self.samples)
+                                and self.saturated >= self.beyond / 2)}
 
 
 def _grid_step(values: np.ndarray) -> float:
@@ -201,3 +238,25 @@ def gate_problems(figures: list[dict], metric_drop: float | None) -> list[str]:
             problems.append(f"{f['output']}: SQNR {f['sqnr_db']:.1f} dB < "
                             f"{GATE['min_sqnr_db']:g} dB")
     return problems
+
+
+def gate(state, art, runtime: str) -> None:
+    """An INT8 artifact that lost accuracy or clips an output is marked and named, never
+    passed as ok: ``accuracy-drop`` (the budget or the default gate) or ``clipped-output``.
+    ``state`` is the run's ``edgeopt.steps.RunState``, after its budget is recorded."""
+    budget, figures = state.budget, art.accuracy.get("outputs", [])
+    if budget.max_accuracy_drop is not None:
+        problems = [] if budget.runtimes[runtime]["met"] else ["over the accuracy budget"]
+    else:
+        drop = budget.drop(art.accuracy["value"]) if state.prepared.task_metric else None
+        problems = gate_problems(figures, drop)
+    if problems:
+        art.status = "accuracy-drop"
+        state.warn(f"{art.file}: accuracy-drop: {'; '.join(problems)}"
+                   + ("" if budget.max_accuracy_drop is not None else
+                      " (default gate; --max-accuracy-drop sets your own budget)"))
+    for f in figures:
+        if f["clipped"]:
+            art.status = "clipped-output"
+            state.warn(f"{art.file}: clipped-output: {f['output']} covers "
+                       f"{f['range_coverage']:.1%} of its FP32 range on the evaluation set")

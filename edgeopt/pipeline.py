@@ -130,8 +130,12 @@ def load(recipe: Recipe, out: Path, progress: Steps) -> RunState:
                 msg = (f"--out {out} would overwrite the input {src} with an artifact of "
                        "the same name; choose another output folder")
                 raise UsageError(msg)
-    return RunState(recipe, progress, prepared, staging=None, targets=targets,
-                    finetune_data=finetune_data)
+    from edgeopt._step_cache import open_cache
+
+    state = RunState(recipe, progress, prepared, staging=None, targets=targets,
+                     finetune_data=finetune_data)
+    state.cache = open_cache(recipe, state.warn)
+    return state
 
 
 def _planned_files(name: str, recipe: Recipe) -> list[str]:

@@ -194,6 +194,8 @@ class Recipe:
     package: PackageRecipe = field(default_factory=PackageRecipe)
     benchmark: bool = True                     # False (--no-bench): build, evaluate, no timing
     bench: BenchProtocol = field(default_factory=BenchProtocol)
+    cache: bool = True                         # reuse unchanged steps' results (--no-cache)
+    cache_dir: str | None = None               # default ~/.cache/edgeopt (edgeopt._cache)
 
     def __post_init__(self) -> None:
         from edgeopt.backends import get_backend, runtime_names
@@ -283,8 +285,8 @@ _FLAT = {
     "packages": ("package", "targets"), "palettize": ("package", "palettize"),
     "group_size": ("package", "group_size"),
 }
-_TOP = ("model", "name", "runtimes", "devices", "require_measured", "prune", "benchmark", "bench", "data",
-        "quant", "package")
+_TOP = ("model", "name", "runtimes", "devices", "require_measured", "prune", "benchmark", "bench",
+        "data", "quant", "package", "cache", "cache_dir")
 _SECTIONS = {"data": DataRecipe, "quant": QuantRecipe, "prune": PruneRecipe,
              "package": PackageRecipe, "bench": BenchProtocol}
 

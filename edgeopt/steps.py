@@ -8,20 +8,25 @@ asks the backend registry (:mod:`edgeopt.backends`).
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeopt._outputs import run_all, stack_first, torch_outputs
+from edgeopt import _step_cache as _cached
+from edgeopt._cache import Cache
+from edgeopt._outputs import run_all, run_spilled, stack_first, torch_outputs
+from edgeopt._states import carry_step as carry_states
+from edgeopt._step_cache import DataKeys, artifact_facts, artifact_from, through_cache
 from edgeopt.backends import Artifact, QuantJob, get_backend, onnx_runner, runtime_names
 from edgeopt.budget import Budget, within_budget
-from edgeopt.metrics import GATE, gate_problems, output_figures
+from edgeopt.metrics import GATE, gate, output_figures
 from edgeopt.recipe import Recipe
+from edgeopt.tradeoffs import weigh_choices
 
 __all__ = ["OPTIMIZE", "RunState", "benchmark", "calibrate", "carry_states", "convert", "evaluate",
-           "evaluate_artifact", "export", "prune", "quantize", "reference"]
+           "evaluate_artifact", "export", "fp32_reference", "prune", "quantize", "reference"]
 
 PARITY_SAMPLES = 8
 GATE_TRIALS = 3             # node groups the default gate may return to FP32 before it flags
@@ -52,6 +57,13 @@ class RunState:
     step_records: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     tradeoffs: list[dict] = field(default_factory=list)   # edgeopt.tradeoffs.weigh records
+    cache: Cache = field(default_factory=lambda: Cache(None))    # edgeopt._cache: off
+    keys: Any = None                           # edgeopt._step_cache.DataKeys
+    ref_from_onnx: bool = False                # the FP32 reference is the FP32 ONNX's run
+    ref_runner: Any = None                     # that ONNX, loaded on the host
+
+    def __post_init__(self) -> None:
+        self.keys = DataKeys(self)
 
     @property
     def name(self) -> str:
@@ -73,34 +85,55 @@ class RunState:
         self.step_records.append({"name": name, **extra})
 
 
-def carry_states(state: RunState) -> None:
-    """Random data for a model with state inputs: each sample's state is the state the
-    source model gave back for the previous one (zeros first), as it is run."""
-    from edgeopt._states import carry_states as carry
-
-    prepared, data = state.prepared, state.recipe.data
-    if not prepared.states or data.calib != "random":
-        return
-    with state.progress.step("carry state inputs"):
-        loaded = onnx_runner().load(prepared.source.path)
-        names = _output_names(loaded)
-        prepared.calib = carry(prepared.calib, prepared.states, names, loaded.run)
-        if data.eval is None:
-            prepared.eval_inputs = carry(prepared.eval_inputs, prepared.states, names,
-                                         loaded.run)
-    state.record_step("carry state inputs", states=dict(prepared.states))
-
-
 def reference(state: RunState) -> None:
-    """The source model's own outputs on the evaluation set: the FP32 reference."""
-    prepared, source = state.prepared, state.prepared.source
+    """Pruning measures against the unpruned model on the whole evaluation set: then the
+    source model gives the FP32 reference. Otherwise :func:`fp32_reference` takes it from
+    the parity-checked FP32 ONNX, and the source runs only the parity samples, when the
+    export is checked."""
+    state.module = state.prepared.source.module
+    if state.recipe.prune is None:
+        return
     with state.progress.step("FP32 reference outputs") as update:
-        if source.is_torch:
-            outs = torch_outputs(source.module, state.input_names, prepared.eval_inputs, update)
-        else:
-            outs = run_all(onnx_runner().load(source.path), prepared.eval_inputs, update)
+        outs = _source_outputs(state, state.prepared.eval_inputs, update)
     state.ref_outs, state.fp32_ref = outs, stack_first(outs)
-    state.module, state.parity_ref = source.module, outs[:PARITY_SAMPLES]
+    state.parity_ref = outs[:PARITY_SAMPLES]
+
+
+def _source_outputs(state: RunState, samples, update=None) -> list:
+    source = state.prepared.source
+    if source.is_torch:
+        return torch_outputs(source.module, state.input_names, samples, update)
+    return run_all(onnx_runner().load(source.path), samples, update)
+
+
+def _parity_reference(state: RunState) -> list:
+    """What the export must reproduce: the model's outputs on the parity samples."""
+    if state.parity_ref is None:
+        state.parity_ref = _source_outputs(state, state.parity_inputs)
+    return state.parity_ref
+
+
+def fp32_reference(state: RunState) -> None:
+    """The FP32 reference on the evaluation set: the parity-checked FP32 ONNX on the host's
+    ONNX runtime (also the FP32 ONNX's own evaluation run)."""
+    if state.ref_outs is not None:
+        return
+    file = state.staging.scratch / "fp32-reference.npz"
+
+    def build() -> dict:
+        state.ref_runner = onnx_runner().load(state.fp32_onnx)
+        with state.progress.step("FP32 reference outputs") as update:
+            outs = run_spilled(state.ref_runner, state.prepared.eval_inputs, update)
+        return {"count": _cached.save_outputs(file, outs)}
+
+    def parts() -> dict:
+        return {"onnx": state.keys.fp32_onnx, "eval": state.keys.eval}
+
+    facts, _ = through_cache(state, "reference", parts, [file.name], build,
+                             dest=state.staging.scratch)
+    state.ref_outs, state.ref_from_onnx = _cached.load_outputs(file, facts["count"]), True
+    state.fp32_ref = stack_first(state.ref_outs)
+    file.unlink(missing_ok=True)
 
 
 def prune(state: RunState) -> None:
@@ -119,16 +152,29 @@ def prune(state: RunState) -> None:
 def export(state: RunState, file: str | None = None) -> None:
     """The FP32 ONNX: exported from PyTorch and checked, or a copy of the user's file
     (never modified). It is the artifact of the backend that runs plain ONNX."""
+    path = state.staging.path(file or f"{state.name}.fp32.onnx")
+
+    def parts() -> dict:
+        return {"model": state.keys.model(), "file": path.name, "inputs": state.input_names,
+                "outputs": state.prepared.output_names, "parity": state.keys.parity}
+
+    through_cache(state, "export", parts, [path.name], lambda: _export(state, path))
+    state.fp32_onnx = path
+    runner = onnx_runner()
+    state.artifacts.append(Artifact(path.name, runner.format, "fp32", runner.runtime))
+
+
+def _export(state: RunState, path: Path) -> None:
     from edgeopt.convert import export_onnx
 
     source = state.prepared.source
-    path = state.staging.path(file or f"{state.name}.fp32.onnx")
     if source.is_torch:
         with state.progress.step("torch -> ONNX"):
             result = export_onnx(state.module, source.example_inputs, path,
                                  input_names=state.input_names,
                                  output_names=state.prepared.output_names or None)
-            parity = _parity("torch -> ONNX", state.parity_ref, onnx_runner().load(path), state)
+            parity = _parity("torch -> ONNX", _parity_reference(state), onnx_runner().load(path),
+                             state)
         for note in result.warnings:
             state.warn(note)
         state.record_step("torch -> ONNX", exporter=result.exporter, opset=result.opset,
@@ -140,27 +186,39 @@ def export(state: RunState, file: str | None = None) -> None:
         if opset is not None:
             step = f"ONNX opset {opset[0]} -> {opset[1]}"
             with state.progress.step(step):
-                parity = _parity(step, state.parity_ref, onnx_runner().load(path), state)
+                parity = _parity(step, _parity_reference(state), onnx_runner().load(path), state)
             state.record_step(step, parity=parity)
-    state.fp32_onnx = path
-    runner = onnx_runner()
-    state.artifacts.append(Artifact(path.name, runner.format, "fp32", runner.runtime))
 
 
 def convert(state: RunState) -> None:
     """Each runtime's FP32 artifact from the ONNX export, parity-checked against it."""
     def check_parity(step: str, path: Path) -> dict:
-        reference = run_all(onnx_runner().load(state.fp32_onnx), state.parity_inputs)
+        if state.ref_from_onnx:     # the FP32 ONNX's own outputs on these samples, run already
+            reference = state.ref_outs[:PARITY_SAMPLES]
+        else:
+            reference = run_all(onnx_runner().load(state.fp32_onnx), state.parity_inputs)
         return _parity(step, reference, backend.load(path), state)
 
     for runtime in _runtimes(state):
         backend = get_backend(runtime)
-        built = backend.build_fp32(state.name, state.fp32_onnx, state.staging, state.progress,
-                                   check_parity)
-        if built is not None:
-            art, record = built
-            state.artifacts.append(art)
-            state.record_step(**record)
+        if backend is onnx_runner():
+            continue                            # the ONNX itself is its artifact
+
+        def build(b=backend) -> dict:
+            built = b.build_fp32(state.name, state.fp32_onnx, state.staging, state.progress,
+                                 check_parity)
+            if built is None:
+                return {}
+            state.record_step(**built[1])
+            return {"artifact": artifact_facts(built[0])}
+
+        def parts(r=runtime) -> dict:
+            return {"onnx": state.keys.fp32_onnx, "parity": state.keys.parity, "runtime": r}
+
+        facts, _ = through_cache(state, "convert", parts,
+                                 list(backend.artifact_files(state.name, "fp32")), build)
+        if "artifact" in facts:
+            state.artifacts.append(artifact_from(facts["artifact"]))
 
 
 def calibrate(state: RunState) -> None:
@@ -171,11 +229,25 @@ def calibrate(state: RunState) -> None:
     from edgeopt.calibrate.quantize import activation_stats
 
     calib, calibrator = state.prepared.calib, state.recipe.quant.calibrator
-    with state.progress.step("calibration statistics") as update:
-        state.stats = activation_stats(state.fp32_onnx, calib, update)
+    file = state.staging.scratch / "statistics.npz"
+
+    def build() -> dict:
+        with state.progress.step("calibration statistics") as update:
+            state.stats = activation_stats(state.fp32_onnx, calib, update)
+        return {"tensors": _cached.save_stats(file, state.stats)}
+
+    def parts() -> dict:
+        return {"onnx": state.keys.fp32_onnx, "calib": state.keys.calib}
+
+    facts, cached = through_cache(state, "statistics", parts, [file.name], build,
+                                  dest=state.staging.scratch)
+    if cached:
+        state.stats = _cached.load_stats(file, facts["tensors"])
+    file.unlink(missing_ok=True)
     gains = sqnr_gain_db(state.stats, compute_ranges(state.stats, calibrator))
     state.record_step("calibration statistics", tensors=len(state.stats), samples=len(calib),
-                      calibrator=calibrator, **_gain_summary(gains))
+                      calibrator=calibrator, **_gain_summary(gains),
+                      **({"cached": True} if cached else {}))
 
 
 def quantize(state: RunState) -> None:
@@ -202,79 +274,19 @@ def quantize(state: RunState) -> None:
 
         outcome = within_budget(
             runtime, state.budget,
-            build=lambda excluded, b=backend, j=job: b.quantize(j(excluded)),
+            build=lambda excluded, b=backend, j=job: _cached.cached_quantize(state, b, j(excluded)),
             evaluate=lambda art: evaluate_artifact(state, art),
             rank=lambda art, b=backend, j=job: b.sensitivity(art, j([])),
             warn=state.progress.warn)
-        _weigh_choices(state, backend, job(outcome.reverted), outcome.artifact)
+        weigh_choices(state, backend, job(outcome.reverted), outcome.artifact,
+                      build=lambda j, b=backend: _cached.cached_quantize(state, b, j),
+                      evaluate=lambda art: evaluate_artifact(state, art))
         value = outcome.artifact.accuracy["value"]
         warning = state.budget.record(runtime, outcome.artifact, value, outcome.reverted)
         if warning:
             state.warn(warning)
-        _gate(state, outcome.artifact, runtime)
+        gate(state, outcome.artifact, runtime)
         state.artifacts.append(outcome.artifact)
-
-
-def _weigh_choices(state: RunState, backend, job: QuantJob, art: Artifact) -> None:
-    """Each default of ``art``'s build that trades speed for accuracy, measured against the
-    build without it and kept only where it buys accuracy (:mod:`edgeopt.tradeoffs`)."""
-    from edgeopt.tradeoffs import (
-        adopt,
-        describe,
-        discard,
-        not_weighed,
-        saturating_elsewhere,
-        time_pair,
-        weigh,
-    )
-
-    budget = state.budget
-    elsewhere = saturating_elsewhere(state.targets, art.runtime)
-    for choice in backend.speed_choices(art, job):
-        if choice.host_specific and elsewhere:
-            state.tradeoffs.append(not_weighed(choice, art.runtime, f"{', '.join(elsewhere)} "
-                                               "may need it and is not this machine"))
-            state.progress.console.print(f"  {describe(state.tradeoffs[-1])}")
-            continue
-
-        def build(changes: dict, c=choice, base=job) -> Artifact:
-            return backend.quantize(replace(base, variant=f"without-{c.name}",
-                                            config=replace(base.config, **changes)))
-
-        record = weigh(
-            choice, art, build=build, evaluate=lambda a: evaluate_artifact(state, a),
-            drop=budget.drop,
-            acceptable=lambda v: budget.allowed_drop is None
-            or budget.drop(v) <= budget.allowed_drop + 1e-9,
-            time_pair=time_pair(state.targets, state.recipe, state.staging,
-                                state.prepared.eval_inputs[0]),
-            adopt=lambda v: adopt(state.staging, art, v),
-            discard=lambda v: discard(state.staging, v))
-        state.tradeoffs.append(record)
-        state.progress.console.print(f"  {describe(record)}")
-        if not record["kept"]:      # later choices are weighed on the build without it
-            job = replace(job, config=replace(job.config, **choice.without))
-
-
-def _gate(state: RunState, art: Artifact, runtime: str) -> None:
-    """An INT8 artifact that lost accuracy or clips an output is marked and named, never
-    passed as ok: ``accuracy-drop`` (the budget or the default gate) or ``clipped-output``."""
-    budget, figures = state.budget, art.accuracy.get("outputs", [])
-    if budget.max_accuracy_drop is not None:
-        problems = [] if budget.runtimes[runtime]["met"] else ["over the accuracy budget"]
-    else:
-        drop = budget.drop(art.accuracy["value"]) if state.prepared.task_metric else None
-        problems = gate_problems(figures, drop)
-    if problems:
-        art.status = "accuracy-drop"
-        state.warn(f"{art.file}: accuracy-drop: {'; '.join(problems)}"
-                   + ("" if budget.max_accuracy_drop is not None else
-                      " (default gate; --max-accuracy-drop sets your own budget)"))
-    for f in figures:
-        if f["clipped"]:
-            art.status = "clipped-output"
-            state.warn(f"{art.file}: clipped-output: {f['output']} covers "
-                       f"{f['range_coverage']:.1%} of its FP32 range on the evaluation set")
 
 
 def evaluate(state: RunState) -> None:
@@ -285,18 +297,40 @@ def evaluate(state: RunState) -> None:
 
 
 def evaluate_artifact(state: RunState, art: Artifact) -> float:
-    """Run ``art`` on its backend over the evaluation set and score it; returns the metric."""
+    """Run ``art`` on its backend over the evaluation set and score it; returns the metric.
+    The FP32 ONNX's run is the FP32 reference's own, when that came from it."""
     prepared = state.prepared
-    with state.progress.step(f"evaluate {art.file}") as update:
-        loaded = get_backend(art.runtime).load(state.staging.path(art.file))
-        runs = run_all(loaded, prepared.eval_inputs, update)
-        outs = stack_first(runs)
-        value = prepared.score(outs, state.fp32_ref)
-        art.accuracy = {"metric": prepared.metric, "value": round(value, 6),
+
+    def build() -> dict:
+        with state.progress.step(f"evaluate {art.file}") as update:
+            same = state.ref_from_onnx and art.file == state.fp32_onnx.name
+            if same:                    # the reference's own run (the same runtime, inputs)
+                loaded = state.ref_runner or onnx_runner().load(state.fp32_onnx)
+                runs = state.ref_outs
+            else:
+                loaded = get_backend(art.runtime).load(state.staging.path(art.file))
+                runs = run_spilled(loaded, prepared.eval_inputs, update)
+            outs = stack_first(runs)
+            value = prepared.score(outs, state.fp32_ref)
+            accuracy = {"metric": prepared.metric, "value": round(value, 6),
                         "samples": len(prepared.eval_inputs),
                         **prepared.extra_metrics(outs, state.fp32_ref),
                         "outputs": output_figures(state.ref_outs, runs, _output_names(loaded))}
-    return value
+        return {"accuracy": accuracy, "value": value}
+
+    def parts() -> dict:
+        files = [art.file, *art.companions]
+        return {"files": {f: state.keys.file(state.staging.path(f)) for f in files},
+                "runtime": art.runtime, "eval": state.keys.eval,
+                "reference": state.keys.fp32_onnx,
+                "metric": [prepared.metric, state.recipe.data.metric],
+                "model": state.recipe.model}
+
+    # A pruned run's reference is the unpruned model's: not cached.
+    facts, _ = through_cache(state, "evaluate", parts if state.ref_from_onnx else None, [],
+                             build)
+    art.accuracy = facts["accuracy"]
+    return facts["value"]
 
 
 def _output_names(loaded) -> tuple[str, ...]:
@@ -337,7 +371,8 @@ def benchmark(state: RunState) -> None:
         state.warn(text)
 
 
-OPTIMIZE = (carry_states, reference, prune, export, convert, calibrate, quantize, evaluate, benchmark)
+OPTIMIZE = (carry_states, reference, prune, export, fp32_reference, convert, calibrate, quantize,
+            evaluate, benchmark)
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = ["Choice", "adopt", "describe", "discard", "guard_choice", "min_gain", "not_weighed",
-           "saturating_elsewhere", "time_pair", "weigh"]
+           "saturating_elsewhere", "time_pair", "weigh", "weigh_choices"]
 
 # The metric gain that counts as "buys accuracy": a fraction-of-samples metric (top-1,
 # agreement, a custom one) must gain at least this much and at least one sample more;
@@ -187,3 +187,32 @@ def adopt(staging, art, variant) -> None:
 def discard(staging, variant) -> None:
     for name in (variant.file, *variant.companions):
         staging.path(name).unlink(missing_ok=True)
+
+
+def weigh_choices(state, backend, job, art, *, build: Callable, evaluate: Callable) -> None:
+    """Each choice ``backend`` reports for ``art``'s build (``job``), weighed in turn on the
+    run ``state`` (an ``edgeopt.steps.RunState``); a later choice is weighed on the build
+    without the earlier dropped ones. ``build(job)`` makes an INT8 artifact, ``evaluate(a)``
+    scores one; the records go to ``state.tradeoffs`` and the console."""
+    budget = state.budget
+    elsewhere = saturating_elsewhere(state.targets, art.runtime)
+    for choice in backend.speed_choices(art, job):
+        if choice.host_specific and elsewhere:
+            record = not_weighed(choice, art.runtime, f"{', '.join(elsewhere)} may need it "
+                                 "and is not this machine")
+        else:
+            record = weigh(
+                choice, art, evaluate=evaluate, drop=budget.drop,
+                build=lambda changes, c=choice, base=job: build(
+                    replace(base, variant=f"without-{c.name}",
+                            config=replace(base.config, **changes))),
+                acceptable=lambda v: budget.allowed_drop is None
+                or budget.drop(v) <= budget.allowed_drop + 1e-9,
+                time_pair=time_pair(state.targets, state.recipe, state.staging,
+                                    state.prepared.eval_inputs[0]),
+                adopt=lambda v: adopt(state.staging, art, v),
+                discard=lambda v: discard(state.staging, v))
+            if not record["kept"]:
+                job = replace(job, config=replace(job.config, **choice.without))
+        state.tradeoffs.append(record)
+        state.progress.console.print(f"  {describe(record)}")

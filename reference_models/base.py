@@ -7,11 +7,13 @@ model never imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from edgeopt.calibrate.spill import spill
 
 if TYPE_CHECKING:
     import torch
@@ -198,11 +200,14 @@ class ReferenceModel:
                     if a is None or a.dtype != np.dtype(dtype) or a.shape != tuple(shape):
                         msg = f"{self.name}: factory sample does not match input {name} {dtype} {shape}"
                         raise ValueError(msg)
-            return [{k: v.copy(order="C") for k, v in sample.items()} for sample in arrays]
-        arrays = np.asarray(arrays, dtype=np.float32)
+            return spill(arrays)
+        if not isinstance(arrays, Sequence):
+            arrays = np.asarray(arrays, dtype=np.float32)
         expected = (n, *self.input_shape[1:])
-        if arrays.shape != expected:
-            msg = f"{self.name}: factory gave shape {arrays.shape}, expected {expected}"
+        shape = (len(arrays), *np.shape(arrays[0])) if len(arrays) else (0,)
+        if shape != expected:
+            msg = f"{self.name}: factory gave shape {shape}, expected {expected}"
             raise ValueError(msg)
-        # Copies, so a caller mutating one sample cannot change another or a cached array.
-        return [{self.input_name: a[None].copy(order="C")} for a in arrays]
+        # Spilled to disk one sample at a time (a lazy factory decodes one at a time):
+        # memory holds one sample, and a caller mutating one cannot change another.
+        return spill({self.input_name: np.asarray(a, dtype=np.float32)[None]} for a in arrays)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -273,35 +274,54 @@ def _spread(n: int, total: int, seed: int) -> np.ndarray:
 def imagenet_arrays(photos) -> np.ndarray:
     """``(path, label)`` photos as the evaluation transform makes them: shorter side to
     256, centre crop 224, /255, ImageNet mean/std, NCHW float32."""
-    from PIL import Image
-
     out = np.empty((len(photos), 3, INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
-    std = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None]
     for i, (path, _) in enumerate(photos):
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-            w, h = rgb.size
-            scale = PHOTO_SIZE / min(w, h)
-            if scale != 1:
-                rgb = rgb.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
-            w, h = rgb.size
-            left, top = (w - INPUT_SIZE) // 2, (h - INPUT_SIZE) // 2
-            crop = rgb.crop((left, top, left + INPUT_SIZE, top + INPUT_SIZE))
-        arr = np.asarray(crop, dtype=np.float32) / 255.0
-        out[i] = (arr.transpose(2, 0, 1) - mean) / std
+        out[i] = _imagenet_array(path)
     return out
 
 
-def _imagenet_calibration(n: int) -> np.ndarray:
+class _Photos(Sequence):
+    """The photos' arrays (as :func:`imagenet_arrays`), each decoded when it is asked for."""
+
+    def __init__(self, photos) -> None:
+        self.photos = list(photos)
+
+    def __len__(self) -> int:
+        return len(self.photos)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return _imagenet_array(self.photos[i][0])
+
+
+def _imagenet_array(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
+    std = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None]
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+        w, h = rgb.size
+        scale = PHOTO_SIZE / min(w, h)
+        if scale != 1:
+            rgb = rgb.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
+        w, h = rgb.size
+        left, top = (w - INPUT_SIZE) // 2, (h - INPUT_SIZE) // 2
+        crop = rgb.crop((left, top, left + INPUT_SIZE, top + INPUT_SIZE))
+    arr = np.asarray(crop, dtype=np.float32) / 255.0
+    return (arr.transpose(2, 0, 1) - mean) / std
+
+
+def _imagenet_calibration(n: int) -> _Photos:
     calib, _ = _imagenet_split()
-    return imagenet_arrays([calib[i] for i in _spread(n, len(calib), CALIB_SEED)])
+    return _Photos([calib[i] for i in _spread(n, len(calib), CALIB_SEED)])
 
 
-def _imagenet_evaluation(n: int) -> tuple[np.ndarray, np.ndarray]:
+def _imagenet_evaluation(n: int) -> tuple[_Photos, np.ndarray]:
     _, evaluation = _imagenet_split()
     chosen = [evaluation[i] for i in _spread(n, len(evaluation), EVAL_SEED)]
-    return imagenet_arrays(chosen), np.array([label for _, label in chosen], dtype=np.int64)
+    return _Photos(chosen), np.array([label for _, label in chosen], dtype=np.int64)
 
 
 def _reference(photos: bool) -> ReferenceModel:

@@ -71,3 +71,10 @@ def run_cli(capsys):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory, monkeypatch):
+    """Every test gets an empty cache of its own: the suite never writes to ~/.cache, and
+    no test reuses another's steps."""
+    monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(tmp_path_factory.mktemp("edgeopt-cache")))

@@ -1,0 +1,263 @@
+"""Wall time and peak RSS of a whole INT8 build: edgeopt against the runtimes' own scripts.
+
+In one process tree, on the same FP32 model and the same calibration samples (100 by
+default), each in a child process of its own:
+  (1) ONNX Runtime: quant_pre_process, then quantize_static (QDQ, per-channel, U8S8, MinMax)
+  (2) NNCF: nncf.quantize on the OpenVINO model (its defaults), saved
+  (3) edgeopt optimize --no-bench, both runtimes, cold cache
+  (4) the same, warm cache (a new --out; every step comes from the cache)
+  (5) edgeopt optimize with benchmarks (warm cache: what it adds is the benchmark)
+Each child's wall time is from its start to its exit (imports, data, work, saving), and its
+peak RSS is the kernel's (``os.wait4`` rusage: the child and the processes it waited for).
+The per-step seconds of (3) and (4) come from their report.json. The FP32 models are built
+once beforehand by ``edgeopt optimize --no-quantize``, untimed.
+
+Models: mobilenet-v2 (ref; on the labelled ImageNet photos when shared/data/imagenet-500 is
+there), minilm (ref), and resnet50-random, a ResNet-50-sized CNN with random weights built
+here (random calibration and evaluation data, so its accuracy figure is cosine to FP32).
+
+    python benchmarks/pipeline_time.py [--models mobilenet-v2 minilm resnet50-random]
+                                       [--samples 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+HERE = Path(__file__).resolve().parent
+RESNET = "resnet50-random"
+RESNET_SPEC = "pipeline_time:resnet50"
+RESNET_SHAPE = "1,3,224,224"
+
+
+# ----------------------------------------------------------------- the random ResNet-50
+
+def resnet50():
+    """A ResNet-50 (bottleneck blocks 3-4-6-3, 25.6 M parameters), seeded random weights."""
+    import torch
+    from torch import nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, inp: int, width: int, stride: int) -> None:
+            super().__init__()
+            out = width * 4
+            self.body = nn.Sequential(
+                nn.Conv2d(inp, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width),
+                nn.ReLU(), nn.Conv2d(width, out, 1, bias=False), nn.BatchNorm2d(out))
+            self.down = (nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False),
+                                       nn.BatchNorm2d(out))
+                         if stride != 1 or inp != out else nn.Identity())
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.down(x))
+
+    class ResNet50(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                      nn.MaxPool2d(3, 2, 1)]
+            inp = 64
+            for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+                for i in range(blocks):
+                    layers.append(Bottleneck(inp, width, stride if i == 0 else 1))
+                    inp = width * 4
+            self.features = nn.Sequential(*layers)
+            self.fc = nn.Linear(inp, 1000)
+
+        def forward(self, x):
+            return self.fc(self.features(x).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = ResNet50().eval()
+    with torch.no_grad():     # non-trivial BatchNorm statistics, as a trained model has
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+# -------------------------------------------------------------------------- children
+
+def _calibration(model: str, n: int, inputs: list) -> list[dict]:
+    if model == RESNET:
+        from edgeopt.calibrate.data import random_samples
+
+        return random_samples(inputs, n, seed=0)
+    from edgeopt.reference_models import get_reference
+
+    return get_reference(model).calibration_set(n)
+
+
+def child_ort(model: str, fp32_onnx: str, n: int, work: str) -> None:
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgeopt.calibrate.quantize import CalibrationReader
+    from edgeopt.runtimes import onnx_input_specs
+
+    specs = [(s.name, s.dtype, s.shape) for s in onnx_input_specs(Path(fp32_onnx))]
+    calib = _calibration(model, n, specs)
+    prep = Path(work) / "prep.onnx"
+    quant_pre_process(fp32_onnx, str(prep), skip_symbolic_shape=True)
+    quantize_static(str(prep), str(Path(work) / "ort-quantize_static.onnx"),
+                    CalibrationReader(calib, None), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+
+
+def child_nncf(model: str, fp32_xml: str, n: int, work: str) -> None:
+    import logging
+
+    import nncf
+    import openvino as ov
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    ov_model = ov.Core().read_model(fp32_xml)
+    specs = [(p.get_any_name(), p.get_element_type().to_dtype().name, tuple(p.get_shape()))
+             for p in ov_model.inputs]
+    calib = _calibration(model, n, specs)
+    quantized = nncf.quantize(ov_model, nncf.Dataset(calib), subset_size=len(calib))
+    ov.save_model(quantized, str(Path(work) / "nncf.xml"), compress_to_fp16=False)
+
+
+def _edgeopt_args(model: str, n: int) -> list[str]:
+    if model == RESNET:
+        return [RESNET_SPEC, "--input-shape", RESNET_SHAPE, "--calib", "random",
+                "--calib-samples", str(n), "--eval-samples", str(n)]
+    return [f"ref:{model}", "--calib-samples", str(n)]
+
+
+def _run(cmd: list[str], log: Path, env: dict) -> tuple[float, float, int]:
+    """Run ``cmd`` as a child; its wall seconds, peak RSS (MB) and exit code."""
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=HERE)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return time.perf_counter() - start, usage.ru_maxrss / 1024, proc.returncode
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+# ---------------------------------------------------------------------------- driver
+
+def measure(model: str, n: int, work: Path, console: Console) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    edgeopt = [sys.executable, "-m", "edgeopt", "optimize", *_edgeopt_args(model, n)]
+    fp32 = work / "fp32"
+    console.log(f"{model}: FP32 ONNX and IR (untimed)")
+    _, _, code = _run([*edgeopt, "--no-quantize", "--no-bench", "--no-cache", "--out",
+                       str(fp32), "--quiet"], work / "fp32.log", env)
+    if code:
+        msg = f"{model}: the FP32 build failed; see {work / 'fp32.log'}"
+        raise SystemExit(msg)
+    stem = model if model != RESNET else "resnet50"
+    me = [sys.executable, __file__, "--child"]
+    cache = work / "cache"
+    runs = {
+        "1 quantize_static": [*me, "ort", model, str(fp32 / f"{stem}.fp32.onnx"), str(n),
+                              str(work)],
+        "2 nncf.quantize": [*me, "nncf", model, str(fp32 / f"{stem}.fp32.xml"), str(n),
+                            str(work)],
+        "3 edgeopt --no-bench, cold": [*edgeopt, "--no-bench", "--cache-dir", str(cache),
+                                       "--out", str(work / "cold")],
+        "4 edgeopt --no-bench, warm": [*edgeopt, "--no-bench", "--cache-dir", str(cache),
+                                       "--out", str(work / "warm")],
+        "5 edgeopt with benchmarks": [*edgeopt, "--cache-dir", str(cache),
+                                      "--out", str(work / "bench")],
+    }
+    results = {}
+    for label, cmd in runs.items():
+        console.log(f"{model}: {label}")
+        seconds, rss, code = _run(cmd, work / f"{label.split()[0]}.log", env)
+        if code:
+            msg = f"{model}: {label} failed; see {work / label.split()[0]}.log"
+            raise SystemExit(msg)
+        results[label] = {"seconds": seconds, "rss_mb": rss}
+    reports = {k: json.loads((work / d / "report.json").read_text())
+               for k, d in (("cold", "cold"), ("warm", "warm"), ("bench", "bench"))}
+    return {"model": model, "runs": results, "reports": reports}
+
+
+def _tables(m: dict, console: Console) -> None:
+    runs, reports = m["runs"], m["reports"]
+    t = Table(title=f"{m['model']}: whole build, one child process each")
+    for col in ("run", "wall s", "peak RSS MB"):
+        t.add_column(col, justify="left" if col == "run" else "right")
+    for label, r in runs.items():
+        t.add_row(label, f"{r['seconds']:.1f}", f"{r['rss_mb']:.0f}")
+    console.print(t)
+    peers = runs["1 quantize_static"]["seconds"] + runs["2 nncf.quantize"]["seconds"]
+    cold = runs["3 edgeopt --no-bench, cold"]
+    bench_s = sum(s["seconds"] for s in reports["bench"]["steps"]
+                  if s["name"].startswith("benchmark"))
+    console.print(
+        f"(3)/((1)+(2)) = {cold['seconds']:.1f} / {peers:.1f} = {cold['seconds'] / peers:.2f}x "
+        f"(target <= 2.0) | (4) = {runs['4 edgeopt --no-bench, warm']['seconds']:.1f} s "
+        f"(target <= 10) | benchmark part of (5) = {bench_s:.1f} s for "
+        f"{sum(1 for a in reports['bench']['artifacts'] if a['bench'].get('label') == 'measured')}"
+        f" artifacts (target <= 20) | peak RSS of (3) = {cold['rss_mb']:.0f} MB (target <= 800)")
+    s = Table(title=f"{m['model']}: edgeopt's steps (report.json), seconds")
+    for col in ("step", "(3) cold", "(4) warm", "(5) with benchmarks"):
+        s.add_column(col, justify="left" if col == "step" else "right")
+    by = {k: {st["name"]: st for st in r["steps"]} for k, r in reports.items()}
+    for name in dict.fromkeys([*by["cold"], *by["bench"]]):
+        cells = []
+        for k in ("cold", "warm", "bench"):
+            st = by[k].get(name)
+            cells.append("" if st is None else
+                         f"{st['seconds']:.1f}{' (cached)' if st.get('cached') else ''}")
+        s.add_row(name, *cells)
+    console.print(s)
+    a = Table(title=f"{m['model']}: accuracy of (3) on {reports['cold']['data']['evaluation']}")
+    for col in ("artifact", "metric", "value", "status"):
+        a.add_column(col)
+    for art in reports["cold"]["artifacts"]:
+        acc = art["accuracy"]
+        a.add_row(art["path"], acc["metric"], f"{acc['value']:.4f}", art["status"])
+    console.print(a)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["mobilenet-v2", "minilm", RESNET])
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--child", nargs=5, metavar=("WAY", "MODEL", "FILE", "N", "WORK"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        way, model, file, n, work = args.child
+        (child_ort if way == "ort" else child_nncf)(model, file, int(n), work)
+        return
+    console = Console(width=160)
+    console.print(f"CPU: {_cpu()}, {os.cpu_count()} cores; {args.samples} calibration samples")
+    for model in args.models:
+        with tempfile.TemporaryDirectory(prefix=f"edgeopt-time-{model}-") as tmp:
+            _tables(measure(model, args.samples, Path(tmp), console), console)
+
+
+if __name__ == "__main__":
+    main()
