@@ -28,6 +28,7 @@ GATE = {"max_metric_drop": 0.01, "min_cosine": 0.99, "min_sqnr_db": 10.0}
 # the FP32 outputs' range and pile up at their edge: most values the FP32 model puts beyond
 # that edge come out at it (a float output that is merely less accurate has no such wall).
 MIN_COVERAGE = 0.99
+MAX_LEVELS = 4096          # more distinct values than this: a float output, no grid
 MIN_SATURATED = 3           # values at the wall, and at least 1% of the samples
 
 
@@ -178,7 +179,7 @@ class _OutputState:
         self.lo = self.lo8 = float("inf")
         self.hi = self.hi8 = float("-inf")
         self.saturated = self.beyond = 0
-        self.step = float("inf")        # the smallest gap between an output's values
+        self.levels: np.ndarray | None = np.empty(0)   # distinct values, while few (a grid)
 
     def add(self, ref: np.ndarray, out: np.ndarray) -> None:
         self.samples += 1
@@ -190,12 +191,15 @@ class _OutputState:
             self.max_err = max(self.max_err, float(np.abs(err).max()))
             self.lo, self.hi = min(self.lo, float(ref.min())), max(self.hi, float(ref.max()))
             self.lo8, self.hi8 = min(self.lo8, float(out.min())), max(self.hi8, float(out.max()))
-            self.step = min(self.step, _grid_step(out))
+            if self.levels is not None:
+                self.levels = np.union1d(self.levels, out)
+                if self.levels.size > MAX_LEVELS:
+                    self.levels = None          # a float output: no grid
 
     def count_saturated(self, ref: np.ndarray, out: np.ndarray) -> None:
         # A value within half a grid step of the output's extreme rounds to it: that is
         # rounding, not clipping (a Softmax output on a 1/255 grid over a span of 0.1).
-        step = 0.0 if self.step == float("inf") else self.step
+        step = 0.0 if self.levels is None else _grid_step(self.levels)
         tol = max(1e-6 * max(1.0, abs(self.hi8), abs(self.lo8)), 0.5 * step)
         beyond_hi, beyond_lo = ref > self.hi8 + tol, ref < self.lo8 - tol
         self.saturated += int(np.sum(beyond_hi & (out >= self.hi8 - tol))
