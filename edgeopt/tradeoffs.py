@@ -110,7 +110,7 @@ def weigh(choice: Choice, art, *, build: Callable, evaluate: Callable, drop: Cal
     variant = build(choice.without)
     try:
         variant_value = evaluate(variant)
-        gain = round(drop(variant_value) - drop(value), 6)      # what the choice buys
+        gain = drop(variant_value) - drop(value)                # what the choice buys
         threshold = min_gain(art.accuracy["metric"], art.accuracy["samples"])
         p50 = time_pair(art, variant) if time_pair is not None else None
     except BaseException:
@@ -119,7 +119,8 @@ def weigh(choice: Choice, art, *, build: Callable, evaluate: Callable, drop: Cal
     kept = gain >= threshold - 1e-12 or not acceptable(variant_value)
     record = {"runtime": art.runtime, "choice": choice.name, "what": choice.what,
               "metric": art.accuracy["metric"], "with": round(value, 6),
-              "without": round(variant_value, 6), "gain": gain, "min_gain": round(threshold, 6),
+              "without": round(variant_value, 6), "gain": round(gain, 6),
+              "min_gain": round(threshold, 6),
               "kept": kept}
     if choice.nodes:
         record["nodes"] = list(choice.nodes)

@@ -91,3 +91,8 @@ def test_the_guard_goes_unweighed_only_for_absent_cpus_without_dot_products():
     assert saturating_elsewhere([host, vnni, arm, gpu, other], "onnxruntime") == []
     assert saturating_elsewhere([host, avx2, other], "onnxruntime") == ["old:cpu"]
     assert saturating_elsewhere([other], "openvino") == ["other:cpu"]
+
+
+def test_a_gain_of_exactly_one_sample_counts():
+    record, calls = _weigh(0.82, 0.82 - 1 / 375)
+    assert record["kept"] and calls[-1] == ("discard", "v.onnx")
