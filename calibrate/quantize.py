@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.calibrate.bias_correction import correct_weight_bias
+from edgeopt.calibrate.bias_correction import bias_inputs, correct_weight_bias
 from edgeopt.calibrate.calibrators import (
     CALIBRATORS,
     DEFAULT_CALIBRATOR,
@@ -195,7 +195,8 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
     tmp = staging_path(out, ".onnx")
     try:
         model, excluded, notes = _prepare(fp32_onnx, prepped, config)
-        qdq = _quantize_static(prepped, tmp, calib, ranges, config, model, excluded, notes)
+        qdq = _quantize_static(prepped, tmp, calib, ranges, config, model, excluded, notes,
+                               stats)
         notes += _refine(model, qdq, calib, config, progress,
                          qat_samples, qat_note or f"{len(calib)} calibration samples")
         sqnr = layer_sqnr(model, qdq, calib)
@@ -229,7 +230,7 @@ def _prepare(fp32_onnx: Path, prepped: Path, config: QuantConfig):
 
 
 def _quantize_static(prepped: Path, tmp: Path, calib, ranges: dict, config: QuantConfig,
-                     model, excluded: list[str], notes: list[str]):
+                     model, excluded: list[str], notes: list[str], stats: dict):
     """ONNX Runtime's quantizer on ``prepped`` (depthwise inputs equalized first) with the
     calibrator's ranges, into ``tmp``; returns the QDQ model with float graph outputs."""
     import onnx
@@ -245,7 +246,7 @@ def _quantize_static(prepped: Path, tmp: Path, calib, ranges: dict, config: Quan
     overrides = {name: _override(r) for name, r in ranges.items()}
     linear = linear_nodes(model)
     if config.equalize and not linear:
-        equalized = equalize_depthwise_inputs(model, calib)
+        equalized = equalize_depthwise_inputs(model, calib, stats)
         if equalized:
             onnx.save(model, str(prepped))
             overrides.update(_equalized_overrides(model, prepped, equalized, calib,
@@ -279,12 +280,16 @@ def _refine(model, qdq, calib, config: QuantConfig, progress: Progress,
     correction, fine-tuning), the graph and its kernels unchanged; returns the notes."""
     notes = []
     coarser, channels = fit_scales(qdq) if config.saturation_guard else (0, 0)
+    # one pass over the samples serves the rounding and the bias correction: the
+    # convolutions' input means are taken before the weights are re-rounded
+    means = dict.fromkeys(bias_inputs(model, qdq)) if config.bias_correction else None
     if config.weight_rounding:
-        rounded = optimize_weight_rounding(model, qdq, calib, config.saturation_guard)
+        rounded = optimize_weight_rounding(model, qdq, calib, config.saturation_guard, means)
         notes.append(f"weight rounding: GPTQ-style, data-aware int8 rounding of "
                      f"{rounded} Conv/Gemm/MatMul layers")
     if config.bias_correction:
-        corrected = correct_weight_bias(model, qdq, calib)
+        corrected = correct_weight_bias(model, qdq, calib, means if config.weight_rounding
+                                        else None)
         notes.append(f"bias correction: weight-rounding mean shift folded into the "
                      f"bias of {corrected} convolutions")
     if config.qat_epochs:
