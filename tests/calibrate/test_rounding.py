@@ -78,3 +78,63 @@ def test_depthwise_gptq_all_channels_at_once_matches_one_call_per_channel():
         gptq_depthwise(w, scale, h, -127, 127),
         np.stack([_per_column(w[c:c + 1], scale[c:c + 1], h[c], -127, 127)[0]
                   for c in range(channels)]))
+
+
+def test_equalization_takes_the_statistics_channel_maxima_unchanged(tmp_path):
+    """Channel maxima from the statistics pass equalize exactly as equalize's own pass."""
+    import onnx
+    from test_equalize import _expand_dw_model, _samples
+
+    from edgeopt.calibrate.equalize import equalize_depthwise_inputs
+    from edgeopt.calibrate.stats import collect_stats
+
+    calib = _samples(12, 1)
+    path = tmp_path / "m.onnx"
+    onnx.save(_expand_dw_model(), str(path))
+    stats = collect_stats(path, calib)
+    direct = np.max([s["input"] for s in calib], axis=0)            # a 4-d input: per channel
+    np.testing.assert_array_equal(stats["input"].channel_max, direct.max(axis=(0, 2, 3)))
+    own, given = _expand_dw_model(), _expand_dw_model()
+    peaks_own = equalize_depthwise_inputs(own, calib)
+    peaks_given = equalize_depthwise_inputs(given, [], stats)       # no samples: no pass
+    assert peaks_own.keys() == peaks_given.keys() and peaks_own
+    for name in peaks_own:
+        np.testing.assert_array_equal(peaks_own[name], peaks_given[name])
+    assert own.SerializeToString() == given.SerializeToString()
+
+
+def test_bias_correction_means_from_the_rounding_pass_are_the_pre_rounding_means(tmp_path):
+    """The rounding pass's channel means are those a separate pass over the QDQ graph gets
+    before the weights move; bias correction given them skips its own pass."""
+    import copy
+
+    import onnx
+    import torch
+    from tiny_models import tiny_cnn
+
+    from edgeopt.calibrate import quantize_onnx_for_ort
+    from edgeopt.calibrate.bias_correction import _channel_means, bias_inputs, correct_weight_bias
+    from edgeopt.calibrate.quantize import QuantConfig
+    from edgeopt.calibrate.rounding import optimize_weight_rounding
+    from edgeopt.convert import export_onnx
+
+    rng = np.random.default_rng(0)
+    calib = [{"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
+             for _ in range(6)]
+    fp32 = tmp_path / "cnn.onnx"
+    export_onnx(tiny_cnn(), (torch.randn(1, 3, 16, 16),), fp32)
+    plain = quantize_onnx_for_ort(fp32, tmp_path / "q.onnx", calib, QuantConfig(
+        weight_rounding=False, bias_correction=False, fp32_stem=False))
+    model, qdq = onnx.load(str(fp32)), onnx.load(str(plain.path))
+    names = bias_inputs(model, qdq)
+    assert names
+    want = _channel_means(qdq, names, calib)
+    means = dict.fromkeys(names)
+    optimize_weight_rounding(model, qdq, calib, True, means)
+    for name in names:
+        np.testing.assert_allclose(means[name], want[name], rtol=1e-12, atol=1e-12)
+    other = copy.deepcopy(qdq)
+    # given means: no pass of its own (there are no samples to run)
+    assert correct_weight_bias(model, qdq, [], means) == len(names)
+    correct_weight_bias(model, other, [], want)
+    assert qdq.SerializeToString() == other.SerializeToString()
