@@ -118,12 +118,14 @@ def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, 
         return 0
     from threadpoolctl import threadpool_limits
 
-    hessians = _input_hessians(qdq_model, jobs, list(islice(samples, MAX_SAMPLES)),
-                               means if means is not None else {})
-    inits = {i.name: i for i in qdq_model.graph.initializer}
-    # Small LAPACK calls and column loops: threads only wait on each other (on a loaded
-    # machine a 1280x1280 Cholesky took 30x longer with two threads than with one).
+    # One BLAS thread: these products and factorizations are small (at most a few
+    # thousand wide), and with two threads on a machine shared with other work they wait
+    # on each other: measured on a loaded 2-core machine, a (144 x 3136) product took 30x
+    # longer and a 1280 x 1280 Cholesky 30x longer than with one thread.
     with threadpool_limits(limits=1, user_api="blas"):
+        hessians = _input_hessians(qdq_model, jobs, list(islice(samples, MAX_SAMPLES)),
+                                   means if means is not None else {})
+        inits = {i.name: i for i in qdq_model.graph.initializer}
         for job in jobs:
             _reround(job, hessians[_key(job.node)], inits, pairs)
     return len(jobs)
