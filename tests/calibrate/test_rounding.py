@@ -110,13 +110,14 @@ def test_bias_correction_means_from_the_rounding_pass_are_the_pre_rounding_means
 
     import onnx
     import torch
-    from tiny_models import tiny_cnn
 
     from edgeopt.calibrate import quantize_onnx_for_ort
     from edgeopt.calibrate.bias_correction import _channel_means, bias_inputs, correct_weight_bias
     from edgeopt.calibrate.quantize import QuantConfig
     from edgeopt.calibrate.rounding import optimize_weight_rounding
     from edgeopt.convert import export_onnx
+
+    from tiny_models import tiny_cnn
 
     rng = np.random.default_rng(0)
     calib = [{"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
