@@ -258,13 +258,14 @@ def _table(rows, args) -> None:
           f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) at the end")
     print(f"{args.samples} calibration samples, {args.repeats} interleaved pairs (fresh "
           f"process each), median seconds; edgeopt effort '{args.effort}'\n")
-    head = f"{'model':<14} {'quantize_static s':>18} {'edgeopt s':>10} {'ratio':>6}   runs (static | edgeopt)"
+    head = (f"{'model':<14} {'quantize_static s':>18} {'edgeopt s':>10} {'ratio':>6}   "
+            "runs (static | edgeopt | ratio per pair)")
     print(head)
     print("-" * len(head))
     for name, t in rows:
         a, b = statistics.median(t["ort"]), statistics.median(t["edgeopt"])
-        runs = (" ".join(f"{v:.1f}" for v in t["ort"]) + " | "
-                + " ".join(f"{v:.1f}" for v in t["edgeopt"]))
+        runs = " | ".join(" ".join(f"{v:.1f}" for v in values) for values in (
+            t["ort"], t["edgeopt"], [e / s for s, e in zip(t["ort"], t["edgeopt"], strict=True)]))
         print(f"{name:<14} {a:>18.1f} {b:>10.1f} {b / a:>5.2f}x   {runs}")
 
 
