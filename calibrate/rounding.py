@@ -21,6 +21,7 @@ from edgeopt.calibrate.saturation import bound_pairs, hwio_order, pair_bounds
 MAX_SAMPLES = 32
 DAMPING = 0.01
 BLOCK = 128           # columns per lazy-batch block of GPTQ
+LARGE = 512           # from this many columns: the inverse factor without inv()
 
 
 def _damped_inverse_factor(h: np.ndarray) -> np.ndarray:
@@ -29,7 +30,23 @@ def _damped_inverse_factor(h: np.ndarray) -> np.ndarray:
     mean_diag = np.mean(np.diagonal(h, axis1=-2, axis2=-1), axis=-1)
     damp = DAMPING * np.maximum(mean_diag, 1e-12)
     h = h + np.eye(k) * np.asarray(damp)[..., None, None]
+    if h.ndim == 2 and k >= LARGE:
+        return _inverse_factor_reversed(h)
     return np.swapaxes(np.linalg.cholesky(np.linalg.inv(h)), -1, -2)
+
+
+def _inverse_factor_reversed(h: np.ndarray) -> np.ndarray:
+    """The upper Cholesky factor of ``inv(h)`` from one Cholesky factor and a triangular
+    inverse (2k^3/3 flops instead of inv's 2k^3 and a second Cholesky's k^3/3): with P
+    the order reversal and P h P = L L^T, inv(h) = U^T U for U = P inv(L) P, upper."""
+    from scipy.linalg import lapack
+
+    rev = h[::-1, ::-1]
+    lower = np.linalg.cholesky(rev)
+    inverse, info = lapack.dtrtri(lower, lower=1)
+    if info:
+        raise np.linalg.LinAlgError("singular Cholesky factor")
+    return np.ascontiguousarray(np.tril(inverse)[::-1, ::-1])
 
 
 def gptq_rows(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int, qmax: int,

@@ -42,7 +42,7 @@ def _layer(rng, rows, k, coarse=4.0):
 
 
 @pytest.mark.parametrize(("rows", "k", "pairs"), [(24, 40, False), (16, 300, True),
-                                                  (8, 257, False)])
+                                                  (8, 257, False), (8, 600, True)])
 def test_blocked_gptq_matches_the_per_column_form(rows, k, pairs):
     """Same ints, up to a rare tie the block's summation order moves by one level."""
     w, scale, h = _layer(np.random.default_rng(k), rows, k)
@@ -53,6 +53,18 @@ def test_blocked_gptq_matches_the_per_column_form(rows, k, pairs):
     assert np.all(got[w == 0] == 0)
     if pairs:
         assert not over_limit(got).any()
+
+
+def test_the_inverse_factor_of_large_layers_is_cholesky_of_the_inverse():
+    from edgeopt.calibrate.rounding import LARGE, _inverse_factor_reversed
+
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((LARGE + 8, LARGE + 40))
+    h = a @ a.T / a.shape[1] + 0.01 * np.eye(LARGE + 8)
+    got = _inverse_factor_reversed(h)
+    np.testing.assert_allclose(got, np.linalg.cholesky(np.linalg.inv(h)).T, rtol=0,
+                               atol=1e-12 * np.abs(got).max())
+    assert np.array_equal(got, np.triu(got))
 
 
 def test_blocked_gptq_is_exact_within_one_block():
