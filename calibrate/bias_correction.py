@@ -10,10 +10,17 @@ pass, and folded into the int32 bias: the integers change, the graph and its spe
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import islice
 
 import numpy as np
 
 MAX_SAMPLES = 32
+
+
+def channel_mean(value: np.ndarray) -> np.ndarray:
+    """One sample's mean of each channel (axis 1) of a tensor."""
+    value = np.asarray(value, dtype=np.float64)
+    return value.mean(axis=tuple(i for i in range(value.ndim) if i != 1))
 
 
 def _channel_means(model, names: list[str], samples) -> dict[str, np.ndarray]:
@@ -22,9 +29,7 @@ def _channel_means(model, names: list[str], samples) -> dict[str, np.ndarray]:
     sums: dict[str, np.ndarray] = {}
     for values in capture_onnx(model, samples, names):
         for name, value in zip(names, values, strict=True):
-            value = np.asarray(value, dtype=np.float64)
-            axes = tuple(i for i in range(value.ndim) if i != 1)
-            sums[name] = sums.get(name, 0.0) + value.mean(axis=axes)
+            sums[name] = sums.get(name, 0.0) + channel_mean(value)
     return {name: total / len(samples) for name, total in sums.items()}
 
 
@@ -47,19 +52,11 @@ def dequantized(inits: dict, dq) -> np.ndarray:
     return (q - zero.reshape(shape)) * scale.reshape(shape)
 
 
-def correct_weight_bias(fp32_model, qdq_model, samples: Sequence[dict[str, np.ndarray]]) -> int:
-    """Fold each quantized Conv's weight-rounding mean shift into its int32 bias, in place.
-
-    ``fp32_model`` is the model that was quantized (its weight initializers keep their
-    names; ONNX Runtime names the quantized ones ``<name>_quantized``). Returns the
-    number of convolutions corrected.
-    """
-    from onnx import numpy_helper
-
+def _bias_jobs(fp32_model, qdq_model):
+    """(conv, weight DQ, bias DQ, FP32 weight) of each quantized Conv with an int32 bias."""
     fp32_weights = {i.name: i for i in fp32_model.graph.initializer}
-    inits = {i.name: i for i in qdq_model.graph.initializer}
+    inits = {i.name for i in qdq_model.graph.initializer}
     producer = {o: n for n in qdq_model.graph.node for o in n.output}
-    jobs = []
     for node in qdq_model.graph.node:
         if node.op_type != "Conv" or len(node.input) < 3:
             continue
@@ -69,13 +66,37 @@ def correct_weight_bias(fp32_model, qdq_model, samples: Sequence[dict[str, np.nd
         original = fp32_weights.get(w_dq.input[0].removesuffix("_quantized"))
         if original is None or w_dq.input[0] not in inits or b_dq.input[0] not in inits:
             continue
+        yield node, w_dq, b_dq, original
+
+
+def bias_inputs(fp32_model, qdq_model) -> list[str]:
+    """The tensors whose channel means :func:`correct_weight_bias` reads."""
+    return sorted({node.input[0] for node, *_ in _bias_jobs(fp32_model, qdq_model)})
+
+
+def correct_weight_bias(fp32_model, qdq_model, samples: Sequence[dict[str, np.ndarray]],
+                        means: dict[str, np.ndarray] | None = None) -> int:
+    """Fold each quantized Conv's weight-rounding mean shift into its int32 bias, in place.
+
+    ``fp32_model`` is the model that was quantized (its weight initializers keep their
+    names; ONNX Runtime names the quantized ones ``<name>_quantized``). ``means``: the
+    per-channel means of the convolutions' inputs (:func:`bias_inputs`) if already known,
+    else a pass over ``samples`` measures them. Returns the number of convolutions
+    corrected.
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in qdq_model.graph.initializer}
+    jobs = []
+    for node, w_dq, b_dq, original in _bias_jobs(fp32_model, qdq_model):
         error = numpy_helper.to_array(original).astype(np.float64) - dequantized(inits, w_dq)
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         jobs.append((node.input[0], error, group, b_dq))
     if not jobs:
         return 0
-    means = _channel_means(qdq_model, sorted({j[0] for j in jobs}),
-                           list(samples)[:MAX_SAMPLES])
+    names = sorted({j[0] for j in jobs})
+    if means is None or any(name not in means for name in names):
+        means = _channel_means(qdq_model, names, list(islice(samples, MAX_SAMPLES)))
     for x, error, group, b_dq in jobs:
         mu = means[x]
         c_out, c_in_group = error.shape[:2]

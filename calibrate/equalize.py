@@ -112,17 +112,24 @@ def _replace(inits: dict, name: str, array: np.ndarray) -> None:
     inits[name].CopyFrom(numpy_helper.from_array(array.astype(dtype), name))
 
 
-def equalize_depthwise_inputs(model, samples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def equalize_depthwise_inputs(model, samples: Sequence[dict[str, np.ndarray]],
+                              stats: dict | None = None) -> dict[str, np.ndarray]:
     """Equalize every depthwise input's channels in place (module docstring) over the
     calibration ``samples``. Returns each equalized tensor's channel maxima ``m_i`` (in
-    the original model's units; the equalized channels all reach ``max(m_i)``)."""
+    the original model's units; the equalized channels all reach ``max(m_i)``).
+
+    ``stats`` (stats.py, of the same model over the same samples) give the channel maxima
+    when they hold every tensor's; else they come from a pass over ``samples``."""
     from onnx import numpy_helper
 
     pairs = depthwise_pairs(model)
     if not pairs:
         return {}
     inits = {i.name: i for i in model.graph.initializer}
-    peaks = _channel_max(model, [p.tensor for p in pairs], samples)
+    tensors = [p.tensor for p in pairs]
+    known = {t: getattr((stats or {}).get(t), "channel_max", None) for t in tensors}
+    peaks = (known if all(v is not None for v in known.values())
+             else _channel_max(model, tensors, samples))
     done = {}
     for pair in pairs:
         m = np.maximum(peaks[pair.tensor].astype(np.float64), 0.0)

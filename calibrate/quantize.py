@@ -26,11 +26,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
-from edgeopt.calibrate.bias_correction import correct_weight_bias
+from edgeopt.calibrate.bias_correction import bias_inputs, correct_weight_bias
 from edgeopt.calibrate.calibrators import (
     CALIBRATORS,
     DEFAULT_CALIBRATOR,
@@ -74,6 +75,11 @@ __all__ = [
 ]
 
 Progress = Callable[[int, int], None] | None
+# "fast" (ONNX Runtime): bias correction takes the convolutions' input means from the
+# weight-rounding pass, before the weights move, instead of a pass of its own after; one
+# pass less (about 5% of the step), and on mobilenet-v2's held-out photos 0.5 pt less
+# top-1 agreement with FP32 (0.984 against 0.989), so it is not the default.
+EFFORTS = ("default", "fast")
 INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger",
                    "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearSigmoid",
                    "QLinearConcat", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
@@ -100,10 +106,14 @@ class QuantConfig:
     qat_epochs: int = 0                      # ONNX Runtime only: see calibrate/qat.py
     qat_lr: float = 1e-5
     qat_ranges: bool = True                  # also learn the activation scales
+    effort: str = "default"                  # "fast": shortcuts that cost accuracy (EFFORTS)
 
     def __post_init__(self) -> None:
         if self.calibrator not in CALIBRATORS:
             msg = f"unknown calibrator '{self.calibrator}' (known: {', '.join(CALIBRATORS)})"
+            raise CalibrationError(msg)
+        if self.effort not in EFFORTS:
+            msg = f"unknown effort '{self.effort}' (known: {', '.join(EFFORTS)})"
             raise CalibrationError(msg)
 
 
@@ -196,7 +206,8 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
     tmp = staging_path(out, ".onnx")
     try:
         model, excluded, notes = _prepare(fp32_onnx, prepped, config)
-        qdq = _quantize_static(prepped, tmp, calib, ranges, config, model, excluded, notes)
+        qdq = _quantize_static(prepped, tmp, calib, ranges, config, model, excluded, notes,
+                               stats)
         notes += _refine(model, qdq, calib, config, progress,
                          qat_samples, qat_note or f"{len(calib)} calibration samples")
         sqnr = layer_sqnr(model, qdq, calib)
@@ -231,7 +242,7 @@ def _prepare(fp32_onnx: Path, prepped: Path, config: QuantConfig):
 
 
 def _quantize_static(prepped: Path, tmp: Path, calib, ranges: dict, config: QuantConfig,
-                     model, excluded: list[str], notes: list[str]):
+                     model, excluded: list[str], notes: list[str], stats: dict):
     """ONNX Runtime's quantizer on ``prepped`` (depthwise inputs equalized first) with the
     calibrator's ranges, into ``tmp``; returns the QDQ model with float graph outputs."""
     import onnx
@@ -247,7 +258,7 @@ def _quantize_static(prepped: Path, tmp: Path, calib, ranges: dict, config: Quan
     overrides = {name: _override(r) for name, r in ranges.items()}
     linear = linear_nodes(model)
     if config.equalize and not linear:
-        equalized = equalize_depthwise_inputs(model, calib)
+        equalized = equalize_depthwise_inputs(model, calib, stats)
         if equalized:
             onnx.save(model, str(prepped))
             overrides.update(_equalized_overrides(model, prepped, equalized, calib,
@@ -261,7 +272,7 @@ def _quantize_static(prepped: Path, tmp: Path, calib, ranges: dict, config: Quan
     # Gemm outputs stay float (QGemm with float output): the classifier's logits, and a
     # transformer's FFN outputs (GELU input, residual), lose most when quantized.
     quantize_static(
-        str(prepped), str(tmp), CalibrationReader(list(calib)[:1], None),
+        str(prepped), str(tmp), CalibrationReader(list(islice(calib, 1)), None),
         quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
@@ -281,12 +292,16 @@ def _refine(model, qdq, calib, config: QuantConfig, progress: Progress,
     correction, fine-tuning), the graph and its kernels unchanged; returns the notes."""
     notes = []
     coarser, channels = fit_scales(qdq) if config.saturation_guard else (0, 0)
+    # effort "fast": one pass over the samples serves the rounding and the bias
+    # correction (input means taken before the weights are re-rounded; see EFFORTS)
+    shared = config.effort == "fast" and config.bias_correction and config.weight_rounding
+    means = dict.fromkeys(bias_inputs(model, qdq)) if shared else None
     if config.weight_rounding:
-        rounded = optimize_weight_rounding(model, qdq, calib, config.saturation_guard)
+        rounded = optimize_weight_rounding(model, qdq, calib, config.saturation_guard, means)
         notes.append(f"weight rounding: GPTQ-style, data-aware int8 rounding of "
                      f"{rounded} Conv/Gemm/MatMul layers")
     if config.bias_correction:
-        corrected = correct_weight_bias(model, qdq, calib)
+        corrected = correct_weight_bias(model, qdq, calib, means)
         notes.append(f"bias correction: weight-rounding mean shift folded into the "
                      f"bias of {corrected} convolutions")
     if config.qat_epochs:

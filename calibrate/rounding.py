@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -19,10 +20,37 @@ from edgeopt.calibrate.saturation import bound_pairs, hwio_order, pair_bounds
 
 MAX_SAMPLES = 32
 DAMPING = 0.01
+BLOCK = 128           # columns per lazy-batch block of GPTQ
+LARGE = 512           # from this many columns: the inverse factor without inv()
+
+
+def _damped_inverse_factor(h: np.ndarray) -> np.ndarray:
+    """Upper Cholesky factor of the damped inverse of ``h`` (or a stack of them)."""
+    k = h.shape[-1]
+    mean_diag = np.mean(np.diagonal(h, axis1=-2, axis2=-1), axis=-1)
+    damp = DAMPING * np.maximum(mean_diag, 1e-12)
+    h = h + np.eye(k) * np.asarray(damp)[..., None, None]
+    if h.ndim == 2 and k >= LARGE:
+        return _inverse_factor_reversed(h)
+    return np.swapaxes(np.linalg.cholesky(np.linalg.inv(h)), -1, -2)
+
+
+def _inverse_factor_reversed(h: np.ndarray) -> np.ndarray:
+    """The upper Cholesky factor of ``inv(h)`` from one Cholesky factor and a triangular
+    inverse (2k^3/3 flops instead of inv's 2k^3 and a second Cholesky's k^3/3): with P
+    the order reversal and P h P = L L^T, inv(h) = U^T U for U = P inv(L) P, upper."""
+    from scipy.linalg import lapack
+
+    rev = h[::-1, ::-1]
+    lower = np.linalg.cholesky(rev)
+    inverse, info = lapack.dtrtri(lower, lower=1)
+    if info:
+        raise np.linalg.LinAlgError("singular Cholesky factor")
+    return np.ascontiguousarray(np.tril(inverse)[::-1, ::-1])
 
 
 def gptq_rows(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int, qmax: int,
-               pairs: bool = False) -> np.ndarray:
+              pairs: bool = False) -> np.ndarray:
     """Round rows of ``w`` (one output channel each, sharing ``h``) to ints of ``scale``.
 
     Weights that are exactly zero (pruned) stay zero: their rounding error is pushed onto
@@ -30,12 +58,14 @@ def gptq_rows(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int, qmax: 
     With ``pairs`` (columns in the kernels' reduction order) each odd column is bounded by
     its even neighbour so that no pair can saturate ONNX Runtime's AVX2 kernels
     (saturation.py).
+
+    Columns go in blocks of ``BLOCK`` (GPTQ's lazy batch update): inside a block one column
+    at a time, and the block's errors reach the columns after it in one matrix product.
     """
     k = w.shape[1]
     pruned = w == 0
-    h = h + np.eye(k) * (DAMPING * max(float(np.mean(np.diag(h))), 1e-12))
     try:
-        hinv = np.linalg.cholesky(np.linalg.inv(h)).T          # upper triangular
+        hinv = _damped_inverse_factor(h)                        # upper triangular
     except np.linalg.LinAlgError:
         q = np.where(pruned, 0, np.clip(np.round(w / scale[:, None]), qmin, qmax))
         if pairs:
@@ -43,11 +73,37 @@ def gptq_rows(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int, qmax: 
         return q
     w = w.copy()
     q = np.empty_like(w)
-    for i in range(k):
-        lo, hi = pair_bounds(q[:, i - 1], qmin, qmax) if pairs and i % 2 else (qmin, qmax)
-        q[:, i] = np.where(pruned[:, i], 0, np.clip(np.round(w[:, i] / scale), lo, hi))
-        err = (w[:, i] - q[:, i] * scale) / hinv[i, i]
-        w[:, i + 1:] -= np.outer(err, hinv[i, i + 1:])
+    for b0 in range(0, k, BLOCK):
+        b1 = min(b0 + BLOCK, k)
+        errors = np.empty((w.shape[0], b1 - b0))
+        for i in range(b0, b1):
+            lo, hi = pair_bounds(q[:, i - 1], qmin, qmax) if pairs and i % 2 else (qmin, qmax)
+            q[:, i] = np.where(pruned[:, i], 0, np.clip(np.round(w[:, i] / scale), lo, hi))
+            err = (w[:, i] - q[:, i] * scale) / hinv[i, i]
+            w[:, i + 1:b1] -= np.outer(err, hinv[i, i + 1:b1])
+            errors[:, i - b0] = err
+        if b1 < k:
+            w[:, b1:] -= errors @ hinv[b0:b1, b1:]
+    return q
+
+
+def gptq_depthwise(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int,
+                   qmax: int) -> np.ndarray:
+    """:func:`gptq_rows` of each row of ``w`` on its own ``h[c]`` (a depthwise
+    convolution: one filter per channel), all channels at once; the same numbers as one
+    call per channel."""
+    try:
+        hinv = _damped_inverse_factor(h)                        # (C, k, k)
+    except np.linalg.LinAlgError:     # some channel's H is singular: that one rounds plain
+        return np.stack([gptq_rows(w[c:c + 1], scale[c:c + 1], h[c], qmin, qmax)[0]
+                         for c in range(w.shape[0])])
+    pruned = w == 0
+    w = w.copy()
+    q = np.empty_like(w)
+    for i in range(w.shape[1]):
+        q[:, i] = np.where(pruned[:, i], 0, np.clip(np.round(w[:, i] / scale), qmin, qmax))
+        err = (w[:, i] - q[:, i] * scale) / hinv[:, i, i]
+        w[:, i + 1:] -= err[:, None] * hinv[:, i, i + 1:]
     return q
 
 
@@ -66,17 +122,29 @@ def _patches_full(x: np.ndarray, kh: int, kw: int, stride, pads) -> np.ndarray:
 
 
 def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, np.ndarray]],
-                             pairs: bool = True) -> int:
+                             pairs: bool = True, means: dict | None = None) -> int:
     """Re-round the int8 weights of convolutions (groups 1 or depthwise), Gemms and MatMuls
     with constant weights, in place; returns how many. With ``pairs``, no int8 weight pair
-    may saturate ONNX Runtime's AVX2 kernels (saturation.py)."""
+    may saturate ONNX Runtime's AVX2 kernels (saturation.py).
+
+    ``means`` maps tensor names to None: the same pass over the samples fills in each
+    one's per-channel mean (bias correction's inputs, bias_correction.py), before any
+    weight moves."""
     jobs = _rounding_jobs(fp32_model, qdq_model)
-    if not jobs:
+    if not jobs and not means:
         return 0
-    hessians = _input_hessians(qdq_model, jobs, list(samples)[:MAX_SAMPLES])
-    inits = {i.name: i for i in qdq_model.graph.initializer}
-    for job in jobs:
-        _reround(job, hessians[_key(job.node)], inits, pairs)
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread: these products and factorizations are small (at most a few
+    # thousand wide), and with two threads on a machine shared with other work they wait
+    # on each other: measured on a loaded 2-core machine, a (144 x 3136) product took 30x
+    # longer and a 1280 x 1280 Cholesky 30x longer than with one thread.
+    with threadpool_limits(limits=1, user_api="blas"):
+        hessians = _input_hessians(qdq_model, jobs, list(islice(samples, MAX_SAMPLES)),
+                                   means if means is not None else {})
+        inits = {i.name: i for i in qdq_model.graph.initializer}
+        for job in jobs:
+            _reround(job, hessians[_key(job.node)], inits, pairs)
     return len(jobs)
 
 
@@ -141,19 +209,28 @@ def _layout(op: str, w: np.ndarray, attrs: dict) -> tuple[np.ndarray, str] | Non
     return (w, "full") if group == 1 else None
 
 
-def _input_hessians(qdq_model, jobs: list[_Job], samples) -> dict[str, np.ndarray]:
-    """Each layer's H = E[x x^T] over its (quantized) input patches, by node."""
+def _input_hessians(qdq_model, jobs: list[_Job], samples,
+                    means: dict) -> dict[str, np.ndarray]:
+    """Each layer's H = E[x x^T] over its (quantized) input patches, by node; fills in
+    the per-channel means of the tensors named in ``means``, in the same pass."""
+    from edgeopt.calibrate.bias_correction import channel_mean
     from edgeopt.runtimes import capture_onnx
 
-    names = sorted({job.node.input[0] for job in jobs})
+    names = sorted({job.node.input[0] for job in jobs} | set(means))
     hessians: dict[str, np.ndarray] = {}
+    sums = dict.fromkeys(means, 0.0)
     count = 0
     for values in capture_onnx(qdq_model, samples, names):
         count += 1
         inputs = dict(zip(names, values, strict=True))
+        for name in sums:
+            sums[name] = sums[name] + channel_mean(inputs[name])
         for job in jobs:
-            h = _second_moments(inputs[job.node.input[0]].astype(np.float64), job)
-            hessians[_key(job.node)] = hessians.get(_key(job.node), 0.0) + h
+            # products in float32 (the activations' own precision), sums over samples in
+            # float64
+            h = _second_moments(np.asarray(inputs[job.node.input[0]], np.float32), job)
+            hessians[_key(job.node)] = hessians.get(_key(job.node), 0.0) + h.astype(np.float64)
+    means.update({name: total / count for name, total in sums.items()})
     return {key: h / count for key, h in hessians.items()}
 
 
@@ -172,7 +249,7 @@ def _second_moments(x: np.ndarray, job: _Job) -> np.ndarray:
         flat = _patches_full(x, *geometry)
         return flat.T @ flat / flat.shape[0]
     p = _patches_depthwise(x, *geometry)
-    return np.einsum("cpk,cpl->ckl", p, p) / p.shape[1]
+    return np.matmul(p.transpose(0, 2, 1), p) / p.shape[1]       # batched BLAS, not einsum
 
 
 def _reround(job: _Job, h: np.ndarray, inits: dict, pairs: bool) -> None:
@@ -197,8 +274,7 @@ def _reround(job: _Job, h: np.ndarray, inits: dict, pairs: bool) -> None:
     elif kind != "depthwise":
         q = gptq_rows(rows, scale, h, qmin, qmax, bounded)
     else:
-        q = np.stack([gptq_rows(rows[c:c + 1], scale[c:c + 1], h[c], qmin, qmax)[0]
-                      for c in range(rows.shape[0])])
+        q = gptq_depthwise(rows, scale, h, qmin, qmax)
     q = q.reshape(w.shape)
     if kind == "matmul":
         q = q.T

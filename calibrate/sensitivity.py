@@ -6,6 +6,7 @@ back to FP32 when an accuracy budget is broken.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import islice
 
 import numpy as np
 
@@ -24,7 +25,7 @@ def layer_sqnr(fp32_model, qdq_model, samples: Sequence[dict[str, np.ndarray]],
     pairs = _quantized_activations(fp32_model, qdq_model, consumers)
     if not pairs:
         return []
-    db = _onnx_sqnr_db(fp32_model, qdq_model, pairs, list(samples)[:limit])
+    db = _onnx_sqnr_db(fp32_model, qdq_model, pairs, list(islice(samples, limit)))
     producer = {o: n for n in qdq_model.graph.node for o in n.output}
     rows = [_onnx_row(name, db, producer, consumers) for name in pairs]
     return sorted(rows, key=lambda r: r["sqnr_db"])

@@ -27,6 +27,8 @@ class TensorStats:
     samples: int = 0                                # calibration samples seen
     sum_min: float = 0.0                            # sums of per-sample min / max
     sum_max: float = 0.0
+    # NCHW tensors: each channel's max over every sample (depthwise equalization's m_i)
+    channel_max: np.ndarray | None = None
 
     def sample(self) -> np.ndarray:
         return self.reservoir
@@ -39,11 +41,17 @@ class TensorStats:
     def mean_max(self) -> float:
         return self.sum_max / self.samples if self.samples else self.max
 
-    def update(self, flat: np.ndarray, capacity: int, rng: np.random.Generator) -> None:
-        """Fold one sample's values in: extremes, per-sample means, reservoir (algorithm R)."""
+    def update(self, flat: np.ndarray, capacity: int, rng: np.random.Generator,
+               channels: np.ndarray | None = None) -> None:
+        """Fold one sample's values in: extremes, per-sample means, reservoir (algorithm R);
+        ``channels``: the sample's per-channel maxima, when the tensor has channels."""
         if not flat.size:
             return
-        lo, hi = float(flat.min()), float(flat.max())
+        if channels is not None:
+            self.channel_max = channels if self.channel_max is None else np.maximum(
+                self.channel_max, channels)
+        lo = float(flat.min())
+        hi = float(flat.max()) if channels is None else float(channels.max())
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.samples += 1
         self.sum_min += lo
@@ -84,6 +92,15 @@ def _float_tensors(model) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _channel_peaks(value: np.ndarray) -> np.ndarray | None:
+    """Per-channel maxima of an NCHW tensor (None for other ranks, or no values)."""
+    if value.ndim != 4 or not value.size:
+        return None
+    if value.shape[0] == 1:                  # rows of contiguous values: a fast reduction
+        return value.reshape(value.shape[1], -1).max(axis=1)
+    return value.max(axis=(0, 2, 3))
+
+
 def collect_stats(onnx_path: Path, samples: Iterable[dict[str, np.ndarray]],
                   reservoir: int = DEFAULT_RESERVOIR, seed: int = 0,
                   progress: Callable[[int, int], None] | None = None,
@@ -105,7 +122,8 @@ def collect_stats(onnx_path: Path, samples: Iterable[dict[str, np.ndarray]],
         total = len(samples)
     for i, values in enumerate(runs):
         for name, value in zip(names, values, strict=True):
-            stats[name].update(np.asarray(value, dtype=np.float32).ravel(), reservoir, rng)
+            value = np.asarray(value, dtype=np.float32)
+            stats[name].update(value.ravel(), reservoir, rng, _channel_peaks(value))
         if progress is not None:
             progress(i + 1, total or i + 1)
     return stats
