@@ -50,6 +50,10 @@ class QuantJob:
     def path(self, file: str) -> Path:
         return self.staging.path(file)
 
+    def step(self, label: str) -> str:
+        """The progress step's name: a variant build's says which it is."""
+        return f"{label} ({self.variant})" if self.variant else label
+
     def int8_files(self, backend: Backend) -> tuple[str, ...]:
         """The INT8 artifact's files for ``backend`` (a variant's under their own names)."""
         name = f"{self.name}.{self.variant}" if self.variant else self.name

@@ -40,7 +40,7 @@ class OrtBackend(Backend):
 
         out = job.path(job.int8_files(self)[0])
         samples, note = _qat_data(job.prepared) if job.config.qat_epochs else (None, "")
-        with job.steps.step("quantize INT8 for ONNX Runtime") as update:
+        with job.steps.step(job.step("quantize INT8 for ONNX Runtime")) as update:
             q = quantize_onnx_for_ort(job.fp32_onnx, out, job.prepared.calib, job.config, update,
                                       stats=job.stats, qat_samples=samples, qat_note=note)
         return Artifact(out.name, self.format, "int8", self.runtime,

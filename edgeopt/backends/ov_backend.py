@@ -39,7 +39,7 @@ class OvBackend(Backend):
 
         xml, bin_ = job.int8_files(self)
         fp32_xml = job.path(self.artifact_files(job.name, "fp32")[0])
-        with job.steps.step("quantize INT8 for OpenVINO (NNCF)") as update:
+        with job.steps.step(job.step("quantize INT8 for OpenVINO (NNCF)")) as update:
             q = quantize_for_openvino(fp32_xml, job.path(xml), job.prepared.calib, job.config,
                                       update, stats=job.stats, fp32_onnx=job.fp32_onnx,
                                       before_save=canonical_names)
