@@ -1,4 +1,4 @@
-"""The `edgeopt` command line: optimize, prune, bench, devices, package, verify.
+"""The `edgeopt` command line: optimize, prune, search, bench, devices, package, verify.
 
 A user's mistake prints one line and exits 2 (the traceback only with --debug); an
 internal failure exits 1. Human output goes to stderr, so `--json` keeps stdout clean.
@@ -105,6 +105,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edgeopt._run_cli import run_model
 
         return run_model(args)
+    if args.command == "search":
+        from edgeopt.search._cli import run_search
+
+        with _stdout_to_stderr(args.quiet):
+            return run_search(args)
     if args.command == "package":
         from edgeopt._package_cli import run_package
 
