@@ -148,8 +148,8 @@ def _time_trials(outcomes: list[dict], plan: Plan, executor) -> None:
                     outcome["artifact"], device, outcome["runtime"], plan.bases.get(device))
             except Exception as e:  # an estimate that cannot be made fails the trial
                 outcome.update(status="failed", error=f"no latency on {device}: {e}")
-    for (outcome, device, _), figure in zip(
-            measured, executor.measure([job for _, _, job in measured]), strict=True):
+    figures = executor.measure([job for _, _, job in measured]) if measured else []
+    for (outcome, device, _), figure in zip(measured, figures, strict=True):
         outcome["latency"][device] = figure
     for outcome in outcomes:
         missing = [d for d, f in outcome.get("latency", {}).items() if f.get("p50_ms") is None]
