@@ -181,8 +181,9 @@ def _runtimes_in_space(space: Space, latency: dict, recipe: Recipe) -> Space:
 
 
 def _bases(latency: dict) -> dict[str, dict | None]:
-    """Each estimated device's roofline basis, taken once (the host's bandwidth is measured:
-    pinned, the same model gets the same estimate in every worker and on resume)."""
+    """Each estimated device's roofline basis, taken once. The host's bandwidth and clock
+    are measured, so its basis is kept per machine in the cache folder: the same model
+    gets the same estimate in every worker, on resume and in the next search."""
     from edgeopt._targets import resolve_targets
     from edgeopt.runtimes.estimate import unit_basis
 
@@ -191,9 +192,31 @@ def _bases(latency: dict) -> dict[str, dict | None]:
         for device, how in per.items():
             if how == "estimated" and device not in bases:
                 target = resolve_targets((device,), (runtime,))[0]
-                bases[device] = json.loads(json.dumps(unit_basis(target.profile_obj,
-                                                                 target.unit_obj)))
+                if getattr(target.profile_obj, "host", False):
+                    bases[device] = _host_basis(device, target, unit_basis)
+                else:
+                    bases[device] = json.loads(json.dumps(unit_basis(target.profile_obj,
+                                                                     target.unit_obj)))
     return bases
+
+
+def _host_basis(device: str, target, unit_basis) -> dict:
+    from edgeopt._outdir import write_json_atomic
+    from edgeopt.runtimes.devices import host_identity
+    from edgeopt.runtimes.estimate import calibration_path
+
+    path = calibration_path().parent / "search-host-basis.json"
+    key = f"{host_identity()} | {device}"
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stored = {}
+    if not isinstance(stored, dict) or not isinstance(stored.get(key), dict):
+        stored = stored if isinstance(stored, dict) else {}
+        stored[key] = json.loads(json.dumps(unit_basis(target.profile_obj, target.unit_obj)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, stored)
+    return stored[key]
 
 
 def _absolute_drop(text: str | None, reference: float) -> float | None:
