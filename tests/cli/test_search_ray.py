@@ -32,7 +32,7 @@ def test_two_measured_benchmarks_on_one_device_never_overlap(tmp_path):
     for device in ("host-cpu:cpu", "rpi5:cpu"):
         spans = _intervals(results, device)
         assert len(spans) == 3
-        for (_, end), (start, _) in zip(spans, spans[1:]):
+        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
             assert start >= end, f"two benchmarks overlapped on {device}: {spans}"
     # The resource is per device, not a global lock: the two devices' benchmarks overlap.
     host, board = _intervals(results, "host-cpu:cpu"), _intervals(results, "rpi5:cpu")
