@@ -108,8 +108,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "search":
         from edgeopt.search._cli import run_search
 
-        with _stdout_to_stderr(args.quiet):
-            return run_search(args)
+        return run_search(args)
     if args.command == "package":
         from edgeopt._package_cli import run_package
 

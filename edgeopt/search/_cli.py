@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 from pathlib import Path
 
 _DATA = ("input_shape", "calib", "calib_samples", "preprocess", "eval", "eval_samples", "metric")
@@ -70,5 +73,26 @@ def run_search(args: argparse.Namespace) -> int:
         max_accuracy_drop=args.max_accuracy_drop,
         max_latency_ms=tuple(args.max_latency_ms or ()), max_size_mb=args.max_size_mb,
         resume=args.resume, quiet=args.quiet)
-    summary = search(settings)
+    with _libraries_to_stderr():
+        summary = search(settings)
     return 0 if summary["best_trial"] is not None else 3
+
+
+@contextlib.contextmanager
+def _libraries_to_stderr():
+    """What libraries print on stdout (NNCF's bars) goes to stderr with the progress."""
+    try:
+        err = sys.stderr.fileno()
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (AttributeError, OSError, ValueError):   # captured streams (tests): leave them
+        yield
+        return
+    os.dup2(err, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from edgeopt.errors import UsageError
 
-__all__ = ["LocalExecutor", "RayExecutor", "build_trial", "device_resource", "make_executor",
-           "measure_latency", "warm"]
+__all__ = ["LocalExecutor", "RayExecutor", "build_trial", "device_resource", "estimate_latency",
+           "import_ray", "make_executor", "measure_latency", "warm"]
 
 
 def device_resource(device: str) -> str:
@@ -170,7 +170,7 @@ class RayExecutor:
     def __init__(self, address: str | None = None, devices: tuple[str, ...] = (),
                  cpus_per_trial: int = 1,
                  measure_fn: Callable[[dict], dict] = measure_latency) -> None:
-        ray = _import_ray()
+        ray = import_ray()
         resources = {device_resource(d): 1 for d in dict.fromkeys(devices)}
         if address:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
@@ -206,7 +206,7 @@ class RayExecutor:
         self._ray.shutdown()
 
 
-def _import_ray():
+def import_ray():
     try:
         import ray
     except ImportError as e:

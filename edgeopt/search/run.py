@@ -90,6 +90,13 @@ def _check_out(settings: SearchSettings) -> None:
         msg = (f"--out {out} is not empty; give a new folder, or --resume to continue the "
                "search there")
         raise UsageError(msg)
+    if settings.ray_address and settings.executor != "ray":
+        msg = "--ray-address applies to --executor ray"
+        raise UsageError(msg)
+    if settings.executor == "ray":
+        from edgeopt.search.executors import import_ray
+
+        import_ray()                          # the extra, before any work
     if settings.trials < 1 or settings.batch < 1:
         msg = "--trials and --batch must be >= 1"
         raise UsageError(msg)
@@ -108,14 +115,15 @@ def _plan(settings: SearchSettings, steps) -> Plan:
         raise UsageError(msg)
     recipe = settings.recipe
     work = Path(settings.work_dir or settings.out / "work").absolute()
-    metric, higher, reference, kind = _reference(recipe, work, steps)
-    space = load_space(settings.space or default_space_path(kind))
     latency = _latency_plan(recipe, settings.latency)
-    space = _runtimes_in_space(space, latency, recipe)
     devices = tuple(dict.fromkeys(d for per in latency.values() for d in per))
+    limits = parse_latency_limits(list(settings.max_latency_ms), devices)
+    _absolute_drop(settings.max_accuracy_drop, 1.0)        # checked before the model loads
+    space = load_space(settings.space) if settings.space else None
+    metric, higher, reference, kind = _reference(recipe, work, steps)
+    space = _runtimes_in_space(space or load_space(default_space_path(kind)), latency, recipe)
     objectives = Objectives(metric, higher, devices)
-    constraints = Constraints(_absolute_drop(settings.max_accuracy_drop, reference),
-                              parse_latency_limits(list(settings.max_latency_ms), devices),
+    constraints = Constraints(_absolute_drop(settings.max_accuracy_drop, reference), limits,
                               settings.max_size_mb)
     if space.size() is None and settings.sampler == "grid":
         msg = "--sampler grid needs every option stepped or listed (a step for each range)"

@@ -117,14 +117,15 @@ def test_a_bad_space_file_is_one_line_naming_the_problem(tmp_path, text, problem
     assert problem in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize(("argv", "extra"), [
-    (["search", "ref:digits-cnn", "--out", "S"], "edgeopt[search]"),
+@pytest.mark.parametrize(("module", "argv", "extra"), [
+    ("optuna", ["search", "ref:digits-cnn", "--out", "S"], "edgeopt[search]"),
+    ("ray", ["search", "ref:digits-cnn", "--out", "S", "--executor", "ray"], "edgeopt[ray]"),
 ])
-def test_a_missing_extra_is_one_line_naming_it(monkeypatch, capfd, tmp_path, argv, extra):
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch, capfd, tmp_path, module, argv, extra):
     from edgeopt.cli import main
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(sys.modules, "optuna", None)
+    monkeypatch.setitem(sys.modules, module, None)
     assert main(argv) == 2
     err = capfd.readouterr().err.strip()
     assert extra in err and len(err.splitlines()) == 1
