@@ -195,7 +195,16 @@ class RayExecutor:
 
     def build(self, jobs: list[dict]) -> list[dict]:
         jobs = [{**job, "threads": self.cpus_per_trial} for job in jobs]
-        return self._ray.get([self._build.remote(job) for job in jobs])
+        refs = [self._build.remote(job) for job in jobs]
+        outcomes = []
+        for job, ref in zip(jobs, refs, strict=True):
+            try:
+                outcomes.append(self._ray.get(ref))
+            except self._ray.exceptions.RayError as e:   # a worker died: the trial failed
+                reason = " ".join(str(e).split())[:300]
+                outcomes.append({"number": job["number"], "status": "failed",
+                                 "error": f"Ray task failed: {reason}"})
+        return outcomes
 
     def measure(self, jobs: list[dict]) -> list[dict]:
         refs = [self._measure.options(resources={device_resource(job["device"]): 1})
