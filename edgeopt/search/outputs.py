@@ -87,11 +87,14 @@ def plot_device(path: Path, device: str, rows: list[dict], objectives: Objective
     done = [r for r in rows if r["state"] == "COMPLETE"]
     labels = sorted({r["outcome"]["latency"][device]["label"] for r in done}) or ["—"]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    _scatter(ax, done, device, best)
+    biggest = max([r["outcome"]["size_bytes"] for r in done]
+                  + [p["size_bytes"] for p in peers or []] + [1])
+    _scatter(ax, done, device, best, biggest)
     for peer in peers or []:
         lat = peer.get("latency", {}).get(device)
         if lat is not None:
-            ax.scatter([lat["p50_ms"]], [peer["metric"]], marker="X", s=_area(peer["size_bytes"]),
+            ax.scatter([lat["p50_ms"]], [peer["metric"]], marker="X",
+                       s=_area(peer["size_bytes"], biggest),
                        color="tab:red", zorder=4)
             ax.annotate(f"{peer['name']} ({lat['label']})", (lat["p50_ms"], peer["metric"]),
                         textcoords="offset points", xytext=(6, -10), fontsize=8,
@@ -100,7 +103,7 @@ def plot_device(path: Path, device: str, rows: list[dict], objectives: Objective
     ax.set_xlabel(f"p50 latency on {device}, ms ({label})")
     ax.set_ylabel(objectives.metric)
     ax.set_title(f"edgeopt search: {objectives.metric} vs p50 on {device} [{label}]\n"
-                 "marker area: artifact size; Pareto front in orange", fontsize=9)
+                 f"marker area: artifact size (largest {biggest / 1e6:.3g} MB); Pareto front in orange", fontsize=9)
     ax.grid(alpha=0.3)
     buf = io.BytesIO()
     fig.tight_layout()
@@ -111,15 +114,16 @@ def plot_device(path: Path, device: str, rows: list[dict], objectives: Objective
     tmp.replace(path)
 
 
-def _area(size_bytes: float) -> float:
-    return 20 + 400 * (size_bytes / 1e6) ** 0.5
+def _area(size_bytes: float, biggest: float) -> float:
+    """Marker area in proportion to size: the biggest artifact drawn here is 400 pt^2."""
+    return 400 * size_bytes / max(biggest, 1)
 
 
-def _scatter(ax, done: list[dict], device: str, best: int | None) -> None:
+def _scatter(ax, done: list[dict], device: str, best: int | None, biggest: float) -> None:
     def xy(rows):
         return ([r["outcome"]["latency"][device]["p50_ms"] for r in rows],
                 [r["outcome"]["metric"] for r in rows],
-                [_area(r["outcome"]["size_bytes"]) for r in rows])
+                [_area(r["outcome"]["size_bytes"], biggest) for r in rows])
 
     others = [r for r in done if not r.get("pareto")]
     front = sorted((r for r in done if r.get("pareto")),
