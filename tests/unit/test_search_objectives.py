@@ -138,3 +138,15 @@ def test_executor_ray_without_ray_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(UsageError, match=r"edgeopt\[ray\]"):
         make_executor("ray", None, ())
+
+
+def test_a_build_share_caps_the_inference_threads(monkeypatch, tiny_onnx):
+    from edgeopt.runtimes import get_adapter
+
+    monkeypatch.delenv("EDGEOPT_THREADS", raising=False)
+    default = get_adapter("ort-cpu").load(tiny_onnx).info["threads"]
+    monkeypatch.setenv("EDGEOPT_THREADS", "1")
+    assert get_adapter("ort-cpu").load(tiny_onnx).info["threads"] == 1
+    assert get_adapter("ort-cpu").load(tiny_onnx, threads=3).info["threads"] == 3  # asked for
+    monkeypatch.setenv("EDGEOPT_THREADS", "many")                    # not a count: ignored
+    assert get_adapter("ort-cpu").load(tiny_onnx).info["threads"] == default
