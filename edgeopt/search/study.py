@@ -106,25 +106,33 @@ def run_trials(study, plan: Plan, executor, on_told=None) -> None:
     """Ask, build, time and tell until the study holds ``plan.trials`` finished trials."""
     while (left := plan.trials - _finished(study)) > 0:
         asked = [study.ask() for _ in range(min(plan.batch, left))]
-        jobs = []
-        for trial in asked:
-            values = suggest(trial, plan.space)
-            recipe = trial_recipe(plan.base, values)
-            folder = plan.work / f"trial-{trial.number:04d}"
-            jobs.append({"number": trial.number, "recipe": recipe.to_dict(), "out": str(folder),
-                         "cwd": str(Path.cwd()), "log": str(plan.work / f"trial-"
-                                                            f"{trial.number:04d}.log"),
-                         "threads": None})
+        jobs = [_job(trial, plan) for trial in asked]
+        buildable = [job for job in jobs if "error" not in job]
         plan.work.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        outcomes = executor.build(jobs)
+        built = iter(executor.build(buildable))
         plan.build_seconds.append(time.perf_counter() - started)
+        outcomes = [next(built) if "error" not in job else
+                    {"number": job["number"], "status": "failed", "error": job["error"]}
+                    for job in jobs]
         _time_trials(outcomes, plan, executor)
         for trial, job, outcome in sorted(zip(asked, jobs, outcomes, strict=True),
                                           key=lambda t: t[0].number):
             _tell(study, trial, job, outcome, plan)
             if on_told is not None:
                 on_told(trial.number, outcome)
+
+
+def _job(trial, plan: Plan) -> dict:
+    """The trial's build job, or its values' recipe problem (``error``: never built)."""
+    values = suggest(trial, plan.space)
+    try:
+        recipe = trial_recipe(plan.base, values).to_dict()
+    except UsageError as e:
+        return {"number": trial.number, "recipe": None, "error": f"recipe: {e}"}
+    name = f"trial-{trial.number:04d}"
+    return {"number": trial.number, "recipe": recipe, "out": str(plan.work / name),
+            "cwd": str(Path.cwd()), "log": str(plan.work / f"{name}.log"), "threads": None}
 
 
 def _time_trials(outcomes: list[dict], plan: Plan, executor) -> None:
