@@ -72,6 +72,10 @@ def search(settings: SearchSettings, peers: list[dict] | None = None) -> dict:
 
         with TrialProgress(steps.console, plan, study) as progress:
             run_trials(study, plan, executor, on_told=progress.told)
+    except KeyboardInterrupt:
+        steps.console.print(f"interrupted: the finished trials are kept in {plan.out}/study.db; "
+                            "run the same command with --resume to continue")
+        raise
     finally:
         executor.close()
     from edgeopt.search._finish import finish
