@@ -6,11 +6,12 @@ calibration on every 4th photo, evaluation on the other 375, top-1 against the l
       limit on rpi5, through the same `edgeopt.search` API the CLI calls;
   (2) ONNX Runtime's quantize_static (QDQ, per-channel, U8S8, MinMax) and NNCF's defaults
       (OpenVINO), from the same FP32 model and the same calibration photos.
-Then the front's artifacts and the peers are timed again, interleaved (every round a
-burst of each in turn), so their host-cpu p50s compare as ratios within one run, and the
-recipes that dominate a peer (metric, p50 on every device the peer has, size) are named.
+The peers start from the FP32 ONNX the first trial exported (the plots are drawn again with
+their points). Then the front's artifacts and the peers are timed again, interleaved (every
+round a burst of each in turn), so their host-cpu p50s compare as ratios within one run, and
+the recipes that dominate a peer (metric, p50 on every device the peer has, size) are named.
 
-    python benchmarks/search.py [--model mobilenet-v2] [--trials 12] [--executor ray]
+    python benchmarks/search.py [--model mobilenet-v2] [--trials 6] [--executor ray] [--out DIR]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _timing import fp32_models, interleave, outputs, runner
+from _timing import interleave, outputs, runner
 from rich.console import Console
 from rich.table import Table
 
@@ -29,7 +30,6 @@ SPACE = """params:
   calibrator: {choices: [mean-minmax, minmax, kmeans, mse]}
   fp32_stem: {choices: [true, false]}
   keep_first_fp32: {choices: [false, true]}
-  max_accuracy_drop: {choices: [null, "0.005"]}
 """
 DEVICES = ("host-cpu:cpu", "rpi5:cpu")
 
@@ -39,8 +39,9 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in files)
 
 
-def build_peers(name: str, work: Path, console: Console) -> tuple[object, list[dict]]:
-    """quantize_static and NNCF defaults from the pipeline's FP32 artifacts."""
+def build_peers(ref, fp32_onnx: Path, work: Path, console: Console) -> list[dict]:
+    """quantize_static and NNCF defaults from the FP32 ONNX a trial exported, calibrated on
+    the reference model's calibration photos, scored on its evaluation photos."""
     import logging
 
     import nncf
@@ -51,17 +52,17 @@ def build_peers(name: str, work: Path, console: Console) -> tuple[object, list[d
     from edgeopt.calibrate.quantize import CalibrationReader
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    ref, fp32_onnx, fp32_xml = fp32_models(name, work / name)
     calib = ref.calibration_set()
     console.log("peer: ONNX Runtime quantize_static")
-    prep, ort_peer = work / f"{name}.prep.onnx", work / f"{name}.quantize_static.onnx"
+    prep, ort_peer = work / "prep.onnx", work / "quantize_static.onnx"
     quant_pre_process(str(fp32_onnx), str(prep), skip_symbolic_shape=True)
     quantize_static(str(prep), str(ort_peer), CalibrationReader(calib, None),
                     quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax)
     console.log("peer: NNCF defaults")
-    nncf_peer = work / f"{name}.nncf-default.xml"
+    fp32_xml, nncf_peer = work / "fp32.xml", work / "nncf-default.xml"
+    ov.save_model(ov.convert_model(str(fp32_onnx)), str(fp32_xml), compress_to_fp16=False)
     quantized = nncf.quantize(ov.Core().read_model(str(fp32_xml)), nncf.Dataset(calib),
                               subset_size=len(calib))
     ov.save_model(quantized, str(nncf_peer), compress_to_fp16=False)
@@ -69,14 +70,14 @@ def build_peers(name: str, work: Path, console: Console) -> tuple[object, list[d
              {"name": "NNCF defaults", "runtime": "openvino", "path": nncf_peer}]
     eval_set = ref.evaluation_set()
     fp32 = {"onnxruntime": fp32_onnx, "openvino": fp32_xml}
+    threads = min(2, os.cpu_count() or 1)
     for peer in peers:
-        threads = min(2, os.cpu_count() or 1)
         ref_outs = outputs(runner(fp32[peer["runtime"]], peer["runtime"], threads),
                            eval_set.inputs)
         outs = outputs(runner(peer["path"], peer["runtime"], threads), eval_set.inputs)
         peer["metric"] = round(float(ref.score(outs, eval_set, ref_outs)), 6)
         peer["size_bytes"] = _size(peer["path"])
-    return ref, peers
+    return peers
 
 
 def peer_latency(peers: list[dict]) -> None:
@@ -153,11 +154,13 @@ def _front(summary: dict, metric: str) -> list[dict]:
 
 def main() -> None:
     from edgeopt.recipe import Recipe
+    from edgeopt.reference_models import get_reference
+    from edgeopt.runtimes.devices import detect_host
     from edgeopt.search import SearchSettings, search
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="mobilenet-v2")
-    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--executor", default="local", choices=("local", "ray"))
     parser.add_argument("--max-latency-ms", default="rpi5=40", metavar="DEVICE=MS")
     parser.add_argument("--rounds", type=int, default=15)
@@ -165,26 +168,42 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="keep the search folder here")
     args = parser.parse_args()
     console = Console(width=200)
+    ref = get_reference(args.model)
     with tempfile.TemporaryDirectory(prefix="edgeopt-search-bench-") as tmp:
         work = Path(tmp)
-        ref, peers = build_peers(args.model, work, console)
-        recipe = Recipe(model=f"ref:{args.model}", devices=("host-cpu", "rpi5"))
-        peer_latency(peers)
         space = work / "space.yaml"
         space.write_text(SPACE)
         out = args.out or work / "search"
+        recipe = Recipe(model=f"ref:{args.model}", devices=("host-cpu", "rpi5"))
         summary = search(SearchSettings(
             recipe=recipe, out=out, trials=args.trials, space=str(space), seed=0,
-            executor=args.executor, max_latency_ms=(args.max_latency_ms,)), peers=peers)
+            executor=args.executor, max_latency_ms=(args.max_latency_ms,)))
+        first = next(r for r in summary["rows"] if r["state"] == "COMPLETE")
+        fp32_onnx = Path(first["outcome"]["artifact"]).parent / f"{args.model}.fp32.onnx"
+        peers = build_peers(ref, fp32_onnx, work, console)
+        peer_latency(peers)
+        _replot(out, summary, ref.metric, peers)
         front = _front(summary, ref.metric)
         retime(ref, front, peers, args.rounds, args.burst)
-        from edgeopt.runtimes.devices import detect_host
-
         host = detect_host()
         console.print(f"{args.model}: {ref.description}; CPU {host['name']} ({host['cores']} "
                       f"cores); {args.trials} trials, best trial {summary['best_trial']} "
                       f"(under --max-latency-ms {args.max_latency_ms}); plots in {out}")
         report(console, front, peers, ref.metric)
+
+
+def _replot(out: Path, summary: dict, metric: str, peers: list[dict]) -> None:
+    """The search's plots again, with the peers' points."""
+    from edgeopt.search._finish import plot_name
+    from edgeopt.search.objectives import Objectives
+    from edgeopt.search.outputs import plot_device
+
+    devices = tuple(sorted({d for p in summary["front"] for d in p["labels"]}))
+    pareto = set(summary["pareto"])
+    rows = [{**r, "pareto": r["number"] in pareto} for r in summary["rows"]]
+    for device in devices:
+        plot_device(out / plot_name(device), device, rows, Objectives(metric, True, devices),
+                    summary["best_trial"], peers)
 
 
 if __name__ == "__main__":
