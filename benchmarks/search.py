@@ -39,7 +39,8 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in files)
 
 
-def build_peers(ref, fp32_onnx: Path, work: Path, console: Console) -> list[dict]:
+def build_peers(ref, fp32_onnx: Path, work: Path, console: Console, calib_samples: int | None,
+                eval_samples: int | None) -> list[dict]:
     """quantize_static and NNCF defaults from the FP32 ONNX a trial exported, calibrated on
     the reference model's calibration photos, scored on its evaluation photos."""
     import logging
@@ -52,7 +53,7 @@ def build_peers(ref, fp32_onnx: Path, work: Path, console: Console) -> list[dict
     from edgeopt.calibrate.quantize import CalibrationReader
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    calib = ref.calibration_set()
+    calib = ref.calibration_set(calib_samples)          # the trials' photos
     console.log("peer: ONNX Runtime quantize_static")
     prep, ort_peer = work / "prep.onnx", work / "quantize_static.onnx"
     quant_pre_process(str(fp32_onnx), str(prep), skip_symbolic_shape=True)
@@ -68,7 +69,7 @@ def build_peers(ref, fp32_onnx: Path, work: Path, console: Console) -> list[dict
     ov.save_model(quantized, str(nncf_peer), compress_to_fp16=False)
     peers = [{"name": "quantize_static", "runtime": "onnxruntime", "path": ort_peer},
              {"name": "NNCF defaults", "runtime": "openvino", "path": nncf_peer}]
-    eval_set = ref.evaluation_set()
+    eval_set = ref.evaluation_set(eval_samples)
     fp32 = {"onnxruntime": fp32_onnx, "openvino": fp32_xml}
     threads = min(2, os.cpu_count() or 1)
     for peer in peers:
@@ -165,6 +166,10 @@ def main() -> None:
     parser.add_argument("--max-latency-ms", default="rpi5=40", metavar="DEVICE=MS")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--burst", type=int, default=10)
+    parser.add_argument("--device", action="append", dest="devices",
+                        help="searched devices (default host-cpu and rpi5)")
+    parser.add_argument("--calib-samples", type=int, help="default: the model's own")
+    parser.add_argument("--eval-samples", type=int, help="default: the model's own")
     parser.add_argument("--out", type=Path, help="keep the search folder here")
     args = parser.parse_args()
     console = Console(width=200)
@@ -174,13 +179,16 @@ def main() -> None:
         space = work / "space.yaml"
         space.write_text(SPACE)
         out = args.out or work / "search"
-        recipe = Recipe(model=f"ref:{args.model}", devices=("host-cpu", "rpi5"))
+        recipe = Recipe(model=f"ref:{args.model}",
+                        devices=tuple(args.devices or ("host-cpu", "rpi5"))).override(
+            calib_samples=args.calib_samples, eval_samples=args.eval_samples)
         summary = search(SearchSettings(
             recipe=recipe, out=out, trials=args.trials, space=str(space), seed=0,
             executor=args.executor, max_latency_ms=(args.max_latency_ms,)))
         first = next(r for r in summary["rows"] if r["state"] == "COMPLETE")
         fp32_onnx = Path(first["outcome"]["artifact"]).parent / f"{args.model}.fp32.onnx"
-        peers = build_peers(ref, fp32_onnx, work, console)
+        peers = build_peers(ref, fp32_onnx, work, console, args.calib_samples,
+                            args.eval_samples)
         peer_latency(peers)
         _replot(out, summary, ref.metric, peers)
         front = _front(summary, ref.metric)
