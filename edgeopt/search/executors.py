@@ -127,17 +127,16 @@ def _latency(bench: dict) -> dict:
     return {k: bench[k] for k in keep if bench.get(k) is not None}
 
 
-def warm() -> float:
-    """Import what a build imports (once per process); returns the seconds it took."""
-    started = time.perf_counter()
-    import edgeopt.pipeline  # noqa: F401
+def warm() -> str:
+    """Import what a build imports (once per process); returns where edgeopt came from."""
+    import edgeopt.pipeline
     from edgeopt.backends import get_backend, runtime_names
 
     for runtime in runtime_names():
         get_backend(runtime).available()
     import torch  # noqa: F401
 
-    return time.perf_counter() - started
+    return str(Path(edgeopt.pipeline.__file__).parent)
 
 
 class LocalExecutor:
@@ -169,9 +168,31 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, devices: tuple[str, ...] = (),
                  cpus_per_trial: int = 1,
-                 measure_fn: Callable[[dict], dict] = measure_latency) -> None:
+                 measure_fn: Callable[[dict], dict] = measure_latency,
+                 work: Path | None = None) -> None:
+        import tempfile
+
         ray = import_ray()
         resources = {device_resource(d): 1 for d in dict.fromkeys(devices)}
+        # Ray puts the driver's working folder first on every worker's sys.path: started
+        # from a source checkout, its edgeopt/ would shadow the installed one. Workers get
+        # the work folder instead (trial jobs carry the user's folder for data paths).
+        neutral = Path(work) if work is not None else Path(tempfile.gettempdir())
+        neutral.mkdir(parents=True, exist_ok=True)
+        saved = os.getcwd()
+        os.chdir(neutral)
+        try:
+            self._init(ray, address, resources)
+        finally:
+            os.chdir(saved)
+        self._ray, self.cpus_per_trial = ray, cpus_per_trial
+        self._build = ray.remote(num_cpus=cpus_per_trial, max_retries=0)(build_trial)
+        self._measure = ray.remote(num_cpus=0, max_retries=0)(measure_fn)
+        self._warm = ray.remote(num_cpus=cpus_per_trial)(warm)
+        self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_trial)
+
+    @staticmethod
+    def _init(ray, address: str | None, resources: dict[str, int]) -> None:
         if address:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
             missing = [r for r in resources if r not in ray.cluster_resources()]
@@ -184,14 +205,14 @@ class RayExecutor:
         else:
             ray.init(num_cpus=os.cpu_count(), resources=resources, include_dashboard=False,
                      logging_level="ERROR", log_to_driver=False)
-        self._ray, self.cpus_per_trial = ray, cpus_per_trial
-        self._build = ray.remote(num_cpus=cpus_per_trial, max_retries=0)(build_trial)
-        self._measure = ray.remote(num_cpus=0, max_retries=0)(measure_fn)
-        self._warm = ray.remote(num_cpus=cpus_per_trial)(warm)
-        self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_trial)
 
     def warm(self) -> None:
-        self._ray.get([self._warm.remote() for _ in range(self.workers)])
+        here = warm()
+        found = set(self._ray.get([self._warm.remote() for _ in range(self.workers)]))
+        if found != {here}:
+            msg = (f"Ray workers import edgeopt from {', '.join(sorted(found))}, not {here} "
+                   "as this process does: install the same edgeopt on every node")
+            raise UsageError(msg)
 
     def build(self, jobs: list[dict]) -> list[dict]:
         jobs = [{**job, "threads": self.cpus_per_trial} for job in jobs]
@@ -224,10 +245,11 @@ def import_ray():
     return ray
 
 
-def make_executor(name: str, address: str | None, devices: tuple[str, ...]):
+def make_executor(name: str, address: str | None, devices: tuple[str, ...],
+                  work: Path | None = None):
     """The executor ``--executor`` names; ``devices`` are those measured here."""
     if name == "ray":
-        return RayExecutor(address, devices)
+        return RayExecutor(address, devices, work=work)
     if address:
         msg = "--ray-address applies to --executor ray"
         raise UsageError(msg)

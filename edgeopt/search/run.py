@@ -63,7 +63,8 @@ def search(settings: SearchSettings, peers: list[dict] | None = None) -> dict:
     from edgeopt.search.executors import make_executor
 
     with steps.step(f"start the {settings.executor} executor"):
-        executor = make_executor(settings.executor, settings.ray_address, tuple(measured))
+        executor = make_executor(settings.executor, settings.ray_address, tuple(measured),
+                                 plan.work)
         warm_started = time.perf_counter()
         executor.warm()
         warm_s = time.perf_counter() - warm_started
