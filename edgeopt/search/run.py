@@ -127,6 +127,8 @@ def _plan(settings: SearchSettings, steps) -> Plan:
     space = load_space(settings.space) if settings.space else None
     metric, higher, reference, kind = _reference(recipe, work, steps)
     space = _runtimes_in_space(space or load_space(default_space_path(kind)), latency, recipe)
+    if "runtime" not in [p.name for p in space.params]:    # one runtime built per trial
+        recipe = recipe.override(runtimes=(next(iter(latency)),))
     objectives = Objectives(metric, higher, devices)
     constraints = Constraints(_absolute_drop(settings.max_accuracy_drop, reference), limits,
                               settings.max_size_mb)
@@ -182,9 +184,8 @@ def _runtimes_in_space(space: Space, latency: dict, recipe: Recipe) -> Space:
         raise UsageError(msg)
     names = [p.name for p in space.params]
     if "runtime" not in names:
-        if recipe.runtimes[0] not in ok:
-            msg = f"runtime {recipe.runtimes[0]} cannot be timed on every device"
-            raise UsageError(msg)
+        for runtime in [r for r in latency if r not in ok]:
+            del latency[runtime]                # the trials build the first that can be timed
         return space
     space = space.restrict("runtime", ok)
     if not next(p for p in space.params if p.name == "runtime").choices:
