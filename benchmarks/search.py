@@ -194,8 +194,11 @@ def main() -> None:
         front = _front(summary, ref.metric)
         retime(ref, front, peers, args.rounds, args.burst)
         host = detect_host()
-        console.print(f"{args.model}: {ref.description}; CPU {host['name']} ({host['cores']} "
-                      f"cores); {args.trials} trials, best trial {summary['best_trial']} "
+        photos = (f"{len(ref.calibration_set(args.calib_samples))} calibration / "
+                  f"{len(ref.evaluation_set(args.eval_samples).inputs)} evaluation samples used")
+        console.print(f"{args.model}: {ref.description} ({photos}); CPU {host['name']} "
+                      f"({host['cores']} cores); {args.trials} trials on {args.executor}, best trial "
+                      f"{summary['best_trial']} "
                       f"(under --max-latency-ms {args.max_latency_ms}); plots in {out}")
         report(console, front, peers, ref.metric)
 
