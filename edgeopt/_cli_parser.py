@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"edgeopt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for verb in (_optimize, _prune, _bench, _devices, _package, _verify, _run):
+    for verb in (_optimize, _prune, _bench, _devices, _package, _verify, _run, _search):
         verb(sub, common)
     return parser
 
@@ -329,3 +329,16 @@ def _run(sub, common) -> None:
     run.add_argument("--out", required=True, help=".npz to write the outputs to")
     run.add_argument("--adapter", help="runtime adapter (default: the ONNX runner's on this "
                                        "host, e.g. the CPU EP)")
+
+
+def _search(sub, common) -> None:
+    from edgeopt.search._cli import add_search_flags
+
+    search = sub.add_parser("search", parents=[common],
+                            help="recipe search: the metric / latency / size Pareto front per "
+                                 "device (Optuna; locally or on Ray)")
+    search.add_argument("model", nargs="?", help="as for optimize")
+    _recipe_flag(search)
+    _data_flags(search)
+    add_search_flags(search)
+    bench_flags(search)

@@ -1,4 +1,4 @@
-"""The `edgeopt` command line: optimize, prune, bench, devices, package, verify.
+"""The `edgeopt` command line: optimize, prune, search, bench, devices, package, verify.
 
 A user's mistake prints one line and exits 2; an internal failure exits 1; --debug adds
 the traceback above that line and keeps the exit code. Human output goes to stderr, so `--json` keeps stdout clean.
@@ -112,6 +112,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edgeopt._run_cli import run_model
 
         return run_model(args)
+    if args.command == "search":
+        from edgeopt.search._cli import run_search
+
+        return run_search(args)
     if args.command == "package":
         from edgeopt._package_cli import run_package
 

@@ -302,13 +302,16 @@ def _sig(value: float) -> float:
     return float(f"{value:.4g}")
 
 
-def estimate(model: Path, profile: DeviceProfile, unit: ComputeUnit, runtime: str) -> dict:
+def estimate(model: Path, profile: DeviceProfile, unit: ComputeUnit, runtime: str,
+             basis: dict | None = None) -> dict:
     """Estimated latency of ``model`` (an ONNX file) on ``unit`` with ``runtime``.
 
     Returns a JSON-able dict: ``label`` ("estimated"), ``p50_ms``, ``low_ms``, ``high_ms``,
     ``band`` (what the band is), ``calibration`` (whose factors were used), ``uncalibrated``
     (true when only the prior was used) and ``basis`` (peaks, bandwidth, their sources,
-    op and byte counts per class and precision).
+    op and byte counts per class and precision). ``basis`` given (a :func:`unit_basis`
+    taken once) keeps a host's measured bandwidth and clock fixed across calls, so the
+    same model gets the same figure (``edgeopt search`` pins it per study).
 
     Raises:
         MissingPeakFigures: the unit's profile has no peaks/bandwidth (and it is not the host).
@@ -316,7 +319,7 @@ def estimate(model: Path, profile: DeviceProfile, unit: ComputeUnit, runtime: st
     """
     model = Path(model)
     runtime = _runtime_name(runtime)
-    basis = unit_basis(profile, unit)
+    basis = basis or unit_basis(profile, unit)
     params, band, text, own, uncalibrated = _which_calibration(profile, unit, runtime, basis)
     if own is not None:        # the host: scale the figures the fit was made against
         basis = {**basis, **{k: own.basis[k] for k in

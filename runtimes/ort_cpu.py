@@ -23,6 +23,11 @@ _ORT_TYPES = {
 
 
 def physical_cores() -> int:
+    """Default inference threads: the physical cores, or ``EDGEOPT_THREADS`` where set (a
+    process that shares the cores with others, e.g. one of several parallel builds)."""
+    capped = os.environ.get("EDGEOPT_THREADS", "")
+    if capped.isdigit() and int(capped) > 0:
+        return int(capped)
     try:
         import psutil
 

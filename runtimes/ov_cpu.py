@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -165,6 +166,8 @@ class OvDeviceAdapter:
         start = time.perf_counter()
         ov_model = self.prepare(self._read(core, model), model, shapes)
         config = {"PERFORMANCE_HINT": "LATENCY"}
+        capped = os.environ.get("EDGEOPT_THREADS", "")   # a build sharing the cores
+        threads = threads or (int(capped) if capped.isdigit() and int(capped) > 0 else None)
         if threads and self.device == "CPU":
             config["INFERENCE_NUM_THREADS"] = threads
         # The CPU plugin runs float layers in bf16 on CPUs with avx512_bf16/AMX unless told

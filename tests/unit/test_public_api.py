@@ -33,6 +33,7 @@ PUBLIC_API: dict[str, list[str]] = {
         "onnx_input_specs", "parse_input_shapes", "run_torch", "to_openvino_ir", "to_ort",
         "upgrade_opset", "widen_4bit",
     ]),
+    "edgeopt.search": sorted(["SearchSettings", "load_space", "search"]),
     "edgeopt.reference_models": sorted([
         "REFERENCE_MODELS", "EvalSet", "ReferenceModel", "UnknownReferenceModel",
         "get_reference", "list_references",
