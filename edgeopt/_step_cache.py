@@ -156,11 +156,17 @@ def load_outputs(path: Path, count: tuple[int, int]):
         return SpilledOutputs([data[f"s{i}_o{j}"] for j in range(k)] for i in range(n))
 
 
+_ARRAYS = ("reservoir", "channel_max")      # TensorStats fields kept in the .npz
+
+
 def save_stats(path: Path, stats: dict) -> list[dict]:
-    """The reservoirs into ``path`` (.npz); returns the scalar fields, in order."""
+    """The reservoirs and per-channel maxima into ``path`` (.npz); returns the scalar
+    fields, in order."""
+    arrays = {f"{field}_{i}": getattr(s, field) for i, s in enumerate(stats.values())
+              for field in _ARRAYS if getattr(s, field) is not None}
     with open(path, "wb") as f:
-        np.savez(f, *[s.reservoir for s in stats.values()])
-    return [{f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.name != "reservoir"}
+        np.savez(f, **arrays)
+    return [{f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.name not in _ARRAYS}
             for s in stats.values()]
 
 
@@ -168,5 +174,6 @@ def load_stats(path: Path, scalars: list[dict]) -> dict[str, Any]:
     from edgeopt.calibrate.stats import TensorStats
 
     with np.load(path, allow_pickle=False) as data:
-        return {s["name"]: TensorStats(**s, reservoir=data[f"arr_{i}"])
+        return {s["name"]: TensorStats(**s, **{field: data[f"{field}_{i}"] for field in _ARRAYS
+                                              if f"{field}_{i}" in data})
                 for i, s in enumerate(scalars)}

@@ -71,3 +71,21 @@ def test_off_reads_and_writes_nothing(tmp_path):
     cache = Cache(None)
     cache.store("step", "k", {"a": _file(tmp_path / "a", b"x")}, {})
     assert cache.restore("step", "k", tmp_path) is None and not cache.enabled
+
+
+def test_cached_statistics_keep_their_arrays(tmp_path):
+    """Reservoirs and per-channel maxima go through the cache as arrays (equalization
+    reads the maxima as arrays)."""
+    import numpy as np
+
+    from edgeopt._step_cache import load_stats, save_stats
+    from edgeopt.calibrate.stats import TensorStats
+
+    stats = {"a": TensorStats("a", 0.0, 2.0, 4, np.arange(4, dtype=np.float32), 1, 0.0, 2.0,
+                              np.array([1.0, 2.0], dtype=np.float32)),
+             "b": TensorStats("b", -1.0, 1.0, 2, np.zeros(2, dtype=np.float32))}
+    back = load_stats(tmp_path / "s.npz", save_stats(tmp_path / "s.npz", stats))
+    assert isinstance(back["a"].channel_max, np.ndarray)
+    np.testing.assert_array_equal(back["a"].channel_max, stats["a"].channel_max)
+    np.testing.assert_array_equal(back["a"].reservoir, stats["a"].reservoir)
+    assert back["b"].channel_max is None and back["b"].max == 1.0
