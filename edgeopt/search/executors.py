@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgeopt.errors import UsageError
+from edgeopt.runtimes.errors import short_reason
 
 __all__ = ["LocalExecutor", "RayExecutor", "build_trial", "device_resource", "estimate_latency",
            "import_ray", "make_executor", "measure_latency", "warm"]
@@ -79,7 +80,7 @@ def build_trial(job: dict) -> dict:
             report = optimize(recipe=recipe, out=job["out"], overwrite=True)
         except Exception as e:  # a trial that cannot build is recorded, the search goes on
             kind = "" if isinstance(e, user_errors()) else f"{type(e).__name__}: "
-            outcome["error"] = (kind + " ".join(str(e).split()))[:300]
+            outcome["error"] = short_reason(kind + " ".join(str(e).split()))
             outcome["build_s"] = round(time.perf_counter() - started, 3)
             return outcome
     outcome.update(_artifact_figures(report, recipe, Path(job["out"])))
@@ -222,7 +223,7 @@ class RayExecutor:
             try:
                 outcomes.append(self._ray.get(ref))
             except self._ray.exceptions.RayError as e:   # a worker died: the trial failed
-                reason = " ".join(str(e).split())[:300]
+                reason = short_reason(" ".join(str(e).split()))
                 outcomes.append({"number": job["number"], "status": "failed",
                                  "error": f"Ray task failed: {reason}"})
         return outcomes
