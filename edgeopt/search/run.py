@@ -142,16 +142,21 @@ def _plan(settings: SearchSettings, steps) -> Plan:
 
 def _reference(recipe: Recipe, work: Path, steps) -> tuple[str, bool, float, str]:
     """The metric's name and direction, the source model's own figure, the model kind."""
+    from edgeopt._outputs import run_all, stack_first, torch_outputs
     from edgeopt._progress import Steps
+    from edgeopt.backends import onnx_runner
     from edgeopt.pipeline import load
-    from edgeopt.steps import reference
 
     quiet = Steps(quiet=True)
     with steps.step("reference metric of the FP32 model"):
         state = load(recipe.override(benchmark=False), work / "reference", quiet)
-        reference(state)
-        prepared = state.prepared
-        value = float(prepared.score(state.fp32_ref, state.fp32_ref))
+        prepared, source = state.prepared, state.prepared.source
+        if source.is_torch:     # the source model itself, on the evaluation set
+            outs = torch_outputs(source.module, state.input_names, prepared.eval_inputs)
+        else:
+            outs = run_all(onnx_runner().load(source.path), prepared.eval_inputs)
+        fp32 = stack_first(outs)
+        value = float(prepared.score(fp32, fp32))
     kind = "torch" if prepared.source.is_torch else "onnx"
     return prepared.metric, prepared.higher_is_better, value, kind
 
