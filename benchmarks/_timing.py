@@ -78,3 +78,59 @@ def fp32_models(name: str, out: Path):
     edgeopt.optimize(f"ref:{name}", out=out, quantize=False, bench=edgeopt.runtimes.BenchProtocol(
         warmup=0, min_iterations=1, min_seconds=0.0, repeats=1))
     return get_reference(name), out / f"{name}.fp32.onnx", out / f"{name}.fp32.xml"
+
+
+def cpu_name() -> str:
+    """This machine's CPU model, as edgeopt's host profile reads it."""
+    from edgeopt.runtimes.devices import detect_host
+
+    return detect_host()["name"]
+
+
+def resnet50():
+    """A ResNet-50 (torchvision's layout: bottlenecks 3-4-6-3, stride on the 3x3) with
+    random weights, in eval mode. torchvision is not needed."""
+    import torch
+    from torch import nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, c_in: int, width: int, stride: int) -> None:
+            super().__init__()
+            c_out = width * 4
+            self.body = nn.Sequential(
+                nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width),
+                nn.ReLU(), nn.Conv2d(width, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+            self.down = None
+            if stride != 1 or c_in != c_out:
+                self.down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                                          nn.BatchNorm2d(c_out))
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + (x if self.down is None else self.down(x)))
+
+    class ResNet50(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                      nn.MaxPool2d(3, 2, 1)]
+            c_in = 64
+            for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+                for i in range(blocks):
+                    layers.append(Bottleneck(c_in, width, stride if i == 0 else 1))
+                    c_in = width * 4
+            self.features = nn.Sequential(*layers)
+            self.fc = nn.Linear(2048, 1000)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+    torch.manual_seed(0)
+    model = ResNet50()
+    with torch.no_grad():   # BatchNorm statistics that keep activations in a sane range
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.2, 0.6)
+    return model.eval()

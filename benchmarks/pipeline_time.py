@@ -31,61 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from _timing import cpu_name
 from rich.console import Console
 from rich.table import Table
 
 HERE = Path(__file__).resolve().parent
 RESNET = "resnet50-random"
-RESNET_SPEC = "pipeline_time:resnet50"
+RESNET_SPEC = "_timing:resnet50"
 RESNET_SHAPE = "1,3,224,224"
-
-
-# ----------------------------------------------------------------- the random ResNet-50
-
-def resnet50():
-    """A ResNet-50 (bottleneck blocks 3-4-6-3, 25.6 M parameters), seeded random weights."""
-    import torch
-    from torch import nn
-
-    class Bottleneck(nn.Module):
-        def __init__(self, inp: int, width: int, stride: int) -> None:
-            super().__init__()
-            out = width * 4
-            self.body = nn.Sequential(
-                nn.Conv2d(inp, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width),
-                nn.ReLU(), nn.Conv2d(width, out, 1, bias=False), nn.BatchNorm2d(out))
-            self.down = (nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False),
-                                       nn.BatchNorm2d(out))
-                         if stride != 1 or inp != out else nn.Identity())
-
-        def forward(self, x):
-            return torch.relu(self.body(x) + self.down(x))
-
-    class ResNet50(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                      nn.MaxPool2d(3, 2, 1)]
-            inp = 64
-            for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-                for i in range(blocks):
-                    layers.append(Bottleneck(inp, width, stride if i == 0 else 1))
-                    inp = width * 4
-            self.features = nn.Sequential(*layers)
-            self.fc = nn.Linear(inp, 1000)
-
-        def forward(self, x):
-            return self.fc(self.features(x).mean((2, 3)))
-
-    torch.manual_seed(0)
-    model = ResNet50().eval()
-    with torch.no_grad():     # non-trivial BatchNorm statistics, as a trained model has
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return model
 
 
 # -------------------------------------------------------------------------- children
@@ -139,7 +92,8 @@ def child_nncf(model: str, fp32_xml: str, n: int, work: str) -> None:
 
 def _edgeopt_args(model: str, n: int) -> list[str]:
     if model == RESNET:
-        return [RESNET_SPEC, "--input-shape", RESNET_SHAPE, "--calib", "random",
+        return [RESNET_SPEC, "--name", "resnet50", "--input-shape", RESNET_SHAPE,
+                "--calib", "random",
                 "--calib-samples", str(n), "--eval-samples", str(n)]
     return [f"ref:{model}", "--calib-samples", str(n)]
 
@@ -154,11 +108,6 @@ def _run(cmd: list[str], log: Path, env: dict) -> tuple[float, float, int]:
     return time.perf_counter() - start, usage.ru_maxrss / 1024, proc.returncode
 
 
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 # ---------------------------------------------------------------------------- driver
@@ -253,7 +202,7 @@ def main() -> None:
         (child_ort if way == "ort" else child_nncf)(model, file, int(n), work)
         return
     console = Console(width=160)
-    console.print(f"CPU: {_cpu()}, {os.cpu_count()} cores; {args.samples} calibration samples")
+    console.print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; {args.samples} calibration samples")
     for model in args.models:
         with tempfile.TemporaryDirectory(prefix=f"edgeopt-time-{model}-") as tmp:
             _tables(measure(model, args.samples, Path(tmp), console), console)

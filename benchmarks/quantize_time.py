@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,68 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-# ----------------------------------------------------------------------------- ResNet-50
-
-def resnet50_like():
-    """A ResNet-50 (torchvision's layout: bottlenecks 3-4-6-3, stride on the 3x3) with
-    random weights, in eval mode. torchvision is not needed."""
-    import torch
-    from torch import nn
-
-    class Bottleneck(nn.Module):
-        def __init__(self, c_in: int, width: int, stride: int) -> None:
-            super().__init__()
-            c_out = width * 4
-            self.body = nn.Sequential(
-                nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width),
-                nn.ReLU(), nn.Conv2d(width, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
-            self.down = None
-            if stride != 1 or c_in != c_out:
-                self.down = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
-                                          nn.BatchNorm2d(c_out))
-
-        def forward(self, x):
-            return torch.relu(self.body(x) + (x if self.down is None else self.down(x)))
-
-    class ResNet50(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                      nn.MaxPool2d(3, 2, 1)]
-            c_in = 64
-            for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-                for i in range(blocks):
-                    layers.append(Bottleneck(c_in, width, stride if i == 0 else 1))
-                    c_in = width * 4
-            self.features = nn.Sequential(*layers)
-            self.fc = nn.Linear(2048, 1000)
-
-        def forward(self, x):
-            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
-
-    torch.manual_seed(0)
-    model = ResNet50()
-    with torch.no_grad():   # BatchNorm statistics that keep activations in a sane range
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.2, 0.6)
-    return model.eval()
-
+from _timing import cpu_name, resnet50
 
 # ----------------------------------------------------------------------------- preparation
 
@@ -111,7 +49,7 @@ def prepare(name: str, n: int, work: Path) -> Path:
         from edgeopt.convert.torch_to_onnx import export_onnx
 
         x = np.random.default_rng(0).standard_normal((n, 1, 3, 224, 224)).astype(np.float32)
-        export_onnx(resnet50_like(), (torch.from_numpy(x[0]),), folder / "fp32.onnx",
+        export_onnx(resnet50(), (torch.from_numpy(x[0]),), folder / "fp32.onnx",
                     input_names=("input",))
         samples = [{"input": s} for s in x]
     else:
