@@ -45,10 +45,21 @@ def finish(study, plan, settings, steps, peers, timing: dict) -> dict:
     summary = {"trials": len(rows), "complete": len(done), "pareto": sorted(front),
                "best_trial": best, "best_reproduced": reproduced,
                "build_phase_s": round(sum(plan.build_seconds), 2),
+               **_cores_in_use(plan, timing["executor"]),
                "batches": len(plan.build_seconds), **timing, "host": _cpu()}
     write_json_atomic(out / "search.json", summary)
     _print(steps.console, pareto, summary, out)
     return {**summary, "front": pareto["front"], "rows": rows}
+
+
+def _cores_in_use(plan, executor: str) -> dict:
+    """Local builds only (Ray's run in its workers, not here): the CPU seconds of the build
+    phase and the cores it kept busy on average. Parallel builds on N cores can be at most
+    N / cores_in_use times faster than these."""
+    wall, cpu = sum(plan.build_seconds), sum(plan.build_cpu_seconds)
+    if executor != "local" or wall <= 0:
+        return {}
+    return {"build_phase_cpu_s": round(cpu, 2), "build_cores_in_use": round(cpu / wall, 3)}
 
 
 def _cpu() -> str:
@@ -101,7 +112,9 @@ def _print(console, pareto: dict, summary: dict, out: Path) -> None:
         mark = "best" if p["trial"] == pareto["best_trial"] else ("yes" if p["feasible"] else "no")
         table.add_row(str(p["trial"]), *values, recipe["runtimes"][0], options, mark)
     console.print(table)
-    console.print(f"build phase: {summary['build_phase_s']:.1f} s on {summary['executor']} "
+    busy = (f", {summary['build_cores_in_use']:.2f} cores busy on average"
+            if "build_cores_in_use" in summary else "")
+    console.print(f"build phase: {summary['build_phase_s']:.1f} s on {summary['executor']}{busy} "
                   f"({summary['batches']} batches; {summary['host']}; workers warmed in "
                   f"{summary['warm_s']:.1f} s)")
     if summary["best_trial"] is None:

@@ -8,6 +8,7 @@ sampler with estimated latency draws the same trials on ``local`` and ``ray``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,9 @@ class Plan:
     trials: int
     batch: int
     build_seconds: list[float] = field(default_factory=list)
+    # CPU seconds of this process and its children during the builds: a local build's
+    # cores in use (CPU / wall) bound what parallel builds can gain on this machine
+    build_cpu_seconds: list[float] = field(default_factory=list)
 
 
 def _optuna():
@@ -109,9 +113,10 @@ def run_trials(study, plan: Plan, executor, on_told=None) -> None:
         jobs = [_job(trial, plan) for trial in asked]
         buildable = [job for job in jobs if "error" not in job]
         plan.work.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_seconds()
         built = iter(executor.build(buildable))
         plan.build_seconds.append(time.perf_counter() - started)
+        plan.build_cpu_seconds.append(_cpu_seconds() - cpu)
         outcomes = [next(built) if "error" not in job else
                     {"number": job["number"], "status": "failed", "error": job["error"]}
                     for job in jobs]
@@ -121,6 +126,12 @@ def run_trials(study, plan: Plan, executor, on_told=None) -> None:
             _tell(study, trial, job, outcome, plan)
             if on_told is not None:
                 on_told(trial.number, outcome)
+
+
+def _cpu_seconds() -> float:
+    """User and system CPU seconds of this process (all its threads) and its children."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def _job(trial, plan: Plan) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
 
@@ -56,3 +57,9 @@ def test_local_and_ray_give_the_same_pareto_json(tmp_path):
     local, ray = (tmp_path / "local" / "pareto.json"), (tmp_path / "ray" / "pareto.json")
     assert local.read_bytes() == ray.read_bytes()
     assert json.loads(local.read_text())["front"]
+    # local builds run here, so their busy cores are known; Ray's run in its workers
+    summary = {name: json.loads((tmp_path / name / "search.json").read_text())
+               for name in ("local", "ray")}
+    assert 0 < summary["local"]["build_cores_in_use"] <= (os.cpu_count() or 1) + 0.5
+    assert summary["local"]["build_phase_cpu_s"] > 0
+    assert "build_cores_in_use" not in summary["ray"]
