@@ -235,6 +235,13 @@ def _quant_flags(opt: argparse.ArgumentParser) -> None:
                           "the FP32 outputs (quantization-aware, CNN graphs; same speed)")
     opt.add_argument("--no-quantize", action="store_true", default=None,
                      help="FP32 artifacts only")
+    from edgeopt.recipe import EFFORTS
+
+    opt.add_argument("--effort", choices=EFFORTS,
+                     help="default: weigh every choice that trades speed for accuracy, take no "
+                          "shortcut that costs it; fast: keep those choices unweighed (said in "
+                          "the report) and take the quantizers' shortcuts (mobilenet-v2: half "
+                          "the CPU time, up to 1.9 pt less agreement; docs/speed.md)")
 
 
 def _prune(sub, common) -> None:

@@ -54,7 +54,8 @@ def _tradeoff_lines(tradeoffs: list[dict]) -> list[str]:
     """Each default that trades speed for accuracy, as measured (edgeopt.tradeoffs)."""
     lines = ["", "## Speed for accuracy", "",
              "Each default that keeps part of an INT8 model in float, against the same build "
-             "without it, on the evaluation set; it stays only when it buys accuracy.", "",
+             "without it, on the evaluation set; it stays only when it buys accuracy. A row "
+             "marked not weighed was kept as built, unmeasured, for the reason given.", "",
              "| runtime | choice | metric | with | without | gain | min gain | p50 with / "
              "without | kept |", "|---|---|---|---|---|---|---|---|---|"]
     for t in tradeoffs:

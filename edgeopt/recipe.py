@@ -38,6 +38,12 @@ _SAFE_NAME = re.compile(r"(?!(?:con|prn|aux|nul|com\d|lpt\d)(?:\.|$))"
                         r"[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?!\.)){0,99}(?<!\.)", re.IGNORECASE)
 
 
+# --effort: "default" weighs every speed-for-accuracy choice (edgeopt.tradeoffs) and takes
+# no shortcut; "fast" keeps those choices unweighed and takes the quantizers' shortcuts
+# that cost accuracy (QuantConfig.effort). docs/speed.md has what each costs and saves.
+EFFORTS = ("fast", "default")
+
+
 def _raise(problems: list[str]) -> None:
     if problems:
         raise UsageError("; ".join(problems))
@@ -81,11 +87,14 @@ class QuantRecipe:
     fp32_stem: bool = True                     # a CNN's stem stays FP32 where a backend does it
     saturation_guard: bool = True              # no int8 pair saturates AVX2 (calibrate/saturation.py)
     qat_epochs: int = 0                        # fine-tune the int8 weights (backends that can)
+    effort: str = "default"                    # "fast": shortcuts that cost accuracy (EFFORTS)
 
     def __post_init__(self) -> None:
         from edgeopt.calibrate.calibrators import CALIBRATORS
 
         problems = []
+        if self.effort not in EFFORTS:
+            problems.append(f"unknown --effort {self.effort!r} (known: {', '.join(EFFORTS)})")
         if self.calibrator not in CALIBRATORS:
             problems.append(f"unknown --calibrator {self.calibrator} "
                             f"(known: {', '.join(CALIBRATORS)})")
@@ -282,6 +291,7 @@ _FLAT = {
     "max_fp32_nodes": ("quant", "max_fp32_nodes"),
     "keep_first_fp32": ("quant", "keep_first_fp32"), "fp32_stem": ("quant", "fp32_stem"),
     "saturation_guard": ("quant", "saturation_guard"), "qat_epochs": ("quant", "qat_epochs"),
+    "effort": ("quant", "effort"),
     "packages": ("package", "targets"), "palettize": ("package", "palettize"),
     "group_size": ("package", "group_size"),
 }

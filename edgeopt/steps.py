@@ -405,7 +405,8 @@ def _quant_config(quant, excluded: list[str]):
 
     return QuantConfig(calibrator=quant.calibrator, exclude_nodes=tuple(excluded),
                        keep_first_fp32=quant.keep_first_fp32, fp32_stem=quant.fp32_stem,
-                       saturation_guard=quant.saturation_guard, qat_epochs=quant.qat_epochs)
+                       saturation_guard=quant.saturation_guard, qat_epochs=quant.qat_epochs,
+                       effort=quant.effort)
 
 
 def _gain_summary(gains: dict[str, float]) -> dict:

@@ -7,6 +7,9 @@ it on the host, interleaved. Where the choice does not buy at least :func:`min_g
 the run's metric, the layers are quantized and the build without it is the artifact. The
 report lists every choice with its measured gain and p50 cost either way.
 
+``--effort fast`` (recipe ``quant.effort``) weighs nothing: every choice is kept and the
+report says it was not weighed.
+
 The backend says which choices its build made (:meth:`Backend.speed_choices`); the search
 knows nothing of runtimes.
 """
@@ -18,8 +21,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-__all__ = ["Choice", "adopt", "describe", "discard", "guard_choice", "min_gain", "not_weighed",
-           "saturating_elsewhere", "time_pair", "weigh", "weigh_choices"]
+__all__ = ["Choice", "adopt", "describe", "discard", "fast_shortcuts", "guard_choice", "min_gain",
+           "not_weighed", "saturating_elsewhere", "time_pair", "weigh", "weigh_choices"]
 
 # The metric gain that counts as "buys accuracy": a fraction-of-samples metric (top-1,
 # agreement, a custom one) must gain at least this much and at least one sample more;
@@ -27,6 +30,8 @@ __all__ = ["Choice", "adopt", "describe", "discard", "guard_choice", "min_gain",
 MIN_GAIN = {"cosine": 0.0005, "sqnr": 0.25}
 MIN_FRACTION_GAIN = 0.002
 BENCH_ROUNDS = 2            # interleaved A/B rounds; each side's p50 is its lowest
+FAST = "--effort fast"      # why a choice is kept unweighed under the fast preset
+FAST_COST = "measured -0.5 pt top-1 agreement on mobilenet-v2 (docs/speed.md)"
 
 
 @dataclass(frozen=True)
@@ -194,11 +199,16 @@ def weigh_choices(state, backend, job, art, *, build: Callable, evaluate: Callab
     """Each choice ``backend`` reports for ``art``'s build (``job``), weighed in turn on the
     run ``state`` (an ``edgeopt.steps.RunState``); a later choice is weighed on the build
     without the earlier dropped ones. ``build(job)`` makes an INT8 artifact, ``evaluate(a)``
-    scores one; the records go to ``state.tradeoffs`` and the console."""
+    scores one; the records go to ``state.tradeoffs`` and the console. Under ``--effort
+    fast`` nothing is weighed: every choice is kept and recorded "not weighed", and so is
+    each shortcut of the build (:func:`fast_shortcuts`)."""
     budget = state.budget
     elsewhere = saturating_elsewhere(state.targets, art.runtime)
+    fast = state.recipe.quant.effort == "fast"
     for choice in backend.speed_choices(art, job):
-        if choice.host_specific and elsewhere:
+        if fast:
+            record = not_weighed(choice, art.runtime, FAST)
+        elif choice.host_specific and elsewhere:
             record = not_weighed(choice, art.runtime, f"{', '.join(elsewhere)} may need it "
                                  "and is not this machine")
         else:
@@ -217,3 +227,19 @@ def weigh_choices(state, backend, job, art, *, build: Callable, evaluate: Callab
                 job = replace(job, config=replace(job.config, **choice.without))
         state.tradeoffs.append(record)
         state.progress.console.print(f"  {describe(record)}")
+    for record in fast_shortcuts(art) if fast else ():
+        state.tradeoffs.append(record)
+        state.progress.console.print(f"  {describe(record)}")
+
+
+def fast_shortcuts(art) -> list[dict]:
+    """The shortcuts ``--effort fast`` made in ``art``'s build that cost accuracy, each
+    recorded as kept, not weighed: the bias correction that took its input means from the
+    weight-rounding pass (the quantizers whose notes say they correct biases after rounding;
+    ``calibrate.quantize.EFFORTS``)."""
+    notes = (art.quantization or {}).get("notes", ())
+    if not any(note.startswith("bias correction:") for note in notes):
+        return []
+    return [not_weighed(Choice("shared-bias-pass", "bias correction with the input means of the "
+                               "weight-rounding pass (one calibration pass less)", {}),
+                        art.runtime, f"{FAST}: {FAST_COST}")]
