@@ -247,14 +247,13 @@ class _Source:
 def _source(fp32_onnx: Path) -> _Source:
     import onnx
 
-    found_digest = reuse.file_digest(fp32_onnx)
-    key = ("ort-source", found_digest)
-    found = reuse.memo().get(key)
+    file_digest = reuse.file_digest(fp32_onnx)
+    found = reuse.memo().get(("ort-source", file_digest))
     if found is None:
         model = onnx.load(str(fp32_onnx))
-        found = _Source(found_digest, tuple(protected_ranges(model).items()),
+        found = _Source(file_digest, tuple(protected_ranges(model).items()),
                         tuple(qdq_notes(model)))
-        reuse.memo().put(key, found, 0)
+        reuse.memo().put(("ort-source", file_digest), found, 0)
     return found
 
 
@@ -327,7 +326,8 @@ def _quantize_static(base: _Base, prepped: Path, tmp: Path, calib, ranges: dict,
         prepped.write_bytes(base.data)
         _run_quantize_static(prepped, tmp, calib, ranges, base, config, excluded)
         qdq = onnx.load(str(tmp))
-        found = (qdq.SerializeToString(), float_outputs(qdq) > 0)
+        kept_float = float_outputs(qdq) > 0               # before serializing: it edits qdq
+        found = (qdq.SerializeToString(), kept_float)
         reuse.memo().put(key, found, len(found[0]))
     if found[1]:
         notes.append("graph outputs kept float (the last layer dequantizes its result)")
