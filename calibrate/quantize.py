@@ -39,17 +39,13 @@ from edgeopt.calibrate.calibrators import (
     compute_ranges,
 )
 from edgeopt.calibrate.data import check_finite
-from edgeopt.calibrate.equalize import equalize_depthwise_inputs
 from edgeopt.calibrate.errors import CalibrationDataError, CalibrationError
-from edgeopt.calibrate.float_ops import qdq_notes
-from edgeopt.calibrate.output_ranges import protected_ranges
+from edgeopt.calibrate.ort_base import Base, fp32_source, prepared_base, reservoir_for
 from edgeopt.calibrate.qat import QatResult, finetune_qdq
 from edgeopt.calibrate.qdq_graph import (
-    first_conv,
     float_outputs,
     fp32_nodes,
     keep_float,
-    linear_nodes,
     stem_block,
 )
 from edgeopt.calibrate.rounding import optimize_weight_rounding
@@ -81,8 +77,6 @@ Progress = Callable[[int, int], None] | None
 # pass less (about 5% of the step), and on mobilenet-v2's held-out photos 0.5 pt less
 # top-1 agreement with FP32 (0.984 against 0.989), so it is not the default.
 EFFORTS = ("default", "fast")
-# Calibrators that read no reservoir (calibrators.py): the equalized model's pass keeps none.
-_NO_RESERVOIR = ("minmax", "mean-minmax")
 INTEGER_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger",
                    "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearSigmoid",
                    "QLinearConcat", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
@@ -175,10 +169,12 @@ def staging_path(out: Path, suffix: str) -> Path:
 
 
 def activation_stats(fp32_onnx: Path, calib: Sequence[dict[str, np.ndarray]],
-                     progress: Progress = None) -> dict[str, TensorStats]:
-    """Bounded-memory statistics of every float tensor of the FP32 ONNX model."""
+                     progress: Progress = None,
+                     reservoir: int = DEFAULT_RESERVOIR) -> dict[str, TensorStats]:
+    """Bounded-memory statistics of every float tensor of the FP32 ONNX model (with no
+    reservoir when ``reservoir`` is 0: enough for the min-max calibrators)."""
     try:
-        return collect_stats(Path(fp32_onnx), calib, progress=progress)
+        return collect_stats(Path(fp32_onnx), calib, reservoir, progress=progress)
     except Exception as e:
         msg = f"calibration run of {Path(fp32_onnx).name} failed: {short_reason(e)}"
         raise CalibrationError(msg) from e
@@ -201,16 +197,16 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
 
     inputs = _onnx_inputs(fp32_onnx)
     check_calibration(calib, inputs)
-    if stats is None:
-        stats = activation_stats(fp32_onnx, calib, progress)
-    source = _source(fp32_onnx)
+    if stats is None:               # only what this calibrator reads
+        stats = activation_stats(fp32_onnx, calib, progress, reservoir_for(config.calibrator))
+    source = fp32_source(fp32_onnx)
     ranges = compute_ranges(stats, config.calibrator, inputs=[spec[0] for spec in inputs],
                             protected=dict(source.protected))
     out = Path(out)
     prepped = staging_path(out, ".prep.onnx")
     tmp = staging_path(out, ".onnx")
     try:
-        base = _base(fp32_onnx, prepped, calib, stats, config, source.digest)
+        base = prepared_base(fp32_onnx, prepped, calib, stats, config, source.digest)
         model = base.model()
         excluded, notes = fp32_nodes(config, lambda: list(base.first), lambda: list(base.stem))
         qdq = _quantize_static(base, prepped, tmp, calib, ranges, config, excluded, notes)
@@ -235,77 +231,7 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
                        tuple(sqnr), len(ranges))
 
 
-@dataclass(frozen=True)
-class _Source:
-    """What the FP32 model alone decides: its digest, the ranges never clipped, notes."""
-
-    digest: str
-    protected: tuple
-    notes: tuple[str, ...]
-
-
-def _source(fp32_onnx: Path) -> _Source:
-    import onnx
-
-    file_digest = reuse.file_digest(fp32_onnx)
-    found = reuse.memo().get(("ort-source", file_digest))
-    if found is None:
-        model = onnx.load(str(fp32_onnx))
-        found = _Source(file_digest, tuple(protected_ranges(model).items()),
-                        tuple(qdq_notes(model)))
-        reuse.memo().put(("ort-source", file_digest), found, 0)
-    return found
-
-
-@dataclass(frozen=True)
-class _Base:
-    """ONNX Runtime's pre-processing of the FP32 model with its depthwise inputs equalized
-    (serialized), the nodes the QDQ graph may keep FP32, and the equalized tensors' ranges
-    from the equalized model's statistics."""
-
-    key: str
-    data: bytes
-    first: tuple[str, ...]
-    stem: tuple[str, ...]
-    linear: tuple[str, ...]
-    equalized: int
-    ranges: tuple          # (tensor, QuantRange): the equalized tensors and their producers
-
-    def model(self):
-        """A copy of the pre-processed, equalized model, the caller's own."""
-        import onnx
-
-        return onnx.load_from_string(self.data)
-
-
-def _base(fp32_onnx: Path, prepped: Path, calib, stats: dict, config: QuantConfig,
-          fp32_digest: str) -> _Base:
-    """:class:`_Base` of ``fp32_onnx``, through ``prepped``, or the memo's."""
-    import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    maxima = {n: s.channel_max for n, s in stats.items() if s.channel_max is not None}
-    key = reuse.digest("ort-base", fp32_digest, reuse.samples_digest(calib), config.equalize,
-                       config.calibrator, maxima)
-    found = reuse.memo().get(key)
-    if found is not None:
-        return found
-    quant_pre_process(str(fp32_onnx), str(prepped), skip_symbolic_shape=True)
-    model = onnx.load(str(prepped))
-    first, stem, linear = first_conv(model), stem_block(model), linear_nodes(model)
-    equalized, ranges = {}, {}
-    if config.equalize and not linear:
-        equalized = equalize_depthwise_inputs(model, calib, stats)
-        if equalized:
-            ranges = _equalized_ranges(model, equalized, calib, config.calibrator)
-    data = model.SerializeToString()
-    found = _Base(key, data, tuple(first), tuple(stem), tuple(linear), len(equalized),
-                  tuple(ranges.items()))
-    reuse.memo().put(key, found, len(data))
-    return found
-
-
-def _quantize_static(base: _Base, prepped: Path, tmp: Path, calib, ranges: dict,
+def _quantize_static(base: Base, prepped: Path, tmp: Path, calib, ranges: dict,
                      config: QuantConfig, excluded: list[str], notes: list[str]):
     """ONNX Runtime's quantizer on ``base`` (depthwise inputs equalized first) with the
     calibrator's ranges, through ``prepped`` and ``tmp``, or the memo's graph; returns the
@@ -334,7 +260,7 @@ def _quantize_static(base: _Base, prepped: Path, tmp: Path, calib, ranges: dict,
     return onnx.load_from_string(found[0])
 
 
-def _run_quantize_static(prepped: Path, tmp: Path, calib, ranges: dict, base: _Base,
+def _run_quantize_static(prepped: Path, tmp: Path, calib, ranges: dict, base: Base,
                          config: QuantConfig, excluded: list[str]) -> None:
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -396,21 +322,6 @@ def _refine(model, qdq, calib, config: QuantConfig, progress: Progress,
 def _override(r) -> list[dict]:
     """One tensor's ``TensorQuantOverrides`` entry: its range."""
     return [{"rmin": np.float32(r.rmin), "rmax": np.float32(r.rmax)}]
-
-
-def _equalized_ranges(model, equalized, calib, calibrator: str) -> dict:
-    """The calibrator's ranges of the equalized tensors, from the equalized model (the
-    statistics of the original no longer describe them). Each range also goes to the
-    convolution output its activation is folded into."""
-    reservoir = 0 if calibrator in _NO_RESERVOIR else DEFAULT_RESERVOIR
-    ranges = compute_ranges(collect_stats(model, calib, names=list(equalized),
-                                          reservoir=reservoir), calibrator)
-    producer = {o: n for n in model.graph.node for o in n.output}
-    found = {}
-    for name, r in ranges.items():
-        for tensor in (name, producer[name].input[0]):
-            found[tensor] = r
-    return found
 
 
 def _saturation_note(coarser: int, channels: int, pairs: int) -> str:
