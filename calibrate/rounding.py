@@ -113,11 +113,17 @@ def gptq_depthwise(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int,
 
 
 def _patches_depthwise(x: np.ndarray, kh: int, kw: int, stride, pads) -> np.ndarray:
-    """(C, positions, kh*kw) patches of a (1, C, H, W) input."""
+    """(C, positions, kh*kw) patches of a (1, C, H, W) input: one strided copy per tap
+    (a reshape of the sliding-window view copies 3 values at a time)."""
     xp = np.pad(x[0], ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))
-    win = win[:, ::stride[0], ::stride[1]]
-    return win.reshape(win.shape[0], -1, kh * kw)
+    rows = (xp.shape[1] - kh) // stride[0] + 1
+    cols = (xp.shape[2] - kw) // stride[1] + 1
+    out = np.empty((xp.shape[0], rows, cols, kh, kw), xp.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, :, i, j] = xp[:, i:i + stride[0] * (rows - 1) + 1:stride[0],
+                                    j:j + stride[1] * (cols - 1) + 1:stride[1]]
+    return out.reshape(xp.shape[0], rows * cols, kh * kw)
 
 
 def _patches_full(x: np.ndarray, kh: int, kw: int, stride, pads) -> np.ndarray:
