@@ -113,3 +113,17 @@ def test_statistics_of_some_tensors_run_only_their_nodes_and_match_the_full_pass
             assert getattr(bare[name], field) == getattr(full[name], field)
         np.testing.assert_array_equal(some[name].channel_max, full[name].channel_max)
         assert bare[name].reservoir.size == 0 and some[name].reservoir.size
+
+
+@pytest.mark.parametrize("calibrator", ["mean-minmax", "mse"])
+def test_its_own_statistics_pass_gives_the_build_of_full_statistics(net, tmp_path, calibrator):
+    """Without statistics handed in, quantize_onnx_for_ort gathers only what its calibrator
+    reads (no reservoir for the min-max ones): the same artifact as with full statistics."""
+    calib = _samples(6, 3)
+    config = QuantConfig(calibrator=calibrator, fp32_stem=False)
+    full = quantize_onnx_for_ort(net, tmp_path / "full.onnx", calib, config,
+                                 stats=activation_stats(net, calib))
+    reuse.clear()
+    own = quantize_onnx_for_ort(net, tmp_path / "own.onnx", calib, config)
+    assert own.path.read_bytes() == full.path.read_bytes()
+    assert own.notes == full.notes and own.layer_sqnr == full.layer_sqnr
