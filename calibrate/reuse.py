@@ -87,9 +87,10 @@ def file_digest(path: Path | str) -> str:
 
 
 def _update(h, array: np.ndarray) -> None:
-    array = np.ascontiguousarray(array)
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")          # (ascontiguousarray would make 0-d 1-d)
     h.update(f"{array.dtype.str}{array.shape}".encode())
-    h.update(memoryview(array).cast("B"))
+    h.update(array.reshape(-1).view(np.uint8))          # any dtype, any shape, 0-d or empty
 
 
 def samples_digest(samples: Iterable[Mapping[str, np.ndarray]]) -> str:

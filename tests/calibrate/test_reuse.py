@@ -127,3 +127,18 @@ def test_its_own_statistics_pass_gives_the_build_of_full_statistics(net, tmp_pat
     own = quantize_onnx_for_ort(net, tmp_path / "own.onnx", calib, config)
     assert own.path.read_bytes() == full.path.read_bytes()
     assert own.notes == full.notes and own.layer_sqnr == full.layer_sqnr
+
+
+def test_sample_digests_tell_apart_shapes_dtypes_and_values_of_any_rank():
+    base = [{"x": np.array(1.0, np.float32), "flag": np.array([True, False])}]
+    others = [
+        [{"x": np.array([1.0], np.float32), "flag": np.array([True, False])}],   # 0-d vs 1-d
+        [{"x": np.array(1.0, np.float64), "flag": np.array([True, False])}],
+        [{"x": np.array(1.0, np.float32), "flag": np.array([True, True])}],
+        [{"x": np.array(1.0, np.float32), "flag": np.zeros((2, 0), bool)}],       # empty
+    ]
+    digests = {reuse.samples_digest(s) for s in [base, *others]}
+    assert len(digests) == 1 + len(others)
+    strided = np.arange(12, dtype=np.int64).reshape(3, 4)[:, ::2]
+    assert reuse.samples_digest([{"x": strided}]) == reuse.samples_digest(
+        [{"x": np.array(strided)}])
