@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeopt.calibrate import reuse
 from edgeopt.calibrate.bias_correction import bias_inputs, correct_weight_bias
 from edgeopt.calibrate.calibrators import (
     CALIBRATORS,
@@ -38,23 +39,19 @@ from edgeopt.calibrate.calibrators import (
     compute_ranges,
 )
 from edgeopt.calibrate.data import check_finite
-from edgeopt.calibrate.equalize import equalize_depthwise_inputs
 from edgeopt.calibrate.errors import CalibrationDataError, CalibrationError
-from edgeopt.calibrate.float_ops import qdq_notes
-from edgeopt.calibrate.output_ranges import protected_ranges
+from edgeopt.calibrate.ort_base import Base, fp32_source, prepared_base, reservoir_for
 from edgeopt.calibrate.qat import QatResult, finetune_qdq
 from edgeopt.calibrate.qdq_graph import (
-    first_conv,
     float_outputs,
     fp32_nodes,
     keep_float,
-    linear_nodes,
     stem_block,
 )
 from edgeopt.calibrate.rounding import optimize_weight_rounding
 from edgeopt.calibrate.saturation import bound_model, fit_scales
 from edgeopt.calibrate.sensitivity import layer_sqnr, sensitivity_order
-from edgeopt.calibrate.stats import TensorStats, collect_stats
+from edgeopt.calibrate.stats import DEFAULT_RESERVOIR, TensorStats, collect_stats
 from edgeopt.runtimes import onnx_input_specs, optimized_op_counts
 from edgeopt.runtimes.errors import short_reason
 
@@ -172,10 +169,12 @@ def staging_path(out: Path, suffix: str) -> Path:
 
 
 def activation_stats(fp32_onnx: Path, calib: Sequence[dict[str, np.ndarray]],
-                     progress: Progress = None) -> dict[str, TensorStats]:
-    """Bounded-memory statistics of every float tensor of the FP32 ONNX model."""
+                     progress: Progress = None,
+                     reservoir: int = DEFAULT_RESERVOIR) -> dict[str, TensorStats]:
+    """Bounded-memory statistics of every float tensor of the FP32 ONNX model (with no
+    reservoir when ``reservoir`` is 0: enough for the min-max calibrators)."""
     try:
-        return collect_stats(Path(fp32_onnx), calib, progress=progress)
+        return collect_stats(Path(fp32_onnx), calib, reservoir, progress=progress)
     except Exception as e:
         msg = f"calibration run of {Path(fp32_onnx).name} failed: {short_reason(e)}"
         raise CalibrationError(msg) from e
@@ -191,23 +190,26 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
     ``stats`` (from :func:`activation_stats` on ``fp32_onnx``) saves the calibration pass
     when the caller quantizes the same model more than once. With ``config.qat_epochs``
     the int8 weights are then fine-tuned on ``qat_samples`` (default: ``calib``), which
-    ``qat_note`` describes in the notes.
+    ``qat_note`` describes in the notes. Stages that another build of the same model,
+    samples and statistics already computed in this process come from reuse.py.
     """
     import onnx
 
     inputs = _onnx_inputs(fp32_onnx)
     check_calibration(calib, inputs)
-    if stats is None:
-        stats = activation_stats(fp32_onnx, calib, progress)
+    if stats is None:               # only what this calibrator reads
+        stats = activation_stats(fp32_onnx, calib, progress, reservoir_for(config.calibrator))
+    source = fp32_source(fp32_onnx)
     ranges = compute_ranges(stats, config.calibrator, inputs=[spec[0] for spec in inputs],
-                            protected=protected_ranges(onnx.load(str(fp32_onnx))))
+                            protected=dict(source.protected))
     out = Path(out)
     prepped = staging_path(out, ".prep.onnx")
     tmp = staging_path(out, ".onnx")
     try:
-        model, excluded, notes = _prepare(fp32_onnx, prepped, config)
-        qdq = _quantize_static(prepped, tmp, calib, ranges, config, model, excluded, notes,
-                               stats)
+        base = prepared_base(fp32_onnx, prepped, calib, stats, config, source.digest)
+        model = base.model()
+        excluded, notes = fp32_nodes(config, lambda: list(base.first), lambda: list(base.stem))
+        qdq = _quantize_static(base, prepped, tmp, calib, ranges, config, excluded, notes)
         notes += _refine(model, qdq, calib, config, progress,
                          qat_samples, qat_note or f"{len(calib)} calibration samples")
         sqnr = layer_sqnr(model, qdq, calib)
@@ -224,28 +226,42 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
         tmp.unlink(missing_ok=True)
     notes.append(f"QDQ, per-channel S8 weights, U8 activations, '{config.calibrator}' ranges "
                  f"for {len(ranges)} tensors from {len(calib)} samples")
-    notes += qdq_notes(onnx.load(str(fp32_onnx), load_external_data=False))
+    notes += source.notes
     return QuantResult(out, tuple(excluded), tuple(notes), integer_kernel_counts(out),
                        tuple(sqnr), len(ranges))
 
 
-def _prepare(fp32_onnx: Path, prepped: Path, config: QuantConfig):
-    """ONNX Runtime's pre-processing into ``prepped``; the model loaded from it, the nodes
-    it keeps FP32 and the notes so far."""
+def _quantize_static(base: Base, prepped: Path, tmp: Path, calib, ranges: dict,
+                     config: QuantConfig, excluded: list[str], notes: list[str]):
+    """ONNX Runtime's quantizer on ``base`` (depthwise inputs equalized first) with the
+    calibrator's ranges, through ``prepped`` and ``tmp``, or the memo's graph; returns the
+    QDQ model with float graph outputs."""
     import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quant_pre_process(str(fp32_onnx), str(prepped), skip_symbolic_shape=True)
-    model = onnx.load(str(prepped))
-    excluded, notes = fp32_nodes(config, lambda: first_conv(model), lambda: stem_block(model))
-    return model, excluded, notes
+    if base.equalized:
+        notes.append(f"depthwise inputs equalized: {base.equalized} tensors rescaled "
+                     "per channel into the convolutions on both sides, then calibrated")
+    if base.linear:
+        notes.append(f"transformer-style graph: only its {len(base.linear)} MatMul/Gemm "
+                     "layers with constant weights and embedding lookups are quantized; "
+                     "attention, LayerNorm and softmax stay float")
+    key = reuse.digest("ort-qdq", base.key, excluded, config.per_channel,
+                       {n: (float(r.rmin), float(r.rmax)) for n, r in ranges.items()})
+    found = reuse.memo().get(key)
+    if found is None:
+        prepped.write_bytes(base.data)
+        _run_quantize_static(prepped, tmp, calib, ranges, base, config, excluded)
+        qdq = onnx.load(str(tmp))
+        kept_float = float_outputs(qdq) > 0               # before serializing: it edits qdq
+        found = (qdq.SerializeToString(), kept_float)
+        reuse.memo().put(key, found, len(found[0]))
+    if found[1]:
+        notes.append("graph outputs kept float (the last layer dequantizes its result)")
+    return onnx.load_from_string(found[0])
 
 
-def _quantize_static(prepped: Path, tmp: Path, calib, ranges: dict, config: QuantConfig,
-                     model, excluded: list[str], notes: list[str], stats: dict):
-    """ONNX Runtime's quantizer on ``prepped`` (depthwise inputs equalized first) with the
-    calibrator's ranges, into ``tmp``; returns the QDQ model with float graph outputs."""
-    import onnx
+def _run_quantize_static(prepped: Path, tmp: Path, calib, ranges: dict, base: Base,
+                         config: QuantConfig, excluded: list[str]) -> None:
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -256,19 +272,7 @@ def _quantize_static(prepped: Path, tmp: Path, calib, ranges: dict, config: Quan
     # Every activation range comes from the calibrator; ONNX Runtime's own calibration
     # then runs on one sample only, for any tensor the statistics do not name.
     overrides = {name: _override(r) for name, r in ranges.items()}
-    linear = linear_nodes(model)
-    if config.equalize and not linear:
-        equalized = equalize_depthwise_inputs(model, calib, stats)
-        if equalized:
-            onnx.save(model, str(prepped))
-            overrides.update(_equalized_overrides(model, prepped, equalized, calib,
-                                                  config.calibrator))
-            notes.append(f"depthwise inputs equalized: {len(equalized)} tensors rescaled "
-                         "per channel into the convolutions on both sides, then calibrated")
-    if linear:
-        notes.append(f"transformer-style graph: only its {len(linear)} MatMul/Gemm layers "
-                     "with constant weights and embedding lookups are quantized; "
-                     "attention, LayerNorm and softmax stay float")
+    overrides.update({name: _override(r) for name, r in base.ranges})
     # Gemm outputs stay float (QGemm with float output): the classifier's logits, and a
     # transformer's FFN outputs (GELU input, residual), lose most when quantized.
     quantize_static(
@@ -276,14 +280,10 @@ def _quantize_static(prepped: Path, tmp: Path, calib, ranges: dict, config: Quan
         quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
-        nodes_to_quantize=linear or None,
+        nodes_to_quantize=list(base.linear) or None,
         extra_options={"TensorQuantOverrides": overrides,
                        "OpTypesToExcludeOutputQuantization": ["Gemm"]},
     )
-    qdq = onnx.load(str(tmp))
-    if float_outputs(qdq):
-        notes.append("graph outputs kept float (the last layer dequantizes its result)")
-    return qdq
 
 
 def _refine(model, qdq, calib, config: QuantConfig, progress: Progress,
@@ -322,19 +322,6 @@ def _refine(model, qdq, calib, config: QuantConfig, progress: Progress,
 def _override(r) -> list[dict]:
     """One tensor's ``TensorQuantOverrides`` entry: its range."""
     return [{"rmin": np.float32(r.rmin), "rmax": np.float32(r.rmax)}]
-
-
-def _equalized_overrides(model, path: Path, equalized, calib, calibrator: str) -> dict:
-    """The calibrator's ranges of the equalized tensors, from the equalized model (the
-    statistics of the original no longer describe them). Each range also goes to the
-    convolution output its activation is folded into."""
-    ranges = compute_ranges(collect_stats(path, calib, names=list(equalized)), calibrator)
-    producer = {o: n for n in model.graph.node for o in n.output}
-    overrides = {}
-    for name, r in ranges.items():
-        for tensor in (name, producer[name].input[0]):
-            overrides[tensor] = _override(r)
-    return overrides
 
 
 def _saturation_note(coarser: int, channels: int, pairs: int) -> str:

@@ -43,8 +43,9 @@ class TensorStats:
 
     def update(self, flat: np.ndarray, capacity: int, rng: np.random.Generator,
                channels: np.ndarray | None = None) -> None:
-        """Fold one sample's values in: extremes, per-sample means, reservoir (algorithm R);
-        ``channels``: the sample's per-channel maxima, when the tensor has channels."""
+        """Fold one sample's values in: extremes, per-sample means, reservoir (algorithm R;
+        none with ``capacity`` 0); ``channels``: the sample's per-channel maxima, when the
+        tensor has channels."""
         if not flat.size:
             return
         if channels is not None:
@@ -58,6 +59,8 @@ class TensorStats:
         self.sum_max += hi
         seen = self.count
         self.count += flat.size
+        if not capacity:                                    # no reservoir kept
+            return
         if self.reservoir.size < capacity:                  # still filling
             room = capacity - self.reservoir.size
             self.reservoir = np.concatenate([self.reservoir, flat[:room]])
@@ -101,19 +104,55 @@ def _channel_peaks(value: np.ndarray) -> np.ndarray | None:
     return value.max(axis=(0, 2, 3))
 
 
-def collect_stats(onnx_path: Path, samples: Iterable[dict[str, np.ndarray]],
+def _only_what_makes(model, names: Sequence[str]):
+    """``model`` cut to the nodes that compute ``names`` (no graph outputs left: the
+    capture adds ``names``), so a pass that needs early tensors does not run the rest;
+    each node that stays computes what it did. ``model`` itself when it has subgraphs
+    (their outer-scope reads are not followed)."""
+    import onnx
+
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for n in model.graph.node for a in n.attribute):
+        return model
+    producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+    needed: set[int] = set()
+    todo = list(names)
+    while todo:
+        index = producer.get(todo.pop())
+        if index is not None and index not in needed:
+            needed.add(index)
+            todo.extend(model.graph.node[index].input)
+    cut = onnx.ModelProto()
+    cut.CopyFrom(model)
+    del cut.graph.node[:]
+    cut.graph.node.extend(n for i, n in enumerate(model.graph.node) if i in needed)
+    read = {name for n in cut.graph.node for name in n.input}
+    kept = [i for i in cut.graph.initializer if i.name in read]
+    del cut.graph.initializer[:]
+    cut.graph.initializer.extend(kept)
+    del cut.graph.output[:]
+    return cut
+
+
+def collect_stats(onnx_path, samples: Iterable[dict[str, np.ndarray]],
                   reservoir: int = DEFAULT_RESERVOIR, seed: int = 0,
                   progress: Callable[[int, int], None] | None = None,
                   total: int | None = None,
                   names: Sequence[str] | None = None) -> dict[str, TensorStats]:
-    """Run the FP32 model over ``samples`` (consumed one at a time) and gather per-tensor
-    statistics of every float tensor, or of ``names``; ``total`` is only for progress."""
+    """Run the FP32 model (a path, or a ``ModelProto``, not modified) over ``samples``
+    (consumed one at a time) and gather per-tensor statistics of every float tensor, or
+    of ``names`` (then only the nodes that compute them run); ``reservoir`` 0 keeps no
+    reservoir; ``total`` is only for progress."""
     import onnx
 
     from edgeopt.runtimes import capture_onnx
 
-    model = onnx.load(str(onnx_path))
-    names = _float_tensors(model) if names is None else list(names)
+    model = onnx.load(str(onnx_path)) if isinstance(onnx_path, (str, Path)) else onnx_path
+    if names is None:
+        names = _float_tensors(model)
+    else:
+        names = list(names)
+        model = _only_what_makes(model, names)
     runs = capture_onnx(model, samples, names)
     del model
     rng = np.random.default_rng(seed)

@@ -76,5 +76,9 @@ def rng() -> np.random.Generator:
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path_factory, monkeypatch):
     """Every test gets an empty cache of its own: the suite never writes to ~/.cache, and
-    no test reuses another's steps."""
+    no test reuses another's steps, nor ONNX Runtime build stages kept in the process
+    (calibrate/reuse.py: a test may patch what made them)."""
+    from edgeopt.calibrate import reuse
+
     monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(tmp_path_factory.mktemp("edgeopt-cache")))
+    reuse.clear()
