@@ -15,7 +15,7 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 from edgeopt.calibrate.ov_reuse import reuse
-from edgeopt.calibrate.spill import spill
+from edgeopt.calibrate.spill import SpilledSamples
 from edgeopt.runtimes import capture_openvino
 
 __all__ = ["ov_layer_sqnr", "worst_output_sqnr"]
@@ -46,7 +46,7 @@ def ov_layer_sqnr(fp32_model, int8_model, samples: Sequence[dict[str, np.ndarray
     names = tuple(name for name, _ in pairs)
 
     def fp32_run():
-        return _kept_on_disk(capture_openvino(fp32_model, subset,
+        return _Activations(capture_openvino(fp32_model, subset,
                                               [fp32_outputs[n] for n in names]))
 
     reference = (fp32_run() if fp32_key is None else
@@ -68,26 +68,59 @@ def ov_layer_sqnr(fp32_model, int8_model, samples: Sequence[dict[str, np.ndarray
 def worst_output_sqnr(fp32_model, int8_model, samples: Sequence[dict[str, np.ndarray]]
                       ) -> float:
     """The lowest SQNR (dB) of any model output of ``int8_model`` against ``fp32_model``."""
-    signal, noise = _signal_noise(_kept_on_disk(capture_openvino(fp32_model, samples)),
+    signal, noise = _signal_noise(_Activations(capture_openvino(fp32_model, samples)),
                                   capture_openvino(int8_model, samples),
                                   len(fp32_model.outputs))
     return float(min(10 * np.log10(max(s, 1e-30) / max(n, 1e-30)) for s, n in
                      zip(signal, noise, strict=True)))
 
 
-def _kept_on_disk(runs) -> Sequence[dict[str, np.ndarray]]:
-    """Each sample's captured arrays, in a temporary file, read back one sample at a time."""
-    return spill({str(i): a for i, a in enumerate(outs)} for outs in runs)
+class _Activations:
+    """Each sample's captured arrays in a temporary file, read back one array at a time."""
+
+    def __init__(self, runs) -> None:
+        self._store = SpilledSamples()
+        self.samples = self.count = 0
+        for outs in runs:
+            for a in outs:
+                self._store.append({"a": a})
+            self.samples, self.count = self.samples + 1, len(outs)
+
+    def get(self, sample: int, index: int) -> np.ndarray:
+        return self._store[sample * self.count + index]["a"]
 
 
-def _signal_noise(reference: Sequence[dict[str, np.ndarray]], runs, count: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def _signal_noise(reference: _Activations, runs, count: int) -> tuple[np.ndarray, np.ndarray]:
     """For each of ``count`` captured tensors: the sum of squares of the reference, and of
-    its difference to ``runs`` (float64, sample by sample)."""
+    its difference to ``runs`` (in float64, sample by sample, one tensor in memory)."""
     signal, noise = np.zeros(count), np.zeros(count)
-    for ref, got in zip(reference, runs, strict=True):
+    scratch = [np.empty(0), np.empty(0)]
+    done = 0
+    for i, got in enumerate(runs):
         for j in range(count):
-            x = np.asarray(ref[str(j)], dtype=np.float64)
-            signal[j] += float(np.sum(x * x))
-            noise[j] += float(np.sum((x - np.asarray(got[j], dtype=np.float64)) ** 2))
+            y, got[j] = got[j], None
+            sig, err = _sums(reference.get(i, j), y, scratch)
+            signal[j] += sig
+            noise[j] += err
+        done += 1
+    if done != reference.samples:
+        msg = f"{done} samples captured against {reference.samples}"
+        raise ValueError(msg)
     return signal, noise
+
+
+def _sums(x: np.ndarray, y: np.ndarray, scratch: list[np.ndarray]) -> tuple[float, float]:
+    """``sum(x * x)`` and ``sum((x - y) ** 2)`` in float64, as numpy sums fresh arrays of
+    ``x``'s shape, in two reused buffers."""
+    size = int(np.prod(x.shape))
+    for k in (0, 1):
+        if scratch[k].size < size:
+            scratch[k] = np.empty(size)
+    x64, t = (scratch[k][:size].reshape(x.shape) for k in (0, 1))
+    np.copyto(x64, x)
+    np.multiply(x64, x64, out=t)
+    sig = float(np.sum(t))
+    np.copyto(t, y)
+    np.subtract(x64, t, out=t)
+    np.square(t, out=t)
+    return sig, float(np.sum(t))

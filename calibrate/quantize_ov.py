@@ -251,11 +251,8 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
     tmp = staging_path(out_xml, ".xml")
     applied = 0
     try:
-        quantized, recurrent = nncf_result(
-            (fp32_key, tuple(excluded), transformer, bool(control_flow), nncf.__version__),
-            samples, lambda: _checked_recurrent(model, samples, lambda types=(): _nncf_quantize(
-                model, samples, excluded, transformer, progress,
-                control_flow=bool(control_flow), ignored_types=types)))
+        quantized, recurrent = _quantized_once(model, samples, excluded, transformer, progress,
+                                               bool(control_flow), fp32_key)
         notes += recurrent
         if stats is not None:
             applied, note = _set_calibrator_ranges(quantized, stats, config.calibrator,
@@ -285,6 +282,19 @@ def _ir_files(path: Path) -> list[Path]:
     """The model file, and the weights beside it when it is IR."""
     weights = Path(path).with_suffix(".bin")
     return [Path(path), weights] if weights.is_file() else [Path(path)]
+
+
+def _quantized_once(model, samples, excluded: list[str], transformer: bool,
+                    progress: Progress, control_flow: bool, fp32_key: str) -> tuple[Any, list[str]]:
+    """NNCF's quantized model (checked for recurrent ops) and its notes: run here, or a
+    copy of the one run before on the same FP32 model, samples and settings."""
+    import nncf
+
+    return nncf_result(
+        (fp32_key, tuple(excluded), transformer, control_flow, nncf.__version__), samples,
+        lambda: _checked_recurrent(model, samples, lambda types=(): _nncf_quantize(
+            model, samples, excluded, transformer, progress, control_flow=control_flow,
+            ignored_types=types)))
 
 
 def _input_specs(model) -> list[tuple[str, str, tuple]]:
