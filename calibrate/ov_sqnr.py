@@ -97,7 +97,9 @@ def _signal_noise(reference: _Activations, runs, count: int) -> tuple[np.ndarray
     scratch = [np.empty(0), np.empty(0)]
     done = 0
     for i, got in enumerate(runs):
-        for j in range(count):
+        # smallest first: each array is dropped once used, so the largest meets the
+        # float64 buffers with few others still held
+        for j in sorted(range(count), key=lambda k, got=got: got[k].size):
             y, got[j] = got[j], None
             sig, err = _sums(reference.get(i, j), y, scratch)
             signal[j] += sig
