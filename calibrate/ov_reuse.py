@@ -8,20 +8,24 @@ FP32 ONNX and capture the same FP32 activations for the per-layer SQNR.
 
 Each kind of result is kept once (the last one made), under a key of what decides it:
 file contents by sha256, the calibration samples by identity (the same object, which one
-run passes to every build, held here so the identity cannot be reused), and every setting
-that reaches the computation. :func:`clear` forgets them all.
+run passes to every build), and every setting that reaches the computation. A result
+made from samples goes when they do (a run's spilled samples are weakly referenced;
+samples that cannot be, such as a list, are held until the next result of the kind), so
+nothing outlives the run that made it. :func:`clear` forgets them all.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import weakref
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
 __all__ = ["clear", "file_digest", "nncf_result", "reuse"]
 
-# kind -> (key, the samples object, value)
+# kind -> (key, a callable giving the samples object (or None), value)
 _KEPT: dict[str, tuple[Hashable, Any, Any]] = {}
 
 
@@ -43,10 +47,29 @@ def file_digest(*paths: Path | str) -> str:
 
 def _kept(kind: str, key: Hashable, samples: Any) -> tuple[bool, Any]:
     found = _KEPT.get(kind)
-    if found is not None and found[0] == key and found[1] is samples:
+    if found is not None and found[0] == key and found[1]() is samples:
         return True, found[2]
     _KEPT.pop(kind, None)                  # the old value goes before a new one is made
     return False, None
+
+
+def _keep(kind: str, key: Hashable, samples: Any, value: Any) -> None:
+    if samples is None:
+        ref = _none
+    else:
+        try:
+            ref = weakref.ref(samples, lambda _, kind=kind: _KEPT.pop(kind, None))
+        except TypeError:                  # a list: held
+            ref = functools.partial(_same, samples)
+    _KEPT[kind] = (key, ref, value)
+
+
+def _none() -> None:
+    return None
+
+
+def _same(samples: Any) -> Any:
+    return samples
 
 
 def reuse(kind: str, key: Hashable, make: Callable[[], Any], samples: Any = None) -> Any:
@@ -56,7 +79,7 @@ def reuse(kind: str, key: Hashable, make: Callable[[], Any], samples: Any = None
     if hit:
         return value
     value = make()
-    _KEPT[kind] = (key, samples, value)
+    _keep(kind, key, samples, value)
     return value
 
 
@@ -78,7 +101,7 @@ def nncf_result(key: Hashable, samples: Any, quantize: Callable[[], tuple[Any, l
     model, notes = quantize()
     unnamed = frozenset(i for i, op in enumerate(model.get_ordered_ops())
                         if op.get_friendly_name() == op.get_name())
-    _KEPT["nncf"] = (key, samples, (model.clone(), unnamed, tuple(notes)))
+    _keep("nncf", key, samples, (model.clone(), unnamed, tuple(notes)))
     return model, notes
 
 

@@ -116,3 +116,29 @@ def test_layer_sqnr_keeps_the_fp32_side_and_gives_the_same_rows(model, calib, mo
     assert [r["sqnr_db"] for r in plain] == [r["sqnr_db"] for r in result.layer_sqnr]
     assert plain and plain == sorted(plain, key=lambda r: r["sqnr_db"])
     ov_reuse.clear()
+
+
+def test_a_kept_result_goes_with_its_samples():
+    import gc
+    import weakref
+
+    class Value:
+        pass
+
+    ov_reuse.clear()
+    samples = spill([{"input": np.zeros((1, 3, 8, 8), np.float32)}])
+    made: list[int] = []
+
+    def make() -> Value:
+        made.append(1)
+        return Value()
+
+    value = ov_reuse.reuse("test", "key", make, samples)
+    assert ov_reuse.reuse("test", "key", make, samples) is value and len(made) == 1
+    kept = weakref.ref(value)
+    del value
+    gc.collect()
+    assert kept() is not None                    # kept while its samples live
+    del samples
+    gc.collect()
+    assert kept() is None                        # the run's samples gone, so is the result
