@@ -16,6 +16,8 @@ from edgeopt.calibrate.calibrators import QuantRange, compute_ranges
 from edgeopt.calibrate.errors import CalibrationError
 from edgeopt.calibrate.float_ops import OV_RECURRENT, ov_control_flow, ov_recurrent_notes
 from edgeopt.calibrate.output_ranges import protected_ranges
+from edgeopt.calibrate.ov_reuse import file_digest, nncf_result, reuse
+from edgeopt.calibrate.ov_sqnr import ov_layer_sqnr, worst_output_sqnr
 from edgeopt.calibrate.qdq_graph import fp32_nodes, linear_nodes
 from edgeopt.calibrate.quantize import (
     Progress,
@@ -26,7 +28,6 @@ from edgeopt.calibrate.quantize import (
     staging_path,
 )
 from edgeopt.calibrate.saturation import reduction_rows, refit
-from edgeopt.calibrate.sensitivity import ov_layer_sqnr
 from edgeopt.calibrate.stats import TensorStats
 from edgeopt.runtimes import capture_openvino, read_openvino_model
 from edgeopt.runtimes.errors import short_reason
@@ -127,7 +128,7 @@ def input_means(fp32_model, samples: Sequence[dict[str, np.ndarray]],
         return {}                               # an input already was an output: no means
     index = {tensor: first + i for i, tensor in enumerate(tensors)}
     sums: dict[str, np.ndarray] = {}
-    for result in capture_openvino(model, list(samples)[:limit]):
+    for result in capture_openvino(model, samples[:limit]):
         for op in ops:
             x = np.asarray(result[index[op.input_value(0)]], dtype=np.float64)
             axis = 1 if op.get_type_name() == "Convolution" else x.ndim - 1
@@ -224,7 +225,10 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
     """NNCF post-training INT8 quantization of the OpenVINO model, saved as IR, with the
     calibrator's activation ranges (statistics from ``stats``, or gathered on
     ``fp32_onnx``, the ONNX model the IR was converted from: tensor names carry over).
-    ``before_save(model)`` runs on the quantized ``openvino.Model`` just before it is saved."""
+    ``before_save(model)`` runs on the quantized ``openvino.Model`` just before it is saved.
+
+    Builds of the same FP32 model on the same ``calib`` object in one process share
+    NNCF's run (e.g. the build without the saturation guard): see ov_reuse.py."""
     import logging
 
     import nncf
@@ -234,26 +238,25 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
     check_calibration(calib, _input_specs(model))
     if stats is None and fp32_onnx is not None:
         stats = activation_stats(fp32_onnx, calib)
-    samples = list(calib)
+    samples = calib if isinstance(calib, Sequence) else list(calib)   # read as needed
     excluded, notes = fp32_nodes(config, lambda: _ov_first_conv(model))
-    onnx_outputs, transformer = _onnx_layout(fp32_onnx)
+    onnx_outputs, transformer, protected = _onnx_facts(fp32_onnx)
     if transformer:
         notes.append("transformer-style graph: NNCF's TRANSFORMER model type")
     excluded = _ov_names(model, excluded, onnx_outputs)
     control_flow = ov_control_flow(model)      # bodies stay float
     notes += control_flow
+    fp32_key = file_digest(*_ir_files(fp32_model))
     out_xml = Path(out_xml)
     tmp = staging_path(out_xml, ".xml")
     applied = 0
     try:
-        quantized, recurrent = _checked_recurrent(
-            model, samples, lambda types=(): _nncf_quantize(
-                model, samples, excluded, transformer, progress,
-                control_flow=bool(control_flow), ignored_types=types))
+        quantized, recurrent = _quantized_once(model, samples, excluded, transformer, progress,
+                                               bool(control_flow), fp32_key)
         notes += recurrent
         if stats is not None:
             applied, note = _set_calibrator_ranges(quantized, stats, config.calibrator,
-                                                   _protected(fp32_onnx))
+                                                   protected)
             notes.append(note)
         if config.saturation_guard:
             notes += _saturation_guard(quantized, model, samples)
@@ -270,9 +273,28 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
     notes.append(f"NNCF {nncf.__version__} post-training quantization (PERFORMANCE preset, "
                  f"{'fast ' if control_flow else ''}bias correction) from {len(samples)} "
                  f"samples; {fq} FakeQuantize ops")
-    sqnr = ov_layer_sqnr(model, quantized, samples)
+    sqnr = ov_layer_sqnr(model, quantized, samples, fp32_key=fp32_key)
     return QuantResult(out_xml, tuple(excluded), tuple(notes), layer_sqnr=tuple(sqnr),
                        ranges_applied=applied)
+
+
+def _ir_files(path: Path) -> list[Path]:
+    """The model file, and the weights beside it when it is IR."""
+    weights = Path(path).with_suffix(".bin")
+    return [Path(path), weights] if weights.is_file() else [Path(path)]
+
+
+def _quantized_once(model, samples, excluded: list[str], transformer: bool,
+                    progress: Progress, control_flow: bool, fp32_key: str) -> tuple[Any, list[str]]:
+    """NNCF's quantized model (checked for recurrent ops) and its notes: run here, or a
+    copy of the one run before on the same FP32 model, samples and settings."""
+    import nncf
+
+    return nncf_result(
+        (fp32_key, tuple(excluded), transformer, control_flow, nncf.__version__), samples,
+        lambda: _checked_recurrent(model, samples, lambda types=(): _nncf_quantize(
+            model, samples, excluded, transformer, progress, control_flow=control_flow,
+            ignored_types=types)))
 
 
 def _input_specs(model) -> list[tuple[str, str, tuple]]:
@@ -282,15 +304,21 @@ def _input_specs(model) -> list[tuple[str, str, tuple]]:
             for p in model.inputs]
 
 
-def _onnx_layout(fp32_onnx: Path | None) -> tuple[dict[str, list[str]], bool]:
-    """The ONNX model's node name -> output names (to find excluded nodes in OpenVINO),
-    and whether it is a transformer-style graph; nothing without the ONNX model."""
+def _onnx_facts(fp32_onnx: Path | None) -> tuple[dict[str, list[str]], bool, dict]:
+    """From the ONNX model: node name -> output names (to find excluded nodes in OpenVINO),
+    whether it is a transformer-style graph, and the tensors whose ranges are protected
+    (output_ranges.py); nothing without the ONNX model. Read once per file content."""
     if fp32_onnx is None:
-        return {}, False
-    import onnx
+        return {}, False, {}
 
-    graph = onnx.load(str(fp32_onnx))
-    return {n.name: list(n.output) for n in graph.graph.node}, bool(linear_nodes(graph))
+    def read() -> tuple[dict[str, list[str]], bool, dict]:
+        import onnx
+
+        graph = onnx.load(str(fp32_onnx))
+        return ({n.name: list(n.output) for n in graph.graph.node}, bool(linear_nodes(graph)),
+                protected_ranges(graph))
+
+    return reuse("onnx-facts", file_digest(fp32_onnx), read)
 
 
 def _checked_recurrent(model, samples: list, quantize: Callable) -> tuple[Any, list[str]]:
@@ -306,27 +334,13 @@ def _checked_recurrent(model, samples: list, quantize: Callable) -> tuple[Any, l
                             for v in op.input_values())})
     if not kinds:
         return quantized, notes
-    worst = _worst_output_sqnr(model, quantized, samples[:8])
+    worst = worst_output_sqnr(model, quantized, samples[:8])
     if worst >= RECURRENT_MIN_SQNR_DB:
         return quantized, notes
     quantized = quantize(tuple(kinds))
     return quantized, [f"{kind} ops stay float: quantized, an output fell to {worst:.1f} dB "
                        f"SQNR against FP32 on the calibration samples (< "
                        f"{RECURRENT_MIN_SQNR_DB} dB)" for kind in kinds]
-
-
-def _worst_output_sqnr(fp32_model, int8_model, samples: list) -> float:
-    """The lowest SQNR (dB) of any model output of ``int8_model`` against ``fp32_model``."""
-    fp32, int8 = capture_openvino(fp32_model, samples), capture_openvino(int8_model, samples)
-    signal = np.zeros(len(fp32_model.outputs))
-    noise = np.zeros_like(signal)
-    for a, b in zip(fp32, int8, strict=True):
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            x = np.asarray(x, dtype=np.float64)
-            signal[i] += float(np.sum(x * x))
-            noise[i] += float(np.sum((x - np.asarray(y, dtype=np.float64)) ** 2))
-    return float(min(10 * np.log10(max(s, 1e-30) / max(n, 1e-30)) for s, n in
-                     zip(signal, noise, strict=True)))
 
 
 def _nncf_quantize(model, samples: list, excluded: list[str], transformer: bool,
@@ -363,12 +377,6 @@ def _nncf_quantize(model, samples: list, excluded: list[str], transformer: bool,
                     fast_bias_correction=control_flow,
                     **({"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}),
                     **({"ignored_scope": ignored} if ignored else {}))
-
-
-def _protected(fp32_onnx: Path | None) -> dict:
-    import onnx
-
-    return {} if fp32_onnx is None else protected_ranges(onnx.load(str(fp32_onnx)))
 
 
 def _set_calibrator_ranges(quantized, stats: dict[str, TensorStats], calibrator: str,

@@ -1,6 +1,6 @@
 """Which layers lose most to quantization: the SQNR of each quantized activation against
-the same tensor of the FP32 model, on either runtime, and the order in which layers go
-back to FP32 when an accuracy budget is broken.
+the same tensor of the FP32 model (ONNX Runtime's QDQ here; OpenVINO's in ov_sqnr.py),
+and the order in which layers go back to FP32 when an accuracy budget is broken.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from itertools import islice
 
 import numpy as np
 
-from edgeopt.runtimes import capture_onnx, capture_openvino
+from edgeopt.runtimes import capture_onnx
 
 
 def layer_sqnr(fp32_model, qdq_model, samples: Sequence[dict[str, np.ndarray]],
@@ -99,41 +99,3 @@ def sensitivity_order(rows: Sequence[dict], limit_db: float = 60.0) -> list[tupl
         if group:
             scored.append((min(before, limit_db) - min(r["sqnr_db"], limit_db), group))
     return list(dict.fromkeys(g for _, g in sorted(scored, key=lambda t: -t[0])))
-
-
-def ov_layer_sqnr(fp32_model, int8_model, samples: Sequence[dict[str, np.ndarray]],
-                  limit: int = 8) -> list[dict]:
-    """SQNR of each activation FakeQuantize's output against the same tensor of the FP32
-    OpenVINO model, over ``limit`` samples; worst first (same rows as :func:`layer_sqnr`)."""
-    fp32_outputs = {name: out for op in fp32_model.get_ops() for out in op.outputs()
-                    for name in out.get_names()}
-    pairs = []
-    for fq in int8_model.get_ops():
-        if fq.get_type_name() != "FakeQuantize":
-            continue
-        source = fq.input(0).get_source_output()
-        if source.get_node().get_type_name() == "Constant":
-            continue
-        name = next((n for n in sorted(source.get_names()) if n in fp32_outputs), None)
-        if name is not None:
-            pairs.append((name, fq))
-    if not pairs:
-        return []
-    samples = list(samples)[:limit]
-    run_fp32 = capture_openvino(fp32_model, samples, [fp32_outputs[n] for n, _ in pairs])
-    run_int8 = capture_openvino(int8_model, samples, [fq.output(0) for _, fq in pairs])
-    signal = np.zeros(len(pairs))
-    noise = np.zeros(len(pairs))
-    for a, b in zip(run_fp32, run_int8, strict=True):
-        for i in range(len(pairs)):
-            x = np.asarray(a[i], dtype=np.float64)
-            signal[i] += float(np.sum(x * x))
-            noise[i] += float(np.sum((x - np.asarray(b[i], dtype=np.float64)) ** 2))
-    rows = []
-    for (name, fq), sig, err in zip(pairs, signal, noise, strict=True):
-        db = 10 * np.log10(max(sig, 1e-30) / err) if err > 0 else float("inf")
-        producer = fq.input(0).get_source_output().get_node()
-        rows.append({"tensor": name, "node": producer.get_friendly_name(),
-                     "readers": [], "op": producer.get_type_name(),
-                     "sqnr_db": round(float(db), 2), "input_sqnr_db": None})
-    return sorted(rows, key=lambda r: r["sqnr_db"])

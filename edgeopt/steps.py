@@ -16,6 +16,7 @@ import numpy as np
 
 from edgeopt import _step_cache as _cached
 from edgeopt._cache import Cache
+from edgeopt._memory import release
 from edgeopt._outputs import run_all, run_spilled, stack_first, torch_outputs
 from edgeopt._states import carry_step as carry_states
 from edgeopt._step_cache import DataKeys, artifact_facts, artifact_from, through_cache
@@ -274,12 +275,12 @@ def quantize(state: RunState) -> None:
 
         outcome = within_budget(
             runtime, state.budget,
-            build=lambda excluded, b=backend, j=job: _cached.cached_quantize(state, b, j(excluded)),
+            build=lambda excluded, b=backend, j=job: _build(state, b, j(excluded)),
             evaluate=lambda art: evaluate_artifact(state, art),
             rank=lambda art, b=backend, j=job: b.sensitivity(art, j([])),
             warn=state.progress.warn)
         weigh_choices(state, backend, job(outcome.reverted), outcome.artifact,
-                      build=lambda j, b=backend: _cached.cached_quantize(state, b, j),
+                      build=lambda j, b=backend: _build(state, b, j),
                       evaluate=lambda art: evaluate_artifact(state, art))
         value = outcome.artifact.accuracy["value"]
         warning = state.budget.record(runtime, outcome.artifact, value, outcome.reverted)
@@ -287,6 +288,12 @@ def quantize(state: RunState) -> None:
             state.warn(warning)
         gate(state, outcome.artifact, runtime)
         state.artifacts.append(outcome.artifact)
+
+
+def _build(state: RunState, backend, job: QuantJob) -> Artifact:
+    """One INT8 build (through the cache), from the memory the builds before it freed."""
+    release()
+    return _cached.cached_quantize(state, backend, job)
 
 
 def evaluate(state: RunState) -> None:
