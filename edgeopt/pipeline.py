@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from edgeopt import report as reporting
-from edgeopt._memory import let_go, map_large_arrays, release
+from edgeopt._memory import let_go
 from edgeopt._outdir import check_output_dir, claim_output
 from edgeopt._progress import Steps
 from edgeopt.backends import get_backend, onnx_runner, runtime_names
@@ -71,7 +71,6 @@ def optimize(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
     out = Path(out) if out is not None else default_out(recipe)
     progress = steps or Steps(quiet=True)
     started = time.time()
-    map_large_arrays()                          # freed arrays leave the resident set
     state = load(recipe, out, progress)        # every input checked; nothing written yet
     inputs = (state.prepared.source.path,) if state.prepared.source.path else ()
     # One writer per --out, from the first staged file to the last bundle.
@@ -80,7 +79,6 @@ def optimize(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
         for step in OPTIMIZE:                   # reference, prune, export, convert, ...
             step(state)
             let_go(state)                       # e.g. the torch model, once exported
-            release()                           # what the step freed, back to the system
         result = report(state, started)
         files = [f for art in state.artifacts for f in (art.file, *art.companions)]
         files += reporting.write(staging.dir, result)

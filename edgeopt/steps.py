@@ -16,7 +16,6 @@ import numpy as np
 
 from edgeopt import _step_cache as _cached
 from edgeopt._cache import Cache
-from edgeopt._memory import release
 from edgeopt._outputs import run_all, run_spilled, stack_first, torch_outputs
 from edgeopt._states import carry_step as carry_states
 from edgeopt._step_cache import DataKeys, artifact_facts, artifact_from, through_cache
@@ -291,8 +290,7 @@ def quantize(state: RunState) -> None:
 
 
 def _build(state: RunState, backend, job: QuantJob) -> Artifact:
-    """One INT8 build (through the cache), from the memory the builds before it freed."""
-    release()
+    """One INT8 build, through the cache."""
     return _cached.cached_quantize(state, backend, job)
 
 
