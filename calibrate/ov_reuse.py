@@ -7,7 +7,7 @@ the same FP32 model and samples. The guard edits NNCF's quantized model after
 FP32 ONNX and capture the same FP32 activations for the per-layer SQNR.
 
 Each kind of result is kept once (the last one made), under a key of what decides it:
-file contents by sha256, the calibration samples by identity (the same object, which one
+file contents by digest, the calibration samples by identity (the same object, which one
 run passes to every build), and every setting that reaches the computation. A result
 made from samples goes when they do (a run's spilled samples are weakly referenced;
 samples that cannot be, such as a list, are held until the next result of the kind), so
@@ -17,11 +17,13 @@ nothing outlives the run that made it. :func:`clear` forgets them all.
 from __future__ import annotations
 
 import functools
-import hashlib
 import weakref
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
+
+from edgeopt.calibrate.reuse import digest as reuse_digest
+from edgeopt.calibrate.reuse import file_digest as one_file_digest
 
 __all__ = ["clear", "file_digest", "nncf_result", "reuse"]
 
@@ -35,14 +37,8 @@ def clear() -> None:
 
 
 def file_digest(*paths: Path | str) -> str:
-    """sha256 over the bytes of ``paths``, in order."""
-    h = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
-                h.update(block)
-        h.update(b"\0")
-    return h.hexdigest()
+    """One digest of the bytes of ``paths``, in order (reuse.py's, per file)."""
+    return reuse_digest(*(one_file_digest(path) for path in paths))
 
 
 def _kept(kind: str, key: Hashable, samples: Any) -> tuple[bool, Any]:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Cache", "default_root", "digest", "file_digest", "module_digest", "samples_digest"]
+__all__ = ["Cache", "default_root", "digest", "module_digest", "samples_digest"]
 
 LAYOUT = "v1"
 
@@ -48,14 +48,6 @@ def digest(*parts: Any) -> str:
     """sha256 of JSON-able parts (dict keys sorted)."""
     text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def samples_digest(samples: Iterable[Mapping[str, np.ndarray]], labels=None) -> str:

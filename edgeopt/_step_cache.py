@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt._cache import Cache, default_root, file_digest, module_digest, samples_digest
+from edgeopt._cache import Cache, default_root, module_digest, samples_digest
+from edgeopt.convert.load import file_sha256 as file_digest
 
 __all__ = ["DataKeys", "cached_quantize", "open_cache", "through_cache"]
 
