@@ -7,7 +7,10 @@ the build phase (the seconds spent building trials, from search.json) and whethe
 pareto.json files are byte-identical. For local builds it also prints the cores they kept
 busy on average (their CPU seconds over the build phase's wall time): builds in parallel
 on N cores can be at most N / that times faster, so this is the ceiling of Ray's speedup
-here, whatever the executor does.
+here, whatever the executor does. For Ray it prints how many builds ran at once on average
+(the trials' build seconds over the build phase). Both runs estimate latency from one host
+basis, measured by the first (each has its own step cache, but two measurements of the
+host's bandwidth would make every estimate, and pareto.json, differ).
 
     python benchmarks/search_executors.py [--trials 16] [--rounds 1] [--model ref:digits-cnn]
 """
@@ -15,8 +18,10 @@ here, whatever the executor does.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,10 +31,18 @@ from _timing import cpu_name
 from rich.console import Console
 from rich.table import Table
 
+BASIS = "search-host-basis.json"
+
 
 def run(executor: str, model: str, trials: int, folder: Path) -> dict:
-    out = folder / executor
-    env = {**os.environ, "EDGEOPT_CACHE_DIR": str(folder / f"cache-{executor}")}
+    out, cache = folder / executor, folder / f"cache-{executor}"
+    env = {**os.environ, "EDGEOPT_CACHE_DIR": str(cache)}
+    # Both runs estimate from one host basis (the first run measures it): two measurements
+    # of the host's bandwidth under load differ, and so would every estimate.
+    basis = folder / BASIS
+    if basis.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(basis, cache / BASIS)
     argv = [sys.executable, "-m", "edgeopt", "search", model, "--device", "host-cpu",
             "--trials", str(trials), "--seed", "0", "--latency", "estimated",
             "--executor", executor, "--out", str(out), "--work-dir", str(folder / f"w-{executor}")]
@@ -38,7 +51,11 @@ def run(executor: str, model: str, trials: int, folder: Path) -> dict:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         msg = f"{executor} search failed: {last}"
         raise SystemExit(msg)
+    if not basis.is_file():
+        shutil.copyfile(cache / BASIS, basis)
     summary = json.loads((out / "search.json").read_text())
+    with (out / "trials.csv").open(newline="") as f:
+        summary["trial_build_s"] = sum(float(r["build_s"] or 0) for r in csv.DictReader(f))
     summary["pareto_bytes"] = (out / "pareto.json").read_bytes()
     return summary
 
@@ -55,7 +72,7 @@ def main() -> None:
                   f"estimated latency, seed 0; load average {os.getloadavg()[0]:.1f} at start")
     table = Table(title="build phase, local vs ray (alternating, fresh caches)")
     for col in ("round", "local s", "local cores busy", "ceiling on N cores", "ray s",
-                "local / ray", "pareto.json identical"):
+                "ray builds at once", "local / ray", "pareto.json identical"):
         table.add_column(col, justify="right")
     for r in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="edgeopt-executors-") as tmp:
@@ -66,6 +83,7 @@ def main() -> None:
         table.add_row(str(r + 1), f"{local['build_phase_s']:.1f}",
                       f"{busy:.2f}" if busy else "?",
                       f"{cores / busy:.2f}x" if busy else "?", f"{ray['build_phase_s']:.1f}",
+                      f"{ray['trial_build_s'] / ray['build_phase_s']:.2f}",
                       f"{local['build_phase_s'] / ray['build_phase_s']:.2f}x",
                       "yes" if local["pareto_bytes"] == ray["pareto_bytes"] else "NO")
     console.print(table)

@@ -28,9 +28,10 @@ def add_search_flags(p: argparse.ArgumentParser) -> None:
                         "grid (small spaces)")
     p.add_argument("--seed", type=int, help="sampler seed (with --latency estimated: the "
                                             "same trials and pareto.json on any executor)")
-    p.add_argument("--batch", type=int, default=2,
-                   help="trials asked together and built in parallel (default 2; part of "
-                        "what a seed reproduces)")
+    p.add_argument("--batch", type=int, default=4,
+                   help="trials in flight: trial N is asked once trial N-BATCH is told, and "
+                        "Ray builds them as workers free up (default 4; part of what a seed "
+                        "reproduces)")
     p.add_argument("--executor", default="local", choices=("local", "ray"),
                    help="local (default): trials in this process; ray: builds as parallel "
                         "Ray tasks (pip install 'edgeopt[ray]')")

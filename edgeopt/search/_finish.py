@@ -46,7 +46,7 @@ def finish(study, plan, settings, steps, peers, timing: dict) -> dict:
                "best_trial": best, "best_reproduced": reproduced,
                "build_phase_s": round(sum(plan.build_seconds), 2),
                **_cores_in_use(plan, timing["executor"]),
-               "batches": len(plan.build_seconds), **timing, "host": _cpu()}
+               "window": plan.batch, **timing, "host": _cpu()}
     write_json_atomic(out / "search.json", summary)
     _print(steps.console, pareto, summary, out)
     return {**summary, "front": pareto["front"], "rows": rows}
@@ -115,7 +115,7 @@ def _print(console, pareto: dict, summary: dict, out: Path) -> None:
     busy = (f", {summary['build_cores_in_use']:.2f} cores busy on average"
             if "build_cores_in_use" in summary else "")
     console.print(f"build phase: {summary['build_phase_s']:.1f} s on {summary['executor']}{busy} "
-                  f"({summary['batches']} batches; {summary['host']}; workers warmed in "
+                  f"({summary['window']} trials in flight; {summary['host']}; workers warmed in "
                   f"{summary['warm_s']:.1f} s)")
     if summary["best_trial"] is None:
         console.print("no trial meets the constraints: no best/ written")

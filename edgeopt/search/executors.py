@@ -5,7 +5,8 @@ benchmarks) into the shared work folder, then timed by :func:`measure_latency` o
 device that is here. Builds run in parallel on Ray, each with its share of the cores
 (``EDGEOPT_THREADS``, torch's threads); a measured benchmark holds its physical device, a
 Ray resource of one unit (``edgeopt-device:ID``), so two never share a device, and it runs
-after its batch's builds, so no build shares the CPU with it either.
+once the running builds have ended, with none started beside it, so no build shares the
+CPU with it either.
 """
 
 from __future__ import annotations
@@ -141,18 +142,29 @@ def warm() -> str:
 
 
 class LocalExecutor:
-    """Trials one after another in this process, each with every core."""
+    """Trials one after another in this process, each with every core: a submitted
+    trial is built when its result is asked for."""
 
     name = "local"
 
     def __init__(self, measure_fn: Callable[[dict], dict] = measure_latency) -> None:
         self._measure = measure_fn
+        self._jobs: dict[int, dict] = {}
 
     def warm(self) -> None:
         warm()
 
-    def build(self, jobs: list[dict]) -> list[dict]:
-        return [build_trial(job) for job in jobs]
+    def submit(self, job: dict) -> None:
+        self._jobs[job["number"]] = job
+
+    def result(self, number: int) -> dict:
+        return build_trial(self._jobs.pop(number))
+
+    def building(self) -> bool:
+        return False
+
+    def drain(self) -> None:
+        pass
 
     def measure(self, jobs: list[dict]) -> list[dict]:
         return [self._measure(job) for job in jobs]
@@ -162,8 +174,9 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    """Builds as parallel Ray tasks of ``cpus_per_trial`` cores each; measured benchmarks
-    as tasks that hold their device's resource."""
+    """Builds as Ray tasks of ``cpus_per_trial`` cores each, started in trial order as
+    workers free up (at most one per worker at a time); measured benchmarks as tasks that
+    hold their device's resource, with no build running."""
 
     name = "ray"
 
@@ -172,6 +185,7 @@ class RayExecutor:
                  measure_fn: Callable[[dict], dict] = measure_latency,
                  work: Path | None = None) -> None:
         import tempfile
+        from collections import deque
 
         ray = import_ray()
         resources = {device_resource(d): 1 for d in dict.fromkeys(devices)}
@@ -191,6 +205,9 @@ class RayExecutor:
         self._measure = ray.remote(num_cpus=0, max_retries=0)(measure_fn)
         self._warm = ray.remote(num_cpus=cpus_per_trial)(warm)
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_trial)
+        self._queue: deque = deque()                 # submitted, not started
+        self._running: dict = {}                     # ObjectRef -> job
+        self._done: dict[int, dict] = {}             # number -> outcome
 
     @staticmethod
     def _init(ray, address: str | None, resources: dict[str, int]) -> None:
@@ -215,18 +232,41 @@ class RayExecutor:
                    "as this process does: install the same edgeopt on every node")
             raise UsageError(msg)
 
-    def build(self, jobs: list[dict]) -> list[dict]:
-        jobs = [{**job, "threads": self.cpus_per_trial} for job in jobs]
-        refs = [self._build.remote(job) for job in jobs]
-        outcomes = []
-        for job, ref in zip(jobs, refs, strict=True):
+    def submit(self, job: dict) -> None:
+        self._queue.append({**job, "threads": self.cpus_per_trial})
+        self._start()
+
+    def _start(self) -> None:
+        while self._queue and len(self._running) < self.workers:
+            job = self._queue.popleft()
+            self._running[self._build.remote(job)] = job
+
+    def _collect(self) -> None:
+        """Wait for the next build to end; record its outcome (a dead worker: failed)."""
+        ready, _ = self._ray.wait(list(self._running), num_returns=1)
+        for ref in ready:
+            job = self._running.pop(ref)
             try:
-                outcomes.append(self._ray.get(ref))
+                self._done[job["number"]] = self._ray.get(ref)
             except self._ray.exceptions.RayError as e:   # a worker died: the trial failed
                 reason = short_reason(" ".join(str(e).split()))
-                outcomes.append({"number": job["number"], "status": "failed",
-                                 "error": f"Ray task failed: {reason}"})
-        return outcomes
+                self._done[job["number"]] = {"number": job["number"], "status": "failed",
+                                             "error": f"Ray task failed: {reason}"}
+
+    def result(self, number: int) -> dict:
+        self._start()
+        while number not in self._done:
+            self._collect()
+            self._start()
+        return self._done.pop(number)
+
+    def building(self) -> bool:
+        return bool(self._running)
+
+    def drain(self) -> None:
+        """Let the running builds end and start none (a benchmark is next)."""
+        while self._running:
+            self._collect()
 
     def measure(self, jobs: list[dict]) -> list[dict]:
         refs = [self._measure.options(resources={device_resource(job["device"]): 1})

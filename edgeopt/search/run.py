@@ -34,7 +34,7 @@ class SearchSettings:
     space: str | None = None                  # YAML file; None: the model kind's default
     sampler: str = "nsga2"
     seed: int | None = None
-    batch: int = 2                            # trials asked together (and run in parallel)
+    batch: int = 4                            # trials in flight (asked ahead of the last told)
     executor: str = "local"
     ray_address: str | None = None
     work_dir: Path | None = None              # shared by every worker; default DIR/work

@@ -1,8 +1,9 @@
-"""The search loop: an Optuna study in ``DIR/study.db``, asked in batches, told in order.
+"""The search loop: an Optuna study in ``DIR/study.db``, asked ahead, told in order.
 
-Trials are asked ``batch`` at a time in the driver (every value is drawn here, never in a
-worker), built by the executor, timed, then told in trial-number order. So a seeded
-sampler with estimated latency draws the same trials on ``local`` and ``ray``.
+Trials are asked in the driver (every value is drawn here, never in a worker), ``batch``
+ahead of the last told one, built by the executor, timed, then told in trial-number
+order. So a seeded sampler with estimated latency draws the same trials on ``local`` and
+``ray``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Plan:
     # CPU seconds of this process and its children during the builds: a local build's
     # cores in use (CPU / wall) bound what parallel builds can gain on this machine
     build_cpu_seconds: list[float] = field(default_factory=list)
+    measure_seconds: list[float] = field(default_factory=list)   # measured benchmarks
 
 
 def _optuna():
@@ -107,25 +109,61 @@ def _finished(study) -> int:
 
 
 def run_trials(study, plan: Plan, executor, on_told=None) -> None:
-    """Ask, build, time and tell until the study holds ``plan.trials`` finished trials."""
-    while (left := plan.trials - _finished(study)) > 0:
-        asked = [study.ask() for _ in range(min(plan.batch, left))]
-        jobs = [_job(trial, plan) for trial in asked]
-        buildable = [job for job in jobs if "error" not in job]
-        plan.work.mkdir(parents=True, exist_ok=True)
-        started, cpu = time.perf_counter(), _cpu_seconds()
-        built = iter(executor.build(buildable))
-        plan.build_seconds.append(time.perf_counter() - started)
-        plan.build_cpu_seconds.append(_cpu_seconds() - cpu)
-        outcomes = [next(built) if "error" not in job else
-                    {"number": job["number"], "status": "failed", "error": job["error"]}
-                    for job in jobs]
-        _time_trials(outcomes, plan, executor)
-        for trial, job, outcome in sorted(zip(asked, jobs, outcomes, strict=True),
-                                          key=lambda t: t[0].number):
-            _tell(study, trial, job, outcome, plan)
-            if on_told is not None:
-                on_told(trial.number, outcome)
+    """Ask, build, time and tell until the study holds ``plan.trials`` finished trials.
+
+    A sliding window of ``plan.batch`` trials: the first ``batch`` are asked, then each
+    told trial is followed by one ask. So trial N is drawn once trial N - batch is told,
+    on every executor: the study sees the same asks and tells in the same order, while
+    Ray builds the window's trials as workers free up (no batch waits for its longest).
+    """
+    from collections import deque
+
+    window: deque = deque()
+    clock = _BuildClock(plan, executor)
+    while True:
+        left = plan.trials - _finished(study) - len(window)
+        while len(window) < plan.batch and left > 0:
+            trial = study.ask()
+            job = _job(trial, plan)
+            if "error" not in job:
+                plan.work.mkdir(parents=True, exist_ok=True)
+                executor.submit(job)
+            window.append((trial, job))
+            left -= 1
+        if not window:
+            return
+        trial, job = window.popleft()
+        if "error" in job:
+            outcome = {"number": job["number"], "status": "failed", "error": job["error"]}
+        else:
+            with clock:
+                outcome = executor.result(job["number"])
+        _time_trials([outcome], plan, executor)
+        _tell(study, trial, job, outcome, plan)
+        if on_told is not None:
+            on_told(trial.number, outcome)
+
+
+class _BuildClock:
+    """The build phase: the wall (and CPU) seconds the driver waits for builds, plus, on
+    Ray, the time it spends timing and telling a trial while other builds go on (less any
+    measured benchmark, which runs with no build beside it)."""
+
+    def __init__(self, plan: Plan, executor) -> None:
+        self.plan, self.executor = plan, executor
+        self.ended, self.busy, self.measured = 0.0, False, 0.0
+
+    def __enter__(self) -> None:
+        self.started, self.cpu = time.perf_counter(), _cpu_seconds()
+        if self.busy:                   # builds ran while the last trial was timed and told
+            measured = sum(self.plan.measure_seconds) - self.measured
+            self.plan.build_seconds.append(self.started - self.ended - measured)
+
+    def __exit__(self, *exc) -> None:
+        self.ended = time.perf_counter()
+        self.plan.build_seconds.append(self.ended - self.started)
+        self.plan.build_cpu_seconds.append(_cpu_seconds() - self.cpu)
+        self.busy, self.measured = self.executor.building(), sum(self.plan.measure_seconds)
 
 
 def _cpu_seconds() -> float:
@@ -167,7 +205,12 @@ def _time_trials(outcomes: list[dict], plan: Plan, executor) -> None:
                     outcome["artifact"], device, outcome["runtime"], plan.bases.get(device))
             except Exception as e:  # an estimate that cannot be made fails the trial
                 outcome.update(status="failed", error=f"no latency on {device}: {e}")
-    figures = executor.measure([job for _, _, job in measured]) if measured else []
+    figures = []
+    if measured:
+        executor.drain()                    # no build shares the CPU with a benchmark
+        started = time.perf_counter()
+        figures = executor.measure([job for _, _, job in measured])
+        plan.measure_seconds.append(time.perf_counter() - started)
     for (outcome, device, _), figure in zip(measured, figures, strict=True):
         outcome["latency"][device] = figure
     for outcome in outcomes:

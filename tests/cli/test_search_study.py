@@ -32,17 +32,27 @@ def _outcome(job: dict) -> dict:
 class FakeExecutor:
     name = "fake"
 
-    def __init__(self, interrupt_on_batch: int | None = None) -> None:
-        self.batches, self.interrupt_on_batch = 0, interrupt_on_batch
+    def __init__(self, interrupt_on_result: int | None = None) -> None:
+        self.results, self.interrupt_on_result = 0, interrupt_on_result
+        self.jobs: dict[int, dict] = {}
 
     def warm(self) -> None:
         pass
 
-    def build(self, jobs):
-        self.batches += 1
-        if self.batches == self.interrupt_on_batch:
+    def submit(self, job) -> None:
+        self.jobs[job["number"]] = job
+
+    def result(self, number):
+        self.results += 1
+        if self.results == self.interrupt_on_result:
             raise KeyboardInterrupt
-        return [_outcome(job) for job in jobs]
+        return _outcome(self.jobs.pop(number))
+
+    def building(self) -> bool:
+        return False
+
+    def drain(self) -> None:
+        pass
 
     def measure(self, jobs):
         raise AssertionError("every latency here is estimated")
@@ -75,9 +85,9 @@ def _settings(out, **kw) -> SearchSettings:
 
 def test_a_resumed_search_keeps_its_finished_trials(fake, tmp_path):
     out = tmp_path / "S"
-    fake["executor"] = FakeExecutor(interrupt_on_batch=3)
+    fake["executor"] = FakeExecutor(interrupt_on_result=5)    # trials 0-3 told, 4 and 5 asked
     with pytest.raises(KeyboardInterrupt):
-        search(_settings(out, trials=8))
+        search(_settings(out, trials=8, batch=2))
     import optuna
 
     storage = f"sqlite:///{out / 'study.db'}"
@@ -87,7 +97,7 @@ def test_a_resumed_search_keeps_its_finished_trials(fake, tmp_path):
     assert len(finished) == 4 and len(interrupted) == 2
 
     fake["executor"] = FakeExecutor()
-    summary = search(_settings(out, trials=8, resume=True))
+    summary = search(_settings(out, trials=8, resume=True, batch=2))
     after = optuna.load_study(study_name="edgeopt-search", storage=storage).trials
     kept = {t.number: (t.params, t.values) for t in after if t.number in finished}
     assert kept == finished                                   # untouched, same numbers
