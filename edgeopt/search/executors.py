@@ -183,7 +183,8 @@ class RayExecutor:
     def __init__(self, address: str | None = None, devices: tuple[str, ...] = (),
                  cpus_per_trial: int = 1,
                  measure_fn: Callable[[dict], dict] = measure_latency,
-                 work: Path | None = None) -> None:
+                 work: Path | None = None,
+                 build_fn: Callable[[dict], dict] = build_trial) -> None:
         import tempfile
         from collections import deque
 
@@ -201,7 +202,7 @@ class RayExecutor:
         finally:
             os.chdir(saved)
         self._ray, self.cpus_per_trial = ray, cpus_per_trial
-        self._build = ray.remote(num_cpus=cpus_per_trial, max_retries=0)(build_trial)
+        self._build = ray.remote(num_cpus=cpus_per_trial, max_retries=0)(build_fn)
         self._measure = ray.remote(num_cpus=0, max_retries=0)(measure_fn)
         self._warm = ray.remote(num_cpus=cpus_per_trial)(warm)
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_trial)
