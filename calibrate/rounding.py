@@ -130,13 +130,17 @@ def _patches_depthwise(x: np.ndarray, kh: int, kw: int, stride, pads,
     """(C, positions, kh*kw) patches of a (1, C, H, W) input: one strided copy per tap
     (a reshape of the sliding-window view copies 3 values at a time); with ``pick`` (flat
     output positions) only those, in that order."""
+    if pick is not None:                     # gathered from x, the padding masked in
+        cols = (x.shape[3] + pads[1] + pads[3] - kw) // stride[1] + 1
+        top = (pick // cols * stride[0] - pads[0])[:, None, None] + np.arange(kh)[None, :, None]
+        left = (pick % cols * stride[1] - pads[1])[:, None, None] + np.arange(kw)[None, None, :]
+        inside = (top >= 0) & (top < x.shape[2]) & (left >= 0) & (left < x.shape[3])
+        got = x[0][:, np.clip(top, 0, x.shape[2] - 1), np.clip(left, 0, x.shape[3] - 1)]
+        got *= inside
+        return got.reshape(x.shape[1], pick.size, kh * kw)
     xp = np.pad(x[0], ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     rows = (xp.shape[1] - kh) // stride[0] + 1
     cols = (xp.shape[2] - kw) // stride[1] + 1
-    if pick is not None:
-        top = (pick // cols * stride[0])[:, None, None] + np.arange(kh)[None, :, None]
-        left = (pick % cols * stride[1])[:, None, None] + np.arange(kw)[None, None, :]
-        return xp[:, top, left].reshape(xp.shape[0], pick.size, kh * kw)
     out = np.empty((xp.shape[0], rows, cols, kh, kw), xp.dtype)
     for i in range(kh):
         for j in range(kw):
@@ -321,9 +325,12 @@ def _second_moments(x: np.ndarray, job: _Job, wanted: int,
     of :func:`channel_groups`), over at most ``wanted`` of its positions (a seeded random
     subset)."""
     w, kind = job.w, job.kind
-    if kind in {"dense", "matmul", "pointwise"}:
-        flat = x.reshape(-1, w.shape[1]) if kind != "pointwise" else x[0].reshape(
-            x.shape[1], -1).T
+    if kind == "pointwise":                  # channels as rows: a contiguous gather
+        rows = x[0].reshape(x.shape[1], -1)
+        pick = _pick(rows.shape[1], wanted, rng)
+        return _gram((rows if pick is None else rows[:, pick]).T, channel_groups(job))
+    if kind in {"dense", "matmul"}:
+        flat = x.reshape(-1, w.shape[1])
         pick = _pick(flat.shape[0], wanted, rng)
         return _gram(flat if pick is None else flat[pick], channel_groups(job))
     kh, kw = w.shape[2], w.shape[3]

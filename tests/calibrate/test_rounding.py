@@ -234,3 +234,19 @@ def test_a_layer_wider_than_max_columns_is_rounded_per_channel_group():
         want = gptq_rows(rows[:, c0 * 9:c1 * 9][:, order], scale, h[np.ix_(order, order)],
                          -127, 127, True)
         np.testing.assert_array_equal(got[:, c0 * 9:c1 * 9][:, order], want)
+
+
+@pytest.mark.parametrize(("size", "k", "stride", "pads"), [
+    ((9, 9), 3, 2, [1, 1, 1, 1]), ((8, 7), 3, 1, [1, 1, 1, 1]), ((10, 10), 5, 2, [2, 1, 2, 1])])
+def test_picked_patches_are_those_rows_of_the_full_im2col(size, k, stride, pads):
+    """The subset is gathered from the unpadded input with the padding masked in."""
+    from edgeopt.calibrate.rounding import _patches_depthwise, _pick
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 4, *size)).astype(np.float32)
+    full = _patches_depthwise(x, k, k, [stride] * 2, pads)
+    pick = _pick(full.shape[1], full.shape[1] // 2, rng)
+    assert pick is not None and np.all(np.diff(pick) > 0)
+    np.testing.assert_array_equal(_patches_depthwise(x, k, k, [stride] * 2, pads, pick),
+                                  full[:, pick])
+    assert _pick(full.shape[1], full.shape[1], rng) is None
