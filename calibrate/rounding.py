@@ -94,11 +94,16 @@ def gptq_rows(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int, qmax: 
         block, wanted = target[:, b0:b1].T.copy(), w[:, b0:b1].T
         done, errors = np.empty_like(block), np.empty_like(block)
         for j, i in enumerate(range(b0, b1)):
+            # ufuncs with out= (np.clip, np.round, np.outer cost more in their wrappers
+            # than in their arithmetic at these sizes); the same values
             lo, hi = pair_bounds(done[j - 1], qmin, qmax) if pairs and i % 2 else (qmin, qmax)
-            column = np.clip(np.round(block[j] / scale), lo, hi)
-            done[j] = np.where(pruned[:, i], 0, column) if sparse else column
-            errors[j] = wanted[j] - done[j] * scale
-            block[j + 1:] += np.outer(coef[i, i + 1:b1], errors[j])
+            column = done[j]
+            np.rint(np.divide(block[j], scale, out=column), out=column)
+            np.minimum(np.maximum(column, lo, out=column), hi, out=column)
+            if sparse:
+                column[pruned[:, i]] = 0
+            np.subtract(wanted[j], np.multiply(column, scale, out=errors[j]), out=errors[j])
+            block[j + 1:] += coef[i, i + 1:b1, None] * errors[j]
         q[:, b0:b1] = done.T
         if b1 < k:
             target[:, b1:] += np.ascontiguousarray(errors.T) @ coef[b0:b1, b1:]
