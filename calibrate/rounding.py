@@ -162,17 +162,19 @@ def _patches_full(x: np.ndarray, kh: int, kw: int, stride, pads,
 
 
 def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, np.ndarray]],
-                             pairs: bool = True, means: dict | None = None) -> int:
+                             pairs: bool = True,
+                             means: dict | None = None) -> tuple[int, int]:
     """Re-round the int8 weights of convolutions (groups 1 or depthwise), Gemms and MatMuls
-    with constant weights, in place; returns how many. With ``pairs``, no int8 weight pair
-    may saturate ONNX Runtime's AVX2 kernels (saturation.py).
+    with constant weights, in place; returns how many, and how many of them were wider than
+    ``MAX_COLUMNS`` (rounded per channel group). With ``pairs``, no int8 weight pair may
+    saturate ONNX Runtime's AVX2 kernels (saturation.py).
 
     ``means`` maps tensor names to None: the same pass over the samples fills in each
     one's per-channel mean (bias correction's inputs, bias_correction.py), before any
     weight moves."""
     jobs = _rounding_jobs(fp32_model, qdq_model)
     if not jobs and not means:
-        return 0
+        return 0, 0
     from threadpoolctl import threadpool_limits
 
     # One BLAS thread: these products and factorizations are small (at most a few
@@ -185,7 +187,7 @@ def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, 
         inits = {i.name: i for i in qdq_model.graph.initializer}
         for job in jobs:
             _reround(job, hessians[_key(job.node)], inits, pairs)
-    return len(jobs)
+    return len(jobs), sum(len(channel_groups(job)) > 1 for job in jobs)
 
 
 @dataclass(frozen=True)

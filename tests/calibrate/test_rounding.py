@@ -250,3 +250,29 @@ def test_picked_patches_are_those_rows_of_the_full_im2col(size, k, stride, pads)
     np.testing.assert_array_equal(_patches_depthwise(x, k, k, [stride] * 2, pads, pick),
                                   full[:, pick])
     assert _pick(full.shape[1], full.shape[1], rng) is None
+
+
+def test_the_notes_say_which_layers_were_rounded_in_channel_groups(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeopt.calibrate import quantize_onnx_for_ort
+    from edgeopt.calibrate.rounding import MAX_COLUMNS
+
+    k, rng = MAX_COLUMNS + 2, np.random.default_rng(8)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="wide", transB=1),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="narrow", transB=1)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(rng.standard_normal((8, k)).astype(np.float32) / 40, "w"),
+         numpy_helper.from_array(np.zeros(8, np.float32), "b"),
+         numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "w2"),
+         numpy_helper.from_array(np.zeros(4, np.float32), "b2")])
+    path = tmp_path / "wide.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    calib = [{"x": rng.standard_normal((1, k)).astype(np.float32)} for _ in range(4)]
+    notes = quantize_onnx_for_ort(path, tmp_path / "q.onnx", calib).notes
+    rounding = next(n for n in notes if n.startswith("weight rounding"))
+    assert f"1 wider than {MAX_COLUMNS} columns rounded in groups" in rounding, rounding
