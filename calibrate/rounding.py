@@ -6,6 +6,11 @@ column at a time is chosen and its error pushed onto the columns not yet rounded
 GPTQ update, Frantar et al. 2022), so the layer's output error (w - w_q)^T H (w - w_q) is
 what gets minimised. The per-channel scales stay as ONNX Runtime chose them, so the graph
 and its integer kernels are unchanged; only the int8 values move.
+
+The cost is bounded (docs/quantization.md): H from at most ``MAX_SAMPLES`` samples and a
+seeded subset of at most :func:`row_budget` input rows; layers wider than ``MAX_COLUMNS``
+in channel groups on H's diagonal blocks (:func:`channel_groups`); GPTQ in its
+nearest-plane form, which needs one Cholesky factor of H and no inverse.
 """
 
 from __future__ import annotations
