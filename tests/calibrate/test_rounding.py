@@ -276,3 +276,11 @@ def test_the_notes_say_which_layers_were_rounded_in_channel_groups(tmp_path):
     notes = quantize_onnx_for_ort(path, tmp_path / "q.onnx", calib).notes
     rounding = next(n for n in notes if n.startswith("weight rounding"))
     assert f"1 wider than {MAX_COLUMNS} columns rounded in groups" in rounding, rounding
+
+
+@pytest.mark.parametrize("shape", [(1, 960, 7, 7), (1, 16, 40, 40), (2, 8, 3, 3), (1, 5, 16, 16)])
+def test_channel_peaks_are_the_per_channel_maxima_whatever_the_map_size(shape):
+    from edgeopt.calibrate.stats import _channel_peaks
+
+    value = np.random.default_rng(9).standard_normal(shape).astype(np.float32)
+    np.testing.assert_array_equal(_channel_peaks(value), value.max(axis=(0, 2, 3)))
