@@ -48,7 +48,7 @@ from edgeopt.calibrate.qdq_graph import (
     keep_float,
     stem_block,
 )
-from edgeopt.calibrate.rounding import optimize_weight_rounding
+from edgeopt.calibrate.rounding import MAX_COLUMNS, optimize_weight_rounding
 from edgeopt.calibrate.saturation import bound_model, fit_scales
 from edgeopt.calibrate.sensitivity import layer_sqnr, sensitivity_order
 from edgeopt.calibrate.stats import DEFAULT_RESERVOIR, TensorStats, collect_stats
@@ -297,9 +297,13 @@ def _refine(model, qdq, calib, config: QuantConfig, progress: Progress,
     shared = config.effort == "fast" and config.bias_correction and config.weight_rounding
     means = dict.fromkeys(bias_inputs(model, qdq)) if shared else None
     if config.weight_rounding:
-        rounded = optimize_weight_rounding(model, qdq, calib, config.saturation_guard, means)
+        rounded, grouped = optimize_weight_rounding(model, qdq, calib,
+                                                    config.saturation_guard, means)
         notes.append(f"weight rounding: GPTQ-style, data-aware int8 rounding of "
-                     f"{rounded} Conv/Gemm/MatMul layers")
+                     f"{rounded} Conv/Gemm/MatMul layers" + (
+                         f" ({grouped} wider than {MAX_COLUMNS} columns rounded in groups of "
+                         "input channels, each on its own block of the input's second "
+                         "moments)" if grouped else ""))
     if config.bias_correction:
         corrected = correct_weight_bias(model, qdq, calib, means)
         notes.append(f"bias correction: weight-rounding mean shift folded into the "

@@ -6,13 +6,18 @@ column at a time is chosen and its error pushed onto the columns not yet rounded
 GPTQ update, Frantar et al. 2022), so the layer's output error (w - w_q)^T H (w - w_q) is
 what gets minimised. The per-channel scales stay as ONNX Runtime chose them, so the graph
 and its integer kernels are unchanged; only the int8 values move.
+
+The cost is bounded (docs/quantization.md): H from at most ``MAX_SAMPLES`` samples and a
+seeded subset of at most :func:`row_budget` input rows; layers wider than ``MAX_COLUMNS``
+in channel groups on H's diagonal blocks (:func:`channel_groups`); GPTQ in its
+nearest-plane form, which needs one Cholesky factor of H and no inverse.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, pairwise
 
 import numpy as np
 
@@ -21,32 +26,39 @@ from edgeopt.calibrate.saturation import bound_pairs, hwio_order, pair_bounds
 MAX_SAMPLES = 32
 DAMPING = 0.01
 BLOCK = 128           # columns per lazy-batch block of GPTQ
-LARGE = 512           # from this many columns: the inverse factor without inv()
+# H of a layer comes from at most max(MIN_ROWS, ROWS_PER_COLUMN * columns) rows (input
+# patches), an equal seeded random subset of each sample's spatial positions: past that
+# the estimate hardly moves, while its cost (im2col and the X^T X product) grows with
+# the positions; a ResNet-50's early 3x3 convolutions have 100k patches over 32 samples.
+ROWS_PER_COLUMN = 8
+MIN_ROWS = 4096
+SEED = 0
+# A layer wider than this is rounded in independent groups of input channels, each at
+# most this many columns wide, on its own block of H (H taken block-diagonal): the X^T X
+# products then grow with the columns times the group width, the factorizations with the
+# columns times its square, instead of the columns squared and cubed (a ResNet-50's last
+# 3x3 convolutions have 4608).
+MAX_COLUMNS = 2048
 
 
-def _damped_inverse_factor(h: np.ndarray) -> np.ndarray:
-    """Upper Cholesky factor of the damped inverse of ``h`` (or a stack of them)."""
+def _damped(h: np.ndarray) -> np.ndarray:
+    """``h`` (or a stack of them) plus DAMPING times its mean diagonal."""
     k = h.shape[-1]
     mean_diag = np.mean(np.diagonal(h, axis1=-2, axis2=-1), axis=-1)
     damp = DAMPING * np.maximum(mean_diag, 1e-12)
-    h = h + np.eye(k) * np.asarray(damp)[..., None, None]
-    if h.ndim == 2 and k >= LARGE:
-        return _inverse_factor_reversed(h)
-    return np.swapaxes(np.linalg.cholesky(np.linalg.inv(h)), -1, -2)
+    return h + np.eye(k) * np.asarray(damp)[..., None, None]
 
 
-def _inverse_factor_reversed(h: np.ndarray) -> np.ndarray:
-    """The upper Cholesky factor of ``inv(h)`` from one Cholesky factor and a triangular
-    inverse (2k^3/3 flops instead of inv's 2k^3 and a second Cholesky's k^3/3): with P
-    the order reversal and P h P = L L^T, inv(h) = U^T U for U = P inv(L) P, upper."""
-    from scipy.linalg import lapack
+def _damped_inverse_factor(h: np.ndarray) -> np.ndarray:
+    """Upper Cholesky factor of the damped inverse of ``h`` (a stack of small ones)."""
+    return np.swapaxes(np.linalg.cholesky(np.linalg.inv(_damped(h))), -1, -2)
 
-    rev = h[::-1, ::-1]
-    lower = np.linalg.cholesky(rev)
-    inverse, info = lapack.dtrtri(lower, lower=1)
-    if info:
-        raise np.linalg.LinAlgError("singular Cholesky factor")
-    return np.ascontiguousarray(np.tril(inverse)[::-1, ::-1])
+
+def _reversed_factor(h: np.ndarray) -> np.ndarray:
+    """Upper triangular M with M M^T = the damped ``h``: the Cholesky factor of ``h`` in
+    reversed order (P h P = L L^T, M = P L P). M is the inverse of GPTQ's upper Cholesky
+    factor of inv(h), so no inverse is needed (one k^3/3 factorization)."""
+    return np.linalg.cholesky(_damped(h)[::-1, ::-1])[::-1, ::-1]
 
 
 def gptq_rows(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int, qmax: int,
@@ -59,36 +71,47 @@ def gptq_rows(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int, qmax: 
     its even neighbour so that no pair can saturate ONNX Runtime's AVX2 kernels
     (saturation.py).
 
-    Columns go in blocks of ``BLOCK`` (GPTQ's lazy batch update): inside a block one column
-    at a time, and the block's errors reach the columns after it in one matrix product.
+    GPTQ's column-by-column rounding, in its nearest-plane form (Chen et al. 2025, "GPTQ
+    as Babai's nearest plane algorithm"): with h = M M^T (M upper), the output error
+    (w - w_q)^T h (w - w_q) is the sum over columns i of (M^T z)_i^2, z = w - w_q, and
+    column i is rounded to zero its term given the columns before it: the target is
+    w_i + sum_{j<i} z_j M_ji / M_ii. The same ints as GPTQ's update with the Cholesky
+    factor of inv(h) (up to a rare tie), without that inverse. Columns go in blocks of
+    ``BLOCK`` (GPTQ's lazy batch update): inside a block one column at a time, and the
+    block's errors reach the columns after it in one matrix product.
     """
     k = w.shape[1]
     pruned = w == 0
     try:
-        hinv = _damped_inverse_factor(h)                        # upper triangular
+        m = _reversed_factor(h)                                 # upper triangular
     except np.linalg.LinAlgError:
         q = np.where(pruned, 0, np.clip(np.round(w / scale[:, None]), qmin, qmax))
         if pairs:
             bound_pairs(q)
         return q
-    w = w.copy()
+    coef = m / np.diagonal(m)[None, :]                          # M_ji / M_ii
+    target = w.copy()
     q = np.empty_like(w)
     sparse = bool(pruned.any())
     for b0 in range(0, k, BLOCK):
         b1 = min(b0 + BLOCK, k)
-        # the block's columns as contiguous rows (the same element-wise arithmetic as on
-        # the columns of w, faster); its rounded values and errors the same way
-        block = w[:, b0:b1].T.copy()
+        # the block's columns as contiguous rows (faster than the columns of w)
+        block, wanted = target[:, b0:b1].T.copy(), w[:, b0:b1].T
         done, errors = np.empty_like(block), np.empty_like(block)
         for j, i in enumerate(range(b0, b1)):
+            # ufuncs with out= (np.clip, np.round, np.outer cost more in their wrappers
+            # than in their arithmetic at these sizes); the same values
             lo, hi = pair_bounds(done[j - 1], qmin, qmax) if pairs and i % 2 else (qmin, qmax)
-            column = np.clip(np.round(block[j] / scale), lo, hi)
-            done[j] = np.where(pruned[:, i], 0, column) if sparse else column
-            errors[j] = (block[j] - done[j] * scale) / hinv[i, i]
-            block[j + 1:] -= np.outer(hinv[i, i + 1:b1], errors[j])
+            column = done[j]
+            np.rint(np.divide(block[j], scale, out=column), out=column)
+            np.minimum(np.maximum(column, lo, out=column), hi, out=column)
+            if sparse:
+                column[pruned[:, i]] = 0
+            np.subtract(wanted[j], np.multiply(column, scale, out=errors[j]), out=errors[j])
+            block[j + 1:] += coef[i, i + 1:b1, None] * errors[j]
         q[:, b0:b1] = done.T
         if b1 < k:
-            w[:, b1:] -= np.ascontiguousarray(errors.T) @ hinv[b0:b1, b1:]
+            target[:, b1:] += np.ascontiguousarray(errors.T) @ coef[b0:b1, b1:]
     return q
 
 
@@ -112,9 +135,19 @@ def gptq_depthwise(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int,
     return q
 
 
-def _patches_depthwise(x: np.ndarray, kh: int, kw: int, stride, pads) -> np.ndarray:
+def _patches_depthwise(x: np.ndarray, kh: int, kw: int, stride, pads,
+                       pick: np.ndarray | None = None) -> np.ndarray:
     """(C, positions, kh*kw) patches of a (1, C, H, W) input: one strided copy per tap
-    (a reshape of the sliding-window view copies 3 values at a time)."""
+    (a reshape of the sliding-window view copies 3 values at a time); with ``pick`` (flat
+    output positions) only those, in that order."""
+    if pick is not None:                     # gathered from x, the padding masked in
+        cols = (x.shape[3] + pads[1] + pads[3] - kw) // stride[1] + 1
+        top = (pick // cols * stride[0] - pads[0])[:, None, None] + np.arange(kh)[None, :, None]
+        left = (pick % cols * stride[1] - pads[1])[:, None, None] + np.arange(kw)[None, None, :]
+        inside = (top >= 0) & (top < x.shape[2]) & (left >= 0) & (left < x.shape[3])
+        got = x[0][:, np.clip(top, 0, x.shape[2] - 1), np.clip(left, 0, x.shape[3] - 1)]
+        got *= inside
+        return got.reshape(x.shape[1], pick.size, kh * kw)
     xp = np.pad(x[0], ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     rows = (xp.shape[1] - kh) // stride[0] + 1
     cols = (xp.shape[2] - kw) // stride[1] + 1
@@ -126,24 +159,27 @@ def _patches_depthwise(x: np.ndarray, kh: int, kw: int, stride, pads) -> np.ndar
     return out.reshape(xp.shape[0], rows * cols, kh * kw)
 
 
-def _patches_full(x: np.ndarray, kh: int, kw: int, stride, pads) -> np.ndarray:
+def _patches_full(x: np.ndarray, kh: int, kw: int, stride, pads,
+                  pick: np.ndarray | None = None) -> np.ndarray:
     """(positions, C*kh*kw) im2col patches of a (1, C, H, W) input, in weight-row order."""
-    p = _patches_depthwise(x, kh, kw, stride, pads)
+    p = _patches_depthwise(x, kh, kw, stride, pads, pick)
     return p.transpose(1, 0, 2).reshape(p.shape[1], -1)
 
 
 def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, np.ndarray]],
-                             pairs: bool = True, means: dict | None = None) -> int:
+                             pairs: bool = True,
+                             means: dict | None = None) -> tuple[int, int]:
     """Re-round the int8 weights of convolutions (groups 1 or depthwise), Gemms and MatMuls
-    with constant weights, in place; returns how many. With ``pairs``, no int8 weight pair
-    may saturate ONNX Runtime's AVX2 kernels (saturation.py).
+    with constant weights, in place; returns how many, and how many of them were wider than
+    ``MAX_COLUMNS`` (rounded per channel group). With ``pairs``, no int8 weight pair may
+    saturate ONNX Runtime's AVX2 kernels (saturation.py).
 
     ``means`` maps tensor names to None: the same pass over the samples fills in each
     one's per-channel mean (bias correction's inputs, bias_correction.py), before any
     weight moves."""
     jobs = _rounding_jobs(fp32_model, qdq_model)
     if not jobs and not means:
-        return 0
+        return 0, 0
     from threadpoolctl import threadpool_limits
 
     # One BLAS thread: these products and factorizations are small (at most a few
@@ -156,7 +192,7 @@ def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, 
         inits = {i.name: i for i in qdq_model.graph.initializer}
         for job in jobs:
             _reround(job, hessians[_key(job.node)], inits, pairs)
-    return len(jobs)
+    return len(jobs), sum(len(channel_groups(job)) > 1 for job in jobs)
 
 
 @dataclass(frozen=True)
@@ -221,15 +257,18 @@ def _layout(op: str, w: np.ndarray, attrs: dict) -> tuple[np.ndarray, str] | Non
 
 
 def _input_hessians(qdq_model, jobs: list[_Job], samples,
-                    means: dict) -> dict[str, np.ndarray]:
-    """Each layer's H = E[x x^T] over its (quantized) input patches, by node; fills in
-    the per-channel means of the tensors named in ``means``, in the same pass."""
+                    means: dict) -> dict[str, list[np.ndarray]]:
+    """Each layer's H = E[x x^T] over its (quantized) input patches, by node, as the
+    diagonal blocks of :func:`channel_groups` and from at most :func:`row_budget` rows;
+    fills in the per-channel means of the tensors named in ``means``, in the same pass."""
     from edgeopt.calibrate.bias_correction import channel_mean
     from edgeopt.runtimes import capture_onnx
 
     names = sorted({job.node.input[0] for job in jobs} | set(means))
-    hessians: dict[str, np.ndarray] = {}
+    hessians: dict[str, list[np.ndarray]] = {}
     sums = dict.fromkeys(means, 0.0)
+    rng = np.random.default_rng(SEED)
+    per_sample = {_key(job.node): -(-row_budget(job) // max(len(samples), 1)) for job in jobs}
     count = 0
     for values in capture_onnx(qdq_model, samples, names):
         count += 1
@@ -237,34 +276,90 @@ def _input_hessians(qdq_model, jobs: list[_Job], samples,
         for name in sums:
             sums[name] = sums[name] + channel_mean(inputs[name])
         for job in jobs:
-            # products in float32 (the activations' own precision), sums over samples in
-            # float64
-            h = _second_moments(np.asarray(inputs[job.node.input[0]], np.float32), job)
-            hessians[_key(job.node)] = hessians.get(_key(job.node), 0.0) + h.astype(np.float64)
+            # float32 (the activations' own precision), summed in place
+            key = _key(job.node)
+            blocks = _second_moments(np.asarray(inputs[job.node.input[0]], np.float32), job,
+                                     per_sample[key], rng)
+            if key in hessians:
+                for total, h in zip(hessians[key], blocks, strict=True):
+                    total += h
+            else:
+                hessians[key] = blocks
     means.update({name: total / count for name, total in sums.items()})
-    return {key: h / count for key, h in hessians.items()}
+    return {key: [h.astype(np.float64) / count for h in blocks]
+            for key, blocks in hessians.items()}
 
 
-def _second_moments(x: np.ndarray, job: _Job) -> np.ndarray:
-    """One sample's second moments of the layer's input as its weights see it."""
+def channel_groups(job: _Job) -> list[tuple[int, int]]:
+    """The input-channel ranges a layer is rounded in: one, or near-equal groups of at most
+    ``MAX_COLUMNS`` columns starting at even channels (so no int8 pair of the kernels'
+    reduction order spans two groups). Depthwise layers and odd channel counts: one."""
+    w = job.w
+    channels = w.shape[1]
+    per_channel = w[0].size // channels
+    if (job.kind == "depthwise" or w[0].size <= MAX_COLUMNS
+            or (channels % 2 and per_channel > 1)):
+        return [(0, channels)]
+    n = -(-w[0].size // MAX_COLUMNS)
+    cuts = [0, *(2 * round(i * channels / n / 2) for i in range(1, n)), channels]
+    return list(pairwise(cuts))
+
+
+def row_budget(job: _Job) -> int:
+    """The most input rows (patches) a layer's H is made from, over all samples."""
+    w = job.w
+    columns = w.shape[2] * w.shape[3] if job.kind == "depthwise" else w[0].size
+    return max(MIN_ROWS, ROWS_PER_COLUMN * min(columns, MAX_COLUMNS))
+
+
+def _pick(total: int, wanted: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Sorted seeded random subset of ``wanted`` of ``total`` positions (None: all)."""
+    if wanted >= total:
+        return None
+    return np.sort(rng.choice(total, size=wanted, replace=False))
+
+
+def _gram(flat: np.ndarray, groups, per_channel: int = 1) -> list[np.ndarray]:
+    """flat^T flat / rows on each group's columns (``per_channel`` columns a channel)."""
+    scale = np.float32(flat.shape[0])
+    if len(groups) == 1:
+        return [flat.T @ flat / scale]
+    blocks = []
+    for c0, c1 in groups:
+        part = flat[:, c0 * per_channel:c1 * per_channel]
+        blocks.append(part.T @ part / scale)
+    return blocks
+
+
+def _second_moments(x: np.ndarray, job: _Job, wanted: int,
+                    rng: np.random.Generator) -> list[np.ndarray]:
+    """One sample's second moments of the layer's input as its weights see it (the blocks
+    of :func:`channel_groups`), over at most ``wanted`` of its positions (a seeded random
+    subset)."""
     w, kind = job.w, job.kind
+    if kind == "pointwise":                  # channels as rows: a contiguous gather
+        rows = x[0].reshape(x.shape[1], -1)
+        pick = _pick(rows.shape[1], wanted, rng)
+        return _gram((rows if pick is None else rows[:, pick]).T, channel_groups(job))
     if kind in {"dense", "matmul"}:
-        flat = x.reshape(-1, w.shape[1]).T
-        return flat @ flat.T / flat.shape[1]
-    if kind == "pointwise":
-        flat = x[0].reshape(x.shape[1], -1)
-        return flat @ flat.T / flat.shape[1]
-    geometry = (w.shape[2], w.shape[3], job.attrs.get("strides", [1, 1]),
-                job.attrs.get("pads", [0, 0, 0, 0]))
+        flat = x.reshape(-1, w.shape[1])
+        pick = _pick(flat.shape[0], wanted, rng)
+        return _gram(flat if pick is None else flat[pick], channel_groups(job))
+    kh, kw = w.shape[2], w.shape[3]
+    stride, pads = job.attrs.get("strides", [1, 1]), job.attrs.get("pads", [0, 0, 0, 0])
+    total = (((x.shape[2] + pads[0] + pads[2] - kh) // stride[0] + 1)
+             * ((x.shape[3] + pads[1] + pads[3] - kw) // stride[1] + 1))
+    pick = _pick(total, wanted, rng)
     if kind == "full":
-        flat = _patches_full(x, *geometry)
-        return flat.T @ flat / flat.shape[0]
-    p = _patches_depthwise(x, *geometry)
-    return np.matmul(p.transpose(0, 2, 1), p) / p.shape[1]       # batched BLAS, not einsum
+        flat = _patches_full(x, kh, kw, stride, pads, pick)
+        return _gram(flat, channel_groups(job), kh * kw)
+    p = _patches_depthwise(x, kh, kw, stride, pads, pick)
+    return [np.matmul(p.transpose(0, 2, 1), p) / np.float32(p.shape[1])]  # batched BLAS
 
 
-def _reround(job: _Job, h: np.ndarray, inits: dict, pairs: bool) -> None:
-    """Round one layer's weights with GPTQ on ``h`` and store them in its int8 initializer."""
+def _reround(job: _Job, blocks: list[np.ndarray], inits: dict, pairs: bool) -> None:
+    """Round one layer's weights with GPTQ on its H ``blocks`` (one per channel group) and
+    store them in its int8 initializer."""
     from onnx import numpy_helper
 
     w, kind = job.w, job.kind
@@ -277,15 +372,19 @@ def _reround(job: _Job, h: np.ndarray, inits: dict, pairs: bool) -> None:
     if scale.size == 1:
         scale = np.full(rows.shape[0], scale[0])
     bounded = pairs and dtype == np.int8      # U8S8: no pair may saturate
-    if kind == "full":                        # the kernels reduce channels innermost
-        order = hwio_order(*w.shape[1:])
-        q = np.empty_like(rows)
-        q[:, order] = gptq_rows(rows[:, order], scale, h[np.ix_(order, order)], qmin,
-                                qmax, bounded)
-    elif kind != "depthwise":
-        q = gptq_rows(rows, scale, h, qmin, qmax, bounded)
+    if kind == "depthwise":
+        q = gptq_depthwise(rows, scale, blocks[0], qmin, qmax)
     else:
-        q = gptq_depthwise(rows, scale, h, qmin, qmax)
+        q = np.empty_like(rows)
+        per_channel = rows.shape[1] // w.shape[1]
+        for (c0, c1), h in zip(channel_groups(job), blocks, strict=True):
+            # a convolution's kernels reduce channels innermost: its columns go in that order
+            order = (hwio_order(c1 - c0, *w.shape[2:]) if kind == "full"
+                     else np.arange(c1 - c0)) + c0 * per_channel
+            local = order - c0 * per_channel
+            if kind == "full":
+                h = h[np.ix_(local, local)]
+            q[:, order] = gptq_rows(rows[:, order], scale, h, qmin, qmax, bounded)
     q = q.reshape(w.shape)
     if kind == "matmul":
         q = q.T

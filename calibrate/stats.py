@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_RESERVOIR = 1 << 16
+SHORT_ROWS = 256           # channel maxima of maps this small: across channels
 
 
 @dataclass
@@ -100,7 +101,10 @@ def _channel_peaks(value: np.ndarray) -> np.ndarray | None:
     if value.ndim != 4 or not value.size:
         return None
     if value.shape[0] == 1:                  # rows of contiguous values: a fast reduction
-        return value.reshape(value.shape[1], -1).max(axis=1)
+        rows = value.reshape(value.shape[1], -1)
+        if rows.shape[1] <= SHORT_ROWS:      # numpy reduces short rows one at a time
+            return np.ascontiguousarray(rows.T).max(axis=0)     # (6x faster on 7x7 maps)
+        return rows.max(axis=1)
     return value.max(axis=(0, 2, 3))
 
 

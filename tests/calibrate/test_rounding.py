@@ -1,5 +1,7 @@
-"""The vectorised GPTQ rounding (blocked columns, all depthwise channels at once) gives
-the numbers of the one-column-at-a-time, one-channel-at-a-time form it replaced."""
+"""The vectorised GPTQ rounding (blocked columns in the nearest-plane form, all depthwise
+channels at once) gives the numbers of the one-column-at-a-time, one-channel-at-a-time form
+with the Cholesky factor of the inverse it replaced; the bounds on its cost (a seeded
+subset of the input rows, channel groups of wide layers) are deterministic and close."""
 
 from __future__ import annotations
 
@@ -55,16 +57,18 @@ def test_blocked_gptq_matches_the_per_column_form(rows, k, pairs):
         assert not over_limit(got).any()
 
 
-def test_the_inverse_factor_of_large_layers_is_cholesky_of_the_inverse():
-    from edgeopt.calibrate.rounding import LARGE, _inverse_factor_reversed
+def test_the_reversed_factor_is_the_inverse_of_gptqs_inverse_factor():
+    """M M^T = the damped H, M upper, and M = inv(chol(inv(H))^T): no inverse needed."""
+    from edgeopt.calibrate.rounding import _damped, _reversed_factor
 
     rng = np.random.default_rng(2)
-    a = rng.standard_normal((LARGE + 8, LARGE + 40))
-    h = a @ a.T / a.shape[1] + 0.01 * np.eye(LARGE + 8)
-    got = _inverse_factor_reversed(h)
-    np.testing.assert_allclose(got, np.linalg.cholesky(np.linalg.inv(h)).T, rtol=0,
-                               atol=1e-12 * np.abs(got).max())
-    assert np.array_equal(got, np.triu(got))
+    a = rng.standard_normal((300, 340))
+    h = a @ a.T / a.shape[1]
+    m = _reversed_factor(h)
+    assert np.array_equal(m, np.triu(m))
+    np.testing.assert_allclose(m @ m.T, _damped(h), rtol=0, atol=1e-12 * np.abs(h).max())
+    u = np.linalg.cholesky(np.linalg.inv(_damped(h))).T
+    np.testing.assert_allclose(m @ u, np.eye(len(h)), rtol=0, atol=1e-9)
 
 
 def test_blocked_gptq_is_exact_within_one_block():
@@ -151,3 +155,132 @@ def test_bias_correction_means_from_the_rounding_pass_are_the_pre_rounding_means
     assert correct_weight_bias(model, qdq, [], means) == len(names)
     correct_weight_bias(model, other, [], want)
     assert qdq.SerializeToString() == other.SerializeToString()
+
+
+def _conv_job(c_out, c_in, k=3, group=1):
+    from edgeopt.calibrate.rounding import _Job
+
+    w = np.random.default_rng(c_in).standard_normal((c_out, c_in // group, k, k))
+    kind = "depthwise" if group > 1 else ("pointwise" if k == 1 else "full")
+    return _Job(None, None, w, {"pads": [k // 2] * 4, "strides": [1, 1]}, kind)
+
+
+def test_the_row_subsample_is_seeded_and_its_h_is_close_to_the_full_one():
+    from edgeopt.calibrate.rounding import _second_moments
+
+    rng = np.random.default_rng(5)
+    job = _conv_job(8, 16)                                    # 144 columns
+    # smooth correlated images: neighbouring positions and channels alike
+    base = rng.standard_normal((1, 4, 40, 40)).cumsum(axis=2).cumsum(axis=3) / 10
+    x = (np.repeat(base, 4, axis=1) + 0.3 * rng.standard_normal((1, 16, 40, 40)))
+    x = x.astype(np.float32)
+    full = _second_moments(x, job, 10**9, np.random.default_rng(0))[0]
+    first = _second_moments(x, job, 400, np.random.default_rng(0))[0]
+    again = _second_moments(x, job, 400, np.random.default_rng(0))[0]
+    other = _second_moments(x, job, 400, np.random.default_rng(1))[0]
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+    assert np.linalg.norm(first - full) < 0.1 * np.linalg.norm(full)
+    # the positions picked are those of the full im2col: a subset of its rows
+    assert first.shape == full.shape == (144, 144)
+
+
+def test_row_budget_bounds_the_rows_of_early_layers_only():
+    from edgeopt.calibrate.rounding import MIN_ROWS, ROWS_PER_COLUMN, row_budget
+
+    assert row_budget(_conv_job(64, 64)) == max(MIN_ROWS, ROWS_PER_COLUMN * 576)
+    assert row_budget(_conv_job(32, 32, group=32)) == MIN_ROWS           # depthwise: 9 wide
+
+
+def test_a_layer_wider_than_max_columns_is_rounded_per_channel_group():
+    """Groups start at even channels (no kernel pair spans two), each at most MAX_COLUMNS
+    wide, each H block the full H's diagonal block; the layer's ints are GPTQ's on each
+    group's own block, in the kernels' order."""
+    from onnx import helper, numpy_helper
+
+    from edgeopt.calibrate.rounding import (
+        MAX_COLUMNS,
+        _patches_full,
+        _reround,
+        _second_moments,
+        channel_groups,
+    )
+    from edgeopt.calibrate.saturation import hwio_order
+
+    channels = 2 * (MAX_COLUMNS // 18 + 1)                       # just over MAX_COLUMNS
+    job = _conv_job(6, channels)
+    groups = channel_groups(job)
+    assert len(groups) == 2 and groups[0][0] == 0 and groups[-1][1] == channels
+    assert all(c0 % 2 == 0 and (c1 - c0) * 9 <= MAX_COLUMNS for c0, c1 in groups)
+    assert channel_groups(_conv_job(6, 64)) == [(0, 64)]
+    x = np.random.default_rng(6).standard_normal((1, channels, 6, 6)).astype(np.float32)
+    blocks = _second_moments(x, job, 10**9, np.random.default_rng(0))
+    assert [b.shape[0] for b in blocks] == [(c1 - c0) * 9 for c0, c1 in groups]
+    flat = _patches_full(x, 3, 3, [1, 1], [1, 1, 1, 1]).astype(np.float64)
+    for (c0, c1), block in zip(groups, blocks, strict=True):
+        part = flat[:, c0 * 9:c1 * 9]
+        np.testing.assert_allclose(block, part.T @ part / len(flat), rtol=1e-4, atol=1e-4)
+    rows = job.w.reshape(6, -1)
+    scale = np.abs(rows).max(axis=1) / 127 * 4
+    inits = {"q": numpy_helper.from_array(np.zeros(job.w.shape, np.int8), "q"),
+             "s": numpy_helper.from_array(scale.astype(np.float32), "s")}
+    job = type(job)(None, helper.make_node("DequantizeLinear", ["q", "s"], ["w"]), job.w,
+                    job.attrs, job.kind)
+    blocks = [b.astype(np.float64) for b in blocks]
+    _reround(job, blocks, inits, True)
+    got = numpy_helper.to_array(inits["q"]).reshape(6, -1)
+    scale = scale.astype(np.float32).astype(np.float64)
+    for (c0, c1), h in zip(groups, blocks, strict=True):
+        order = hwio_order(c1 - c0, 3, 3)
+        want = gptq_rows(rows[:, c0 * 9:c1 * 9][:, order], scale, h[np.ix_(order, order)],
+                         -127, 127, True)
+        np.testing.assert_array_equal(got[:, c0 * 9:c1 * 9][:, order], want)
+
+
+@pytest.mark.parametrize(("size", "k", "stride", "pads"), [
+    ((9, 9), 3, 2, [1, 1, 1, 1]), ((8, 7), 3, 1, [1, 1, 1, 1]), ((10, 10), 5, 2, [2, 1, 2, 1])])
+def test_picked_patches_are_those_rows_of_the_full_im2col(size, k, stride, pads):
+    """The subset is gathered from the unpadded input with the padding masked in."""
+    from edgeopt.calibrate.rounding import _patches_depthwise, _pick
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 4, *size)).astype(np.float32)
+    full = _patches_depthwise(x, k, k, [stride] * 2, pads)
+    pick = _pick(full.shape[1], full.shape[1] // 2, rng)
+    assert pick is not None and np.all(np.diff(pick) > 0)
+    np.testing.assert_array_equal(_patches_depthwise(x, k, k, [stride] * 2, pads, pick),
+                                  full[:, pick])
+    assert _pick(full.shape[1], full.shape[1], rng) is None
+
+
+def test_the_notes_say_which_layers_were_rounded_in_channel_groups(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeopt.calibrate import quantize_onnx_for_ort
+    from edgeopt.calibrate.rounding import MAX_COLUMNS
+
+    k, rng = MAX_COLUMNS + 2, np.random.default_rng(8)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="wide", transB=1),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="narrow", transB=1)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(rng.standard_normal((8, k)).astype(np.float32) / 40, "w"),
+         numpy_helper.from_array(np.zeros(8, np.float32), "b"),
+         numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "w2"),
+         numpy_helper.from_array(np.zeros(4, np.float32), "b2")])
+    path = tmp_path / "wide.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    calib = [{"x": rng.standard_normal((1, k)).astype(np.float32)} for _ in range(4)]
+    notes = quantize_onnx_for_ort(path, tmp_path / "q.onnx", calib).notes
+    rounding = next(n for n in notes if n.startswith("weight rounding"))
+    assert f"1 wider than {MAX_COLUMNS} columns rounded in groups" in rounding, rounding
+
+
+@pytest.mark.parametrize("shape", [(1, 960, 7, 7), (1, 16, 40, 40), (2, 8, 3, 3), (1, 5, 16, 16)])
+def test_channel_peaks_are_the_per_channel_maxima_whatever_the_map_size(shape):
+    from edgeopt.calibrate.stats import _channel_peaks
+
+    value = np.random.default_rng(9).standard_normal(shape).astype(np.float32)
+    np.testing.assert_array_equal(_channel_peaks(value), value.max(axis=(0, 2, 3)))
