@@ -90,6 +90,7 @@ def optimize(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
 def load(recipe: Recipe, out: Path, progress: Steps) -> RunState:
     """The model and its data, loaded, and everything the user gave checked, before any
     file is written."""
+    from edgeopt import _torch_side
     from edgeopt._measure import target_availability
     from edgeopt._source import load_source, prepare
     from edgeopt._targets import resolve_targets
@@ -112,7 +113,7 @@ def load(recipe: Recipe, out: Path, progress: Steps) -> RunState:
                        f"measured here ({availability.reason})")
                 raise UsageError(msg)
     with progress.step("load model"):
-        source = load_source(recipe)
+        source = (_torch_side.load_source if _torch_side.apart(recipe) else load_source)(recipe)
     if recipe.prune is not None:
         from edgeopt.calibrate.pruning import check_prunable
 
