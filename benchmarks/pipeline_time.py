@@ -101,8 +101,21 @@ def _edgeopt_args(model: str, n: int) -> list[str]:
     return [f"ref:{model}", "--calib-samples", str(n)]
 
 
+def _private_kb(pid: int) -> int:
+    """A process's private resident memory (USS), from /proc/PID/smaps_rollup."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return 0
+    return sum(int(line.split()[1]) for line in lines
+               if line.startswith(("Private_Clean:", "Private_Dirty:")))
+
+
 def _tree_rss_mb(root: int) -> float:
-    """The summed RSS (MB) of ``root`` and its descendants now (from /proc)."""
+    """The memory of ``root`` and its descendants now (MB): each process's RSS, except a
+    forked copy not yet (or never) exec'd (the same command line as its parent, e.g.
+    between fork and exec when a library starts a helper), which shares its parent's
+    pages and counts its private pages only."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -112,13 +125,17 @@ def _tree_rss_mb(root: int) -> float:
             continue
         pid = int(stat.parent.name)
         children.setdefault(int(fields[1]), []).append(pid)
-        rss[pid] = int(fields[21])          # pages
-    total, todo = 0, [root]
+        rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    total, todo = 0, [(root, None)]
     while todo:
-        pid = todo.pop()
-        total += rss.get(pid, 0)
-        todo += children.get(pid, [])
-    return total * os.sysconf("SC_PAGE_SIZE") / 2**20
+        pid, parent_cmd = todo.pop()
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        total += _private_kb(pid) if cmd == parent_cmd else rss.get(pid, 0)
+        todo += [(child, cmd) for child in children.get(pid, [])]
+    return total / 1024
 
 
 def _sample_tree(pid: int, peak: list[float], done: threading.Event) -> None:
@@ -131,8 +148,9 @@ def _run(cmd: list[str], log: Path, env: dict) -> tuple[float, dict, int]:
 
     Two peaks: the largest single process of the tree (the kernel's ``ru_maxrss`` from
     ``os.wait4``: the child and the processes it waited for, each alone) and the tree's
-    summed RSS, sampled every 50 ms (a child's memory counts with its parent's while both
-    live; pages they share count twice). The run's peak is the larger of the two.
+    summed memory, sampled every 50 ms (:func:`_tree_rss_mb`: a child's memory counts
+    with its parent's while both live; shared library pages count in each). The run's
+    peak is the larger of the two.
     """
     start = time.perf_counter()
     peak, done = [0.0], threading.Event()

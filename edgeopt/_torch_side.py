@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib
 import os
 import pickle
@@ -24,11 +25,13 @@ import subprocess
 import sys
 import traceback
 import weakref
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TorchSide", "apart", "export_source", "load_source", "release", "without_torch"]
+__all__ = ["TorchSide", "apart", "export_source", "load_source", "release", "start",
+           "without_torch"]
 
 SIDE = "torch_side"                      # the SourceModel.extra key of a run's child
 _TORCH_SUFFIXES = (".pt", ".pth", ".pt2")
@@ -74,22 +77,39 @@ class TorchSide:
         os.close(child_writes)
         self._send = Connection(parent_writes, readable=False)
         self._recv = Connection(parent_reads, writable=False)
-        self._finalizer = weakref.finalize(self, _stop, self._send, self._recv, self._proc)
-        self.call("path", list(sys.path))
+        self._asked: list[str] = []         # requests not answered yet, oldest first
+        self._finalizer = weakref.finalize(self, _stop, self._send, self._recv, self._proc,
+                                           self._asked)
 
     def call(self, op: str, *args) -> Any:
         """The child's answer to ``op``; its exception, re-raised here."""
+        self.ask(op, *args)
+        return self.answer()
+
+    def ask(self, op: str, *args) -> None:
+        """Send ``op``; the child works on it while the caller goes on."""
         try:
             self._send.send((op, args))
+        except OSError as e:
+            raise self._ended(op) from e
+        self._asked.append(op)
+
+    def answer(self) -> Any:
+        """The answer to the oldest request asked; its exception, re-raised here."""
+        op = self._asked[0]
+        try:
             status, value = self._recv.recv()
         except (EOFError, OSError) as e:
-            code = self._proc.wait()
-            msg = (f"the PyTorch child process ended during '{op}' (exit code {code}); "
-                   "out of memory?")
-            raise RuntimeError(msg) from e
+            raise self._ended(op) from e
+        self._asked.pop(0)
         if status == "ok":
             return value
         raise _rebuilt(*value)
+
+    def _ended(self, op: str) -> RuntimeError:
+        code = self._proc.wait()
+        return RuntimeError(f"the PyTorch child process ended during '{op}' (exit code "
+                            f"{code}); out of memory?")
 
     def close(self) -> None:
         self._finalizer()
@@ -99,11 +119,16 @@ class TorchSide:
         return self._proc.pid
 
 
-def _stop(send, recv, proc) -> None:
-    try:
-        send.send(None)
-    except OSError:
-        pass
+def _stop(send, recv, proc, asked: list[str]) -> None:
+    """End the child: asked to, when it is idle; killed, when it is still working (the
+    run ended, e.g. on an error, before it needed the answer)."""
+    if asked:
+        proc.kill()
+    else:
+        try:
+            send.send(None)
+        except OSError:
+            pass
     send.close()
     try:
         proc.wait(timeout=10)
@@ -119,9 +144,20 @@ def load_source(recipe):
     """The recipe's PyTorch model, loaded in a child: a SourceModel without ``module``
     whose ``extra`` holds the child, the input specs, the model digest and, when the
     example inputs do not fit, the error :func:`edgeopt._source.prepare` raises."""
+    return start(recipe)()
+
+
+def start(recipe) -> Callable[[], Any]:
+    """Start loading the recipe's model in a child; returns the call that waits for it
+    and gives :func:`load_source`'s SourceModel."""
     side = TorchSide()
+    side.ask("load", recipe, list(sys.path))
+    return functools.partial(_loaded, side, recipe)
+
+
+def _loaded(side: TorchSide, recipe):
     try:
-        facts = side.call("load", recipe)
+        facts = side.answer()
     except BaseException:
         side.close()
         raise
@@ -231,13 +267,14 @@ def _packed(e: BaseException) -> tuple:
     return (type(e).__module__, type(e).__qualname__, str(e), attrs, traceback.format_exc())
 
 
-def _load(held: dict, recipe) -> dict:
+def _load(held: dict, recipe, path: list[str]) -> dict:
     from edgeopt._cache import module_digest
     from edgeopt._source import _specs_from_example
     from edgeopt._source import load_source as load_here
     from edgeopt.convert import check_inputs_fit
     from edgeopt.convert.torch_to_onnx import default_input_names
 
+    sys.path[:] = path                  # the parent's (a factory's module may be on it)
     source = load_here(recipe)
     held["source"] = source
     fit_error = None
@@ -267,8 +304,4 @@ def _export(held: dict, path: str, input_names, output_names, parity_inputs):
     return result, outs
 
 
-def _path(held: dict, path: list[str]) -> None:
-    sys.path[:] = path                  # the parent's (a factory's module may be on it)
-
-
-_OPS = {"path": _path, "load": _load, "export": _export}
+_OPS = {"load": _load, "export": _export}
