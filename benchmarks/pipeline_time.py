@@ -101,39 +101,42 @@ def _edgeopt_args(model: str, n: int) -> list[str]:
     return [f"ref:{model}", "--calib-samples", str(n)]
 
 
-def _private_kb(pid: int) -> int:
-    """A process's private resident memory (USS), from /proc/PID/smaps_rollup."""
+def _memory_kb(pid: int, parent_cmd: bytes | None) -> tuple[int, bytes | None]:
+    """A process's resident memory (kB) and command line. A forked copy not yet (or never)
+    exec'd (the same command line as its parent; a vfork child even shows its parent's
+    RSS) shares its parent's pages: its private pages only. The command line is read
+    before and after the memory, so an exec in between is not mistaken for either."""
+    proc = Path(f"/proc/{pid}")
     try:
-        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+        before = (proc / "cmdline").read_bytes()
+        lines = (proc / "smaps_rollup").read_text().splitlines()
+        after = (proc / "cmdline").read_bytes()
     except OSError:
-        return 0
-    return sum(int(line.split()[1]) for line in lines
-               if line.startswith(("Private_Clean:", "Private_Dirty:")))
+        return 0, None
+    fields = {line.split(":")[0]: int(line.split()[1]) for line in lines[1:]
+              if line.split()[1].isdigit()}
+    if before != after:                       # exec'd just now: neither image is whole
+        return 0, after
+    if before == parent_cmd:
+        return fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0), before
+    return fields.get("Rss", 0), before
 
 
 def _tree_rss_mb(root: int) -> float:
     """The memory of ``root`` and its descendants now (MB): each process's RSS, except a
-    forked copy not yet (or never) exec'd (the same command line as its parent, e.g.
-    between fork and exec when a library starts a helper), which shares its parent's
-    pages and counts its private pages only."""
+    forked copy of its parent (:func:`_memory_kb`)."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
-        pid = int(stat.parent.name)
-        children.setdefault(int(fields[1]), []).append(pid)
-        rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE") // 1024
+        children.setdefault(ppid, []).append(int(stat.parent.name))
     total, todo = 0, [(root, None)]
     while todo:
         pid, parent_cmd = todo.pop()
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        total += _private_kb(pid) if cmd == parent_cmd else rss.get(pid, 0)
+        kb, cmd = _memory_kb(pid, parent_cmd)
+        total += kb
         todo += [(child, cmd) for child in children.get(pid, [])]
     return total / 1024
 
