@@ -21,6 +21,10 @@ def let_go(state) -> None:
     that made the reference outputs (its own evaluation loads it again, for the output
     names)."""
     source = state.prepared.source
+    if state.fp32_onnx is not None:
+        from edgeopt._torch_side import release
+
+        release(source)                 # the PyTorch child process, if the run has one
     if state.fp32_onnx is not None and state.pruning is None and source.module is not None:
         state.module = None
         state.prepared.source = dataclasses.replace(source, module=None, example_inputs=())

@@ -171,7 +171,13 @@ def prepare(config: Recipe, source: SourceModel) -> Prepared:
 
     name = run_name(config)
     reference = source.extra.get("reference")
-    if source.is_torch:
+    if source.is_torch and "specs" in source.extra:    # checked in edgeopt._torch_side
+        if source.extra["fit_error"] is not None:
+            from edgeopt._torch_side import _rebuilt
+
+            raise _rebuilt(*source.extra["fit_error"])
+        specs = source.extra["specs"]
+    elif source.is_torch:
         check_inputs_fit(source.module, source.example_inputs, config.data.input_shape)
         names = source.input_names or default_input_names(source.module, len(source.example_inputs))
         specs = _specs_from_example(names, source.example_inputs)

@@ -59,6 +59,8 @@ class DataKeys:
         """The model as it is exported now (after pruning, when pruned)."""
         state = self._state
         source = state.prepared.source
+        if "digest" in source.extra:        # digested in the PyTorch child
+            return source.extra["digest"]
         if source.is_torch:
             return module_digest(state.module, source.example_inputs)
         return file_digest(source.path)

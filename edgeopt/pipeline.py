@@ -71,7 +71,7 @@ def optimize(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
     out = Path(out) if out is not None else default_out(recipe)
     progress = steps or Steps(quiet=True)
     started = time.time()
-    state = load(recipe, out, progress)        # every input checked; nothing written yet
+    state = load(recipe, out, progress, torch_apart=True)  # every input checked; nothing written
     inputs = (state.prepared.source.path,) if state.prepared.source.path else ()
     # One writer per --out, from the first staged file to the last bundle.
     with claim_output(out, overwrite=overwrite, inputs=inputs) as staging:
@@ -87,9 +87,11 @@ def optimize(model: str | Recipe | None = None, *, recipe: Recipe | None = None,
     return result
 
 
-def load(recipe: Recipe, out: Path, progress: Steps) -> RunState:
+def load(recipe: Recipe, out: Path, progress: Steps, torch_apart: bool = False) -> RunState:
     """The model and its data, loaded, and everything the user gave checked, before any
-    file is written."""
+    file is written. ``torch_apart``: a PyTorch model stays in a child process
+    (:mod:`edgeopt._torch_side`; ``source.module`` is then None)."""
+    from edgeopt import _torch_side
     from edgeopt._measure import target_availability
     from edgeopt._source import load_source, prepare
     from edgeopt._targets import resolve_targets
@@ -98,6 +100,8 @@ def load(recipe: Recipe, out: Path, progress: Steps) -> RunState:
         msg = ("optimize runs in one process; fine-tune on several with 'torchrun ... -m "
                "edgeopt prune', then optimize its NAME.pruned.onnx")
         raise UsageError(msg)
+    apart = torch_apart and _torch_side.apart(recipe)
+    loading = _torch_side.start(recipe) if apart else None   # loads while the rest is checked
     targets = resolve_targets(recipe.devices, recipe.runtimes)
     for runtime in recipe.runtimes:
         availability = get_backend(runtime).available()
@@ -112,7 +116,7 @@ def load(recipe: Recipe, out: Path, progress: Steps) -> RunState:
                        f"measured here ({availability.reason})")
                 raise UsageError(msg)
     with progress.step("load model"):
-        source = load_source(recipe)
+        source = loading() if loading is not None else load_source(recipe)
     if recipe.prune is not None:
         from edgeopt.calibrate.pruning import check_prunable
 

@@ -165,14 +165,12 @@ def export(state: RunState, file: str | None = None) -> None:
 
 
 def _export(state: RunState, path: Path) -> None:
-    from edgeopt.convert import export_onnx
+    from edgeopt._torch_side import export_source
 
     source = state.prepared.source
     if source.is_torch:
         with state.progress.step("torch -> ONNX"):
-            result = export_onnx(state.module, source.example_inputs, path,
-                                 input_names=state.input_names,
-                                 output_names=state.prepared.output_names or None)
+            result = export_source(state, path)     # in the PyTorch child, if there is one
             parity = _parity("torch -> ONNX", _parity_reference(state), onnx_runner().load(path),
                              state)
         for note in result.warnings:

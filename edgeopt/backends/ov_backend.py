@@ -34,12 +34,14 @@ class OvBackend(Backend):
         return art, {"name": step, "parity": parity}
 
     def quantize(self, job: QuantJob) -> Artifact:
+        from edgeopt._torch_side import without_torch
         from edgeopt.calibrate import quantize_for_openvino
         from edgeopt.convert import canonical_names
 
         xml, bin_ = job.int8_files(self)
         fp32_xml = job.path(self.artifact_files(job.name, "fp32")[0])
-        with job.steps.step(job.step("quantize INT8 for OpenVINO (NNCF)")) as update:
+        with job.steps.step(job.step("quantize INT8 for OpenVINO (NNCF)")) as update, \
+                without_torch():                # NNCF would import it, needlessly
             q = quantize_for_openvino(fp32_xml, job.path(xml), job.prepared.calib, job.config,
                                       update, stats=job.stats, fp32_onnx=job.fp32_onnx,
                                       before_save=canonical_names)

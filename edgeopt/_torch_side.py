@@ -1,0 +1,307 @@
+"""The PyTorch side of a run, in a child process: the parent never imports torch.
+
+A PyTorch model (``ref:NAME``, ``package.module:factory``, ``.pt``, ``.pt2``) is loaded,
+checked against its example inputs, digested for the step cache, exported to ONNX and run
+on the parity samples in a child process; the parent gets plain facts back (input specs,
+the digest, the export's result and the parity outputs) and ends the child once the FP32
+ONNX is written. What torch leaves resident (its libraries, the model, the dynamo
+exporter's ~200 MB) goes with the child, instead of staying in the parent through the
+quantize and evaluate steps (cold ``optimize`` of mobilenet-v2: see docs/speed.md).
+
+An error in the child comes back as the same exception class and message (so the same
+one line and exit code); its traceback becomes the cause, shown with ``--debug``.
+Pruning keeps the model in the parent (it fine-tunes and measures it there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib
+import os
+import pickle
+import subprocess
+import sys
+import traceback
+import weakref
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TorchSide", "apart", "export_source", "load_source", "release", "start",
+           "without_torch"]
+
+SIDE = "torch_side"                      # the SourceModel.extra key of a run's child
+_TORCH_SUFFIXES = (".pt", ".pth", ".pt2")
+
+
+def apart(recipe) -> bool:
+    """Whether the recipe's model is loaded and exported in a child: a PyTorch model,
+    not pruned (pruning runs the model in the parent)."""
+    from edgeopt.convert.load import _FACTORY_SPEC
+
+    spec = recipe.model
+    if recipe.prune is not None or os.name != "posix":    # the pipes go by fd number
+        return False
+    if spec.startswith("ref:"):
+        return True
+    path = Path(spec)
+    if path.suffix.lower() in _TORCH_SUFFIXES:
+        return True
+    return bool(_FACTORY_SPEC.match(spec)) and not path.exists()
+
+
+class ChildTraceback(Exception):
+    """Where the child raised (the cause of the error it sent back)."""
+
+
+class TorchSide:
+    """A child Python process serving ``load`` and ``export`` requests, one at a time.
+
+    A plain subprocess (``python -c``) rather than multiprocessing's spawn, which would
+    import the caller's ``__main__`` again (an unguarded script calling
+    ``edgeopt.optimize`` would fail). Requests and answers are pickled over two pipes of
+    their own; the child's stdout and stderr are the parent's."""
+
+    def __init__(self) -> None:
+        child_reads, parent_writes = os.pipe()
+        parent_reads, child_writes = os.pipe()
+        root = str(Path(__file__).resolve().parents[1])    # where this edgeopt is
+        code = (f"import sys; sys.path.insert(0, {root!r}); "
+                f"from edgeopt._torch_side import _main; _main({child_reads}, {child_writes})")
+        self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                                      pass_fds=(child_reads, child_writes))
+        os.close(child_reads)
+        os.close(child_writes)
+        self._send = Connection(parent_writes, readable=False)
+        self._recv = Connection(parent_reads, writable=False)
+        self._asked: list[str] = []         # requests not answered yet, oldest first
+        self._finalizer = weakref.finalize(self, _stop, self._send, self._recv, self._proc,
+                                           self._asked)
+
+    def call(self, op: str, *args) -> Any:
+        """The child's answer to ``op``; its exception, re-raised here."""
+        self.ask(op, *args)
+        return self.answer()
+
+    def ask(self, op: str, *args) -> None:
+        """Send ``op``; the child works on it while the caller goes on."""
+        try:
+            self._send.send((op, args))
+        except OSError as e:
+            raise self._ended(op) from e
+        self._asked.append(op)
+
+    def answer(self) -> Any:
+        """The answer to the oldest request asked; its exception, re-raised here."""
+        op = self._asked[0]
+        try:
+            status, value = self._recv.recv()
+        except (EOFError, OSError) as e:
+            raise self._ended(op) from e
+        self._asked.pop(0)
+        if status == "ok":
+            return value
+        raise _rebuilt(*value)
+
+    def _ended(self, op: str) -> RuntimeError:
+        code = self._proc.wait()
+        return RuntimeError(f"the PyTorch child process ended during '{op}' (exit code "
+                            f"{code}); out of memory?")
+
+    def close(self) -> None:
+        self._finalizer()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+
+def _stop(send, recv, proc, asked: list[str]) -> None:
+    """End the child: asked to, when it is idle; killed, when it is still working (the
+    run ended, e.g. on an error, before it needed the answer)."""
+    if asked:
+        proc.kill()
+    else:
+        try:
+            send.send(None)
+        except OSError:
+            pass
+    send.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    recv.close()
+
+
+# ------------------------------------------------------------------------------ parent
+
+def load_source(recipe):
+    """The recipe's PyTorch model, loaded in a child: a SourceModel without ``module``
+    whose ``extra`` holds the child, the input specs, the model digest and, when the
+    example inputs do not fit, the error :func:`edgeopt._source.prepare` raises."""
+    return start(recipe)()
+
+
+def start(recipe) -> Callable[[], Any]:
+    """Start loading the recipe's model in a child; returns the call that waits for it
+    and gives :func:`load_source`'s SourceModel."""
+    side = TorchSide()
+    side.ask("load", recipe, list(sys.path))
+    return functools.partial(_loaded, side, recipe)
+
+
+def _loaded(side: TorchSide, recipe):
+    try:
+        facts = side.answer()
+    except BaseException:
+        side.close()
+        raise
+    extra = {SIDE: side, "specs": facts.pop("specs"), "digest": facts.pop("digest"),
+             "fit_error": facts.pop("fit_error")}
+    if recipe.model.startswith("ref:"):
+        from edgeopt.reference_models import get_reference
+
+        extra["reference"] = get_reference(recipe.model[len("ref:"):])
+    from edgeopt.convert import SourceModel
+
+    return SourceModel(**facts, extra=extra)
+
+
+def export_source(state, path: Path):
+    """``convert.export_onnx`` of the run's PyTorch model to ``path``, in the child when
+    it holds the model (which then also gives the parity reference); returns the
+    ExportResult."""
+    source = state.prepared.source
+    side = source.extra.get(SIDE)
+    if side is None:
+        from edgeopt.convert import export_onnx
+
+        return export_onnx(state.module, source.example_inputs, path,
+                           input_names=state.input_names,
+                           output_names=state.prepared.output_names or None)
+    result, outs = side.call("export", str(path), state.input_names,
+                             state.prepared.output_names or None,
+                             list(state.parity_inputs) if state.parity_ref is None else None)
+    if state.parity_ref is None:
+        state.parity_ref = outs
+    return result
+
+
+def release(source) -> None:
+    """End the run's child, if it has one (the FP32 ONNX is written)."""
+    side = source.extra.pop(SIDE, None)
+    if side is not None:
+        side.close()
+
+
+@contextlib.contextmanager
+def without_torch():
+    """NNCF imports torch whenever it can (its tensor functions on import, its backend
+    check on every ``nncf.quantize``), though an OpenVINO model never needs it: ~180 MB
+    resident for nothing. While the process has not imported torch, hide it: an import
+    of torch then raises ImportError, which NNCF takes as "not installed"."""
+    if "torch" in sys.modules:
+        yield
+        return
+    sys.modules["torch"] = None
+    try:
+        yield
+    finally:
+        if "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]
+
+
+def _rebuilt(module: str, qualname: str, message: str, attrs: bytes, where: str):
+    """The child's exception, as its own class with its own message."""
+    cls = None
+    try:
+        cls = importlib.import_module(module)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+    except (ImportError, AttributeError):
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+        error: BaseException = RuntimeError(f"{qualname}: {message}")
+    else:
+        error = cls.__new__(cls)
+        BaseException.__init__(error, message)
+        try:
+            error.__dict__.update(pickle.loads(attrs))
+        except Exception:  # noqa: BLE001 - the attributes are a courtesy; the message stays
+            pass
+    error.__cause__ = ChildTraceback(f"in the PyTorch child process:\n{where}")
+    return error
+
+
+# ------------------------------------------------------------------------------- child
+
+def _main(read_fd: int, write_fd: int) -> None:
+    """The child's loop: one request in, one answer out, until None or the parent's end."""
+    recv, send = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    held: dict = {}
+    while True:
+        try:
+            request = recv.recv()
+        except EOFError:
+            return
+        if request is None:
+            return
+        op, args = request
+        try:
+            answer = ("ok", _OPS[op](held, *args))
+        except BaseException as e:  # noqa: BLE001 - every error goes back to the parent
+            answer = ("error", _packed(e))
+        send.send(answer)
+
+
+def _packed(e: BaseException) -> tuple:
+    try:
+        attrs = pickle.dumps(dict(vars(e)))
+    except Exception:  # noqa: BLE001 - unpicklable attributes: the message alone
+        attrs = pickle.dumps({})
+    return (type(e).__module__, type(e).__qualname__, str(e), attrs, traceback.format_exc())
+
+
+def _load(held: dict, recipe, path: list[str]) -> dict:
+    from edgeopt._cache import module_digest
+    from edgeopt._source import _specs_from_example
+    from edgeopt._source import load_source as load_here
+    from edgeopt.convert import check_inputs_fit
+    from edgeopt.convert.torch_to_onnx import default_input_names
+
+    sys.path[:] = path                  # the parent's (a factory's module may be on it)
+    source = load_here(recipe)
+    held["source"] = source
+    fit_error = None
+    try:
+        check_inputs_fit(source.module, source.example_inputs, recipe.data.input_shape)
+    except Exception as e:  # noqa: BLE001 - raised by the parent when it prepares the data
+        fit_error = _packed(e)
+    names = source.input_names or default_input_names(source.module,
+                                                      len(source.example_inputs))
+    facts = {f.name: getattr(source, f.name) for f in dataclasses.fields(source)
+             if f.name not in ("module", "example_inputs", "extra")}
+    return {**facts, "specs": None if fit_error else _specs_from_example(names,
+                                                                        source.example_inputs),
+            "digest": module_digest(source.module, source.example_inputs),
+            "fit_error": fit_error}
+
+
+def _export(held: dict, path: str, input_names, output_names, parity_inputs):
+    from edgeopt._outputs import torch_outputs
+    from edgeopt.convert import export_onnx
+
+    source = held["source"]
+    result = export_onnx(source.module, source.example_inputs, Path(path),
+                         input_names=input_names, output_names=output_names)
+    outs = (None if parity_inputs is None
+            else torch_outputs(source.module, input_names, parity_inputs))
+    return result, outs
+
+
+_OPS = {"load": _load, "export": _export}

@@ -1,0 +1,91 @@
+"""A PyTorch model is loaded and exported in a child process: the parent never imports
+torch, the child's errors come back as the same errors, and the export is the one the
+parent would make."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edgeopt import _torch_side
+from edgeopt._source import load_source as load_here
+from edgeopt.convert.errors import ModelLoadError
+from edgeopt.recipe import Recipe
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def _recipe(model: str, **overrides) -> Recipe:
+    return Recipe().override(model=model, **overrides)
+
+
+@pytest.mark.parametrize(("model", "prune", "expected"), [
+    ("ref:mobilenet-v2", None, True), ("tiny_models:tiny_cnn", None, True),
+    ("model.pt", None, True), ("model.pt2", None, True), ("model.onnx", None, False),
+    ("ref:mobilenet-v2", {"mode": "channels"}, False),
+])
+def test_torch_models_go_apart_unless_pruned(model, prune, expected):
+    recipe = _recipe(model, **({"prune": prune} if prune else {}))
+    assert _torch_side.apart(recipe) is expected
+
+
+def test_child_loads_and_digests_like_the_parent(monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    from edgeopt._cache import module_digest
+
+    recipe = _recipe("tiny_models:tiny_cnn", input_shape="1,3,8,8")
+    source = _torch_side.load_source(recipe)
+    try:
+        here = load_here(recipe)
+        assert source.module is None and source.kind == here.kind == "torch-factory"
+        assert source.extra["digest"] == module_digest(here.module, here.example_inputs)
+        assert source.extra["specs"] == [("input", "float32", (1, 3, 8, 8))]
+        assert source.extra["fit_error"] is None
+    finally:
+        _torch_side.release(source)
+    assert _torch_side.SIDE not in source.extra
+
+
+def test_child_error_is_the_same_error(monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    recipe = _recipe("tiny_models:not_a_module")
+    with pytest.raises(ModelLoadError) as local:
+        load_here(recipe)
+    with pytest.raises(ModelLoadError) as remote:
+        _torch_side.load_source(recipe)
+    assert str(remote.value) == str(local.value)
+    assert "in the PyTorch child process" in str(remote.value.__cause__)
+
+
+def test_shape_that_does_not_fit_is_raised_when_data_is_prepared(monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    from edgeopt._source import prepare
+    from edgeopt.convert.errors import InputShapeError
+
+    recipe = _recipe("tiny_models:tiny_cnn", input_shape="1,5,8,8", calib="random")
+    source = _torch_side.load_source(recipe)        # loading succeeds; the check is later
+    try:
+        with pytest.raises(InputShapeError, match="--input-shape 1,5,8,8 does not fit"):
+            prepare(recipe, source)
+    finally:
+        _torch_side.release(source)
+
+
+def test_optimize_never_imports_torch_in_the_parent(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(TESTS)!r})
+        import edgeopt
+        edgeopt.optimize("tiny_models:tiny_cnn", out={str(tmp_path / "out")!r},
+                         input_shape="1,3,8,8", calib="random", benchmark=False, cache=False)
+        print("torch imported:", "torch" in sys.modules)
+    """)     # unguarded on purpose: the child must not import the caller's __main__
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "torch imported: False" in done.stdout
+    assert len(list((tmp_path / "out").glob("*.int8-ort.onnx"))) == 1
