@@ -165,10 +165,18 @@ def _specs_from_example(names: tuple[str, ...], example: tuple) -> list:
             for n, t in zip(names, example, strict=True)]
 
 
-def prepare(config: Recipe, source: SourceModel) -> Prepared:
-    """Check inputs fit and gather calibration/evaluation data, before anything is written."""
+def torch_specs(source: SourceModel, input_shape) -> list:
+    """A PyTorch model's input specs (name, dtype, shape), once its example inputs are
+    checked to fit ``input_shape`` (here, or in edgeopt._torch_side's child)."""
     from edgeopt.convert.torch_to_onnx import default_input_names
 
+    check_inputs_fit(source.module, source.example_inputs, input_shape)
+    names = source.input_names or default_input_names(source.module, len(source.example_inputs))
+    return _specs_from_example(names, source.example_inputs)
+
+
+def prepare(config: Recipe, source: SourceModel) -> Prepared:
+    """Check inputs fit and gather calibration/evaluation data, before anything is written."""
     name = run_name(config)
     reference = source.extra.get("reference")
     if source.is_torch and "specs" in source.extra:    # checked in edgeopt._torch_side
@@ -178,9 +186,7 @@ def prepare(config: Recipe, source: SourceModel) -> Prepared:
             raise _rebuilt(*source.extra["fit_error"])
         specs = source.extra["specs"]
     elif source.is_torch:
-        check_inputs_fit(source.module, source.example_inputs, config.data.input_shape)
-        names = source.input_names or default_input_names(source.module, len(source.example_inputs))
-        specs = _specs_from_example(names, source.example_inputs)
+        specs = torch_specs(source, config.data.input_shape)
     else:
         specs = list(onnx_input_specs(source.path))
         shapes = _image_size(specs, parse_input_shapes(config.data.input_shape),

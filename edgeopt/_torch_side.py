@@ -269,27 +269,21 @@ def _packed(e: BaseException) -> tuple:
 
 def _load(held: dict, recipe, path: list[str]) -> dict:
     from edgeopt._cache import module_digest
-    from edgeopt._source import _specs_from_example
     from edgeopt._source import load_source as load_here
-    from edgeopt.convert import check_inputs_fit
-    from edgeopt.convert.torch_to_onnx import default_input_names
+    from edgeopt._source import torch_specs
 
     sys.path[:] = path                  # the parent's (a factory's module may be on it)
     source = load_here(recipe)
     held["source"] = source
-    fit_error = None
+    specs, fit_error = None, None
     try:
-        check_inputs_fit(source.module, source.example_inputs, recipe.data.input_shape)
+        specs = torch_specs(source, recipe.data.input_shape)
     except Exception as e:  # noqa: BLE001 - raised by the parent when it prepares the data
         fit_error = _packed(e)
-    names = source.input_names or default_input_names(source.module,
-                                                      len(source.example_inputs))
     facts = {f.name: getattr(source, f.name) for f in dataclasses.fields(source)
              if f.name not in ("module", "example_inputs", "extra")}
-    return {**facts, "specs": None if fit_error else _specs_from_example(names,
-                                                                        source.example_inputs),
-            "digest": module_digest(source.module, source.example_inputs),
-            "fit_error": fit_error}
+    return {**facts, "specs": specs, "fit_error": fit_error,
+            "digest": module_digest(source.module, source.example_inputs)}
 
 
 def _export(held: dict, path: str, input_names, output_names, parity_inputs):
