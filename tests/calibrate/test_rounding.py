@@ -166,7 +166,7 @@ def _conv_job(c_out, c_in, k=3, group=1):
 
 
 def test_the_row_subsample_is_seeded_and_its_h_is_close_to_the_full_one():
-    from edgeopt.calibrate.rounding import _second_moments
+    from edgeopt.calibrate.rounding import _mirrored, _second_moments
 
     rng = np.random.default_rng(5)
     job = _conv_job(8, 16)                                    # 144 columns
@@ -174,10 +174,10 @@ def test_the_row_subsample_is_seeded_and_its_h_is_close_to_the_full_one():
     base = rng.standard_normal((1, 4, 40, 40)).cumsum(axis=2).cumsum(axis=3) / 10
     x = (np.repeat(base, 4, axis=1) + 0.3 * rng.standard_normal((1, 16, 40, 40)))
     x = x.astype(np.float32)
-    full = _second_moments(x, job, 10**9, np.random.default_rng(0))[0]
-    first = _second_moments(x, job, 400, np.random.default_rng(0))[0]
-    again = _second_moments(x, job, 400, np.random.default_rng(0))[0]
-    other = _second_moments(x, job, 400, np.random.default_rng(1))[0]
+    full = _mirrored(_second_moments(x, job, 10**9, np.random.default_rng(0))[0], job)
+    first = _mirrored(_second_moments(x, job, 400, np.random.default_rng(0))[0], job)
+    again = _mirrored(_second_moments(x, job, 400, np.random.default_rng(0))[0], job)
+    other = _mirrored(_second_moments(x, job, 400, np.random.default_rng(1))[0], job)
     assert np.array_equal(first, again) and not np.array_equal(first, other)
     assert np.linalg.norm(first - full) < 0.1 * np.linalg.norm(full)
     # the positions picked are those of the full im2col: a subset of its rows
@@ -199,6 +199,7 @@ def test_a_layer_wider_than_max_columns_is_rounded_per_channel_group():
 
     from edgeopt.calibrate.rounding import (
         MAX_COLUMNS,
+        _mirrored,
         _patches_full,
         _reround,
         _second_moments,
@@ -213,7 +214,7 @@ def test_a_layer_wider_than_max_columns_is_rounded_per_channel_group():
     assert all(c0 % 2 == 0 and (c1 - c0) * 9 <= MAX_COLUMNS for c0, c1 in groups)
     assert channel_groups(_conv_job(6, 64)) == [(0, 64)]
     x = np.random.default_rng(6).standard_normal((1, channels, 6, 6)).astype(np.float32)
-    blocks = _second_moments(x, job, 10**9, np.random.default_rng(0))
+    blocks = [_mirrored(b, job) for b in _second_moments(x, job, 10**9, np.random.default_rng(0))]
     assert [b.shape[0] for b in blocks] == [(c1 - c0) * 9 for c0, c1 in groups]
     flat = _patches_full(x, 3, 3, [1, 1], [1, 1, 1, 1]).astype(np.float64)
     for (c0, c1), block in zip(groups, blocks, strict=True):
@@ -225,7 +226,6 @@ def test_a_layer_wider_than_max_columns_is_rounded_per_channel_group():
              "s": numpy_helper.from_array(scale.astype(np.float32), "s")}
     job = type(job)(None, helper.make_node("DequantizeLinear", ["q", "s"], ["w"]), job.w,
                     job.attrs, job.kind)
-    blocks = [b.astype(np.float64) for b in blocks]
     _reround(job, blocks, inits, True)
     got = numpy_helper.to_array(inits["q"]).reshape(6, -1)
     scale = scale.astype(np.float32).astype(np.float64)
@@ -284,3 +284,30 @@ def test_channel_peaks_are_the_per_channel_maxima_whatever_the_map_size(shape):
 
     value = np.random.default_rng(9).standard_normal(shape).astype(np.float32)
     np.testing.assert_array_equal(_channel_peaks(value), value.max(axis=(0, 2, 3)))
+
+
+@pytest.mark.parametrize("kind", ["pointwise", "full", "depthwise"])
+def test_second_moments_sum_samples_in_place_to_the_mean_of_their_grams(kind):
+    """H summed over samples in place (BLAS syrk's upper triangle, then mirrored) is the
+    sum of each sample's X^T X / rows, as one product per sample gives it."""
+    from edgeopt.calibrate.rounding import _mirrored, _patches_depthwise, _second_moments
+
+    job = {"pointwise": _conv_job(4, 12, k=1), "full": _conv_job(4, 6),
+           "depthwise": _conv_job(6, 6, group=6)}[kind]
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((1, job.w.shape[0] if kind == "depthwise" else job.w.shape[1],
+                               5, 5)).astype(np.float32) for _ in range(3)]
+    totals = None
+    for x in xs:
+        totals = _second_moments(x, job, 10**9, rng, totals)
+    got = _mirrored(totals[0], job)
+    want = 0.0
+    for x in xs:
+        k = job.w.shape[2]
+        p = _patches_depthwise(x, k, k, [1, 1], job.attrs["pads"]).astype(np.float64)
+        if kind == "depthwise":
+            want = want + np.matmul(p.transpose(0, 2, 1), p) / p.shape[1]
+        else:
+            flat = p.transpose(1, 0, 2).reshape(p.shape[1], -1)
+            want = want + flat.T @ flat / len(flat)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
