@@ -7,6 +7,9 @@ default), each in a child process of its own:
   (3) edgeopt optimize --no-bench, both runtimes, cold cache
   (4) the same, warm cache (a new --out; every step comes from the cache)
   (5) edgeopt optimize with benchmarks (warm cache: what it adds is the benchmark)
+  (6) the peers' workflow with (3)'s deliverables: torch.onnx.export, ov.convert_model,
+      (1), (2), and the 4 artifacts (FP32 ONNX and IR, both INT8) run on the same
+      evaluation samples and scored, as a user of the runtimes' own scripts would do it
 Each child's wall time is from its start to its exit (imports, data, work, saving). Its
 peak RSS is the larger of the kernel's (``os.wait4`` rusage: the largest single process of
 its tree) and the tree's summed RSS sampled every 50 ms (edgeopt runs PyTorch in a child
@@ -34,6 +37,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 from _timing import cpu_name
 from rich.console import Console
 from rich.table import Table
@@ -56,7 +60,7 @@ def _calibration(model: str, n: int, inputs: list) -> list[dict]:
     return get_reference(model).calibration_set(n)
 
 
-def child_ort(model: str, fp32_onnx: str, n: int, work: str) -> None:
+def child_ort(model: str, fp32_onnx: str, n: int, work: str, calib=None) -> None:
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -69,7 +73,7 @@ def child_ort(model: str, fp32_onnx: str, n: int, work: str) -> None:
     from edgeopt.runtimes import onnx_input_specs
 
     specs = [(s.name, s.dtype, s.shape) for s in onnx_input_specs(Path(fp32_onnx))]
-    calib = _calibration(model, n, specs)
+    calib = calib or _calibration(model, n, specs)
     prep = Path(work) / "prep.onnx"
     quant_pre_process(fp32_onnx, str(prep), skip_symbolic_shape=True)
     quantize_static(str(prep), str(Path(work) / "ort-quantize_static.onnx"),
@@ -78,7 +82,7 @@ def child_ort(model: str, fp32_onnx: str, n: int, work: str) -> None:
                     weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
 
 
-def child_nncf(model: str, fp32_xml: str, n: int, work: str) -> None:
+def child_nncf(model: str, fp32_xml: str, n: int, work: str, calib=None) -> None:
     import logging
 
     import nncf
@@ -88,9 +92,48 @@ def child_nncf(model: str, fp32_xml: str, n: int, work: str) -> None:
     ov_model = ov.Core().read_model(fp32_xml)
     specs = [(p.get_any_name(), p.get_element_type().to_dtype().name, tuple(p.get_shape()))
              for p in ov_model.inputs]
-    calib = _calibration(model, n, specs)
+    calib = calib or _calibration(model, n, specs)
     quantized = nncf.quantize(ov_model, nncf.Dataset(calib), subset_size=len(calib))
     ov.save_model(quantized, str(Path(work) / "nncf.xml"), compress_to_fp16=False)
+
+
+def child_peers(model: str, n: int, work: str) -> None:
+    """(6): what (3) delivers, with the runtimes' own tools, one after the other."""
+    import openvino as ov
+    import torch
+    from _timing import ort_runner, ov_runner, resnet50
+
+    out = Path(work) / "peers"
+    out.mkdir(exist_ok=True)
+    if model == RESNET:
+        from edgeopt.calibrate.data import random_samples
+
+        module, specs = resnet50(), [("input", "float32", (1, 3, 224, 224))]
+        evaluation, score = random_samples(specs, n, seed=1), None
+    else:
+        from edgeopt.reference_models import get_reference
+
+        ref = get_reference(model)
+        module, specs, eval_set = ref.build(), ref.input_specs, ref.evaluation_set()
+        evaluation = eval_set.inputs
+        score = lambda outputs, fp32: ref.score(outputs, eval_set, fp32)  # noqa: E731
+    calib = _calibration(model, n, specs)
+    names = [name for name, _, _ in specs]
+    fp32 = out / "fp32.onnx"
+    example = tuple(torch.from_numpy(calib[0][name]) for name in names)
+    torch.onnx.export(module, example, str(fp32), input_names=names, external_data=False)
+    ov.save_model(ov.convert_model(str(fp32)), str(out / "fp32.xml"), compress_to_fp16=False)
+    child_ort(model, str(fp32), n, str(out), calib)
+    child_nncf(model, str(out / "fp32.xml"), n, str(out), calib)
+    threads = os.cpu_count() or 1
+    reference = None
+    for path, run in ((fp32, ort_runner), (out / "fp32.xml", ov_runner),
+                      (out / "ort-quantize_static.onnx", ort_runner), (out / "nncf.xml", ov_runner)):
+        predict = run(path, threads)
+        outputs = np.stack([np.asarray(predict(x)).reshape(-1) for x in evaluation])
+        reference = outputs if reference is None else reference
+        value = score(outputs, reference) if score is not None else float("nan")
+        print(json.dumps({"artifact": path.name, "value": value}), flush=True)
 
 
 def _edgeopt_args(model: str, n: int) -> list[str]:
@@ -200,6 +243,7 @@ def measure(model: str, n: int, work: Path, console: Console) -> dict:
                                        "--out", str(work / "warm")],
         "5 edgeopt with benchmarks": [*edgeopt, "--cache-dir", str(cache),
                                       "--out", str(work / "bench")],
+        "6 peers, (3)'s deliverables": [*me, "peers", model, "-", str(n), str(work)],
     }
     results = {}
     for label, cmd in runs.items():
@@ -212,7 +256,9 @@ def measure(model: str, n: int, work: Path, console: Console) -> dict:
                           "largest_mb": rss["largest"], "tree_mb": rss["tree"]}
     reports = {k: json.loads((work / d / "report.json").read_text())
                for k, d in (("cold", "cold"), ("warm", "warm"), ("bench", "bench"))}
-    return {"model": model, "runs": results, "reports": reports}
+    peers = [json.loads(line) for line in (work / "6.log").read_text().splitlines()
+             if line.startswith('{"artifact"')]
+    return {"model": model, "runs": results, "reports": reports, "peers": peers}
 
 
 def _tables(m: dict, console: Console) -> None:
@@ -228,6 +274,11 @@ def _tables(m: dict, console: Console) -> None:
     cold = runs["3 edgeopt --no-bench, cold"]
     bench_s = sum(s["seconds"] for s in reports["bench"]["steps"]
                   if s["name"].startswith("benchmark"))
+    same = runs["6 peers, (3)'s deliverables"]["seconds"]
+    console.print(
+        f"(3)/(6), the same deliverables = {cold['seconds']:.1f} / {same:.1f} = "
+        f"{cold['seconds'] / same:.2f}x; (6)'s scores: " + ", ".join(
+            f"{r['artifact']} {r['value']:.4f}" for r in m["peers"]))
     console.print(
         f"(3)/((1)+(2)) = {cold['seconds']:.1f} / {peers:.1f} = {cold['seconds'] / peers:.2f}x "
         f"(target <= 2.0) | (4) = {runs['4 edgeopt --no-bench, warm']['seconds']:.1f} s "
@@ -264,7 +315,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         way, model, file, n, work = args.child
-        (child_ort if way == "ort" else child_nncf)(model, file, int(n), work)
+        if way == "peers":
+            child_peers(model, int(n), work)
+        else:
+            (child_ort if way == "ort" else child_nncf)(model, file, int(n), work)
         return
     console = Console(width=160)
     console.print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; {args.samples} calibration samples")
