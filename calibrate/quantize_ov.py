@@ -1,7 +1,7 @@
 """INT8 for OpenVINO: NNCF's post-training quantization on the OpenVINO model
-(PERFORMANCE preset, full bias correction), then every per-tensor activation FakeQuantize
-gets the calibrator's range for its tensor (see quantize.py for the shared parts), and the
-AVX2 saturation guard on NNCF's int8 weights."""
+(PERFORMANCE preset, full bias correction; NNCF's fast one under ``effort="fast"``), then
+every per-tensor activation FakeQuantize gets the calibrator's range for its tensor (see
+quantize.py for the shared parts), and the AVX2 saturation guard on NNCF's int8 weights."""
 
 from __future__ import annotations
 
@@ -250,9 +250,10 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
     out_xml = Path(out_xml)
     tmp = staging_path(out_xml, ".xml")
     applied = 0
+    fast_bc = bool(control_flow) or config.effort == "fast"
     try:
         quantized, recurrent = _quantized_once(model, samples, excluded, transformer, progress,
-                                               bool(control_flow), fp32_key)
+                                               bool(control_flow), fp32_key, fast_bc)
         notes += recurrent
         if stats is not None:
             applied, note = _set_calibrator_ranges(quantized, stats, config.calibrator,
@@ -271,7 +272,7 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
         tmp.with_suffix(".bin").unlink(missing_ok=True)
     fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
     notes.append(f"NNCF {nncf.__version__} post-training quantization (PERFORMANCE preset, "
-                 f"{'fast ' if control_flow else ''}bias correction) from {len(samples)} "
+                 f"{'fast ' if fast_bc else ''}bias correction) from {len(samples)} "
                  f"samples; {fq} FakeQuantize ops")
     sqnr = ov_layer_sqnr(model, quantized, samples, fp32_key=fp32_key)
     return QuantResult(out_xml, tuple(excluded), tuple(notes), layer_sqnr=tuple(sqnr),
@@ -285,16 +286,18 @@ def _ir_files(path: Path) -> list[Path]:
 
 
 def _quantized_once(model, samples, excluded: list[str], transformer: bool,
-                    progress: Progress, control_flow: bool, fp32_key: str) -> tuple[Any, list[str]]:
+                    progress: Progress, control_flow: bool, fp32_key: str,
+                    fast_bc: bool) -> tuple[Any, list[str]]:
     """NNCF's quantized model (checked for recurrent ops) and its notes: run here, or a
     copy of the one run before on the same FP32 model, samples and settings."""
     import nncf
 
     return nncf_result(
-        (fp32_key, tuple(excluded), transformer, control_flow, nncf.__version__), samples,
+        (fp32_key, tuple(excluded), transformer, control_flow, fast_bc, nncf.__version__),
+        samples,
         lambda: _checked_recurrent(model, samples, lambda types=(): _nncf_quantize(
             model, samples, excluded, transformer, progress, control_flow=control_flow,
-            ignored_types=types)))
+            ignored_types=types, fast_bias_correction=fast_bc)))
 
 
 def _input_specs(model) -> list[tuple[str, str, tuple]]:
@@ -345,9 +348,11 @@ def _checked_recurrent(model, samples: list, quantize: Callable) -> tuple[Any, l
 
 def _nncf_quantize(model, samples: list, excluded: list[str], transformer: bool,
                    progress: Progress, control_flow: bool = False,
-                   ignored_types: tuple[str, ...] = ()):
+                   ignored_types: tuple[str, ...] = (), fast_bias_correction: bool = False):
     """NNCF's PERFORMANCE preset (symmetric activations, the fastest int8 graph for the
-    CPU plugin) with full bias correction; the calibrator's ranges replace NNCF's after.
+    CPU plugin) with full bias correction, or NNCF's fast one (``fast_bias_correction``:
+    ``effort="fast"``: what it saves and costs is in docs/speed.md); the calibrator's
+    ranges replace NNCF's after.
 
     With control flow: fast bias correction (the full one does not take If), and NNCF's
     If-less path (an internal function of nncf 3.x), which leaves If/Loop bodies whole,
@@ -374,7 +379,7 @@ def _nncf_quantize(model, samples: list, excluded: list[str], transformer: bool,
                if excluded or ignored_types else None)
     return quantize(model, nncf.Dataset(samples, transform), subset_size=len(samples),
                     preset=nncf.QuantizationPreset.PERFORMANCE,
-                    fast_bias_correction=control_flow,
+                    fast_bias_correction=fast_bias_correction or control_flow,
                     **({"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}),
                     **({"ignored_scope": ignored} if ignored else {}))
 
