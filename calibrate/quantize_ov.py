@@ -28,7 +28,7 @@ from edgeopt.calibrate.quantize import (
     staging_path,
 )
 from edgeopt.calibrate.saturation import reduction_rows, refit
-from edgeopt.calibrate.stats import TensorStats
+from edgeopt.calibrate.stats import MEAN_SAMPLES, TensorStats
 from edgeopt.runtimes import capture_openvino, read_openvino_model
 from edgeopt.runtimes.errors import short_reason
 
@@ -112,12 +112,47 @@ def _apply_fq_ranges(model, ranges: dict[str, QuantRange]) -> tuple[int, int]:
 
 
 def input_means(fp32_model, samples: Sequence[dict[str, np.ndarray]],
-                limit: int = 32) -> dict[str, np.ndarray]:
+                limit: int = MEAN_SAMPLES,
+                stats: dict[str, TensorStats] | None = None) -> dict[str, np.ndarray]:
     """Per-channel (last axis for MatMul) means of each Convolution / MatMul input of the
-    FP32 OpenVINO model over ``limit`` samples, by the op's name."""
+    FP32 OpenVINO model over the first ``limit`` samples, by the op's name: from ``stats``
+    (the FP32 ONNX's statistics pass, which keeps them for MEAN_SAMPLES samples) where they
+    have the input's tensor, by its name (OpenVINO keeps the ONNX names), else from a run
+    of the FP32 model."""
+    ops = _linear_ops(fp32_model)
+    usable = stats if limit == MEAN_SAMPLES else None
+    means = {op.get_friendly_name(): mean for op in ops
+             if (mean := _stats_mean(op, usable or {})) is not None}
+    if len(means) < len(ops):
+        means.update(_captured_means(fp32_model, samples, limit, skip=set(means)))
+    return means
+
+
+def _linear_ops(model) -> list:
+    return [op for op in model.get_ops() if op.get_type_name() in {"Convolution", "MatMul"}
+            and op.input_value(1).get_node().get_type_name() == "Constant"]
+
+
+def _stats_mean(op, stats: dict[str, TensorStats]) -> np.ndarray | None:
+    """The channel means the statistics pass kept for ``op``'s input, when they fit it."""
+    source = op.input_value(0)
+    shape = source.get_partial_shape()
+    if (shape.rank.is_dynamic or shape.rank.get_length() < 2
+            or op.get_attributes().get("transpose_a")):          # MatMul's
+        return None
+    axis = 1 if op.get_type_name() == "Convolution" else shape.rank.get_length() - 1
+    for name in sorted(source.get_names()):
+        mean = getattr(stats.get(name), "channel_mean", None)
+        if mean is not None and shape[axis].is_static and mean.size == shape[axis].get_length():
+            return mean
+    return None
+
+
+def _captured_means(fp32_model, samples, limit: int, skip: set[str]) -> dict[str, np.ndarray]:
+    """:func:`input_means` by a run of the FP32 model over ``limit`` samples, for the ops
+    not named in ``skip``."""
     model = fp32_model.clone()
-    ops = [op for op in model.get_ops() if op.get_type_name() in {"Convolution", "MatMul"}
-           and op.input_value(1).get_node().get_type_name() == "Constant"]
+    ops = [op for op in _linear_ops(model) if op.get_friendly_name() not in skip]
     if not ops:
         return {}
     # one output per distinct input tensor (a transformer's Q, K and V read the same one)
@@ -260,7 +295,7 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
                                                    protected)
             notes.append(note)
         if config.saturation_guard:
-            notes += _saturation_guard(quantized, model, samples)
+            notes += _saturation_guard(quantized, model, samples, stats)
         if before_save is not None:    # e.g. stable node names (edgeopt.convert)
             before_save(quantized)
         _save_ir(quantized, tmp, out_xml)
@@ -395,8 +430,10 @@ def _set_calibrator_ranges(quantized, stats: dict[str, TensorStats], calibrator:
     return applied, note
 
 
-def _saturation_guard(quantized, fp32_model, samples: list) -> list[str]:
-    coarser, channels = fit_weight_scales(quantized, input_means(fp32_model, samples))
+def _saturation_guard(quantized, fp32_model, samples: list,
+                      stats: dict[str, TensorStats] | None) -> list[str]:
+    coarser, channels = fit_weight_scales(quantized, input_means(fp32_model, samples,
+                                                                 stats=stats))
     if not channels:
         return []
     return [f"AVX2 saturation guard: no same-sign int8 weight pair exceeds 128 "
