@@ -282,10 +282,8 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
     control_flow = ov_control_flow(model)      # bodies stay float
     notes += control_flow
     fp32_key = file_digest(*_ir_files(fp32_model))
-    out_xml = Path(out_xml)
-    tmp = staging_path(out_xml, ".xml")
-    applied = 0
-    fast_bc = bool(control_flow) or config.effort == "fast"
+    tmp = staging_path(out_xml := Path(out_xml), ".xml")
+    applied, fast_bc = 0, bool(control_flow) or config.effort == "fast"
     try:
         quantized, recurrent = _quantized_once(model, samples, excluded, transformer, progress,
                                                bool(control_flow), fp32_key, fast_bc)
