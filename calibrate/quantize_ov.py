@@ -1,7 +1,7 @@
 """INT8 for OpenVINO: NNCF's post-training quantization on the OpenVINO model
-(PERFORMANCE preset, full bias correction), then every per-tensor activation FakeQuantize
-gets the calibrator's range for its tensor (see quantize.py for the shared parts), and the
-AVX2 saturation guard on NNCF's int8 weights."""
+(PERFORMANCE preset, full bias correction; NNCF's fast one under ``effort="fast"``), then
+every per-tensor activation FakeQuantize gets the calibrator's range for its tensor (see
+quantize.py for the shared parts), and the AVX2 saturation guard on NNCF's int8 weights."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from edgeopt.calibrate.quantize import (
     staging_path,
 )
 from edgeopt.calibrate.saturation import reduction_rows, refit
-from edgeopt.calibrate.stats import TensorStats
+from edgeopt.calibrate.stats import MEAN_SAMPLES, TensorStats
 from edgeopt.runtimes import capture_openvino, read_openvino_model
 from edgeopt.runtimes.errors import short_reason
 
@@ -112,12 +112,47 @@ def _apply_fq_ranges(model, ranges: dict[str, QuantRange]) -> tuple[int, int]:
 
 
 def input_means(fp32_model, samples: Sequence[dict[str, np.ndarray]],
-                limit: int = 32) -> dict[str, np.ndarray]:
+                limit: int = MEAN_SAMPLES,
+                stats: dict[str, TensorStats] | None = None) -> dict[str, np.ndarray]:
     """Per-channel (last axis for MatMul) means of each Convolution / MatMul input of the
-    FP32 OpenVINO model over ``limit`` samples, by the op's name."""
+    FP32 OpenVINO model over the first ``limit`` samples, by the op's name: from ``stats``
+    (the FP32 ONNX's statistics pass, which keeps them for MEAN_SAMPLES samples) where they
+    have the input's tensor, by its name (OpenVINO keeps the ONNX names), else from a run
+    of the FP32 model."""
+    ops = _linear_ops(fp32_model)
+    usable = stats if limit == MEAN_SAMPLES else None
+    means = {op.get_friendly_name(): mean for op in ops
+             if (mean := _stats_mean(op, usable or {})) is not None}
+    if len(means) < len(ops):
+        means.update(_captured_means(fp32_model, samples, limit, skip=set(means)))
+    return means
+
+
+def _linear_ops(model) -> list:
+    return [op for op in model.get_ops() if op.get_type_name() in {"Convolution", "MatMul"}
+            and op.input_value(1).get_node().get_type_name() == "Constant"]
+
+
+def _stats_mean(op, stats: dict[str, TensorStats]) -> np.ndarray | None:
+    """The channel means the statistics pass kept for ``op``'s input, when they fit it."""
+    source = op.input_value(0)
+    shape = source.get_partial_shape()
+    if (shape.rank.is_dynamic or shape.rank.get_length() < 2
+            or op.get_attributes().get("transpose_a")):          # MatMul's
+        return None
+    axis = 1 if op.get_type_name() == "Convolution" else shape.rank.get_length() - 1
+    for name in sorted(source.get_names()):
+        mean = getattr(stats.get(name), "channel_mean", None)
+        if mean is not None and shape[axis].is_static and mean.size == shape[axis].get_length():
+            return mean
+    return None
+
+
+def _captured_means(fp32_model, samples, limit: int, skip: set[str]) -> dict[str, np.ndarray]:
+    """:func:`input_means` by a run of the FP32 model over ``limit`` samples, for the ops
+    not named in ``skip``."""
     model = fp32_model.clone()
-    ops = [op for op in model.get_ops() if op.get_type_name() in {"Convolution", "MatMul"}
-           and op.input_value(1).get_node().get_type_name() == "Constant"]
+    ops = [op for op in _linear_ops(model) if op.get_friendly_name() not in skip]
     if not ops:
         return {}
     # one output per distinct input tensor (a transformer's Q, K and V read the same one)
@@ -247,19 +282,18 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
     control_flow = ov_control_flow(model)      # bodies stay float
     notes += control_flow
     fp32_key = file_digest(*_ir_files(fp32_model))
-    out_xml = Path(out_xml)
-    tmp = staging_path(out_xml, ".xml")
-    applied = 0
+    tmp = staging_path(out_xml := Path(out_xml), ".xml")
+    applied, fast_bc = 0, bool(control_flow) or config.effort == "fast"
     try:
         quantized, recurrent = _quantized_once(model, samples, excluded, transformer, progress,
-                                               bool(control_flow), fp32_key)
+                                               bool(control_flow), fp32_key, fast_bc)
         notes += recurrent
         if stats is not None:
             applied, note = _set_calibrator_ranges(quantized, stats, config.calibrator,
                                                    protected)
             notes.append(note)
         if config.saturation_guard:
-            notes += _saturation_guard(quantized, model, samples)
+            notes += _saturation_guard(quantized, model, samples, stats)
         if before_save is not None:    # e.g. stable node names (edgeopt.convert)
             before_save(quantized)
         _save_ir(quantized, tmp, out_xml)
@@ -271,7 +305,7 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
         tmp.with_suffix(".bin").unlink(missing_ok=True)
     fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
     notes.append(f"NNCF {nncf.__version__} post-training quantization (PERFORMANCE preset, "
-                 f"{'fast ' if control_flow else ''}bias correction) from {len(samples)} "
+                 f"{'fast ' if fast_bc else ''}bias correction) from {len(samples)} "
                  f"samples; {fq} FakeQuantize ops")
     sqnr = ov_layer_sqnr(model, quantized, samples, fp32_key=fp32_key)
     return QuantResult(out_xml, tuple(excluded), tuple(notes), layer_sqnr=tuple(sqnr),
@@ -285,16 +319,18 @@ def _ir_files(path: Path) -> list[Path]:
 
 
 def _quantized_once(model, samples, excluded: list[str], transformer: bool,
-                    progress: Progress, control_flow: bool, fp32_key: str) -> tuple[Any, list[str]]:
+                    progress: Progress, control_flow: bool, fp32_key: str,
+                    fast_bc: bool) -> tuple[Any, list[str]]:
     """NNCF's quantized model (checked for recurrent ops) and its notes: run here, or a
     copy of the one run before on the same FP32 model, samples and settings."""
     import nncf
 
     return nncf_result(
-        (fp32_key, tuple(excluded), transformer, control_flow, nncf.__version__), samples,
+        (fp32_key, tuple(excluded), transformer, control_flow, fast_bc, nncf.__version__),
+        samples,
         lambda: _checked_recurrent(model, samples, lambda types=(): _nncf_quantize(
             model, samples, excluded, transformer, progress, control_flow=control_flow,
-            ignored_types=types)))
+            ignored_types=types, fast_bias_correction=fast_bc)))
 
 
 def _input_specs(model) -> list[tuple[str, str, tuple]]:
@@ -345,9 +381,11 @@ def _checked_recurrent(model, samples: list, quantize: Callable) -> tuple[Any, l
 
 def _nncf_quantize(model, samples: list, excluded: list[str], transformer: bool,
                    progress: Progress, control_flow: bool = False,
-                   ignored_types: tuple[str, ...] = ()):
+                   ignored_types: tuple[str, ...] = (), fast_bias_correction: bool = False):
     """NNCF's PERFORMANCE preset (symmetric activations, the fastest int8 graph for the
-    CPU plugin) with full bias correction; the calibrator's ranges replace NNCF's after.
+    CPU plugin) with full bias correction, or NNCF's fast one (``fast_bias_correction``:
+    ``effort="fast"``: what it saves and costs is in docs/speed.md); the calibrator's
+    ranges replace NNCF's after.
 
     With control flow: fast bias correction (the full one does not take If), and NNCF's
     If-less path (an internal function of nncf 3.x), which leaves If/Loop bodies whole,
@@ -374,7 +412,7 @@ def _nncf_quantize(model, samples: list, excluded: list[str], transformer: bool,
                if excluded or ignored_types else None)
     return quantize(model, nncf.Dataset(samples, transform), subset_size=len(samples),
                     preset=nncf.QuantizationPreset.PERFORMANCE,
-                    fast_bias_correction=control_flow,
+                    fast_bias_correction=fast_bias_correction or control_flow,
                     **({"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}),
                     **({"ignored_scope": ignored} if ignored else {}))
 
@@ -390,8 +428,10 @@ def _set_calibrator_ranges(quantized, stats: dict[str, TensorStats], calibrator:
     return applied, note
 
 
-def _saturation_guard(quantized, fp32_model, samples: list) -> list[str]:
-    coarser, channels = fit_weight_scales(quantized, input_means(fp32_model, samples))
+def _saturation_guard(quantized, fp32_model, samples: list,
+                      stats: dict[str, TensorStats] | None) -> list[str]:
+    coarser, channels = fit_weight_scales(quantized, input_means(fp32_model, samples,
+                                                                 stats=stats))
     if not channels:
         return []
     return [f"AVX2 saturation guard: no same-sign int8 weight pair exceeds 128 "

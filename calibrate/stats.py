@@ -2,7 +2,9 @@
 
 Per tensor: the exact global min/max, the running mean of each sample's min/max, and a
 reservoir sample (Vitter's algorithm R, vectorised per sample) of fixed size for the
-calibrators that need the distribution. Memory is fixed by the reservoir size, never by
+calibrators that need the distribution; for the inputs of the linear ops, the mean of each
+channel over the first MEAN_SAMPLES samples (the OpenVINO saturation guard's bias
+follow-up reads them: quantize_ov.py). Memory is fixed by the reservoir size, never by
 the number of samples, and samples are consumed one at a time (any iterable works).
 """
 
@@ -16,6 +18,7 @@ import numpy as np
 
 DEFAULT_RESERVOIR = 1 << 16
 SHORT_ROWS = 256           # channel maxima of maps this small: across channels
+MEAN_SAMPLES = 32          # channel means of the linear ops' inputs: over this many samples
 
 
 @dataclass
@@ -30,6 +33,10 @@ class TensorStats:
     sum_max: float = 0.0
     # NCHW tensors: each channel's max over every sample (depthwise equalization's m_i)
     channel_max: np.ndarray | None = None
+    # inputs of Conv (axis 1) and MatMul / Gemm (last axis): the first MEAN_SAMPLES samples'
+    # channel means, summed, and how many
+    channel_sum: np.ndarray | None = None
+    channel_samples: int = 0
 
     def sample(self) -> np.ndarray:
         return self.reservoir
@@ -41,6 +48,14 @@ class TensorStats:
     @property
     def mean_max(self) -> float:
         return self.sum_max / self.samples if self.samples else self.max
+
+    @property
+    def channel_mean(self) -> np.ndarray | None:
+        """Each channel's mean over the first MEAN_SAMPLES samples (per-sample means,
+        averaged), or None."""
+        if self.channel_sum is None or not self.channel_sum.size or not self.channel_samples:
+            return None
+        return self.channel_sum / self.channel_samples
 
     def update(self, flat: np.ndarray, capacity: int, rng: np.random.Generator,
                channels: np.ndarray | None = None) -> None:
@@ -94,6 +109,32 @@ def _float_tensors(model) -> list[str]:
             continue
         names += [o for o in node.output if o and types.get(o) in float_types]
     return list(dict.fromkeys(names))
+
+
+def _linear_inputs(model) -> dict[str, int]:
+    """The activation input of each Conv (channel axis 1), MatMul and Gemm (last axis; not a
+    Gemm that transposes it) -> the axis of its channels; a tensor two kinds of op read
+    with different axes is left out."""
+    axes: dict[str, int | None] = {}
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            axis = 1
+        elif node.op_type == "MatMul" or (node.op_type == "Gemm" and not any(
+                a.name == "transA" and a.i for a in node.attribute)):
+            axis = -1
+        else:
+            continue
+        name = node.input[0]
+        axes[name] = axis if axes.get(name, axis) == axis else None
+    return {name: axis for name, axis in axes.items() if axis is not None}
+
+
+def _channel_means(value: np.ndarray, axis: int) -> np.ndarray | None:
+    """The mean of each channel (``axis``) of one sample's tensor, in float64."""
+    if value.ndim < 2 or not value.size:
+        return None
+    axis %= value.ndim
+    return value.mean(axis=tuple(i for i in range(value.ndim) if i != axis), dtype=np.float64)
 
 
 def _channel_peaks(value: np.ndarray) -> np.ndarray | None:
@@ -152,8 +193,10 @@ def collect_stats(onnx_path, samples: Iterable[dict[str, np.ndarray]],
     from edgeopt.runtimes import capture_onnx
 
     model = onnx.load(str(onnx_path)) if isinstance(onnx_path, (str, Path)) else onnx_path
+    means: dict[str, int] = {}
     if names is None:
         names = _float_tensors(model)
+        means = _linear_inputs(model)         # the whole model runs: its linear inputs too
     else:
         names = list(names)
         model = _only_what_makes(model, names)
@@ -167,6 +210,22 @@ def collect_stats(onnx_path, samples: Iterable[dict[str, np.ndarray]],
         for name, value in zip(names, values, strict=True):
             value = np.asarray(value, dtype=np.float32)
             stats[name].update(value.ravel(), reservoir, rng, _channel_peaks(value))
+            if name in means and i < MEAN_SAMPLES:
+                _add_means(stats[name], _channel_means(value, means[name]))
         if progress is not None:
             progress(i + 1, total or i + 1)
     return stats
+
+
+def _add_means(stats: TensorStats, mean: np.ndarray | None) -> None:
+    """Fold one sample's channel means in; channels that change between samples leave
+    none (an empty array)."""
+    if mean is None:
+        return
+    if stats.channel_sum is None and not stats.channel_samples:
+        stats.channel_sum = mean
+    elif stats.channel_sum is not None and stats.channel_sum.shape == mean.shape:
+        stats.channel_sum = stats.channel_sum + mean
+    else:
+        stats.channel_sum = np.zeros(0)
+    stats.channel_samples += 1

@@ -32,6 +32,9 @@ MIN_FRACTION_GAIN = 0.002
 BENCH_ROUNDS = 2            # interleaved A/B rounds; each side's p50 is its lowest
 FAST = "--effort fast"      # why a choice is kept unweighed under the fast preset
 FAST_COST = "measured -0.5 pt top-1 agreement on mobilenet-v2 (docs/speed.md)"
+NNCF_FAST_NOTE = "fast bias correction)"      # in the NNCF note of quantize_ov.py
+NNCF_FAST_COST = ("measured 0.65-1.1 dB less output SQNR against FP32 on mobilenet-v2 "
+                  "(docs/speed.md)")
 
 
 @dataclass(frozen=True)
@@ -236,10 +239,17 @@ def fast_shortcuts(art) -> list[dict]:
     """The shortcuts ``--effort fast`` made in ``art``'s build that cost accuracy, each
     recorded as kept, not weighed: the bias correction that took its input means from the
     weight-rounding pass (the quantizers whose notes say they correct biases after rounding;
-    ``calibrate.quantize.EFFORTS``)."""
+    ``calibrate.quantize.EFFORTS``), and NNCF's fast bias correction instead of its full one
+    (``calibrate.quantize_ov``)."""
     notes = (art.quantization or {}).get("notes", ())
-    if not any(note.startswith("bias correction:") for note in notes):
-        return []
-    return [not_weighed(Choice("shared-bias-pass", "bias correction with the input means of the "
-                               "weight-rounding pass (one calibration pass less)", {}),
-                        art.runtime, f"{FAST}: {FAST_COST}")]
+    found = []
+    if any(note.startswith("bias correction:") for note in notes):
+        found.append(not_weighed(Choice("shared-bias-pass", "bias correction with the input "
+                                        "means of the weight-rounding pass (one calibration "
+                                        "pass less)", {}),
+                                 art.runtime, f"{FAST}: {FAST_COST}"))
+    if any(NNCF_FAST_NOTE in note for note in notes):
+        found.append(not_weighed(Choice("nncf-fast-bias-correction", "NNCF's fast bias "
+                                        "correction instead of its full one", {}),
+                                 art.runtime, f"{FAST}: {NNCF_FAST_COST}"))
+    return found

@@ -40,15 +40,15 @@ def calib():
 
 
 @pytest.fixture()
-def nncf_runs(monkeypatch) -> list[int]:
-    """Counts nncf.quantize calls; every memo starts empty."""
+def nncf_runs(monkeypatch) -> list[dict]:
+    """The options of each nncf.quantize call; every memo starts empty."""
     import nncf
 
-    runs: list[int] = []
+    runs: list[dict] = []
     real = nncf.quantize
 
     def counted(*args, **kwargs):
-        runs.append(1)
+        runs.append(kwargs)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(nncf, "quantize", counted)
@@ -57,9 +57,10 @@ def nncf_runs(monkeypatch) -> list[int]:
     ov_reuse.clear()
 
 
-def _build(model, calib, out: Path, guard: bool):
+def _build(model, calib, out: Path, guard: bool, effort: str = "default"):
     onnx_path, xml = model
-    result = quantize_for_openvino(xml, out, calib, QuantConfig(saturation_guard=guard),
+    result = quantize_for_openvino(xml, out, calib,
+                                   QuantConfig(saturation_guard=guard, effort=effort),
                                    stats=activation_stats(onnx_path, calib),
                                    fp32_onnx=onnx_path, before_save=canonical_names)
     return result, out.read_bytes(), out.with_suffix(".bin").read_bytes()
@@ -92,6 +93,28 @@ def test_other_samples_or_settings_run_nncf_again(model, calib, nncf_runs, tmp_p
                           QuantConfig(saturation_guard=False, keep_first_fp32=True),
                           fp32_onnx=onnx_path)
     assert len(nncf_runs) == 3                   # another ignored scope
+
+
+def test_effort_fast_takes_nncf_fast_bias_correction_and_says_so(model, calib, nncf_runs,
+                                                                 tmp_path):
+    from edgeopt.tradeoffs import fast_shortcuts
+
+    default = _build(model, calib, tmp_path / "default.xml", guard=False)
+    fast = _build(model, calib, tmp_path / "fast.xml", guard=False, effort="fast")
+    assert [run["fast_bias_correction"] for run in nncf_runs] == [False, True]  # not reused
+    assert fast[1:] != default[1:]
+    assert any("PERFORMANCE preset, fast bias correction)" in n for n in fast[0].notes)
+    assert not any("fast bias correction" in n for n in default[0].notes)
+
+    class Art:
+        runtime = "openvino"
+        quantization = {"notes": list(fast[0].notes)}
+
+    (record,) = fast_shortcuts(Art())
+    assert record["choice"] == "nncf-fast-bias-correction" and record["kept"]
+    assert record["not_weighed"].startswith("--effort fast: measured 0.65-1.1 dB less")
+    Art.quantization = {"notes": list(default[0].notes)}
+    assert fast_shortcuts(Art()) == []
 
 
 def test_layer_sqnr_keeps_the_fp32_side_and_gives_the_same_rows(model, calib, monkeypatch,

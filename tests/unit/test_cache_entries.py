@@ -82,10 +82,13 @@ def test_cached_statistics_keep_their_arrays(tmp_path):
     from edgeopt.calibrate.stats import TensorStats
 
     stats = {"a": TensorStats("a", 0.0, 2.0, 4, np.arange(4, dtype=np.float32), 1, 0.0, 2.0,
-                              np.array([1.0, 2.0], dtype=np.float32)),
+                              np.array([1.0, 2.0], dtype=np.float32),
+                              channel_sum=np.array([0.5, 3.0]), channel_samples=2),
              "b": TensorStats("b", -1.0, 1.0, 2, np.zeros(2, dtype=np.float32))}
     back = load_stats(tmp_path / "s.npz", save_stats(tmp_path / "s.npz", stats))
     assert isinstance(back["a"].channel_max, np.ndarray)
+    np.testing.assert_array_equal(back["a"].channel_mean, [0.25, 1.5])
+    assert back["b"].channel_mean is None
     np.testing.assert_array_equal(back["a"].channel_max, stats["a"].channel_max)
     np.testing.assert_array_equal(back["a"].reservoir, stats["a"].reservoir)
     assert back["b"].channel_max is None and back["b"].max == 1.0
