@@ -197,6 +197,11 @@ def export_source(state, path: Path):
     side.ask("export", str(path), state.input_names, state.prepared.output_names or None,
              list(state.parity_inputs) if state.parity_ref is None else None)
     side.exporting[0] = False           # the child takes the request after its export
+    if state.recipe.quant.enabled:      # meanwhile, the imports the quantizers will need
+        from edgeopt.backends import get_backend
+
+        for runtime in state.recipe.runtimes:
+            get_backend(runtime).warm_up()
     result, outs = side.answer()
     if state.parity_ref is None:
         state.parity_ref = outs
