@@ -263,21 +263,25 @@ def _main(read_fd: int, write_fd: int) -> None:
     export request then takes that file."""
     recv, send = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     held: dict = {}
-    while True:
-        try:
-            request = recv.recv()
-        except EOFError:
-            return
-        if request is None:
-            return
-        op, args = request
-        try:
-            answer = ("ok", _OPS[op](held, *args))
-        except BaseException as e:  # noqa: BLE001 - every error goes back to the parent
-            answer = ("error", _packed(e))
-        send.send(answer)
-        if "early" in held and "early_done" not in held:
-            _export_early(held)
+    try:
+        while True:
+            try:
+                request = recv.recv()
+            except EOFError:        # the parent ended (even killed): so does the child
+                return
+            if request is None:
+                return
+            op, args = request
+            try:
+                answer = ("ok", _OPS[op](held, *args))
+            except BaseException as e:  # noqa: BLE001 - every error goes back to the parent
+                answer = ("error", _packed(e))
+            send.send(answer)
+            if "early" in held and "early_done" not in held:
+                _export_early(held)
+    finally:        # the parent removes it too, unless it was killed
+        if held.get("scratch"):
+            shutil.rmtree(held["scratch"], ignore_errors=True)
 
 
 def _packed(e: BaseException) -> tuple:
@@ -294,6 +298,7 @@ def _load(held: dict, recipe, path: list[str], scratch: str | None = None) -> di
     from edgeopt._source import torch_specs
 
     sys.path[:] = path                  # the parent's (a factory's module may be on it)
+    held["scratch"] = scratch
     source = load_here(recipe)
     held["source"] = source
     specs, fit_error = None, None

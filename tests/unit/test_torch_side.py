@@ -133,3 +133,43 @@ def test_a_run_that_ends_before_asking_for_the_export_stops_the_child_at_once(mo
     assert time.monotonic() - start < 2.0
     assert side._proc.poll() is not None
     assert not Path(side.scratch).exists()
+
+
+def test_a_killed_parent_leaves_no_scratch_folder(tmp_path):
+    """SIGKILL of the parent while its child exports: the child ends once its export is
+    done, and removes its scratch folder (nothing is left in TMPDIR)."""
+    import os
+    import signal
+    import time
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(TESTS)!r})
+        from edgeopt import _torch_side
+        from edgeopt.recipe import Recipe
+        source = _torch_side.load_source(Recipe().override(model="tiny_models:tiny_cnn",
+                                                           input_shape="1,3,8,8"))
+        print(source.extra[_torch_side.SIDE].pid, flush=True)
+        import time
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "TMPDIR": str(temp)})
+    child = int(parent.stdout.readline())
+    assert [p.name for p in temp.iterdir()][0].startswith("edgeopt-torch-")
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:        # gone, or a zombie whose new parent has not reaped it yet
+            if Path(f"/proc/{child}/stat").read_text().split(") ")[1][0] == "Z":
+                break
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the child outlived its parent by 2 minutes")
+    assert list(temp.iterdir()) == []
