@@ -62,6 +62,7 @@ __all__ = [
     "QuantConfig",
     "QuantResult",
     "activation_stats",
+    "artifact_layer_sqnr",
     "check_calibration",
     "integer_kernel_counts",
     "layer_sqnr",
@@ -184,7 +185,7 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
                           config: QuantConfig = QuantConfig(), progress: Progress = None,
                           stats: dict[str, TensorStats] | None = None,
                           qat_samples: Sequence[dict[str, np.ndarray]] | None = None,
-                          qat_note: str = "") -> QuantResult:
+                          qat_note: str = "", sqnr: bool = True) -> QuantResult:
     """A QDQ INT8 model that ONNX Runtime's CPU EP runs with integer kernels.
 
     ``stats`` (from :func:`activation_stats` on ``fp32_onnx``) saves the calibration pass
@@ -192,6 +193,8 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
     the int8 weights are then fine-tuned on ``qat_samples`` (default: ``calib``), which
     ``qat_note`` describes in the notes. Stages that another build of the same model,
     samples and statistics already computed in this process come from reuse.py.
+    ``sqnr=False`` leaves ``layer_sqnr`` empty (a trial build that may be discarded);
+    :func:`artifact_layer_sqnr` gives the same rows later, from the file.
     """
     import onnx
 
@@ -212,7 +215,7 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
         qdq = _quantize_static(base, prepped, tmp, calib, ranges, config, excluded, notes)
         notes += _refine(model, qdq, calib, config, progress,
                          qat_samples, qat_note or f"{len(calib)} calibration samples")
-        sqnr = layer_sqnr(model, qdq, calib)
+        rows = layer_sqnr(model, qdq, calib) if sqnr else []
         onnx.save(qdq, str(tmp))
         os.replace(tmp, out)
     except CalibrationError:
@@ -228,7 +231,30 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
                  f"for {len(ranges)} tensors from {len(calib)} samples")
     notes += source.notes
     return QuantResult(out, tuple(excluded), tuple(notes), integer_kernel_counts(out),
-                       tuple(sqnr), len(ranges))
+                       tuple(rows), len(ranges))
+
+
+def artifact_layer_sqnr(fp32_onnx: Path, int8_onnx: Path, calib: Sequence[dict[str, np.ndarray]],
+                        config: QuantConfig = QuantConfig(),
+                        stats: dict[str, TensorStats] | None = None) -> tuple[dict, ...]:
+    """``layer_sqnr`` of the QDQ model :func:`quantize_onnx_for_ort` wrote to ``int8_onnx``
+    from ``fp32_onnx``, ``calib``, ``config`` and ``stats`` with ``sqnr=False``: the rows
+    that build would have given (the same pre-processed FP32 model, from the memo or made
+    again, against the same QDQ graph, read back)."""
+    import onnx
+
+    if stats is None:
+        stats = activation_stats(fp32_onnx, calib, None, reservoir_for(config.calibrator))
+    prepped = staging_path(Path(int8_onnx), ".prep.onnx")
+    try:
+        base = prepared_base(fp32_onnx, prepped, calib, stats, config,
+                             fp32_source(fp32_onnx).digest)
+        return tuple(layer_sqnr(base.model(), onnx.load(str(int8_onnx)), calib))
+    except Exception as e:
+        msg = f"layer SQNR of {Path(int8_onnx).name} failed: {short_reason(e)}"
+        raise CalibrationError(msg) from e
+    finally:
+        prepped.unlink(missing_ok=True)
 
 
 def _quantize_static(base: Base, prepped: Path, tmp: Path, calib, ranges: dict,

@@ -116,11 +116,38 @@ def cached_quantize(state, backend, job):
     def parts() -> dict:
         return {"onnx": state.keys.fp32_onnx, "calib": state.keys.calib,
                 "config": dataclasses.asdict(job.config), "runtime": backend.runtime,
-                "name": job.name, "variant": job.variant,
+                "name": job.name, "variant": job.variant, "layer_sqnr": job.layer_sqnr,
                 "model": state.recipe.model if job.config.qat_epochs else None}
 
     facts, _ = through_cache(state, "quantize", parts, list(job.int8_files(backend)), build)
     return artifact_from(facts["artifact"])
+
+
+def cached_layer_sqnr(state, backend, job, art):
+    """``art``, built by ``job`` without its per-layer SQNR (``job.layer_sqnr`` False: a
+    weighing variant), given the figures and sensitivity that build would have given it,
+    or the cache's; ``art`` as it is when its build made them."""
+    from edgeopt.backends.base import with_layer_sqnr
+    from edgeopt.calibrate.quantize import sensitivity_order
+
+    path = job.path(art.file)
+
+    def build() -> dict:
+        with state.progress.step(job.step("layer SQNR")):
+            return {"rows": backend.layer_sqnr(path, job)}
+
+    def parts() -> dict:
+        return {"file": state.keys.file(path), "onnx": state.keys.fp32_onnx,
+                "calib": state.keys.calib, "config": dataclasses.asdict(job.config),
+                "runtime": backend.runtime}
+
+    if job.layer_sqnr:
+        return art
+    facts, _ = through_cache(state, "layer-sqnr", parts, [], build)
+    if facts["rows"] is not None:
+        art.quantization = with_layer_sqnr(art.quantization or {}, facts["rows"])
+        art.sensitivity = tuple(sensitivity_order(facts["rows"]))
+    return art
 
 
 # ------------------------------------------------------------------ (de)serialising

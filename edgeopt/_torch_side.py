@@ -7,6 +7,8 @@ the digest, the export's result and the parity outputs) and ends the child once 
 ONNX is written. What torch leaves resident (its libraries, the model, the dynamo
 exporter's ~200 MB) goes with the child, instead of staying in the parent through the
 quantize and evaluate steps (cold ``optimize`` of mobilenet-v2: see docs/speed.md).
+The child exports as soon as the model is loaded, while the parent prepares the data, and
+hands the file over when the parent asks for it (the same call, the same bytes).
 
 An error in the child comes back as the same exception class and message (so the same
 one line and exit code); its traceback becomes the cause, shown with ``--debug``.
@@ -21,8 +23,10 @@ import functools
 import importlib
 import os
 import pickle
+import shutil
 import subprocess
 import sys
+import tempfile
 import traceback
 import weakref
 from collections.abc import Callable
@@ -66,6 +70,7 @@ class TorchSide:
     their own; the child's stdout and stderr are the parent's."""
 
     def __init__(self) -> None:
+        self.scratch = tempfile.mkdtemp(prefix="edgeopt-torch-")   # the early export's
         child_reads, parent_writes = os.pipe()
         parent_reads, child_writes = os.pipe()
         root = str(Path(__file__).resolve().parents[1])    # where this edgeopt is
@@ -78,8 +83,10 @@ class TorchSide:
         self._send = Connection(parent_writes, readable=False)
         self._recv = Connection(parent_reads, writable=False)
         self._asked: list[str] = []         # requests not answered yet, oldest first
+        # True while the child may be exporting on its own (see _main): not idle
+        self.exporting = [False]
         self._finalizer = weakref.finalize(self, _stop, self._send, self._recv, self._proc,
-                                           self._asked)
+                                           self._asked, self.exporting, self.scratch)
 
     def call(self, op: str, *args) -> Any:
         """The child's answer to ``op``; its exception, re-raised here."""
@@ -119,10 +126,11 @@ class TorchSide:
         return self._proc.pid
 
 
-def _stop(send, recv, proc, asked: list[str]) -> None:
+def _stop(send, recv, proc, asked: list[str], exporting: list[bool], scratch: str) -> None:
     """End the child: asked to, when it is idle; killed, when it is still working (the
-    run ended, e.g. on an error, before it needed the answer)."""
-    if asked:
+    run ended, e.g. on an error or with the export from the cache, before it needed the
+    answer); then remove its scratch folder."""
+    if asked or exporting[0]:
         proc.kill()
     else:
         try:
@@ -136,6 +144,7 @@ def _stop(send, recv, proc, asked: list[str]) -> None:
         proc.kill()
         proc.wait()
     recv.close()
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------ parent
@@ -151,7 +160,7 @@ def start(recipe) -> Callable[[], Any]:
     """Start loading the recipe's model in a child; returns the call that waits for it
     and gives :func:`load_source`'s SourceModel."""
     side = TorchSide()
-    side.ask("load", recipe, list(sys.path))
+    side.ask("load", recipe, list(sys.path), side.scratch)
     return functools.partial(_loaded, side, recipe)
 
 
@@ -161,6 +170,7 @@ def _loaded(side: TorchSide, recipe):
     except BaseException:
         side.close()
         raise
+    side.exporting[0] = facts.pop("exporting")
     extra = {SIDE: side, "specs": facts.pop("specs"), "digest": facts.pop("digest"),
              "fit_error": facts.pop("fit_error")}
     if recipe.model.startswith("ref:"):
@@ -184,9 +194,15 @@ def export_source(state, path: Path):
         return export_onnx(state.module, source.example_inputs, path,
                            input_names=state.input_names,
                            output_names=state.prepared.output_names or None)
-    result, outs = side.call("export", str(path), state.input_names,
-                             state.prepared.output_names or None,
-                             list(state.parity_inputs) if state.parity_ref is None else None)
+    side.ask("export", str(path), state.input_names, state.prepared.output_names or None,
+             list(state.parity_inputs) if state.parity_ref is None else None)
+    side.exporting[0] = False           # the child takes the request after its export
+    if state.recipe.quant.enabled:      # meanwhile, the imports the quantizers will need
+        from edgeopt.backends import get_backend
+
+        for runtime in state.recipe.runtimes:
+            get_backend(runtime).warm_up()
+    result, outs = side.answer()
     if state.parity_ref is None:
         state.parity_ref = outs
     return result
@@ -241,22 +257,31 @@ def _rebuilt(module: str, qualname: str, message: str, attrs: bytes, where: str)
 # ------------------------------------------------------------------------------- child
 
 def _main(read_fd: int, write_fd: int) -> None:
-    """The child's loop: one request in, one answer out, until None or the parent's end."""
+    """The child's loop: one request in, one answer out, until None or the parent's end.
+    Once a model is loaded, the child exports it at once, into the parent's scratch
+    folder, while the parent prepares the data (:func:`_export_early`); the parent's
+    export request then takes that file."""
     recv, send = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     held: dict = {}
-    while True:
-        try:
-            request = recv.recv()
-        except EOFError:
-            return
-        if request is None:
-            return
-        op, args = request
-        try:
-            answer = ("ok", _OPS[op](held, *args))
-        except BaseException as e:  # noqa: BLE001 - every error goes back to the parent
-            answer = ("error", _packed(e))
-        send.send(answer)
+    try:
+        while True:
+            try:
+                request = recv.recv()
+            except EOFError:        # the parent ended (even killed): so does the child
+                return
+            if request is None:
+                return
+            op, args = request
+            try:
+                answer = ("ok", _OPS[op](held, *args))
+            except BaseException as e:  # noqa: BLE001 - every error goes back to the parent
+                answer = ("error", _packed(e))
+            send.send(answer)
+            if "early" in held and "early_done" not in held:
+                _export_early(held)
+    finally:        # the parent removes it too, unless it was killed
+        if held.get("scratch"):
+            shutil.rmtree(held["scratch"], ignore_errors=True)
 
 
 def _packed(e: BaseException) -> tuple:
@@ -267,12 +292,13 @@ def _packed(e: BaseException) -> tuple:
     return (type(e).__module__, type(e).__qualname__, str(e), attrs, traceback.format_exc())
 
 
-def _load(held: dict, recipe, path: list[str]) -> dict:
+def _load(held: dict, recipe, path: list[str], scratch: str | None = None) -> dict:
     from edgeopt._cache import module_digest
     from edgeopt._source import load_source as load_here
     from edgeopt._source import torch_specs
 
     sys.path[:] = path                  # the parent's (a factory's module may be on it)
+    held["scratch"] = scratch
     source = load_here(recipe)
     held["source"] = source
     specs, fit_error = None, None
@@ -282,8 +308,27 @@ def _load(held: dict, recipe, path: list[str]) -> dict:
         fit_error = _packed(e)
     facts = {f.name: getattr(source, f.name) for f in dataclasses.fields(source)
              if f.name not in ("module", "example_inputs", "extra")}
-    return {**facts, "specs": specs, "fit_error": fit_error,
+    if specs is not None and scratch is not None:
+        # what the parent's export request will name: the inputs as in the specs, the
+        # source's output names (edgeopt._source.prepare keeps them)
+        held["early"] = (Path(scratch) / "early.onnx", tuple(n for n, _, _ in specs),
+                         source.output_names or None)
+    return {**facts, "specs": specs, "fit_error": fit_error, "exporting": "early" in held,
             "digest": module_digest(source.module, source.example_inputs)}
+
+
+def _export_early(held: dict) -> None:
+    """The export the parent is about to ask for, made before it asks; its result, or its
+    error, is kept for :func:`_export`."""
+    from edgeopt.convert import export_onnx
+
+    source = held["source"]
+    path, input_names, output_names = held["early"]
+    try:
+        held["early_done"] = export_onnx(source.module, source.example_inputs, path,
+                                         input_names=input_names, output_names=output_names)
+    except Exception as e:  # noqa: BLE001 - raised again when the parent asks
+        held["early_done"] = e
 
 
 def _export(held: dict, path: str, input_names, output_names, parity_inputs):
@@ -291,11 +336,34 @@ def _export(held: dict, path: str, input_names, output_names, parity_inputs):
     from edgeopt.convert import export_onnx
 
     source = held["source"]
-    result = export_onnx(source.module, source.example_inputs, Path(path),
-                         input_names=input_names, output_names=output_names)
+    early, done = held.pop("early", None), held.pop("early_done", None)
+    if early is not None and done is not None and early[1:] == (tuple(input_names),
+                                                               output_names):
+        if isinstance(done, Exception):
+            raise done
+        _move(early[0], Path(path))
+        result = dataclasses.replace(done, path=Path(path))
+    else:
+        result = export_onnx(source.module, source.example_inputs, Path(path),
+                             input_names=input_names, output_names=output_names)
     outs = (None if parity_inputs is None
             else torch_outputs(source.module, input_names, parity_inputs))
     return result, outs
+
+
+def _move(src: Path, dst: Path) -> None:
+    """``src`` to ``dst``, which appears whole or not at all (a copy beside it first when
+    the two are on different file systems)."""
+    try:
+        os.replace(src, dst)
+    except OSError:
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+            src.unlink(missing_ok=True)
 
 
 _OPS = {"load": _load, "export": _export}

@@ -278,7 +278,9 @@ def quantize(state: RunState) -> None:
             warn=state.progress.warn)
         weigh_choices(state, backend, job(outcome.reverted), outcome.artifact,
                       build=lambda j, b=backend: _build(state, b, j),
-                      evaluate=lambda art: evaluate_artifact(state, art))
+                      evaluate=lambda art: evaluate_artifact(state, art),
+                      complete=lambda j, art, b=backend: _cached.cached_layer_sqnr(state, b, j,
+                                                                                  art))
         value = outcome.artifact.accuracy["value"]
         warning = state.budget.record(runtime, outcome.artifact, value, outcome.reverted)
         if warning:

@@ -198,13 +198,16 @@ def discard(staging, variant) -> None:
         staging.path(name).unlink(missing_ok=True)
 
 
-def weigh_choices(state, backend, job, art, *, build: Callable, evaluate: Callable) -> None:
+def weigh_choices(state, backend, job, art, *, build: Callable, evaluate: Callable,
+                  complete: Callable | None = None) -> None:
     """Each choice ``backend`` reports for ``art``'s build (``job``), weighed in turn on the
     run ``state`` (an ``edgeopt.steps.RunState``); a later choice is weighed on the build
     without the earlier dropped ones. ``build(job)`` makes an INT8 artifact, ``evaluate(a)``
-    scores one; the records go to ``state.tradeoffs`` and the console. Under ``--effort
-    fast`` nothing is weighed: every choice is kept and recorded "not weighed", and so is
-    each shortcut of the build (:func:`fast_shortcuts`)."""
+    scores one; the records go to ``state.tradeoffs`` and the console. A variant is built
+    with ``layer_sqnr=False`` (most are discarded); ``complete(job, variant)`` gives the one
+    adopted the per-layer SQNR its build left out. Under ``--effort fast`` nothing is
+    weighed: every choice is kept and recorded "not weighed", and so is each shortcut of
+    the build (:func:`fast_shortcuts`)."""
     budget = state.budget
     elsewhere = saturating_elsewhere(state.targets, art.runtime)
     fast = state.recipe.quant.effort == "fast"
@@ -215,16 +218,20 @@ def weigh_choices(state, backend, job, art, *, build: Callable, evaluate: Callab
             record = not_weighed(choice, art.runtime, f"{', '.join(elsewhere)} may need it "
                                  "and is not this machine")
         else:
+            def variant_job(changes: dict, c=choice, base=job):
+                return replace(base, variant=f"without-{c.name}",
+                               config=replace(base.config, **changes),
+                               layer_sqnr=complete is None)
+
             record = weigh(
                 choice, art, evaluate=evaluate, drop=budget.drop,
-                build=lambda changes, c=choice, base=job: build(
-                    replace(base, variant=f"without-{c.name}",
-                            config=replace(base.config, **changes))),
+                build=lambda changes, v=variant_job: build(v(changes)),
                 acceptable=lambda v: budget.allowed_drop is None
                 or budget.drop(v) <= budget.allowed_drop + 1e-9,
                 time_pair=time_pair(state.targets, state.recipe, state.staging,
                                     state.prepared.eval_inputs[0]),
-                adopt=lambda v: adopt(state.staging, art, v),
+                adopt=lambda v, c=choice, j=variant_job: adopt(
+                    state.staging, art, complete(j(c.without), v) if complete else v),
                 discard=lambda v: discard(state.staging, v))
             if not record["kept"]:
                 job = replace(job, config=replace(job.config, **choice.without))

@@ -46,6 +46,9 @@ class QuantJob:
     staging: Any                # edgeopt._outdir.Staging: where files are written
     steps: Any                  # edgeopt._progress.Steps: progress and timing
     variant: str | None = None  # a trial build's INT8 files carry it: NAME.VARIANT.int8-...
+    # False: a trial build that may be discarded; a backend may then leave out the
+    # per-layer SQNR (the artifact's sensitivity), which :meth:`Backend.layer_sqnr` gives
+    layer_sqnr: bool = True
 
     def path(self, file: str) -> Path:
         return self.staging.path(file)
@@ -95,6 +98,10 @@ class Backend:
         return self.adapter().load(model)
 
     # ------------------------------------------------------------------ build
+    def warm_up(self) -> None:
+        """Import what this backend's quantizer will need (called while the process
+        waits on other work, e.g. the PyTorch child's export); nothing by default."""
+
     def build_fp32(self, name: str, fp32_onnx: Path, staging, steps,
                    check_parity) -> tuple[Artifact, dict] | None:
         """This runtime's FP32 artifact from the exported ONNX, staged, with the step's
@@ -114,6 +121,11 @@ class Backend:
         """Node groups of the FP32 graph, most damaged by quantization first."""
         return list(art.sensitivity)
 
+    def layer_sqnr(self, artifact: Path, job: QuantJob) -> list[dict] | None:
+        """The per-layer SQNR rows (worst first) that ``job``'s build would have given
+        ``artifact`` had ``job.layer_sqnr`` been True; None: its build made them anyway."""
+        return None
+
     def speed_choices(self, art: Artifact, job: QuantJob) -> list:
         """The defaults of ``art``'s build that keep part of it in float for accuracy
         (:class:`edgeopt.tradeoffs.Choice`), each weighed against the build without it."""
@@ -122,14 +134,23 @@ class Backend:
 
 def quant_record(result, job: QuantJob, integer_kernels: dict[str, int] | None = None) -> dict:
     """The report's ``quantization`` block of an INT8 artifact."""
-    return {
+    return with_layer_sqnr({
         "calibrator": job.config.calibrator,
         "calibration": job.prepared.calib_note,
         "excluded_nodes": list(result.excluded_nodes),
         "notes": list(result.notes),
-        # the worst layers: SQNR of the quantized activation against FP32, in dB
-        **({"layer_sqnr_worst": list(result.layer_sqnr[:LAYER_SQNR_ROWS])}
-           if result.layer_sqnr else {}),
         **({"integer_kernels": integer_kernels} if integer_kernels else {}),
-    }
+    }, result.layer_sqnr)
+
+
+def with_layer_sqnr(record: dict, rows) -> dict:
+    """``record`` (a ``quantization`` block) with the worst layers of ``rows`` after its
+    notes: the SQNR of each quantized activation against FP32, in dB."""
+    if not rows:
+        return record
+    keys = list(record)
+    at = keys.index("notes") + 1 if "notes" in keys else len(keys)
+    return {**{k: record[k] for k in keys[:at]},
+            "layer_sqnr_worst": list(rows[:LAYER_SQNR_ROWS]),
+            **{k: record[k] for k in keys[at:] if k != "layer_sqnr_worst"}}
 

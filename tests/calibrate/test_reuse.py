@@ -142,3 +142,23 @@ def test_sample_digests_tell_apart_shapes_dtypes_and_values_of_any_rank():
     strided = np.arange(12, dtype=np.int64).reshape(3, 4)[:, ::2]
     assert reuse.samples_digest([{"x": strided}]) == reuse.samples_digest(
         [{"x": np.array(strided)}])
+
+
+@pytest.mark.parametrize("name", ["default", "int8-stem", "no-guard"])
+def test_layer_sqnr_left_out_then_read_from_the_file_is_the_builds(net, tmp_path, name):
+    """A weighing variant leaves its per-layer SQNR out (sqnr=False); when it is adopted,
+    artifact_layer_sqnr gives the rows its build would have: from the memo's stages, and
+    from stages made again."""
+    from edgeopt.calibrate.quantize import artifact_layer_sqnr
+
+    calib, config = _samples(6, 0), VARIANTS[name]
+    stats = activation_stats(net, calib)
+    full = quantize_onnx_for_ort(net, tmp_path / "full.onnx", calib, config, stats=stats)
+    reuse.clear()
+    lean = quantize_onnx_for_ort(net, tmp_path / "lean.onnx", calib, config, stats=stats,
+                                 sqnr=False)
+    assert lean.layer_sqnr == () and full.layer_sqnr
+    assert lean.path.read_bytes() == full.path.read_bytes()
+    assert artifact_layer_sqnr(net, lean.path, calib, config, stats) == full.layer_sqnr
+    reuse.clear()
+    assert artifact_layer_sqnr(net, lean.path, calib, config, stats) == full.layer_sqnr

@@ -89,3 +89,87 @@ def test_optimize_never_imports_torch_in_the_parent(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "torch imported: False" in done.stdout
     assert len(list((tmp_path / "out").glob("*.int8-ort.onnx"))) == 1
+
+
+def test_the_early_export_is_the_export_asked_for(monkeypatch, tmp_path):
+    """The child exports as soon as the model is loaded; the parent's request then takes
+    that file, byte for byte the export the parent would make itself."""
+    monkeypatch.syspath_prepend(str(TESTS))
+    from types import SimpleNamespace
+
+    from edgeopt.convert import export_onnx
+
+    recipe = _recipe("tiny_models:tiny_cnn", input_shape="1,3,8,8")
+    source = _torch_side.load_source(recipe)
+    side = source.extra[_torch_side.SIDE]
+    names = tuple(n for n, _, _ in source.extra["specs"])
+    state = SimpleNamespace(recipe=recipe, input_names=names, parity_ref=[],
+                            prepared=SimpleNamespace(source=source,
+                                                     output_names=source.output_names))
+    try:
+        assert side.exporting[0]
+        result = _torch_side.export_source(state, tmp_path / "child.onnx")
+    finally:
+        _torch_side.release(source)
+    assert not Path(side.scratch).exists()
+    here = load_here(recipe)
+    direct = export_onnx(here.module, here.example_inputs, tmp_path / "here.onnx",
+                         input_names=names, output_names=here.output_names or None)
+    assert result.path == tmp_path / "child.onnx"
+    assert (result.exporter, result.output_names) == (direct.exporter, direct.output_names)
+    assert (tmp_path / "child.onnx").read_bytes() == (tmp_path / "here.onnx").read_bytes()
+
+
+def test_a_run_that_ends_before_asking_for_the_export_stops_the_child_at_once(monkeypatch):
+    """The export from the cache, or an error while the data is prepared: the child, maybe
+    still exporting, is killed rather than waited for, and its scratch folder removed."""
+    import time
+
+    monkeypatch.syspath_prepend(str(TESTS))
+    source = _torch_side.load_source(_recipe("tiny_models:tiny_cnn", input_shape="1,3,8,8"))
+    side = source.extra[_torch_side.SIDE]
+    start = time.monotonic()
+    _torch_side.release(source)
+    assert time.monotonic() - start < 2.0
+    assert side._proc.poll() is not None
+    assert not Path(side.scratch).exists()
+
+
+def test_a_killed_parent_leaves_no_scratch_folder(tmp_path):
+    """SIGKILL of the parent while its child exports: the child ends once its export is
+    done, and removes its scratch folder (nothing is left in TMPDIR)."""
+    import os
+    import signal
+    import time
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(TESTS)!r})
+        from edgeopt import _torch_side
+        from edgeopt.recipe import Recipe
+        source = _torch_side.load_source(Recipe().override(model="tiny_models:tiny_cnn",
+                                                           input_shape="1,3,8,8"))
+        print(source.extra[_torch_side.SIDE].pid, flush=True)
+        import time
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "TMPDIR": str(temp)})
+    child = int(parent.stdout.readline())
+    assert [p.name for p in temp.iterdir()][0].startswith("edgeopt-torch-")
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:        # gone, or a zombie whose new parent has not reaped it yet
+            if Path(f"/proc/{child}/stat").read_text().split(") ")[1][0] == "Z":
+                break
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the child outlived its parent by 2 minutes")
+    assert list(temp.iterdir()) == []

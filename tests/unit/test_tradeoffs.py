@@ -96,3 +96,60 @@ def test_the_guard_goes_unweighed_only_for_absent_cpus_without_dot_products():
 def test_a_gain_of_exactly_one_sample_counts():
     record, calls = _weigh(0.82, 0.82 - 1 / 375)
     assert record["kept"] and calls[-1] == ("discard", "v.onnx")
+
+
+def test_variants_leave_out_the_layer_sqnr_and_only_the_adopted_one_gets_it(tmp_path):
+    """Weighing builds each variant with layer_sqnr=False; the variant adopted is completed
+    (its per-layer SQNR, for its own job), the discarded ones never are."""
+    import io
+    from dataclasses import dataclass, field
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from edgeopt.backends import QuantJob
+    from edgeopt.calibrate.quantize import QuantConfig
+    from edgeopt.tradeoffs import weigh_choices
+
+    guard = Choice("saturation-guard", "the guard", {"saturation_guard": False})
+
+    @dataclass
+    class Staging:
+        dir: object
+        files: list = field(default_factory=list)
+
+        def path(self, name):
+            return self.dir / name
+
+    staging = Staging(tmp_path)
+    values = {"without-fp32-stem": 0.82, "without-saturation-guard": 0.80}
+    built, completed = [], []
+
+    def build(job):
+        built.append(job)
+        staging.path(f"{job.variant}.onnx").write_bytes(b"x")
+        return _art(values[job.variant], f"{job.variant}.onnx")
+
+    def complete(job, art):
+        completed.append(job)
+        art.sensitivity = (("stem",),)
+        return art
+
+    budget = SimpleNamespace(drop=lambda v: 0.82 - v, allowed_drop=None)
+    state = SimpleNamespace(budget=budget, targets=[], tradeoffs=[], staging=staging,
+                            recipe=SimpleNamespace(quant=SimpleNamespace(effort="default"),
+                                                   benchmark=False),
+                            prepared=SimpleNamespace(eval_inputs=[{}]),
+                            progress=SimpleNamespace(console=Console(file=io.StringIO())))
+    backend = SimpleNamespace(speed_choices=lambda art, job: [CHOICE, guard])
+    art = _art(0.8187)
+    job = QuantJob("m", tmp_path / "m.onnx", None, QuantConfig(), None, staging, None)
+    weigh_choices(state, backend, job, art, build=build, evaluate=lambda a: a.accuracy["value"],
+                  complete=complete)
+    assert [j.variant for j in built] == ["without-fp32-stem", "without-saturation-guard"]
+    assert all(not j.layer_sqnr for j in built)
+    assert [j.variant for j in completed] == ["without-fp32-stem"]
+    assert completed[0].config == built[0].config and not completed[0].config.fp32_stem
+    assert built[1].config.fp32_stem is False        # weighed on the build without the stem
+    assert art.sensitivity == (("stem",),)
+    assert [r["kept"] for r in state.tradeoffs] == [False, True]
