@@ -14,14 +14,9 @@ from itertools import islice
 
 import numpy as np
 
+from edgeopt.calibrate.stats import channel_mean
+
 MAX_SAMPLES = 32
-
-
-def channel_mean(value: np.ndarray) -> np.ndarray:
-    """One sample's mean of each channel (axis 1) of a tensor."""
-    value = np.asarray(value)
-    # summed in float64 without a float64 copy of the tensor
-    return value.mean(axis=tuple(i for i in range(value.ndim) if i != 1), dtype=np.float64)
 
 
 def _channel_means(model, names: list[str], samples) -> dict[str, np.ndarray]:

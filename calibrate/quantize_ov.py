@@ -28,7 +28,7 @@ from edgeopt.calibrate.quantize import (
     staging_path,
 )
 from edgeopt.calibrate.saturation import reduction_rows, refit
-from edgeopt.calibrate.stats import MEAN_SAMPLES, TensorStats
+from edgeopt.calibrate.stats import MEAN_SAMPLES, TensorStats, channel_mean
 from edgeopt.runtimes import capture_openvino, read_openvino_model
 from edgeopt.runtimes.errors import short_reason
 
@@ -165,9 +165,8 @@ def _captured_means(fp32_model, samples, limit: int, skip: set[str]) -> dict[str
     sums: dict[str, np.ndarray] = {}
     for result in capture_openvino(model, samples[:limit]):
         for op in ops:
-            x = np.asarray(result[index[op.input_value(0)]], dtype=np.float64)
-            axis = 1 if op.get_type_name() == "Convolution" else x.ndim - 1
-            mean = x.mean(axis=tuple(i for i in range(x.ndim) if i != axis))
+            mean = channel_mean(result[index[op.input_value(0)]],
+                                1 if op.get_type_name() == "Convolution" else -1)
             sums[op.get_friendly_name()] = sums.get(op.get_friendly_name(), 0.0) + mean
     count = min(limit, len(samples))
     return {name: total / count for name, total in sums.items()}

@@ -271,7 +271,7 @@ def _input_hessians(qdq_model, jobs: list[_Job], samples,
     """Each layer's H = E[x x^T] over its (quantized) input patches, by node, as the
     diagonal blocks of :func:`channel_groups` and from at most :func:`row_budget` rows;
     fills in the per-channel means of the tensors named in ``means``, in the same pass."""
-    from edgeopt.calibrate.bias_correction import channel_mean
+    from edgeopt.calibrate.stats import channel_mean
     from edgeopt.runtimes import capture_onnx
 
     names = sorted({job.node.input[0] for job in jobs} | set(means))
@@ -327,8 +327,6 @@ def _gram(flat: np.ndarray, groups, per_channel: int = 1,
           totals: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """``totals`` plus flat^T flat / rows on each group's columns (``per_channel`` columns a
     channel), in place: the upper triangles only (:func:`_mirrored` completes them)."""
-    if len(groups) == 1:
-        return [_syrk(flat, totals[0] if totals else None)]
     return [_syrk(flat[:, c0 * per_channel:c1 * per_channel], totals[g] if totals else None)
             for g, (c0, c1) in enumerate(groups)]
 

@@ -129,9 +129,11 @@ def _linear_inputs(model) -> dict[str, int]:
     return {name: axis for name, axis in axes.items() if axis is not None}
 
 
-def _channel_means(value: np.ndarray, axis: int) -> np.ndarray | None:
-    """The mean of each channel (``axis``) of one sample's tensor, in float64."""
-    if value.ndim < 2 or not value.size:
+def channel_mean(value: np.ndarray, axis: int = 1) -> np.ndarray | None:
+    """The mean of each channel (``axis``) of one sample's tensor, summed in float64
+    without a float64 copy of it (a vector's own values; None for a scalar, or no values)."""
+    value = np.asarray(value)
+    if value.ndim < 1 or not value.size:
         return None
     axis %= value.ndim
     return value.mean(axis=tuple(i for i in range(value.ndim) if i != axis), dtype=np.float64)
@@ -211,7 +213,7 @@ def collect_stats(onnx_path, samples: Iterable[dict[str, np.ndarray]],
             value = np.asarray(value, dtype=np.float32)
             stats[name].update(value.ravel(), reservoir, rng, _channel_peaks(value))
             if name in means and i < MEAN_SAMPLES:
-                _add_means(stats[name], _channel_means(value, means[name]))
+                _add_means(stats[name], channel_mean(value, means[name]))
         if progress is not None:
             progress(i + 1, total or i + 1)
     return stats
