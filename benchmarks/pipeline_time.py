@@ -190,7 +190,9 @@ def _sample_tree(pid: int, peak: list[float], done: threading.Event) -> None:
 
 
 def _run(cmd: list[str], log: Path, env: dict) -> tuple[float, dict, int]:
-    """Run ``cmd`` as a child; its wall seconds, peak RSS (MB) and exit code.
+    """Run ``cmd`` as a child; its wall seconds, peak RSS (MB) and CPU seconds, and exit
+    code. The CPU seconds (user + system) are the child's and those of every process of its
+    tree that was waited for (``os.wait4``'s rusage), so edgeopt's PyTorch child counts.
 
     Two peaks: the largest single process of the tree (the kernel's ``ru_maxrss`` from
     ``os.wait4``: the child and the processes it waited for, each alone) and the tree's
@@ -210,7 +212,8 @@ def _run(cmd: list[str], log: Path, env: dict) -> tuple[float, dict, int]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     largest = usage.ru_maxrss / 1024
     return (time.perf_counter() - start,
-            {"largest": largest, "tree": peak[0], "peak": max(largest, peak[0])},
+            {"largest": largest, "tree": peak[0], "peak": max(largest, peak[0]),
+             "cpu": usage.ru_utime + usage.ru_stime},
             proc.returncode)
 
 
@@ -253,7 +256,8 @@ def measure(model: str, n: int, work: Path, console: Console) -> dict:
             msg = f"{model}: {label} failed; see {work / label.split()[0]}.log"
             raise SystemExit(msg)
         results[label] = {"seconds": seconds, "rss_mb": rss["peak"],
-                          "largest_mb": rss["largest"], "tree_mb": rss["tree"]}
+                          "largest_mb": rss["largest"], "tree_mb": rss["tree"],
+                          "cpu_s": rss["cpu"]}
     reports = {k: json.loads((work / d / "report.json").read_text())
                for k, d in (("cold", "cold"), ("warm", "warm"), ("bench", "bench"))}
     peers = [json.loads(line) for line in (work / "6.log").read_text().splitlines()
@@ -264,10 +268,12 @@ def measure(model: str, n: int, work: Path, console: Console) -> dict:
 def _tables(m: dict, console: Console) -> None:
     runs, reports = m["runs"], m["reports"]
     t = Table(title=f"{m['model']}: whole build, one child process each")
-    for col in ("run", "wall s", "peak RSS MB", "largest process MB", "tree sum MB (50 ms)"):
+    for col in ("run", "wall s", "CPU s", "cores busy", "peak RSS MB", "largest process MB",
+                "tree sum MB (50 ms)"):
         t.add_column(col, justify="left" if col == "run" else "right")
     for label, r in runs.items():
-        t.add_row(label, f"{r['seconds']:.1f}", f"{r['rss_mb']:.0f}",
+        t.add_row(label, f"{r['seconds']:.1f}", f"{r['cpu_s']:.1f}",
+                  f"{r['cpu_s'] / r['seconds']:.2f}", f"{r['rss_mb']:.0f}",
                   f"{r['largest_mb']:.0f}", f"{r['tree_mb']:.0f}")
     console.print(t)
     peers = runs["1 quantize_static"]["seconds"] + runs["2 nncf.quantize"]["seconds"]
@@ -275,6 +281,13 @@ def _tables(m: dict, console: Console) -> None:
     bench_s = sum(s["seconds"] for s in reports["bench"]["steps"]
                   if s["name"].startswith("benchmark"))
     same = runs["6 peers, (3)'s deliverables"]["seconds"]
+    peers_cpu = runs["1 quantize_static"]["cpu_s"] + runs["2 nncf.quantize"]["cpu_s"]
+    same_cpu = runs["6 peers, (3)'s deliverables"]["cpu_s"]
+    console.print(
+        f"CPU seconds: (3)/((1)+(2)) = {cold['cpu_s']:.1f} / {peers_cpu:.1f} = "
+        f"{cold['cpu_s'] / peers_cpu:.2f}x; (3)/(6) = {cold['cpu_s']:.1f} / {same_cpu:.1f} = "
+        f"{cold['cpu_s'] / same_cpu:.2f}x ({os.cpu_count()} cores: no wall time below "
+        "CPU seconds / cores)")
     console.print(
         f"(3)/(6), the same deliverables = {cold['seconds']:.1f} / {same:.1f} = "
         f"{cold['seconds'] / same:.2f}x; (6)'s scores: " + ", ".join(

@@ -255,11 +255,14 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
                           progress: Progress = None,
                           stats: dict[str, TensorStats] | None = None,
                           fp32_onnx: Path | None = None,
-                          before_save: Callable | None = None) -> QuantResult:
+                          before_save: Callable | None = None,
+                          sqnr: bool = True) -> QuantResult:
     """NNCF post-training INT8 quantization of the OpenVINO model, saved as IR, with the
     calibrator's activation ranges (statistics from ``stats``, or gathered on
     ``fp32_onnx``, the ONNX model the IR was converted from: tensor names carry over).
     ``before_save(model)`` runs on the quantized ``openvino.Model`` just before it is saved.
+    ``sqnr=False`` leaves ``layer_sqnr`` empty (a trial build that may be discarded);
+    :func:`artifact_layer_sqnr_ov` gives the same rows later, from the files.
 
     Builds of the same FP32 model on the same ``calib`` object in one process share
     NNCF's run (e.g. the build without the saturation guard): see ov_reuse.py."""
@@ -306,9 +309,19 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
     notes.append(f"NNCF {nncf.__version__} post-training quantization (PERFORMANCE preset, "
                  f"{'fast ' if fast_bc else ''}bias correction) from {len(samples)} "
                  f"samples; {fq} FakeQuantize ops")
-    sqnr = ov_layer_sqnr(model, quantized, samples, fp32_key=fp32_key)
-    return QuantResult(out_xml, tuple(excluded), tuple(notes), layer_sqnr=tuple(sqnr),
+    rows = ov_layer_sqnr(model, quantized, samples, fp32_key=fp32_key) if sqnr else ()
+    return QuantResult(out_xml, tuple(excluded), tuple(notes), layer_sqnr=tuple(rows),
                        ranges_applied=applied)
+
+
+def artifact_layer_sqnr_ov(fp32_model: Path, int8_xml: Path,
+                           calib: Sequence[dict[str, np.ndarray]]) -> tuple[dict, ...]:
+    """The ``layer_sqnr`` rows :func:`quantize_for_openvino` leaves out with ``sqnr=False``,
+    from the FP32 and INT8 IR files (the FP32 activations are shared with the build's, when
+    it ran in this process on the same samples)."""
+    samples = calib if isinstance(calib, Sequence) else list(calib)
+    return tuple(ov_layer_sqnr(read_openvino_model(fp32_model), read_openvino_model(int8_xml),
+                               samples, fp32_key=file_digest(*_ir_files(fp32_model))))
 
 
 def _ir_files(path: Path) -> list[Path]:

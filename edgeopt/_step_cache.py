@@ -128,7 +128,6 @@ def cached_layer_sqnr(state, backend, job, art):
     weighing variant), given the figures and sensitivity that build would have given it,
     or the cache's; ``art`` as it is when its build made them."""
     from edgeopt.backends.base import with_layer_sqnr
-    from edgeopt.calibrate.quantize import sensitivity_order
 
     path = job.path(art.file)
 
@@ -146,7 +145,7 @@ def cached_layer_sqnr(state, backend, job, art):
     facts, _ = through_cache(state, "layer-sqnr", parts, [], build)
     if facts["rows"] is not None:
         art.quantization = with_layer_sqnr(art.quantization or {}, facts["rows"])
-        art.sensitivity = tuple(sensitivity_order(facts["rows"]))
+        art.sensitivity = backend.sensitivity_from(facts["rows"])
     return art
 
 

@@ -126,6 +126,11 @@ class Backend:
         ``artifact`` had ``job.layer_sqnr`` been True; None: its build made them anyway."""
         return None
 
+    def sensitivity_from(self, rows) -> tuple:
+        """An INT8 artifact's :attr:`Artifact.sensitivity`, as its build derives it from its
+        per-layer SQNR ``rows``; none by default (:meth:`sensitivity` finds it another way)."""
+        return ()
+
     def speed_choices(self, art: Artifact, job: QuantJob) -> list:
         """The defaults of ``art``'s build that keep part of it in float for accuracy
         (:class:`edgeopt.tradeoffs.Choice`), each weighed against the build without it."""

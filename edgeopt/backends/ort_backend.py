@@ -42,7 +42,6 @@ class OrtBackend(Backend):
 
     def quantize(self, job: QuantJob) -> Artifact:
         from edgeopt.calibrate import quantize_onnx_for_ort
-        from edgeopt.calibrate.quantize import sensitivity_order
 
         out = job.path(job.int8_files(self)[0])
         samples, note = _qat_data(job.prepared) if job.config.qat_epochs else (None, "")
@@ -52,7 +51,7 @@ class OrtBackend(Backend):
                                       sqnr=job.layer_sqnr)
         return Artifact(out.name, self.format, "int8", self.runtime,
                         quantization=quant_record(q, job, q.integer_kernels),
-                        sensitivity=tuple(sensitivity_order(q.layer_sqnr)))
+                        sensitivity=self.sensitivity_from(q.layer_sqnr))
 
     def layer_sqnr(self, artifact: Path, job: QuantJob) -> list[dict] | None:
         """The rows ``job``'s build leaves out with ``job.layer_sqnr`` False, from the file."""
@@ -63,6 +62,12 @@ class OrtBackend(Backend):
         return list(artifact_layer_sqnr(job.fp32_onnx, artifact, job.prepared.calib,
                                         job.config, job.stats))
 
+    def sensitivity_from(self, rows) -> tuple:
+        """Node groups by the SQNR each loses (``calibrate.sensitivity.sensitivity_order``)."""
+        from edgeopt.calibrate.quantize import sensitivity_order
+
+        return tuple(sensitivity_order(rows))
+
     def integer_kernels(self, artifact: Path) -> dict[str, int]:
         from edgeopt.calibrate.quantize import integer_kernel_counts
 
@@ -71,7 +76,6 @@ class OrtBackend(Backend):
     def sensitivity(self, art: Artifact, job: QuantJob) -> list[tuple[str, ...]]:
         """From the per-layer SQNR of a QDQ graph with nothing excluded (a probe, removed)."""
         from edgeopt.calibrate import quantize_onnx_for_ort
-        from edgeopt.calibrate.quantize import sensitivity_order
 
         if art.sensitivity:
             return list(art.sensitivity)
@@ -82,7 +86,7 @@ class OrtBackend(Backend):
                                       stats=job.stats)
         finally:
             probe.unlink(missing_ok=True)
-        return sensitivity_order(q.layer_sqnr)
+        return list(self.sensitivity_from(q.layer_sqnr))
 
     def speed_choices(self, art: Artifact, job: QuantJob) -> list:
         """The FP32 stem (``calibrate.qdq_graph.stem_block``), when this build kept one,

@@ -44,9 +44,18 @@ class OvBackend(Backend):
                 without_torch():                # NNCF would import it, needlessly
             q = quantize_for_openvino(fp32_xml, job.path(xml), job.prepared.calib, job.config,
                                       update, stats=job.stats, fp32_onnx=job.fp32_onnx,
-                                      before_save=canonical_names)
+                                      before_save=canonical_names, sqnr=job.layer_sqnr)
         return Artifact(xml, self.format, "int8", self.runtime, companions=(bin_,),
                         quantization=quant_record(q, job, getattr(q, "integer_kernels", None)))
+
+    def layer_sqnr(self, artifact: Path, job: QuantJob) -> list[dict] | None:
+        """The rows ``job``'s build leaves out with ``job.layer_sqnr`` False, from the files."""
+        from edgeopt.calibrate.quantize_ov import artifact_layer_sqnr_ov
+
+        if job.layer_sqnr:
+            return None
+        fp32_xml = job.path(self.artifact_files(job.name, "fp32")[0])
+        return list(artifact_layer_sqnr_ov(fp32_xml, artifact, job.prepared.calib))
 
     def speed_choices(self, art: Artifact, job: QuantJob) -> list:
         """The AVX2 saturation guard on NNCF's int8 weights."""

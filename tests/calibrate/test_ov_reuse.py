@@ -141,6 +141,24 @@ def test_layer_sqnr_keeps_the_fp32_side_and_gives_the_same_rows(model, calib, mo
     ov_reuse.clear()
 
 
+def test_a_trial_build_leaves_out_the_layer_sqnr_which_the_files_give_later(
+        model, calib, nncf_runs, tmp_path):
+    """sqnr=False (a weighing variant): the same IR without the per-layer SQNR pass;
+    artifact_layer_sqnr_ov gives the rows the full build gives, from the files."""
+    from edgeopt.calibrate.quantize_ov import artifact_layer_sqnr_ov
+
+    onnx_path, xml = model
+    config = QuantConfig(saturation_guard=False)
+    full = quantize_for_openvino(xml, tmp_path / "full.xml", calib, config, fp32_onnx=onnx_path)
+    ov_reuse.clear()                      # nothing shared with the full build
+    trial = quantize_for_openvino(xml, tmp_path / "trial.xml", calib, config,
+                                  fp32_onnx=onnx_path, sqnr=False)
+    assert full.layer_sqnr and trial.layer_sqnr == ()
+    assert trial.notes == full.notes
+    assert (tmp_path / "trial.bin").read_bytes() == (tmp_path / "full.bin").read_bytes()
+    assert artifact_layer_sqnr_ov(xml, tmp_path / "trial.xml", calib) == full.layer_sqnr
+
+
 def test_a_kept_result_goes_with_its_samples():
     import gc
     import weakref
