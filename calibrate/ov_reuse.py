@@ -41,6 +41,13 @@ def file_digest(*paths: Path | str) -> str:
     return reuse_digest(*(one_file_digest(path) for path in paths))
 
 
+def model_digest(path: Path | str) -> str:
+    """:func:`file_digest` of an OpenVINO model: the file, and the weights (.bin) beside it
+    when it is IR."""
+    weights = Path(path).with_suffix(".bin")
+    return file_digest(path, weights) if weights.is_file() else file_digest(path)
+
+
 def _kept(kind: str, key: Hashable, samples: Any) -> tuple[bool, Any]:
     found = _KEPT.get(kind)
     if found is not None and found[0] == key and found[1]() is samples:

@@ -14,11 +14,11 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from edgeopt.calibrate.ov_reuse import reuse
+from edgeopt.calibrate.ov_reuse import model_digest, reuse
 from edgeopt.calibrate.spill import SpilledSamples
-from edgeopt.runtimes import capture_openvino
+from edgeopt.runtimes import capture_openvino, read_openvino_model
 
-__all__ = ["ov_layer_sqnr", "worst_output_sqnr"]
+__all__ = ["artifact_layer_sqnr_ov", "ov_layer_sqnr", "worst_output_sqnr"]
 
 
 def ov_layer_sqnr(fp32_model, int8_model, samples: Sequence[dict[str, np.ndarray]],
@@ -64,6 +64,14 @@ def ov_layer_sqnr(fp32_model, int8_model, samples: Sequence[dict[str, np.ndarray
                      "sqnr_db": round(float(db), 2), "input_sqnr_db": None})
     return sorted(rows, key=lambda r: r["sqnr_db"])
 
+
+def artifact_layer_sqnr_ov(fp32_model, int8_xml, samples: Sequence[dict[str, np.ndarray]]
+                           ) -> tuple[dict, ...]:
+    """The rows :func:`ov_layer_sqnr` gives an INT8 IR against its FP32 model, from their
+    files: what ``quantize_for_openvino(..., sqnr=False)`` left out (the FP32 activations
+    are the build's, when it ran in this process on the same samples)."""
+    return tuple(ov_layer_sqnr(read_openvino_model(fp32_model), read_openvino_model(int8_xml),
+                               samples, fp32_key=model_digest(fp32_model)))
 
 def worst_output_sqnr(fp32_model, int8_model, samples: Sequence[dict[str, np.ndarray]]
                       ) -> float:

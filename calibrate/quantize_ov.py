@@ -16,7 +16,7 @@ from edgeopt.calibrate.calibrators import QuantRange, compute_ranges
 from edgeopt.calibrate.errors import CalibrationError
 from edgeopt.calibrate.float_ops import OV_RECURRENT, ov_control_flow, ov_recurrent_notes
 from edgeopt.calibrate.output_ranges import protected_ranges
-from edgeopt.calibrate.ov_reuse import file_digest, nncf_result, reuse
+from edgeopt.calibrate.ov_reuse import file_digest, model_digest, nncf_result, reuse
 from edgeopt.calibrate.ov_sqnr import ov_layer_sqnr, worst_output_sqnr
 from edgeopt.calibrate.qdq_graph import fp32_nodes, linear_nodes
 from edgeopt.calibrate.quantize import (
@@ -254,15 +254,13 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
                           config: QuantConfig = QuantConfig(),  # noqa: B008 (frozen)
                           progress: Progress = None,
                           stats: dict[str, TensorStats] | None = None,
-                          fp32_onnx: Path | None = None,
-                          before_save: Callable | None = None,
+                          fp32_onnx: Path | None = None, before_save: Callable | None = None,
                           sqnr: bool = True) -> QuantResult:
     """NNCF post-training INT8 quantization of the OpenVINO model, saved as IR, with the
     calibrator's activation ranges (statistics from ``stats``, or gathered on
     ``fp32_onnx``, the ONNX model the IR was converted from: tensor names carry over).
     ``before_save(model)`` runs on the quantized ``openvino.Model`` just before it is saved.
-    ``sqnr=False`` leaves ``layer_sqnr`` empty (a trial build that may be discarded);
-    :func:`artifact_layer_sqnr_ov` gives the same rows later, from the files.
+    ``sqnr=False`` leaves ``layer_sqnr`` empty (ov_sqnr.artifact_layer_sqnr_ov: later).
 
     Builds of the same FP32 model on the same ``calib`` object in one process share
     NNCF's run (e.g. the build without the saturation guard): see ov_reuse.py."""
@@ -283,7 +281,7 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
     excluded = _ov_names(model, excluded, onnx_outputs)
     control_flow = ov_control_flow(model)      # bodies stay float
     notes += control_flow
-    fp32_key = file_digest(*_ir_files(fp32_model))
+    fp32_key = model_digest(fp32_model)
     tmp = staging_path(out_xml := Path(out_xml), ".xml")
     applied, fast_bc = 0, bool(control_flow) or config.effort == "fast"
     try:
@@ -312,22 +310,6 @@ def quantize_for_openvino(fp32_model: Path, out_xml: Path, calib: Sequence[dict[
     rows = ov_layer_sqnr(model, quantized, samples, fp32_key=fp32_key) if sqnr else ()
     return QuantResult(out_xml, tuple(excluded), tuple(notes), layer_sqnr=tuple(rows),
                        ranges_applied=applied)
-
-
-def artifact_layer_sqnr_ov(fp32_model: Path, int8_xml: Path,
-                           calib: Sequence[dict[str, np.ndarray]]) -> tuple[dict, ...]:
-    """The ``layer_sqnr`` rows :func:`quantize_for_openvino` leaves out with ``sqnr=False``,
-    from the FP32 and INT8 IR files (the FP32 activations are shared with the build's, when
-    it ran in this process on the same samples)."""
-    samples = calib if isinstance(calib, Sequence) else list(calib)
-    return tuple(ov_layer_sqnr(read_openvino_model(fp32_model), read_openvino_model(int8_xml),
-                               samples, fp32_key=file_digest(*_ir_files(fp32_model))))
-
-
-def _ir_files(path: Path) -> list[Path]:
-    """The model file, and the weights beside it when it is IR."""
-    weights = Path(path).with_suffix(".bin")
-    return [Path(path), weights] if weights.is_file() else [Path(path)]
 
 
 def _quantized_once(model, samples, excluded: list[str], transformer: bool,

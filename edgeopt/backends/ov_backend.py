@@ -50,7 +50,7 @@ class OvBackend(Backend):
 
     def layer_sqnr(self, artifact: Path, job: QuantJob) -> list[dict] | None:
         """The rows ``job``'s build leaves out with ``job.layer_sqnr`` False, from the files."""
-        from edgeopt.calibrate.quantize_ov import artifact_layer_sqnr_ov
+        from edgeopt.calibrate.ov_sqnr import artifact_layer_sqnr_ov
 
         if job.layer_sqnr:
             return None

@@ -145,7 +145,7 @@ def test_a_trial_build_leaves_out_the_layer_sqnr_which_the_files_give_later(
         model, calib, nncf_runs, tmp_path):
     """sqnr=False (a weighing variant): the same IR without the per-layer SQNR pass;
     artifact_layer_sqnr_ov gives the rows the full build gives, from the files."""
-    from edgeopt.calibrate.quantize_ov import artifact_layer_sqnr_ov
+    from edgeopt.calibrate.ov_sqnr import artifact_layer_sqnr_ov
 
     onnx_path, xml = model
     config = QuantConfig(saturation_guard=False)
