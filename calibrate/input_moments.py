@@ -27,6 +27,10 @@ from edgeopt.calibrate import reuse
 __all__ = ["Layer", "Moments", "fp32_tensor", "input_moments", "second_moments"]
 
 SEED = 0
+# An entry larger than this is not kept, so that it never evicts the stages it shares the
+# memo with (a ResNet-50's H blocks take 253 MB in float32: each of its builds computes
+# its own H, as before the memo; mobilenet-v2's and minilm's are kept).
+MAX_SHARE = reuse.MAX_BYTES // 2
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,8 @@ def input_moments(fp32_model, layers: Sequence[Layer], samples: Sequence[dict],
         for h in blocks:
             h.flags.writeable = False
     found = Moments(len(samples), {**found.sums, **sums}, {**found.means, **means})
-    reuse.memo().put(key, found, found.nbytes())
+    if found.nbytes() <= MAX_SHARE:
+        reuse.memo().put(key, found, found.nbytes())
     return found
 
 
