@@ -203,6 +203,31 @@ def test_h_is_the_fp32_input_gram_computed_once_per_model_and_per_missing_layer(
                                        atol=1e-6 * np.abs(block).max() / len(calib))
 
 
+def test_input_moments_over_their_share_of_the_memo_are_not_kept(tmp_path, spied_passes,
+                                                                  monkeypatch):
+    """An entry over MAX_SHARE (a ResNet-50's) is computed by each build and not kept, so it
+    never evicts the stages it shares the memo with; the builds are the same either way."""
+    from edgeopt.calibrate import QuantConfig, input_moments, quantize_onnx_for_ort, reuse
+
+    from tiny_models import save_inverted_residual_onnx
+
+    rng = np.random.default_rng(1)
+    calib = [{"input": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+             for _ in range(4)]
+    fp32 = save_inverted_residual_onnx(tmp_path / "net.onnx", body=2)
+    kept = quantize_onnx_for_ort(fp32, tmp_path / "a.onnx", calib).path.read_bytes()
+    entries = len(reuse.memo())
+    reuse.clear()
+    monkeypatch.setattr(input_moments, "MAX_SHARE", 0)
+    config = QuantConfig(saturation_guard=False)
+    for name in ("b.onnx", "c.onnx", "d.onnx"):
+        built = quantize_onnx_for_ort(fp32, tmp_path / name,
+                                      calib, config if name == "c.onnx" else QuantConfig())
+    assert len(spied_passes) == 1 + 3
+    assert len(reuse.memo()) == entries - 1
+    assert built.path.read_bytes() == kept
+
+
 def test_bias_correction_means_from_the_rounding_pass_are_the_fp32_inputs_means(
         tmp_path, spied_passes):
     """Effort "fast": the rounding pass gives bias correction the channel means of the FP32
