@@ -4,8 +4,9 @@ Weighing a default (edgeopt/tradeoffs.py) builds the ONNX Runtime artifact again
 it, right after the main build, on the same FP32 model, samples and statistics; a search
 builds it once per trial, and the sensitivity probe once more. Their first stages are the
 same: ONNX Runtime's pre-processing, the depthwise equalization with the statistics of the
-equalized model, and, when only the refinement settings differ (the saturation guard, the
-rounding), ONNX Runtime's QDQ graph itself. Those stages are kept here, keyed by the
+equalized model, when only the refinement settings differ (the saturation guard, the
+rounding), ONNX Runtime's QDQ graph itself, and the weight rounding's input second moments
+(input_moments.py), which do not depend on the build at all. Those stages are kept here, keyed by the
 content they come from (the FP32 file's digest, the samples' digest, the settings that
 decide them), as serialized bytes in a small LRU bounded by entry count and bytes; every
 build parses its own copy, so a build from the memo is byte for byte the build without it.
@@ -23,7 +24,10 @@ import numpy as np
 
 __all__ = ["Memo", "clear", "digest", "file_digest", "memo", "samples_digest"]
 
-MAX_ENTRIES = 4
+# a model's entries: its source facts, its equalized base, a QDQ graph per set of FP32
+# nodes (the main build and the stem variant), the rounding's input moments
+# (input_moments.py); room for them all, so no build evicts one its sibling needs
+MAX_ENTRIES = 8
 MAX_BYTES = 256 << 20        # a few models of ResNet-50 size
 
 

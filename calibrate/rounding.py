@@ -7,10 +7,12 @@ GPTQ update, Frantar et al. 2022), so the layer's output error (w - w_q)^T H (w 
 what gets minimised. The per-channel scales stay as ONNX Runtime chose them, so the graph
 and its integer kernels are unchanged; only the int8 values move.
 
-The cost is bounded (docs/quantization.md): H from at most ``MAX_SAMPLES`` samples and a
-seeded subset of at most :func:`row_budget` input rows; layers wider than ``MAX_COLUMNS``
-in channel groups on H's diagonal blocks (:func:`channel_groups`); GPTQ in its
-nearest-plane form, which needs one Cholesky factor of H and no inverse.
+H is that of the layer's input in the FP32 model (input_moments.py): computed once per
+process for all the builds of one model, whichever layers each keeps FP32. The cost is
+bounded (docs/quantization.md): H from at most ``MAX_SAMPLES`` samples and a seeded subset
+of at most :func:`row_budget` input rows; layers wider than ``MAX_COLUMNS`` in channel
+groups on H's diagonal blocks (:func:`channel_groups`); GPTQ in its nearest-plane form,
+which needs one Cholesky factor of H and no inverse.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from itertools import islice, pairwise
 
 import numpy as np
 
+from edgeopt.calibrate.input_moments import Layer, fp32_tensor, input_moments
 from edgeopt.calibrate.saturation import bound_pairs, hwio_order, pair_bounds
 
 MAX_SAMPLES = 32
@@ -33,7 +36,6 @@ SUB_BLOCK = 16        # inside a block, columns whose errors reach the rest in o
 # the positions; a ResNet-50's early 3x3 convolutions have 100k patches over 32 samples.
 ROWS_PER_COLUMN = 8
 MIN_ROWS = 4096
-SEED = 0
 # A layer wider than this is rounded in independent groups of input channels, each at
 # most this many columns wide, on its own block of H (H taken block-diagonal): the X^T X
 # products then grow with the columns times the group width, the factorizations with the
@@ -144,50 +146,26 @@ def gptq_depthwise(w: np.ndarray, scale: np.ndarray, h: np.ndarray, qmin: int,
     return q
 
 
-def _patches_depthwise(x: np.ndarray, kh: int, kw: int, stride, pads,
-                       pick: np.ndarray | None = None) -> np.ndarray:
-    """(C, positions, kh*kw) patches of a (1, C, H, W) input: one strided copy per tap
-    (a reshape of the sliding-window view copies 3 values at a time); with ``pick`` (flat
-    output positions) only those, in that order."""
-    if pick is not None:                     # gathered from x, the padding masked in
-        cols = (x.shape[3] + pads[1] + pads[3] - kw) // stride[1] + 1
-        top = (pick // cols * stride[0] - pads[0])[:, None, None] + np.arange(kh)[None, :, None]
-        left = (pick % cols * stride[1] - pads[1])[:, None, None] + np.arange(kw)[None, None, :]
-        inside = (top >= 0) & (top < x.shape[2]) & (left >= 0) & (left < x.shape[3])
-        got = x[0][:, np.clip(top, 0, x.shape[2] - 1), np.clip(left, 0, x.shape[3] - 1)]
-        got *= inside
-        return got.reshape(x.shape[1], pick.size, kh * kw)
-    xp = np.pad(x[0], ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    rows = (xp.shape[1] - kh) // stride[0] + 1
-    cols = (xp.shape[2] - kw) // stride[1] + 1
-    out = np.empty((xp.shape[0], rows, cols, kh, kw), xp.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            out[:, :, :, i, j] = xp[:, i:i + stride[0] * (rows - 1) + 1:stride[0],
-                                    j:j + stride[1] * (cols - 1) + 1:stride[1]]
-    return out.reshape(xp.shape[0], rows * cols, kh * kw)
-
-
-def _patches_full(x: np.ndarray, kh: int, kw: int, stride, pads,
-                  pick: np.ndarray | None = None) -> np.ndarray:
-    """(positions, C*kh*kw) im2col patches of a (1, C, H, W) input, in weight-row order."""
-    p = _patches_depthwise(x, kh, kw, stride, pads, pick)
-    return p.transpose(1, 0, 2).reshape(p.shape[1], -1)
-
-
 def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, np.ndarray]],
                              pairs: bool = True,
                              means: dict | None = None) -> tuple[int, int]:
     """Re-round the int8 weights of convolutions (groups 1 or depthwise), Gemms and MatMuls
     with constant weights, in place; returns how many, and how many of them were wider than
     ``MAX_COLUMNS`` (rounded per channel group). With ``pairs``, no int8 weight pair may
-    saturate ONNX Runtime's AVX2 kernels (saturation.py).
+    saturate ONNX Runtime's AVX2 kernels (saturation.py). ``fp32_model`` is the model
+    ``qdq_model`` was quantized from: each layer's H is that of its input there
+    (input_moments.py, shared with the other builds of that model).
 
-    ``means`` maps tensor names to None: the same pass over the samples fills in each
-    one's per-channel mean (bias correction's inputs, bias_correction.py), before any
-    weight moves."""
+    ``means`` maps tensors of ``qdq_model`` to None: the same pass fills in the per-channel
+    mean of the FP32 tensor each one quantizes (bias correction's inputs,
+    bias_correction.py), as the weights were before any moved; a tensor with no FP32
+    counterpart is dropped from ``means`` (bias correction then measures it itself)."""
     jobs = _rounding_jobs(fp32_model, qdq_model)
-    if not jobs and not means:
+    wanted = _fp32_names(fp32_model, qdq_model, means or {})
+    if means is not None:
+        for name in set(means) - set(wanted):
+            del means[name]
+    if not jobs and not wanted:
         return 0, 0
     import scipy.linalg.blas  # noqa: F401  (loaded before the limit, so that it applies)
     from threadpoolctl import threadpool_limits
@@ -197,11 +175,14 @@ def optimize_weight_rounding(fp32_model, qdq_model, samples: Sequence[dict[str, 
     # on each other: measured on a loaded 2-core machine, a (144 x 3136) product took 30x
     # longer and a 1280 x 1280 Cholesky 30x longer than with one thread.
     with threadpool_limits(limits=1, user_api="blas"):
-        hessians = _input_hessians(qdq_model, jobs, list(islice(samples, MAX_SAMPLES)),
-                                   means if means is not None else {})
+        layers = {_key(job.node): layer(job) for job in jobs}
+        moments = input_moments(fp32_model, list(layers.values()),
+                                list(islice(samples, MAX_SAMPLES)), sorted(set(wanted.values())))
+        if means is not None:
+            means.update({name: moments.means[tensor] for name, tensor in wanted.items()})
         inits = {i.name: i for i in qdq_model.graph.initializer}
         for job in jobs:
-            _reround(job, hessians[_key(job.node)], inits, pairs)
+            _reround(job, moments.hessian(layers[_key(job.node)]), inits, pairs)
     return len(jobs), sum(len(channel_groups(job)) > 1 for job in jobs)
 
 
@@ -212,18 +193,43 @@ class _Job:
     w: np.ndarray              # FP32 weights, one output channel per row (MatMul: transposed)
     attrs: dict
     kind: str                  # dense | matmul | pointwise | depthwise | full
+    tensor: str = ""           # its input in the FP32 model
 
 
 def _key(node) -> str:
     return node.name or node.output[0]
 
 
+def layer(job: _Job) -> Layer:
+    """What decides ``job``'s H (input_moments.py)."""
+    return Layer(job.tensor, job.kind, tuple(job.w.shape[1:]),
+                 tuple(job.attrs.get("strides", [1, 1])), tuple(job.attrs.get("pads", [0] * 4)),
+                 tuple(channel_groups(job)), row_budget(job))
+
+
+def _fp32_tensors(fp32_model) -> set[str]:
+    graph = fp32_model.graph
+    return {i.name for i in graph.input} | {o for n in graph.node for o in n.output}
+
+
+def _fp32_names(fp32_model, qdq_model, names) -> dict[str, str]:
+    """The FP32 tensor each of ``names`` (tensors of ``qdq_model``) quantizes, where known."""
+    if not names:
+        return {}
+    producer = {o: n for n in qdq_model.graph.node for o in n.output}
+    tensors = _fp32_tensors(fp32_model)
+    found = {name: fp32_tensor(name, producer, tensors) for name in names}
+    return {name: tensor for name, tensor in found.items() if tensor is not None}
+
+
 def _rounding_jobs(fp32_model, qdq_model) -> list[_Job]:
-    """The layers whose int8 weights can be re-rounded, with their FP32 weights."""
+    """The layers whose int8 weights can be re-rounded, with their FP32 weights and the
+    FP32 tensor their input quantizes."""
     import onnx
     from onnx import numpy_helper
 
     fp32_weights = {i.name: i for i in fp32_model.graph.initializer}
+    tensors = _fp32_tensors(fp32_model)
     inits = {i.name for i in qdq_model.graph.initializer}
     producer = {o: n for n in qdq_model.graph.node for o in n.output}
     jobs = []
@@ -234,13 +240,14 @@ def _rounding_jobs(fp32_model, qdq_model) -> list[_Job]:
         if w_dq is None or w_dq.op_type != "DequantizeLinear" or w_dq.input[0] not in inits:
             continue
         original = fp32_weights.get(w_dq.input[0].removesuffix("_quantized"))
-        if original is None:
+        tensor = fp32_tensor(node.input[0], producer, tensors)
+        if original is None or tensor is None:
             continue
         w = numpy_helper.to_array(original).astype(np.float64)
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         found = _layout(node.op_type, w, attrs)
         if found is not None:
-            jobs.append(_Job(node, w_dq, found[0], attrs, found[1]))
+            jobs.append(_Job(node, w_dq, found[0], attrs, found[1], tensor))
     return jobs
 
 
@@ -266,34 +273,6 @@ def _layout(op: str, w: np.ndarray, attrs: dict) -> tuple[np.ndarray, str] | Non
     return (w, "full") if group == 1 else None
 
 
-def _input_hessians(qdq_model, jobs: list[_Job], samples,
-                    means: dict) -> dict[str, list[np.ndarray]]:
-    """Each layer's H = E[x x^T] over its (quantized) input patches, by node, as the
-    diagonal blocks of :func:`channel_groups` and from at most :func:`row_budget` rows;
-    fills in the per-channel means of the tensors named in ``means``, in the same pass."""
-    from edgeopt.calibrate.stats import channel_mean
-    from edgeopt.runtimes import capture_onnx
-
-    names = sorted({job.node.input[0] for job in jobs} | set(means))
-    hessians: dict[str, list[np.ndarray]] = {}
-    sums = dict.fromkeys(means, 0.0)
-    rng = np.random.default_rng(SEED)
-    per_sample = {_key(job.node): -(-row_budget(job) // max(len(samples), 1)) for job in jobs}
-    count = 0
-    for values in capture_onnx(qdq_model, samples, names):
-        count += 1
-        inputs = dict(zip(names, values, strict=True))
-        for name in sums:
-            sums[name] = sums[name] + channel_mean(inputs[name])
-        for job in jobs:
-            key = _key(job.node)
-            hessians[key] = _second_moments(np.asarray(inputs[job.node.input[0]], np.float32),
-                                            job, per_sample[key], rng, hessians.get(key))
-    means.update({name: total / count for name, total in sums.items()})
-    return {_key(job.node): [_mirrored(h, job) / count for h in hessians[_key(job.node)]]
-            for job in jobs if _key(job.node) in hessians}
-
-
 def channel_groups(job: _Job) -> list[tuple[int, int]]:
     """The input-channel ranges a layer is rounded in: one, or near-equal groups of at most
     ``MAX_COLUMNS`` columns starting at even channels (so no int8 pair of the kernels'
@@ -314,81 +293,6 @@ def row_budget(job: _Job) -> int:
     w = job.w
     columns = w.shape[2] * w.shape[3] if job.kind == "depthwise" else w[0].size
     return max(MIN_ROWS, ROWS_PER_COLUMN * min(columns, MAX_COLUMNS))
-
-
-def _pick(total: int, wanted: int, rng: np.random.Generator) -> np.ndarray | None:
-    """Sorted seeded random subset of ``wanted`` of ``total`` positions (None: all)."""
-    if wanted >= total:
-        return None
-    return np.sort(rng.choice(total, size=wanted, replace=False))
-
-
-def _gram(flat: np.ndarray, groups, per_channel: int = 1,
-          totals: list[np.ndarray] | None = None) -> list[np.ndarray]:
-    """``totals`` plus flat^T flat / rows on each group's columns (``per_channel`` columns a
-    channel), in place: the upper triangles only (:func:`_mirrored` completes them)."""
-    return [_syrk(flat[:, c0 * per_channel:c1 * per_channel], totals[g] if totals else None)
-            for g, (c0, c1) in enumerate(groups)]
-
-
-def _syrk(rows: np.ndarray, total: np.ndarray | None) -> np.ndarray:
-    """``total`` + rows^T rows / len(rows) by BLAS syrk: the upper triangle, in place in the
-    Fortran-ordered float32 ``total`` (a new one if None). Half the products of
-    ``rows.T @ rows``, and no k x k temporaries: on a 2048-wide layer fed 49 rows a sample
-    (a ResNet-50's last stage) 10x faster than that product, scaled and added."""
-    from scipy.linalg.blas import ssyrk
-
-    k = rows.shape[1]
-    if total is None:
-        total = np.zeros((k, k), np.float32, order="F")
-    if not (rows.flags.f_contiguous or rows.flags.c_contiguous):
-        rows = np.ascontiguousarray(rows)
-    fortran = rows.flags.f_contiguous      # (rows, k) as is; else its transpose is
-    return ssyrk(1.0 / max(rows.shape[0], 1), rows if fortran else rows.T, beta=1.0,
-                 c=total, trans=int(fortran), overwrite_c=1)
-
-
-def _mirrored(h: np.ndarray, job: _Job) -> np.ndarray:
-    """A summed H in float64, whole: :func:`_gram`'s upper triangle mirrored (depthwise
-    layers sum whole matrices)."""
-    h = h.astype(np.float64)
-    if job.kind == "depthwise":
-        return h
-    whole = h + h.T                 # syrk leaves the strictly lower triangle at zero
-    np.fill_diagonal(whole, np.diagonal(h))
-    return whole
-
-
-def _second_moments(x: np.ndarray, job: _Job, wanted: int, rng: np.random.Generator,
-                    totals: list[np.ndarray] | None = None) -> list[np.ndarray]:
-    """``totals`` plus one sample's second moments of the layer's input as its weights see
-    it (the blocks of :func:`channel_groups`, float32, summed in place; upper triangles
-    except for depthwise layers), over at most ``wanted`` of its positions (a seeded random
-    subset)."""
-    w, kind = job.w, job.kind
-    if kind == "pointwise":                  # channels as rows: a contiguous gather
-        rows = x[0].reshape(x.shape[1], -1)
-        pick = _pick(rows.shape[1], wanted, rng)
-        return _gram((rows if pick is None else rows[:, pick]).T, channel_groups(job),
-                     totals=totals)
-    if kind in {"dense", "matmul"}:
-        flat = x.reshape(-1, w.shape[1])
-        pick = _pick(flat.shape[0], wanted, rng)
-        return _gram(flat if pick is None else flat[pick], channel_groups(job), totals=totals)
-    kh, kw = w.shape[2], w.shape[3]
-    stride, pads = job.attrs.get("strides", [1, 1]), job.attrs.get("pads", [0, 0, 0, 0])
-    total = (((x.shape[2] + pads[0] + pads[2] - kh) // stride[0] + 1)
-             * ((x.shape[3] + pads[1] + pads[3] - kw) // stride[1] + 1))
-    pick = _pick(total, wanted, rng)
-    if kind == "full":
-        flat = _patches_full(x, kh, kw, stride, pads, pick)
-        return _gram(flat, channel_groups(job), kh * kw, totals)
-    p = _patches_depthwise(x, kh, kw, stride, pads, pick)
-    h = np.matmul(p.transpose(0, 2, 1), p) / np.float32(p.shape[1])   # batched BLAS
-    if totals:
-        totals[0] += h
-        return totals
-    return [h]
 
 
 def _reround(job: _Job, blocks: list[np.ndarray], inits: dict, pairs: bool) -> None:

@@ -247,7 +247,7 @@ def test_outputs_stay_float_and_layer_sqnr_is_reported(cnn_onnx, calib, tmp_path
 
 def test_full_conv_patches_are_in_weight_row_order():
     """rows(W) @ patches reproduces the convolution, so GPTQ's H = E[p p^T] is the right one."""
-    from edgeopt.calibrate.rounding import _patches_full
+    from edgeopt.calibrate.input_moments import _patches_full
 
     rng = np.random.default_rng(4)
     x = rng.standard_normal((1, 3, 9, 9)).astype(np.float32)

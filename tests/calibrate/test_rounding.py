@@ -119,19 +119,133 @@ def test_equalization_takes_the_statistics_channel_maxima_unchanged(tmp_path):
     assert own.SerializeToString() == given.SerializeToString()
 
 
-def test_bias_correction_means_from_the_rounding_pass_are_the_pre_rounding_means(tmp_path):
-    """The rounding pass's channel means are those a separate pass over the QDQ graph gets
-    before the weights move; bias correction given them skips its own pass."""
+def _fp32_gram(x: np.ndarray, lay) -> list[np.ndarray]:
+    """One sample's H blocks of ``lay`` from all its input rows, in float64, the plain way."""
+    from edgeopt.calibrate.input_moments import _patches_depthwise
+
+    x = x.astype(np.float64)
+    if lay.kind in {"dense", "matmul"}:
+        flat = x.reshape(-1, lay.shape[0])
+        per_channel = 1
+    else:
+        kh, kw = lay.shape[1:] if lay.kind != "pointwise" else (1, 1)
+        p = _patches_depthwise(x, kh, kw, lay.strides, lay.pads)
+        if lay.kind == "depthwise":
+            return [np.matmul(p.transpose(0, 2, 1), p) / p.shape[1]]
+        flat, per_channel = p.transpose(1, 0, 2).reshape(p.shape[1], -1), kh * kw
+    return [flat[:, c0 * per_channel:c1 * per_channel].T
+            @ flat[:, c0 * per_channel:c1 * per_channel] / len(flat) for c0, c1 in lay.groups]
+
+
+@pytest.fixture
+def spied_passes(monkeypatch):
+    """Each pass over the samples input_moments makes: (FP32 model, layers, mean tensors)."""
+    from edgeopt.calibrate import input_moments, reuse
+
+    calls, real = [], input_moments._pass
+
+    def spy(model, layers, samples, names):
+        calls.append((model, list(layers), list(names)))
+        return real(model, layers, samples, names)
+
+    reuse.clear()
+    monkeypatch.setattr(input_moments, "_pass", spy)
+    yield calls
+    reuse.clear()
+
+
+def test_h_is_the_fp32_input_gram_computed_once_per_model_and_per_missing_layer(
+        tmp_path, spied_passes):
+    """H is the Gram of each layer's input in the FP32 model the rounding gets (not of the
+    QDQ graph's quantized input); a second build of that model takes every H from the memo,
+    and a variant that quantizes the stem computes the stem's H only."""
+    import onnx
+
+    from edgeopt.calibrate import QuantConfig, quantize_onnx_for_ort
+    from edgeopt.calibrate.input_moments import input_moments
+    from edgeopt.runtimes import capture_onnx
+
+    from tiny_models import save_inverted_residual_onnx
+
+    rng = np.random.default_rng(0)
+    calib = [{"input": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+             for _ in range(6)]
+    fp32 = save_inverted_residual_onnx(tmp_path / "net.onnx", body=3)
+    stem = next(n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv")
+    # the first build keeps the stem convolution FP32, as the default keeps a CNN's stem
+    quantize_onnx_for_ort(fp32, tmp_path / "a.onnx", calib, QuantConfig(exclude_nodes=(stem,)))
+    assert len(spied_passes) == 1
+    model, first, _ = spied_passes[0]
+    assert {lay.kind for lay in first} >= {"depthwise", "pointwise"}
+    assert all(lay.rows >= 8 * 8 * len(calib) for lay in first)                # every row
+    quantize_onnx_for_ort(fp32, tmp_path / "b.onnx", calib,
+                          QuantConfig(exclude_nodes=(stem,), saturation_guard=False))
+    assert len(spied_passes) == 1                                  # all from the memo
+    quantize_onnx_for_ort(fp32, tmp_path / "c.onnx", calib)       # the stem quantized
+    assert len(spied_passes) == 2
+    extra = spied_passes[1][1]
+    assert extra and not set(extra) & set(first)
+    assert {lay.tensor for lay in extra} == {"input"}              # the stem reads the image
+    moments = input_moments(model, first + extra, calib)
+    assert len(spied_passes) == 2
+    layers = first + extra
+    values = capture_onnx(model, calib, [lay.tensor for lay in first])
+    want = {lay: [0.0] * len(lay.groups) for lay in layers}
+    for sample, captured in zip(calib, values, strict=True):
+        inputs = dict(zip([lay.tensor for lay in first], captured, strict=True))
+        inputs["input"] = sample["input"]
+        for lay in layers:
+            want[lay] = [a + b for a, b in zip(want[lay], _fp32_gram(inputs[lay.tensor], lay),
+                                               strict=True)]
+    for lay in layers:
+        for got, block in zip(moments.hessian(lay), want[lay], strict=True):
+            np.testing.assert_allclose(got, block / len(calib), rtol=1e-5,
+                                       atol=1e-6 * np.abs(block).max() / len(calib))
+
+
+def test_input_moments_over_their_share_of_the_memo_are_not_kept(tmp_path, spied_passes,
+                                                                  monkeypatch):
+    """An entry over MAX_SHARE (a ResNet-50's) is computed by each build and not kept, so it
+    never evicts the stages it shares the memo with; the builds are the same either way."""
+    from edgeopt.calibrate import QuantConfig, input_moments, quantize_onnx_for_ort, reuse
+
+    from tiny_models import save_inverted_residual_onnx
+
+    rng = np.random.default_rng(1)
+    calib = [{"input": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+             for _ in range(4)]
+    fp32 = save_inverted_residual_onnx(tmp_path / "net.onnx", body=2)
+    kept = quantize_onnx_for_ort(fp32, tmp_path / "a.onnx", calib).path.read_bytes()
+    entries = len(reuse.memo())
+    reuse.clear()
+    monkeypatch.setattr(input_moments, "MAX_SHARE", 0)
+    config = QuantConfig(saturation_guard=False)
+    for name in ("b.onnx", "c.onnx", "d.onnx"):
+        built = quantize_onnx_for_ort(fp32, tmp_path / name,
+                                      calib, config if name == "c.onnx" else QuantConfig())
+    assert len(spied_passes) == 1 + 3
+    assert len(reuse.memo()) == entries - 1
+    assert built.path.read_bytes() == kept
+
+
+def test_bias_correction_means_from_the_rounding_pass_are_the_fp32_inputs_means(
+        tmp_path, spied_passes):
+    """Effort "fast": the rounding pass gives bias correction the channel means of the FP32
+    tensors its convolutions' inputs quantize (before any weight moved), in the same pass
+    as H; bias correction given them skips its own pass."""
     import copy
 
     import onnx
     import torch
 
     from edgeopt.calibrate import quantize_onnx_for_ort
-    from edgeopt.calibrate.bias_correction import _channel_means, bias_inputs, correct_weight_bias
+    from edgeopt.calibrate.bias_correction import bias_inputs, correct_weight_bias
+    from edgeopt.calibrate.input_moments import fp32_tensor
     from edgeopt.calibrate.quantize import QuantConfig
     from edgeopt.calibrate.rounding import optimize_weight_rounding
+    from edgeopt.calibrate.stats import channel_mean
     from edgeopt.convert import export_onnx
+    from edgeopt.runtimes import capture_onnx
 
     from tiny_models import tiny_cnn
 
@@ -145,15 +259,27 @@ def test_bias_correction_means_from_the_rounding_pass_are_the_pre_rounding_means
     model, qdq = onnx.load(str(fp32)), onnx.load(str(plain.path))
     names = bias_inputs(model, qdq)
     assert names
-    want = _channel_means(qdq, names, calib)
+    producer = {o: n for n in qdq.graph.node for o in n.output}
+    tensors = {i.name for i in model.graph.input} | {o for n in model.graph.node
+                                                      for o in n.output}
+    sources = {name: fp32_tensor(name, producer, tensors) for name in names}
+    assert None not in sources.values() and set(sources.values()) != set(names)
+    order = sorted(set(sources.values()))
+    sums = dict.fromkeys(order, 0.0)
+    for sample, values in zip(calib, capture_onnx(model, calib, order[1:]), strict=True):
+        for name, value in zip(order, [sample["input"], *values], strict=True):
+            sums[name] = sums[name] + channel_mean(value)
+    assert order[0] == "input"
     means = dict.fromkeys(names)
     optimize_weight_rounding(model, qdq, calib, True, means)
+    assert len(spied_passes) == 1                                   # H and means: one pass
     for name in names:
-        np.testing.assert_allclose(means[name], want[name], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(means[name], sums[sources[name]] / len(calib),
+                                   rtol=1e-12, atol=1e-12)
     other = copy.deepcopy(qdq)
     # given means: no pass of its own (there are no samples to run)
     assert correct_weight_bias(model, qdq, [], means) == len(names)
-    correct_weight_bias(model, other, [], want)
+    correct_weight_bias(model, other, [], dict(means))
     assert qdq.SerializeToString() == other.SerializeToString()
 
 
@@ -166,18 +292,19 @@ def _conv_job(c_out, c_in, k=3, group=1):
 
 
 def test_the_row_subsample_is_seeded_and_its_h_is_close_to_the_full_one():
-    from edgeopt.calibrate.rounding import _mirrored, _second_moments
+    from edgeopt.calibrate.input_moments import _mirrored, second_moments
+    from edgeopt.calibrate.rounding import layer
 
     rng = np.random.default_rng(5)
-    job = _conv_job(8, 16)                                    # 144 columns
+    job = layer(_conv_job(8, 16))                             # 144 columns
     # smooth correlated images: neighbouring positions and channels alike
     base = rng.standard_normal((1, 4, 40, 40)).cumsum(axis=2).cumsum(axis=3) / 10
     x = (np.repeat(base, 4, axis=1) + 0.3 * rng.standard_normal((1, 16, 40, 40)))
     x = x.astype(np.float32)
-    full = _mirrored(_second_moments(x, job, 10**9, np.random.default_rng(0))[0], job)
-    first = _mirrored(_second_moments(x, job, 400, np.random.default_rng(0))[0], job)
-    again = _mirrored(_second_moments(x, job, 400, np.random.default_rng(0))[0], job)
-    other = _mirrored(_second_moments(x, job, 400, np.random.default_rng(1))[0], job)
+    full = _mirrored(second_moments(x, job, 10**9, np.random.default_rng(0))[0], job.kind)
+    first = _mirrored(second_moments(x, job, 400, np.random.default_rng(0))[0], job.kind)
+    again = _mirrored(second_moments(x, job, 400, np.random.default_rng(0))[0], job.kind)
+    other = _mirrored(second_moments(x, job, 400, np.random.default_rng(1))[0], job.kind)
     assert np.array_equal(first, again) and not np.array_equal(first, other)
     assert np.linalg.norm(first - full) < 0.1 * np.linalg.norm(full)
     # the positions picked are those of the full im2col: a subset of its rows
@@ -197,14 +324,8 @@ def test_a_layer_wider_than_max_columns_is_rounded_per_channel_group():
     group's own block, in the kernels' order."""
     from onnx import helper, numpy_helper
 
-    from edgeopt.calibrate.rounding import (
-        MAX_COLUMNS,
-        _mirrored,
-        _patches_full,
-        _reround,
-        _second_moments,
-        channel_groups,
-    )
+    from edgeopt.calibrate.input_moments import _mirrored, _patches_full, second_moments
+    from edgeopt.calibrate.rounding import MAX_COLUMNS, _reround, channel_groups, layer
     from edgeopt.calibrate.saturation import hwio_order
 
     channels = 2 * (MAX_COLUMNS // 18 + 1)                       # just over MAX_COLUMNS
@@ -214,7 +335,8 @@ def test_a_layer_wider_than_max_columns_is_rounded_per_channel_group():
     assert all(c0 % 2 == 0 and (c1 - c0) * 9 <= MAX_COLUMNS for c0, c1 in groups)
     assert channel_groups(_conv_job(6, 64)) == [(0, 64)]
     x = np.random.default_rng(6).standard_normal((1, channels, 6, 6)).astype(np.float32)
-    blocks = [_mirrored(b, job) for b in _second_moments(x, job, 10**9, np.random.default_rng(0))]
+    blocks = [_mirrored(b, job.kind)
+              for b in second_moments(x, layer(job), 10**9, np.random.default_rng(0))]
     assert [b.shape[0] for b in blocks] == [(c1 - c0) * 9 for c0, c1 in groups]
     flat = _patches_full(x, 3, 3, [1, 1], [1, 1, 1, 1]).astype(np.float64)
     for (c0, c1), block in zip(groups, blocks, strict=True):
@@ -240,7 +362,7 @@ def test_a_layer_wider_than_max_columns_is_rounded_per_channel_group():
     ((9, 9), 3, 2, [1, 1, 1, 1]), ((8, 7), 3, 1, [1, 1, 1, 1]), ((10, 10), 5, 2, [2, 1, 2, 1])])
 def test_picked_patches_are_those_rows_of_the_full_im2col(size, k, stride, pads):
     """The subset is gathered from the unpadded input with the padding masked in."""
-    from edgeopt.calibrate.rounding import _patches_depthwise, _pick
+    from edgeopt.calibrate.input_moments import _patches_depthwise, _pick
 
     rng = np.random.default_rng(7)
     x = rng.standard_normal((1, 4, *size)).astype(np.float32)
@@ -290,7 +412,8 @@ def test_channel_peaks_are_the_per_channel_maxima_whatever_the_map_size(shape):
 def test_second_moments_sum_samples_in_place_to_the_mean_of_their_grams(kind):
     """H summed over samples in place (BLAS syrk's upper triangle, then mirrored) is the
     sum of each sample's X^T X / rows, as one product per sample gives it."""
-    from edgeopt.calibrate.rounding import _mirrored, _patches_depthwise, _second_moments
+    from edgeopt.calibrate.input_moments import _mirrored, _patches_depthwise, second_moments
+    from edgeopt.calibrate.rounding import layer
 
     job = {"pointwise": _conv_job(4, 12, k=1), "full": _conv_job(4, 6),
            "depthwise": _conv_job(6, 6, group=6)}[kind]
@@ -299,8 +422,8 @@ def test_second_moments_sum_samples_in_place_to_the_mean_of_their_grams(kind):
                                5, 5)).astype(np.float32) for _ in range(3)]
     totals = None
     for x in xs:
-        totals = _second_moments(x, job, 10**9, rng, totals)
-    got = _mirrored(totals[0], job)
+        totals = second_moments(x, layer(job), 10**9, rng, totals)
+    got = _mirrored(totals[0], job.kind)
     want = 0.0
     for x in xs:
         k = job.w.shape[2]
