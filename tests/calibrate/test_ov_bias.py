@@ -56,7 +56,7 @@ def test_no_bias_where_nncf_looks_leaves_the_subgraph_alone():
     assert len(model.get_parameters()) == 1
 
 
-def test_another_nncf_bias_correction_is_left_to_nncf():
+def test_another_nncf_bias_correction_is_left_to_nncf(monkeypatch):
     from nncf.quantization.algorithms.bias_correction.algorithm import BiasCorrection
     from nncf.quantization.algorithms.post_training import pipeline
 
@@ -70,6 +70,9 @@ def test_another_nncf_bias_correction_is_left_to_nncf():
     with ov_bias.one_compile_bias_correction() as used:
         assert used and pipeline.BiasCorrection is not BiasCorrection
     assert pipeline.BiasCorrection is BiasCorrection
+    monkeypatch.setattr(ov_bias, "fits", lambda base=None: False)
+    with ov_bias.one_compile_bias_correction() as used:
+        assert not used and pipeline.BiasCorrection is BiasCorrection
 
 
 @pytest.fixture(scope="module")
