@@ -68,6 +68,8 @@ def bias_as_input(subgraph, node_name: str, port: int) -> _BiasInput | None:
         if not source.inputs():
             return None
         target = source.input(0)
+    if source.get_element_type() not in (ov.Type.f32, ov.Type.f16):
+        return None                          # e.g. bf16, which numpy cannot hold
     bias = _BiasInput(source)
     param = ov.opset13.parameter(list(bias.shape), bias.dtype, name=BIAS_INPUT)
     param.output(0).get_tensor().set_names({BIAS_INPUT})
