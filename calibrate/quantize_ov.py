@@ -16,6 +16,7 @@ from edgeopt.calibrate.calibrators import QuantRange, compute_ranges
 from edgeopt.calibrate.errors import CalibrationError
 from edgeopt.calibrate.float_ops import OV_RECURRENT, ov_control_flow, ov_recurrent_notes
 from edgeopt.calibrate.output_ranges import protected_ranges
+from edgeopt.calibrate.ov_bias import one_compile_bias_correction
 from edgeopt.calibrate.ov_reuse import file_digest, model_digest, nncf_result, reuse
 from edgeopt.calibrate.ov_sqnr import ov_layer_sqnr, worst_output_sqnr
 from edgeopt.calibrate.qdq_graph import fp32_nodes, linear_nodes
@@ -404,11 +405,12 @@ def _nncf_quantize(model, samples: list, excluded: list[str], transformer: bool,
 
     ignored = (nncf.IgnoredScope(names=excluded, types=list(ignored_types), validate=False)
                if excluded or ignored_types else None)
-    return quantize(model, nncf.Dataset(samples, transform), subset_size=len(samples),
-                    preset=nncf.QuantizationPreset.PERFORMANCE,
-                    fast_bias_correction=fast_bias_correction or control_flow,
-                    **({"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}),
-                    **({"ignored_scope": ignored} if ignored else {}))
+    with one_compile_bias_correction():          # NNCF's full one, one compile a layer
+        return quantize(model, nncf.Dataset(samples, transform), subset_size=len(samples),
+                        preset=nncf.QuantizationPreset.PERFORMANCE,
+                        fast_bias_correction=fast_bias_correction or control_flow,
+                        **({"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}),
+                        **({"ignored_scope": ignored} if ignored else {}))
 
 
 def _set_calibrator_ranges(quantized, stats: dict[str, TensorStats], calibrator: str,
