@@ -204,13 +204,14 @@ def weigh_choices(state, backend, job, art, *, build: Callable, evaluate: Callab
     run ``state`` (an ``edgeopt.steps.RunState``); a later choice is weighed on the build
     without the earlier dropped ones. ``build(job)`` makes an INT8 artifact, ``evaluate(a)``
     scores one; the records go to ``state.tradeoffs`` and the console. A variant is built
-    with ``layer_sqnr=False`` (most are discarded); ``complete(job, variant)`` gives the one
-    adopted the per-layer SQNR its build left out. Under ``--effort fast`` nothing is
-    weighed: every choice is kept and recorded "not weighed", and so is each shortcut of
-    the build (:func:`fast_shortcuts`)."""
+    with ``layer_sqnr=False`` (most are discarded); ``complete(job, art)`` gives ``art``
+    the per-layer SQNR the last adopted variant's build (``job``) left out, once, after
+    every choice. Under ``--effort fast`` nothing is weighed: every choice is kept and
+    recorded "not weighed", and so is each shortcut of the build (:func:`fast_shortcuts`)."""
     budget = state.budget
     elsewhere = saturating_elsewhere(state.targets, art.runtime)
     fast = state.recipe.quant.effort == "fast"
+    adopted = None                      # the job of the last variant adopted
     for choice in backend.speed_choices(art, job):
         if fast:
             record = not_weighed(choice, art.runtime, FAST)
@@ -230,13 +231,15 @@ def weigh_choices(state, backend, job, art, *, build: Callable, evaluate: Callab
                 or budget.drop(v) <= budget.allowed_drop + 1e-9,
                 time_pair=time_pair(state.targets, state.recipe, state.staging,
                                     state.prepared.eval_inputs[0]),
-                adopt=lambda v, c=choice, j=variant_job: adopt(
-                    state.staging, art, complete(j(c.without), v) if complete else v),
+                adopt=lambda v: adopt(state.staging, art, v),
                 discard=lambda v: discard(state.staging, v))
             if not record["kept"]:
-                job = replace(job, config=replace(job.config, **choice.without))
+                adopted = variant_job(choice.without)
+                job = replace(job, config=adopted.config)
         state.tradeoffs.append(record)
         state.progress.console.print(f"  {describe(record)}")
+    if adopted is not None and complete is not None:    # one pass, for the variant that stays
+        complete(adopted, art)
     for record in fast_shortcuts(art) if fast else ():
         state.tradeoffs.append(record)
         state.progress.console.print(f"  {describe(record)}")

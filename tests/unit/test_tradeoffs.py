@@ -98,9 +98,12 @@ def test_a_gain_of_exactly_one_sample_counts():
     assert record["kept"] and calls[-1] == ("discard", "v.onnx")
 
 
-def test_variants_leave_out_the_layer_sqnr_and_only_the_adopted_one_gets_it(tmp_path):
-    """Weighing builds each variant with layer_sqnr=False; the variant adopted is completed
-    (its per-layer SQNR, for its own job), the discarded ones never are."""
+@pytest.mark.parametrize("guard_value", [0.80, 0.83])
+def test_variants_leave_out_the_layer_sqnr_and_only_the_adopted_one_gets_it(tmp_path,
+                                                                           guard_value):
+    """Weighing builds each variant with layer_sqnr=False; the variant that stays is
+    completed (its per-layer SQNR, for its own job) once, after every choice, the discarded
+    ones never, nor one adopted and then replaced by a later one."""
     import io
     from dataclasses import dataclass, field
     from types import SimpleNamespace
@@ -122,7 +125,7 @@ def test_variants_leave_out_the_layer_sqnr_and_only_the_adopted_one_gets_it(tmp_
             return self.dir / name
 
     staging = Staging(tmp_path)
-    values = {"without-fp32-stem": 0.82, "without-saturation-guard": 0.80}
+    values = {"without-fp32-stem": 0.82, "without-saturation-guard": guard_value}
     built, completed = [], []
 
     def build(job):
@@ -131,7 +134,7 @@ def test_variants_leave_out_the_layer_sqnr_and_only_the_adopted_one_gets_it(tmp_
         return _art(values[job.variant], f"{job.variant}.onnx")
 
     def complete(job, art):
-        completed.append(job)
+        completed.append((job, art.file, art.accuracy["value"]))
         art.sensitivity = (("stem",),)
         return art
 
@@ -148,8 +151,13 @@ def test_variants_leave_out_the_layer_sqnr_and_only_the_adopted_one_gets_it(tmp_
                   complete=complete)
     assert [j.variant for j in built] == ["without-fp32-stem", "without-saturation-guard"]
     assert all(not j.layer_sqnr for j in built)
-    assert [j.variant for j in completed] == ["without-fp32-stem"]
-    assert completed[0].config == built[0].config and not completed[0].config.fp32_stem
     assert built[1].config.fp32_stem is False        # weighed on the build without the stem
     assert art.sensitivity == (("stem",),)
-    assert [r["kept"] for r in state.tradeoffs] == [False, True]
+    guard_dropped = guard_value > 0.82
+    assert [r["kept"] for r in state.tradeoffs] == [False, not guard_dropped]
+    ((final, file, value),) = completed               # once, on the artifact as it ends
+    assert final.variant == built[-1 if guard_dropped else 0].variant
+    assert final.config == built[-1 if guard_dropped else 0].config
+    assert not final.config.fp32_stem and final.config.saturation_guard is not guard_dropped
+    assert file == art.file == "m.int8-ort.onnx"
+    assert value == art.accuracy["value"] == (guard_value if guard_dropped else 0.82)
