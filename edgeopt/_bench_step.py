@@ -15,14 +15,14 @@ def artifact_record(art: Artifact, staging, target) -> ArtifactRecord:
     from edgeopt.convert import file_sha256
 
     files = [art.file, *art.companions]
+    digests = {f: file_sha256(staging.path(f)) for f in files}
     return ArtifactRecord(
         path=art.file, files=files, format=art.format, precision=art.precision,
         runtime=art.runtime, device=target.label if target else None,
         adapter=target.adapter if target else None,
         size_bytes=sum(staging.path(f).stat().st_size for f in files),
         size_zipped_bytes=deflated_size([staging.path(f) for f in files]),
-        sha256=file_sha256(staging.path(art.file)),
-        sha256_files={f: file_sha256(staging.path(f)) for f in files},
+        sha256=digests[art.file], sha256_files=digests,
         accuracy=art.accuracy, quantization=art.quantization, status=art.status)
 
 
