@@ -267,7 +267,10 @@ def _layout(op: str, w: np.ndarray, attrs: dict) -> tuple[np.ndarray, str] | Non
         return None
     c_out, c_in_g, kh, kw = w.shape
     if kh == kw == 1 and group == 1:
-        return w, "pointwise"
+        # a strided or padded 1x1 reads only some positions, or zeros: the patch path
+        plain = (all(s == 1 for s in attrs.get("strides", [1, 1]))
+                 and not any(attrs.get("pads", [0] * 4)))
+        return w, "pointwise" if plain else "full"
     if group == c_out and c_in_g == 1:
         return w, "depthwise"
     return (w, "full") if group == 1 else None

@@ -408,6 +408,23 @@ def test_channel_peaks_are_the_per_channel_maxima_whatever_the_map_size(shape):
     np.testing.assert_array_equal(_channel_peaks(value), value.max(axis=(0, 2, 3)))
 
 
+def test_a_strided_1x1_convolutions_h_is_over_the_positions_it_reads():
+    """A 1x1 convolution of stride 2 (a ResNet's downsampling shortcut) reads every other
+    row and column: its H is their Gram, not that of every position."""
+    from edgeopt.calibrate.input_moments import _mirrored, second_moments
+    from edgeopt.calibrate.rounding import _Job, _layout, layer
+
+    w = np.random.default_rng(1).standard_normal((4, 6, 1, 1))
+    attrs = {"strides": [2, 2], "pads": [0, 0, 0, 0]}
+    assert _layout("Conv", w, attrs)[1] == "full"
+    assert _layout("Conv", w, {"strides": [1, 1]})[1] == "pointwise"
+    x = np.random.default_rng(2).standard_normal((1, 6, 7, 7)).astype(np.float32)
+    job = _Job(None, None, w, attrs, "full")
+    got = _mirrored(second_moments(x, layer(job), 10**9, np.random.default_rng(0))[0], "full")
+    rows = x[0][:, ::2, ::2].reshape(6, -1).T.astype(np.float64)
+    np.testing.assert_allclose(got, rows.T @ rows / len(rows), rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["pointwise", "full", "depthwise"])
 def test_second_moments_sum_samples_in_place_to_the_mean_of_their_grams(kind):
     """H summed over samples in place (BLAS syrk's upper triangle, then mirrored) is the
