@@ -73,6 +73,7 @@ def artifact_layer_sqnr_ov(fp32_model, int8_xml, samples: Sequence[dict[str, np.
     return tuple(ov_layer_sqnr(read_openvino_model(fp32_model), read_openvino_model(int8_xml),
                                samples, fp32_key=model_digest(fp32_model)))
 
+
 def worst_output_sqnr(fp32_model, int8_model, samples: Sequence[dict[str, np.ndarray]]
                       ) -> float:
     """The lowest SQNR (dB) of any model output of ``int8_model`` against ``fp32_model``."""
