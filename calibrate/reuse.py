@@ -7,9 +7,10 @@ same: ONNX Runtime's pre-processing, the depthwise equalization with the statist
 equalized model, when only the refinement settings differ (the saturation guard, the
 rounding), ONNX Runtime's QDQ graph itself, and the weight rounding's input second
 moments (input_moments.py), which do not depend on the build at all. Those stages are
-kept here, keyed by the content they come from (the FP32 file's digest, the samples' digest, the settings that
-decide them), as serialized bytes in a small LRU bounded by entry count and bytes; every
-build parses its own copy, so a build from the memo is byte for byte the build without it.
+kept here, keyed by the content they come from (the FP32 file's digest, the samples'
+digest, the settings that decide them), as serialized bytes (the moments as read-only
+arrays) in a small LRU bounded by entry count and bytes; every build parses its own copy,
+so a build from the memo is byte for byte the build without it.
 """
 
 from __future__ import annotations
