@@ -94,7 +94,9 @@ class TorchSide:
         return self.answer()
 
     def ask(self, op: str, *args) -> None:
-        """Send ``op``; the child works on it while the caller goes on."""
+        """Send ``op``; the child works on it while the caller goes on. The send itself
+        waits for the child to read it when its arguments fill the pipe (~64 KB) while
+        the child is busy."""
         try:
             self._send.send((op, args))
         except OSError as e:
@@ -194,14 +196,16 @@ def export_source(state, path: Path):
         return export_onnx(state.module, source.example_inputs, path,
                            input_names=state.input_names,
                            output_names=state.prepared.output_names or None)
-    side.ask("export", str(path), state.input_names, state.prepared.output_names or None,
-             list(state.parity_inputs) if state.parity_ref is None else None)
-    side.exporting[0] = False           # the child takes the request after its export
-    if state.recipe.quant.enabled:      # meanwhile, the imports the quantizers will need
+    if state.recipe.quant.enabled:      # while the child exports, the quantizers' imports
         from edgeopt.backends import get_backend
 
         for runtime in state.recipe.runtimes:
             get_backend(runtime).warm_up()
+    # The request (with the parity samples, more than a pipe holds) is read, so sent,
+    # once the child has finished its early export: imports before it, not after.
+    side.ask("export", str(path), state.input_names, state.prepared.output_names or None,
+             list(state.parity_inputs) if state.parity_ref is None else None)
+    side.exporting[0] = False           # the child takes the request after its export
     result, outs = side.answer()
     if state.parity_ref is None:
         state.parity_ref = outs

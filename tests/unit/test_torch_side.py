@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeopt import _torch_side
@@ -118,6 +119,37 @@ def test_the_early_export_is_the_export_asked_for(monkeypatch, tmp_path):
     assert result.path == tmp_path / "child.onnx"
     assert (result.exporter, result.output_names) == (direct.exporter, direct.output_names)
     assert (tmp_path / "child.onnx").read_bytes() == (tmp_path / "here.onnx").read_bytes()
+
+
+def test_the_quantizers_imports_come_before_the_export_request(monkeypatch, tmp_path):
+    """The request carries the parity samples, more than a pipe holds, so sending it waits
+    for the child's early export: each backend's warm-up imports run before it, while the
+    child still exports, not after."""
+    monkeypatch.syspath_prepend(str(TESTS))
+    from types import SimpleNamespace
+
+    from edgeopt.backends import get_backend
+
+    recipe = _recipe("tiny_models:tiny_cnn", input_shape="1,3,8,8")
+    calls = []
+    for runtime in recipe.runtimes:
+        monkeypatch.setattr(type(get_backend(runtime)), "warm_up",
+                            lambda self, r=runtime: calls.append(f"warm up {r}"))
+    source = _torch_side.load_source(recipe)
+    side = source.extra[_torch_side.SIDE]
+    real_ask = side.ask
+    monkeypatch.setattr(side, "ask", lambda op, *a: calls.append(op) or real_ask(op, *a))
+    names = tuple(n for n, _, _ in source.extra["specs"])
+    state = SimpleNamespace(recipe=recipe, input_names=names, parity_ref=None,
+                            parity_inputs=[{names[0]: np.zeros((1, 3, 8, 8), np.float32)}],
+                            prepared=SimpleNamespace(source=source,
+                                                     output_names=source.output_names))
+    try:
+        _torch_side.export_source(state, tmp_path / "child.onnx")
+    finally:
+        _torch_side.release(source)
+    assert calls == [f"warm up {r}" for r in recipe.runtimes] + ["export"]
+    assert len(state.parity_ref) == 1 and (tmp_path / "child.onnx").is_file()
 
 
 def test_a_run_that_ends_before_asking_for_the_export_stops_the_child_at_once(monkeypatch):
