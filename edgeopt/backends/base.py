@@ -122,8 +122,8 @@ class Backend:
         return list(art.sensitivity)
 
     def layer_sqnr(self, artifact: Path, job: QuantJob) -> list[dict] | None:
-        """The per-layer SQNR rows (worst first) that ``job``'s build would have given
-        ``artifact`` had ``job.layer_sqnr`` been True; None: its build made them anyway."""
+        """The per-layer SQNR rows (worst first) that ``job``'s build (``job.layer_sqnr``
+        False) left out of ``artifact``; None: this backend's builds always make them."""
         return None
 
     def sensitivity_from(self, rows) -> tuple:

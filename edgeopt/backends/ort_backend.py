@@ -57,8 +57,6 @@ class OrtBackend(Backend):
         """The rows ``job``'s build leaves out with ``job.layer_sqnr`` False, from the file."""
         from edgeopt.calibrate.quantize import artifact_layer_sqnr
 
-        if job.layer_sqnr:
-            return None
         return list(artifact_layer_sqnr(job.fp32_onnx, artifact, job.prepared.calib,
                                         job.config, job.stats))
 

@@ -62,8 +62,6 @@ class OvBackend(Backend):
         """The rows ``job``'s build leaves out with ``job.layer_sqnr`` False, from the files."""
         from edgeopt.calibrate.ov_sqnr import artifact_layer_sqnr_ov
 
-        if job.layer_sqnr:
-            return None
         fp32_xml = job.path(self.artifact_files(job.name, "fp32")[0])
         return list(artifact_layer_sqnr_ov(fp32_xml, artifact, job.prepared.calib))
 
