@@ -83,10 +83,8 @@ class TorchSide:
         self._send = Connection(parent_writes, readable=False)
         self._recv = Connection(parent_reads, writable=False)
         self._asked: list[str] = []         # requests not answered yet, oldest first
-        # True while the child may be exporting on its own (see _main): not idle
-        self.exporting = [False]
         self._finalizer = weakref.finalize(self, _stop, self._send, self._recv, self._proc,
-                                           self._asked, self.exporting, self.scratch)
+                                           self.scratch)
 
     def call(self, op: str, *args) -> Any:
         """The child's answer to ``op``; its exception, re-raised here."""
@@ -128,23 +126,14 @@ class TorchSide:
         return self._proc.pid
 
 
-def _stop(send, recv, proc, asked: list[str], exporting: list[bool], scratch: str) -> None:
-    """End the child: asked to, when it is idle; killed, when it is still working (the
-    run ended, e.g. on an error or with the export from the cache, before it needed the
-    answer); then remove its scratch folder."""
-    if asked or exporting[0]:
-        proc.kill()
-    else:
-        try:
-            send.send(None)
-        except OSError:
-            pass
+def _stop(send, recv, proc, scratch: str) -> None:
+    """End the child, whether idle or still working (the run ended, e.g. on an error or
+    with the export from the cache, before it needed the answer): killed, as it holds
+    nothing to keep, where letting it exit took its interpreter's teardown (torch's: 1.7 s
+    on mobilenet-v2, waited for); then remove its scratch folder."""
+    proc.kill()
     send.close()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    proc.wait()
     recv.close()
     shutil.rmtree(scratch, ignore_errors=True)
 
@@ -172,7 +161,6 @@ def _loaded(side: TorchSide, recipe):
     except BaseException:
         side.close()
         raise
-    side.exporting[0] = facts.pop("exporting")
     extra = {SIDE: side, "specs": facts.pop("specs"), "digest": facts.pop("digest"),
              "fit_error": facts.pop("fit_error")}
     if recipe.model.startswith("ref:"):
@@ -205,7 +193,6 @@ def export_source(state, path: Path):
     # once the child has finished its early export: imports before it, not after.
     side.ask("export", str(path), state.input_names, state.prepared.output_names or None,
              list(state.parity_inputs) if state.parity_ref is None else None)
-    side.exporting[0] = False           # the child takes the request after its export
     result, outs = side.answer()
     if state.parity_ref is None:
         state.parity_ref = outs
@@ -273,8 +260,6 @@ def _main(read_fd: int, write_fd: int) -> None:
                 request = recv.recv()
             except EOFError:        # the parent ended (even killed): so does the child
                 return
-            if request is None:
-                return
             op, args = request
             try:
                 answer = ("ok", _OPS[op](held, *args))
@@ -317,7 +302,7 @@ def _load(held: dict, recipe, path: list[str], scratch: str | None = None) -> di
         # source's output names (edgeopt._source.prepare keeps them)
         held["early"] = (Path(scratch) / "early.onnx", tuple(n for n, _, _ in specs),
                          source.output_names or None)
-    return {**facts, "specs": specs, "fit_error": fit_error, "exporting": "early" in held,
+    return {**facts, "specs": specs, "fit_error": fit_error,
             "digest": module_digest(source.module, source.example_inputs)}
 
 

@@ -264,12 +264,12 @@ def test_bias_correction_means_from_the_rounding_pass_are_the_fp32_inputs_means(
                                                       for o in n.output}
     sources = {name: fp32_tensor(name, producer, tensors) for name in names}
     assert None not in sources.values() and set(sources.values()) != set(names)
-    order = sorted(set(sources.values()))
+    assert "input" in sources.values()                  # the stem reads the graph input
+    order = ["input", *sorted(set(sources.values()) - {"input"})]
     sums = dict.fromkeys(order, 0.0)
     for sample, values in zip(calib, capture_onnx(model, calib, order[1:]), strict=True):
         for name, value in zip(order, [sample["input"], *values], strict=True):
             sums[name] = sums[name] + channel_mean(value)
-    assert order[0] == "input"
     means = dict.fromkeys(names)
     optimize_weight_rounding(model, qdq, calib, True, means)
     assert len(spied_passes) == 1                                   # H and means: one pass

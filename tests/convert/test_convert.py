@@ -99,14 +99,15 @@ def test_torchscript_and_exported_program(tmp_path):
         load_model(str(tmp_path / "bad.pt"), "1,3,16,16")
 
 
-def test_dynamo_export_matches_torch(tmp_path):
+@pytest.mark.parametrize("prefer", ["torchscript", "dynamo"])
+def test_export_matches_torch(tmp_path, prefer):
     from tiny_models import tiny_cnn
 
     module = tiny_cnn()
     x = torch.randn(1, 3, 16, 16)
-    result = export_onnx(module, (x,), tmp_path / "m.onnx")
-    assert result.exporter == "dynamo"
-    assert result.input_names == ("input",)
+    result = export_onnx(module, (x,), tmp_path / "m.onnx", prefer=prefer)
+    assert result.exporter == prefer            # a clean trace: the first exporter's file
+    assert result.input_names == ("input",) and result.warnings == ()
     onnx.checker.check_model(str(result.path))
     parity = compare("torch -> ONNX", [run_torch(module, (x,))],
                      [_ort_run(result.path, {"input": x.numpy()})])
@@ -114,20 +115,53 @@ def test_dynamo_export_matches_torch(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary left behind
 
 
-def test_export_falls_back_to_torchscript_with_a_warning(tmp_path, monkeypatch):
+class _DataDependent(torch.nn.Module):
+    """A branch on a tensor's value: a trace records the branch its example took."""
+
+    def forward(self, x):
+        return x * 2 if bool(x.sum() > 0) else x - 1
+
+
+def test_a_trace_that_may_not_hold_goes_to_dynamo(tmp_path, monkeypatch):
+    x = torch.ones(1, 4)
+    seen = []
+    real_export = torch.onnx.export
+
+    def recorded(*args, **kwargs):
+        seen.append("dynamo" if kwargs.get("dynamo") else "torchscript")
+        if kwargs.get("dynamo"):
+            raise RuntimeError("simulated: data-dependent branch")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", recorded)
+    result = export_onnx(_DataDependent(), (x,), tmp_path / "m.onnx")
+    assert seen == ["torchscript", "dynamo"]    # the tracer warned: dynamo was tried
+    assert result.exporter == "torchscript"     # it failed: the trace is kept, and said so
+    assert any("dynamo exporter failed" in w for w in result.warnings)
+    assert any("kept the TorchScript trace" in w and "may not hold" in w
+               for w in result.warnings)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("broken", ["torchscript", "dynamo"])
+def test_export_falls_back_to_the_other_exporter_with_a_warning(tmp_path, monkeypatch, broken):
     from tiny_models import tiny_cnn
 
     real_export = torch.onnx.export
 
-    def dynamo_breaks(*args, **kwargs):
-        if kwargs.get("dynamo", True):
-            raise RuntimeError("simulated dynamo failure")
+    def one_breaks(*args, **kwargs):
+        if ("dynamo" if kwargs.get("dynamo", True) else "torchscript") == broken:
+            message = f"simulated {broken} failure"
+            raise RuntimeError(message)
         return real_export(*args, **kwargs)
 
-    monkeypatch.setattr(torch.onnx, "export", dynamo_breaks)
-    result = export_onnx(tiny_cnn(), (torch.randn(1, 3, 16, 16),), tmp_path / "m.onnx")
-    assert result.exporter == "torchscript"
-    assert any("dynamo exporter failed" in w and "falling back" in w for w in result.warnings)
+    monkeypatch.setattr(torch.onnx, "export", one_breaks)
+    result = export_onnx(tiny_cnn(), (torch.randn(1, 3, 16, 16),), tmp_path / "m.onnx",
+                         prefer=broken)
+    other = {"torchscript": "dynamo", "dynamo": "torchscript"}[broken]
+    assert result.exporter == other
+    assert result.warnings == (f"{broken} exporter failed (simulated {broken} "
+                               f"failure); exported with the {other} exporter",)
     assert (tmp_path / "m.onnx").is_file()
 
 
