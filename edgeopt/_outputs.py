@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["SpilledOutputs", "run_all", "run_spilled", "stack_first", "torch_outputs"]
+__all__ = ["SpilledOutputs", "each_output", "run_all", "run_spilled", "stack_first", "torch_outputs"]
 
 Progress = Callable[[int, int], None] | None
 Samples = Sequence[dict[str, np.ndarray]]
 
 
-def run_all(loaded, samples: Samples, update: Progress = None) -> list[list[np.ndarray]]:
-    """Every output of ``loaded.run`` for each sample."""
-    outs = []
-    for i, feeds in enumerate(samples):
-        outs.append(loaded.run(feeds))
+def each_output(loaded, samples: Samples, update: Progress = None) -> Iterator[list[np.ndarray]]:
+    """Every output of ``loaded.run`` for each sample, in sample order, as they come: through
+    ``loaded.run_many`` where the loaded model has it (a few samples in flight at once,
+    the same outputs), one ``run`` at a time otherwise."""
+    many = getattr(loaded, "run_many", None)
+    runs = many(samples) if many is not None else (loaded.run(feeds) for feeds in samples)
+    for i, outs in enumerate(runs):
         if update is not None:
             update(i + 1, len(samples))
-    return outs
+        yield outs
+
+
+def run_all(loaded, samples: Samples, update: Progress = None) -> list[list[np.ndarray]]:
+    """Every output of ``loaded.run`` for each sample (:func:`each_output`)."""
+    return list(each_output(loaded, samples, update))
 
 
 class SpilledOutputs(Sequence):
@@ -48,12 +55,7 @@ class SpilledOutputs(Sequence):
 
 def run_spilled(loaded, samples: Samples, update: Progress = None) -> SpilledOutputs:
     """:func:`run_all`, its outputs kept on disk as they come."""
-    outs = SpilledOutputs()
-    for i, feeds in enumerate(samples):
-        outs.append(loaded.run(feeds))
-        if update is not None:
-            update(i + 1, len(samples))
-    return outs
+    return SpilledOutputs(each_output(loaded, samples, update))
 
 
 def stack_first(outputs: Sequence[Sequence[np.ndarray]]) -> np.ndarray:

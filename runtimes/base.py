@@ -23,7 +23,10 @@ class TensorSpec:
 
 
 class Loaded(Protocol):
-    """A model loaded and compiled for one device, ready to run."""
+    """A model loaded and compiled for one device, ready to run. It may also have
+    ``run_many(samples)``: every sample's outputs, in sample order, a few samples in flight
+    at once (``runtimes/_many.py``); the evaluation passes use it where it is, and run
+    ``run`` one sample at a time where it is not."""
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeopt._outputs import run_spilled
 from edgeopt.runtimes import (
     AdapterUnavailable,
     Availability,
@@ -86,6 +87,25 @@ class AdapterContract:
         out = loaded.run({"input": x})
         np.testing.assert_allclose(out[0], tiny_reference(x, tiny_onnx), rtol=1e-4, atol=1e-4)
         assert loaded.load_ms > 0
+
+    def test_run_many_gives_run_s_outputs_in_sample_order(self, adapter, tiny_onnx,
+                                                           monkeypatch):
+        """The evaluation passes' path: a few samples in flight at once, each sample's
+        outputs those of ``run`` bit for bit, in sample order, progress as they come."""
+        monkeypatch.setenv("EDGEOPT_THREADS", "2")         # two at once, even on one core
+        loaded = adapter.load(tiny_onnx)
+        rng = np.random.default_rng(2)
+        samples = [{"input": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+                   for _ in range(41)]
+        one_by_one = [loaded.run(feeds) for feeds in samples]
+        seen = []
+        many = run_spilled(loaded, samples, lambda done, total: seen.append((done, total)))
+        assert seen == [(i + 1, 41) for i in range(41)]
+        assert len(many) == 41
+        for alone, together in zip(one_by_one, many, strict=True):
+            assert len(alone) == len(together)
+            for a, b in zip(alone, together, strict=True):
+                np.testing.assert_array_equal(a, b)
 
     def test_benchmark_fields(self, adapter, tiny_onnx):
         x = np.zeros((1, 3, 8, 8), dtype=np.float32)
