@@ -345,12 +345,13 @@ def _output_names(loaded) -> tuple[str, ...]:
 def benchmark(state: RunState) -> None:
     """Each artifact on each device unit whose adapter runs its runtime; with the recipe's
     ``benchmark`` off (--no-bench), each artifact's record says it was not timed."""
-    from edgeopt._bench_step import artifact_record, check_int8_speed
+    from edgeopt._bench_step import artifact_record, check_int8_speed, file_facts
     from edgeopt._measure import run_target
 
+    facts = file_facts(state.artifacts, state.staging)
     if not state.recipe.benchmark:
         for art in state.artifacts:
-            record = artifact_record(art, state.staging, None)
+            record = artifact_record(art, facts, None)
             record.bench = dict(NOT_BENCHMARKED)
             state.records.append(record)
         return
@@ -359,7 +360,7 @@ def benchmark(state: RunState) -> None:
         for art in state.artifacts:
             if art.runtime != target.runtime:
                 continue
-            record = artifact_record(art, state.staging, target)
+            record = artifact_record(art, facts, target)
             with state.progress.step(f"benchmark {art.file} on {target.label}") as update:
                 row = run_target(target, state.staging.path(art.file), feeds, state.recipe.bench,
                                  progress=update)
@@ -371,7 +372,7 @@ def benchmark(state: RunState) -> None:
                                       f"({row['unavailable']}); its figure is "
                                       f"{row['bench'].get('label')}")
             state.records.append(record)
-    _untimed(state)
+    _untimed(state, facts)
     for text in check_int8_speed(state.records):
         state.warn(text)
 
@@ -382,14 +383,14 @@ OPTIMIZE = (carry_states, reference, prune, export, fp32_reference, convert, cal
 
 # ------------------------------------------------------------------------------ helpers
 
-def _untimed(state: RunState) -> None:
+def _untimed(state: RunState, facts: dict[str, dict]) -> None:
     """Artifacts of a runtime that no named device runs: listed, never timed."""
     from edgeopt._bench_step import artifact_record
 
     timed = {t.runtime for t in state.targets}
     for art in state.artifacts:
         if art.runtime in state.recipe.runtimes and art.runtime not in timed:
-            record = artifact_record(art, state.staging, None)
+            record = artifact_record(art, facts, None)
             record.bench = {"label": "unavailable", "reason": f"no adapter on "
                             f"{', '.join(state.recipe.devices)} runs {art.runtime}"}
             state.records.append(record)
