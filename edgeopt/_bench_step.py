@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from edgeopt.backends import Artifact
 from edgeopt.report import ArtifactRecord
 
@@ -13,12 +11,14 @@ __all__ = ["artifact_record", "check_int8_speed", "file_facts"]
 def file_facts(arts: list[Artifact], staging) -> dict[str, dict]:
     """Each artifact's files, by its main file: their sha256, bytes, and bytes zipped with
     deflate (:func:`deflated_size`, as a bundle stores them). Once per artifact however
-    many devices time it, the artifacts on a thread each up to the cores: zlib lets go
-    of the GIL, and level 9 took 1.5 s over mobilenet-v2's four artifacts one by one."""
+    many devices time it, on a thread per artifact up to ``runtimes._many.workers()``
+    (which ``EDGEOPT_THREADS`` caps, as for the evaluation passes): zlib lets go of the
+    GIL, and level 9 took 1.5 s over mobilenet-v2's four artifacts one by one."""
     from concurrent.futures import ThreadPoolExecutor
 
     from edgeopt.calibrate.pruning import deflated_size
     from edgeopt.convert import file_sha256
+    from edgeopt.runtimes._many import workers
 
     def facts(art: Artifact) -> dict:
         files = [art.file, *art.companions]
@@ -26,7 +26,7 @@ def file_facts(arts: list[Artifact], staging) -> dict[str, dict]:
         return {"digests": {f: file_sha256(p) for f, p in zip(files, paths, strict=True)},
                 "size": sum(p.stat().st_size for p in paths), "zipped": deflated_size(paths)}
 
-    with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, len(arts)))) as pool:
+    with ThreadPoolExecutor(max(1, min(workers(), len(arts)))) as pool:
         return dict(zip([a.file for a in arts], pool.map(facts, arts), strict=True))
 
 
