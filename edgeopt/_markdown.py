@@ -63,6 +63,10 @@ def _tradeoff_lines(tradeoffs: list[dict]) -> list[str]:
             lines.append(f"| {t['runtime']} | {t['what']} | — | — | — | — | — | — | "
                          f"yes, not weighed: {t['not_weighed']} |")
             continue
+        if "not_built" in t:
+            lines.append(f"| {t['runtime']} | {t['what']} | — | — | — | — | — | — | "
+                         f"no, not built: {t['not_built']} |")
+            continue
         cost = t["p50_cost"]
         cost = cost if isinstance(cost, str) else (
             f"{t['p50_ms_with']:.3f} / {t['p50_ms_without']:.3f} ms ({cost:.2f}x)")

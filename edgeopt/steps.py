@@ -23,7 +23,7 @@ from edgeopt.backends import Artifact, QuantJob, get_backend, onnx_runner, runti
 from edgeopt.budget import Budget, within_budget
 from edgeopt.metrics import GATE, gate, output_figures
 from edgeopt.recipe import Recipe
-from edgeopt.tradeoffs import weigh_choices
+from edgeopt.tradeoffs import leave_out_guard, weigh_choices
 
 __all__ = ["OPTIMIZE", "RunState", "benchmark", "calibrate", "carry_states", "convert", "evaluate",
            "evaluate_artifact", "export", "fp32_reference", "prune", "quantize", "reference"]
@@ -264,10 +264,11 @@ def quantize(state: RunState) -> None:
                           trials, prepared.higher_is_better)
     for runtime in _runtimes(state):
         backend = get_backend(runtime)
+        guard = quant.saturation_guard and not leave_out_guard(state, runtime)
 
-        def job(excluded: list[str]) -> QuantJob:
+        def job(excluded: list[str], guard=guard) -> QuantJob:
             return QuantJob(state.name, state.fp32_onnx, prepared,
-                            _quant_config(quant, excluded), state.stats, state.staging,
+                            _quant_config(quant, excluded, guard), state.stats, state.staging,
                             state.progress)
 
         outcome = within_budget(
@@ -406,12 +407,12 @@ def _parity(step: str, reference: list, loaded, state: RunState) -> dict:
     return check(compare(step, reference, run_all(loaded, state.parity_inputs))).to_dict()
 
 
-def _quant_config(quant, excluded: list[str]):
+def _quant_config(quant, excluded: list[str], guard: bool):
     from edgeopt.calibrate.quantize import QuantConfig
 
     return QuantConfig(calibrator=quant.calibrator, exclude_nodes=tuple(excluded),
                        keep_first_fp32=quant.keep_first_fp32, fp32_stem=quant.fp32_stem,
-                       saturation_guard=quant.saturation_guard, qat_epochs=quant.qat_epochs,
+                       saturation_guard=guard, qat_epochs=quant.qat_epochs,
                        effort=quant.effort)
 
 

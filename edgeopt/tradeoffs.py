@@ -21,8 +21,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-__all__ = ["Choice", "adopt", "describe", "discard", "fast_shortcuts", "guard_choice", "min_gain",
-           "not_weighed", "saturating_elsewhere", "time_pair", "weigh", "weigh_choices"]
+__all__ = ["Choice", "adopt", "describe", "discard", "fast_shortcuts", "guard_choice",
+           "guard_not_needed", "leave_out_guard", "min_gain", "not_built", "not_weighed", "saturating_elsewhere",
+           "time_pair", "weigh", "weigh_choices"]
 
 # The metric gain that counts as "buys accuracy": a fraction-of-samples metric (top-1,
 # agreement, a custom one) must gain at least this much and at least one sample more;
@@ -72,20 +73,53 @@ def guard_choice(art, config) -> list[Choice]:
 DOT_PRODUCT = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
 
+def _may_saturate(unit) -> bool:
+    """An x86 CPU without int8 dot products (or whose ISA is unknown): its U8S8 kernels
+    add pairs of products into a saturating int16."""
+    if getattr(unit, "kind", "cpu") != "cpu" or str(unit.arch or "").startswith(("aarch64",
+                                                                                "arm")):
+        return False
+    return not any(f in (unit.isa or ()) for f in DOT_PRODUCT)
+
+
 def saturating_elsewhere(targets, runtime: str) -> list[str]:
     """The target CPUs of ``runtime`` that are not this machine and may saturate int16
     accumulation (x86 without int8 dot products, or ISA unknown): for them the guard is
     kept unweighed, since the evaluation here cannot see what it prevents there."""
-    found = []
-    for t in targets:
-        unit = t.unit_obj
-        if t.runtime != runtime or not t.absent or getattr(unit, "kind", "cpu") != "cpu":
-            continue
-        if str(unit.arch or "").startswith(("aarch64", "arm")):
-            continue
-        if not any(f in (unit.isa or ()) for f in DOT_PRODUCT):
-            found.append(t.label)
-    return found
+    return [t.label for t in targets
+            if t.runtime == runtime and t.absent and _may_saturate(t.unit_obj)]
+
+
+def guard_not_needed(targets, runtime: str) -> str | None:
+    """Why no build of ``runtime`` needs the saturation guard, or None: every target
+    unit that runs ``runtime`` (at least one) accumulates int8 products without saturating
+    (a CPU with int8 dot products, an ARM CPU, or not a CPU). The guard's coarser scales
+    can then only cost accuracy, and weighing it would only measure noise."""
+    units = [t for t in targets if t.runtime == runtime]
+    if not units or any(_may_saturate(t.unit_obj) for t in units):
+        return None
+    named = ", ".join(f"{t.label}{'' if t.absent else ' (this machine)'}" for t in units)
+    return f"no target can saturate: {named} (int8 dot products, ARM, or not a CPU)"
+
+
+def leave_out_guard(state, runtime: str) -> bool:
+    """Whether ``runtime``'s builds in the run ``state`` leave the saturation guard out
+    (the recipe asks for it, but :func:`guard_not_needed`); the report and the console
+    then say why."""
+    reason = (guard_not_needed(state.targets, runtime)
+              if state.recipe.quant.saturation_guard else None)
+    if reason is None:
+        return False
+    record = not_built(runtime, reason)
+    state.tradeoffs.append(record)
+    state.progress.console.print(f"  {describe(record)}")
+    return True
+
+
+def not_built(runtime: str, reason: str) -> dict:
+    """The record of the saturation guard left out of a build, and why."""
+    return {"runtime": runtime, "choice": "saturation-guard", "what": "the AVX2 saturation "
+            "guard", "kept": False, "not_built": reason}
 
 
 def not_weighed(choice: Choice, runtime: str, reason: str) -> dict:
@@ -149,6 +183,8 @@ def describe(record: dict) -> str:
     """One line for the console: what the choice bought, cost, and what became of it."""
     if "not_weighed" in record:
         return f"{record['runtime']}: {record['what']}: kept, not weighed ({record['not_weighed']})"
+    if "not_built" in record:
+        return f"{record['runtime']}: {record['what']}: not built ({record['not_built']})"
     cost = record["p50_cost"]
     cost = cost if isinstance(cost, str) else f"p50 {cost:.2f}x the build without it"
     verdict = ("kept: it buys accuracy" if record["kept"] else

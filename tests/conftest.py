@@ -69,6 +69,20 @@ def run_cli(capsys):
 
 
 @pytest.fixture
+def host_isa(monkeypatch):
+    """``host_isa(flags)`` makes the host-cpu profile's ISA ``flags`` for the rest of the
+    test (e.g. ``("avx2",)``: an x86 CPU whose int8 kernels saturate without VNNI)."""
+    import edgeopt.runtimes._profile_validation as validation
+
+    real = validation.detect_host
+
+    def set_isa(flags) -> None:
+        monkeypatch.setattr(validation, "detect_host", lambda: {**real(), "isa": tuple(flags)})
+
+    return set_isa
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 

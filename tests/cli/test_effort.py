@@ -41,7 +41,8 @@ def _optimize(run_cli, model, out, *flags) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
-def test_fast_keeps_every_choice_unweighed_and_says_so(run_cli, tmp_path, builds):
+def test_fast_keeps_every_choice_unweighed_and_says_so(run_cli, tmp_path, builds, host_isa):
+    host_isa(("avx2",))                                 # the guard can matter here
     model = save_inverted_residual_onnx(tmp_path / "net.onnx")
     out = tmp_path / "fast"
     report = _optimize(run_cli, model, out, "--effort", "fast")
@@ -62,7 +63,8 @@ def test_fast_keeps_every_choice_unweighed_and_says_so(run_cli, tmp_path, builds
     assert not [f for f in out.iterdir() if "without" in f.name]
 
 
-def test_default_weighs_the_same_choice(run_cli, tmp_path, builds):
+def test_default_weighs_the_same_choice(run_cli, tmp_path, builds, host_isa):
+    host_isa(("avx2",))
     model = save_inverted_residual_onnx(tmp_path / "net.onnx")
     report = _optimize(run_cli, model, tmp_path / "default")
     assert builds == [(None, "default"), ("without-fp32-stem", "default"),
@@ -110,3 +112,19 @@ def test_effort_is_a_recipe_field(tmp_path):
     assert load_recipe(tmp_path / "recipe.yaml") == recipe
     with pytest.raises(UsageError, match="unknown --effort 'max'"):
         Recipe().override(effort="max")
+
+
+def test_no_guard_is_built_where_no_target_can_saturate(run_cli, tmp_path, builds, host_isa):
+    """On a host with int8 dot products, the only target, the guard's coarser scales can
+    only cost accuracy: it is not built, under either effort, and the report says why."""
+    host_isa(("avx2", "avx512_vnni"))
+    model = save_inverted_residual_onnx(tmp_path / "net.onnx")
+    for effort in ("default", "fast"):
+        out = tmp_path / effort
+        report = _optimize(run_cli, model, out, "--effort", effort)
+        (record,) = [t for t in report["tradeoffs"] if t["choice"] == "saturation-guard"]
+        assert not record["kept"] and "host-cpu:cpu (this machine)" in record["not_built"]
+        (art,) = [a for a in report["artifacts"] if a["precision"] == "int8"]
+        assert "AVX2 saturation guard off" in " | ".join(art["quantization"]["notes"])
+        assert "no, not built: no target can saturate" in (out / "report.md").read_text()
+    assert ("without-saturation-guard", "default") not in builds

@@ -93,6 +93,24 @@ def test_the_guard_goes_unweighed_only_for_absent_cpus_without_dot_products():
     assert saturating_elsewhere([other], "openvino") == ["other:cpu"]
 
 
+def test_the_guard_is_not_needed_only_when_no_target_of_the_runtime_can_saturate():
+    from edgeopt.tradeoffs import guard_not_needed
+
+    vnni_host = _target("onnxruntime", "cpu", "x86_64", ("avx2", "avx512_vnni"),
+                        "host-cpu:cpu", absent=None)
+    avx2_host = _target("onnxruntime", "cpu", "x86_64", ("avx2",), "host-cpu:cpu", absent=None)
+    arm = _target("onnxruntime", "cpu", "aarch64", ("asimd",), "rpi4:cpu")
+    gpu = _target("onnxruntime", "igpu", "x86_64", (), "x:igpu")
+    avx2 = _target("onnxruntime", "cpu", "x86_64", ("avx2", "fma"), "old:cpu")
+    unknown = _target("onnxruntime", "cpu", "x86_64", (), "mystery:cpu")
+    other = _target("openvino", "cpu", "x86_64", ("avx2",), "other:cpu")
+    reason = guard_not_needed([vnni_host, arm, gpu, other], "onnxruntime")
+    assert reason == ("no target can saturate: host-cpu:cpu (this machine), rpi4:cpu, x:igpu "
+                      "(int8 dot products, ARM, or not a CPU)")
+    for targets in ([avx2_host], [vnni_host, avx2], [vnni_host, unknown], [other], []):
+        assert guard_not_needed(targets, "onnxruntime") is None, targets
+
+
 def test_a_gain_of_exactly_one_sample_counts():
     record, calls = _weigh(0.82, 0.82 - 1 / 375)
     assert record["kept"] and calls[-1] == ("discard", "v.onnx")
