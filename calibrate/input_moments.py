@@ -114,11 +114,14 @@ def _pass(fp32_model, layers: list[Layer], samples: list[dict], names: list[str]
 def _values(fp32_model, samples: list[dict], names: list[str]):
     """Per sample, ``{name: value}`` of ``names``: the graph inputs from the sample, the
     others from ONNX Runtime (no session when only graph inputs are asked for)."""
+    from edgeopt.calibrate.stats import only_what_makes
     from edgeopt.runtimes import capture_onnx
 
     inputs = {i.name for i in fp32_model.graph.input}
     run = [n for n in names if n not in inputs]
-    captured = capture_onnx(fp32_model, samples, run) if run else ([] for _ in samples)
+    # only the nodes that compute them run (the stem variant's early tensors: a few)
+    captured = (capture_onnx(only_what_makes(fp32_model, run), samples, run) if run
+                else ([] for _ in samples))
     for sample, values in zip(samples, captured, strict=True):
         found = dict(zip(run, values, strict=True))
         found.update({n: np.asarray(sample[n]) for n in names if n not in found})

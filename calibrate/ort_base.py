@@ -7,8 +7,10 @@ tensors' ranges from the equalized model's statistics. Each comes from the proce
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from edgeopt.calibrate import reuse
 from edgeopt.calibrate.calibrators import compute_ranges
@@ -16,7 +18,7 @@ from edgeopt.calibrate.equalize import equalize_depthwise_inputs
 from edgeopt.calibrate.float_ops import qdq_notes
 from edgeopt.calibrate.output_ranges import protected_ranges
 from edgeopt.calibrate.qdq_graph import first_conv, linear_nodes, stem_block
-from edgeopt.calibrate.stats import DEFAULT_RESERVOIR, collect_stats
+from edgeopt.calibrate.stats import DEFAULT_RESERVOIR, TensorStats, collect_stats
 
 __all__ = ["Base", "Source", "equalized_ranges", "fp32_source", "prepared_base", "reservoir_for"]
 
@@ -85,7 +87,7 @@ def prepared_base(fp32_onnx: Path, prepped: Path, calib, stats: dict, config,
     if config.equalize and not linear:
         equalized = equalize_depthwise_inputs(model, calib, stats)
         if equalized:
-            ranges = equalized_ranges(model, equalized, calib, config.calibrator)
+            ranges = equalized_ranges(model, equalized, calib, config.calibrator, stats)
     data = model.SerializeToString()
     found = Base(key, data, tuple(first), tuple(stem), tuple(linear), len(equalized),
                  tuple(ranges.items()))
@@ -93,18 +95,42 @@ def prepared_base(fp32_onnx: Path, prepped: Path, calib, stats: dict, config,
     return found
 
 
-def equalized_ranges(model, equalized, calib, calibrator: str) -> dict:
+def equalized_ranges(model, equalized, calib, calibrator: str, stats: dict | None = None
+                     ) -> dict:
     """The calibrator's ranges of the equalized tensors, from the equalized model (the
     statistics of the original no longer describe them). Each range also goes to the
-    convolution output its activation is folded into."""
-    ranges = compute_ranges(collect_stats(model, calib, names=list(equalized),
-                                          reservoir=reservoir_for(calibrator)), calibrator)
+    convolution output its activation is folded into.
+
+    For a min-max calibrator they follow from ``stats`` of the original model when those
+    kept each tensor's per-sample channel maxima and every sample reached 0 (a ReLU's):
+    channel ``i`` of the equalized tensor is channel ``i`` times its gain, so each sample's
+    maximum is the largest of its channel maxima times their gains, and its minimum stays
+    0. Otherwise a pass over ``calib`` measures them."""
+    known = {name: _scaled(stats.get(name), m) for name, m in equalized.items()
+             } if stats and not reservoir_for(calibrator) else {}
+    measured = (known if known and all(v is not None for v in known.values()) else
+                collect_stats(model, calib, names=list(equalized),
+                              reservoir=reservoir_for(calibrator)))
+    ranges = compute_ranges(measured, calibrator)
     producer = {o: n for n in model.graph.node for o in n.output}
     found = {}
     for name, r in ranges.items():
         for tensor in (name, producer[name].input[0]):
             found[tensor] = r
     return found
+
+
+def _scaled(stats: TensorStats | None, peaks: np.ndarray) -> TensorStats | None:
+    """The min-max statistics of a tensor whose channels are scaled by ``max(peaks) /
+    peaks`` (equalize.py's gains), from the original's per-sample channel maxima; None
+    when they are not kept, or a sample's minimum was not 0."""
+    rows = getattr(stats, "sample_peaks", None)
+    if rows is None or stats.min != 0.0 or stats.sum_min != 0.0 or rows.shape[1] != peaks.size:
+        return None
+    tops = (rows.astype(np.float64) * (float(peaks.max()) / peaks)).max(axis=1)
+    return replace(stats, min=0.0, max=float(tops.max()), sum_min=0.0,
+                   sum_max=float(tops.sum()), reservoir=np.empty(0, np.float32),
+                   channel_max=None, channel_sum=None, sample_peaks=None)
 
 
 def reservoir_for(calibrator: str) -> int:

@@ -23,6 +23,8 @@ OpenVINO: quantize_ov.py. Per-layer SQNR and the budget's order: sensitivity.py.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ from edgeopt.calibrate.calibrators import (
 from edgeopt.calibrate.data import check_finite
 from edgeopt.calibrate.errors import CalibrationDataError, CalibrationError
 from edgeopt.calibrate.ort_base import Base, fp32_source, prepared_base, reservoir_for
+from edgeopt.calibrate.ov_route import OV_INT8
 from edgeopt.calibrate.qat import QatResult, finetune_qdq
 from edgeopt.calibrate.qdq_graph import (
     float_outputs,
@@ -106,6 +109,7 @@ class QuantConfig:
     qat_lr: float = 1e-5
     qat_ranges: bool = True                  # also learn the activation scales
     effort: str = "default"                  # "fast": shortcuts that cost accuracy (EFFORTS)
+    ov_int8: str = "auto"                    # how OpenVINO's INT8 is made (ov_route.OV_INT8)
 
     def __post_init__(self) -> None:
         if self.calibrator not in CALIBRATORS:
@@ -113,6 +117,9 @@ class QuantConfig:
             raise CalibrationError(msg)
         if self.effort not in EFFORTS:
             msg = f"unknown effort '{self.effort}' (known: {', '.join(EFFORTS)})"
+            raise CalibrationError(msg)
+        if self.ov_int8 not in OV_INT8:
+            msg = f"unknown ov_int8 '{self.ov_int8}' (known: {', '.join(OV_INT8)})"
             raise CalibrationError(msg)
 
 
@@ -213,11 +220,18 @@ def quantize_onnx_for_ort(fp32_onnx: Path, out: Path, calib: Sequence[dict[str, 
         base = prepared_base(fp32_onnx, prepped, calib, stats, config, source.digest)
         model = base.model()
         excluded, notes = fp32_nodes(config, lambda: list(base.first), lambda: list(base.stem))
-        qdq = _quantize_static(base, prepped, tmp, calib, ranges, config, excluded, notes)
-        notes += _refine(model, qdq, calib, config, progress,
-                         qat_samples, qat_note or f"{len(calib)} calibration samples")
-        rows = layer_sqnr(model, qdq, calib) if sqnr else []
-        onnx.save(qdq, str(tmp))
+        key = _build_key(base, excluded, config, ranges, qat_samples, qat_note)
+        found = reuse.memo().get(key)
+        if found is None:
+            qdq = _quantize_static(base, prepped, tmp, calib, ranges, config, excluded, notes)
+            notes += _refine(model, qdq, calib, config, progress,
+                             qat_samples, qat_note or f"{len(calib)} calibration samples")
+            found = (qdq.SerializeToString(), tuple(notes))
+            reuse.memo().put(key, found, len(found[0]))
+        else:                       # the same build, made before in this process
+            qdq, notes = onnx.load_from_string(found[0]), list(found[1])
+        rows = _layer_rows(base, model, qdq, found[0], calib) if sqnr else []
+        tmp.write_bytes(found[0])
         os.replace(tmp, out)
     except CalibrationError:
         raise
@@ -250,12 +264,37 @@ def artifact_layer_sqnr(fp32_onnx: Path, int8_onnx: Path, calib: Sequence[dict[s
     try:
         base = prepared_base(fp32_onnx, prepped, calib, stats, config,
                              fp32_source(fp32_onnx).digest)
-        return tuple(layer_sqnr(base.model(), onnx.load(str(int8_onnx)), calib))
+        data = Path(int8_onnx).read_bytes()
+        return tuple(_layer_rows(base, base.model(), onnx.load_from_string(data), data, calib))
     except Exception as e:
         msg = f"layer SQNR of {Path(int8_onnx).name} failed: {short_reason(e)}"
         raise CalibrationError(msg) from e
     finally:
         prepped.unlink(missing_ok=True)
+
+
+def _layer_rows(base: Base, model, qdq, data: bytes, calib) -> list[dict]:
+    """``layer_sqnr`` of ``qdq`` (serialized: ``data``) against ``model``, the FP32 side
+    of ``base``, or the rows given to the same bytes before in this process (another
+    runtime's artifact made from the same QDQ model)."""
+    key = reuse.digest("ort-rows", base.key, hashlib.blake2b(data).hexdigest())
+    found = reuse.memo().get(key)
+    if found is None:
+        found = tuple(layer_sqnr(model, qdq, calib))
+        reuse.memo().put(key, found, 0)
+    return [dict(row) for row in found]
+
+
+def _build_key(base: Base, excluded: list[str], config: QuantConfig, ranges: dict,
+               qat_samples, qat_note: str) -> str:
+    """What decides a finished build of ``base``: the FP32 nodes, every setting this
+    quantizer reads (not ``ov_int8``, which only decides whether OpenVINO takes it), the
+    ranges, and the fine-tuning data when there is fine-tuning."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "ov_int8"}
+    qat = ((reuse.samples_digest(qat_samples) if qat_samples is not None else None, qat_note)
+           if config.qat_epochs else None)
+    return reuse.digest("ort-int8", base.key, excluded, settings,
+                        {n: (float(r.rmin), float(r.rmax)) for n, r in ranges.items()}, qat)
 
 
 def _quantize_static(base: Base, prepped: Path, tmp: Path, calib, ranges: dict,

@@ -27,8 +27,10 @@ __all__ = ["Memo", "clear", "digest", "file_digest", "memo", "samples_digest"]
 
 # a model's entries: its source facts, its equalized base, a QDQ graph per set of FP32
 # nodes (the main build and the stem variant), the rounding's input moments
-# (input_moments.py); room for them all, so no build evicts one its sibling needs
-MAX_ENTRIES = 8
+# (input_moments.py), a finished build and its per-layer SQNR per setting (which
+# OpenVINO's QDQ route converts); room for them all, so no build evicts one its sibling
+# needs
+MAX_ENTRIES = 16
 MAX_BYTES = 256 << 20        # a few models of ResNet-50 size
 
 

@@ -37,6 +37,9 @@ class TensorStats:
     # channel means, summed, and how many
     channel_sum: np.ndarray | None = None
     channel_samples: int = 0
+    # depthwise inputs (equalize.py): each sample's channel maxima, a row per sample, from
+    # which the equalized tensor's min-max statistics follow without another pass
+    sample_peaks: np.ndarray | None = None
 
     def sample(self) -> np.ndarray:
         return self.reservoir
@@ -129,6 +132,20 @@ def _linear_inputs(model) -> dict[str, int]:
     return {name: axis for name, axis in axes.items() if axis is not None}
 
 
+def _grouped_conv_inputs(model) -> list[str]:
+    """The data inputs of grouped convolutions (depthwise ones among them): the tensors
+    equalize.py may rescale per channel."""
+    return [n.input[0] for n in model.graph.node if n.op_type == "Conv"
+            and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+
+
+def _grouped_conv_inputs(model) -> list[str]:
+    """The data inputs of grouped convolutions (depthwise ones among them): the tensors
+    equalize.py may rescale per channel."""
+    return [n.input[0] for n in model.graph.node if n.op_type == "Conv"
+            and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+
+
 def channel_mean(value: np.ndarray, axis: int = 1) -> np.ndarray | None:
     """The mean of each channel (``axis``) of one sample's tensor, summed in float64
     without a float64 copy of it (a vector's own values; None for a scalar, or no values)."""
@@ -151,7 +168,7 @@ def _channel_peaks(value: np.ndarray) -> np.ndarray | None:
     return value.max(axis=(0, 2, 3))
 
 
-def _only_what_makes(model, names: Sequence[str]):
+def only_what_makes(model, names: Sequence[str]):
     """``model`` cut to the nodes that compute ``names`` (no graph outputs left: the
     capture adds ``names``), so a pass that needs early tensors does not run the rest;
     each node that stays computes what it did. ``model`` itself when it has subgraphs
@@ -196,12 +213,14 @@ def collect_stats(onnx_path, samples: Iterable[dict[str, np.ndarray]],
 
     model = onnx.load(str(onnx_path)) if isinstance(onnx_path, (str, Path)) else onnx_path
     means: dict[str, int] = {}
+    peaks: dict[str, list[np.ndarray]] = {}
     if names is None:
         names = _float_tensors(model)
         means = _linear_inputs(model)         # the whole model runs: its linear inputs too
+        peaks = {name: [] for name in _grouped_conv_inputs(model)}
     else:
         names = list(names)
-        model = _only_what_makes(model, names)
+        model = only_what_makes(model, names)
     runs = capture_onnx(model, samples, names)
     del model
     rng = np.random.default_rng(seed)
@@ -211,11 +230,17 @@ def collect_stats(onnx_path, samples: Iterable[dict[str, np.ndarray]],
     for i, values in enumerate(runs):
         for name, value in zip(names, values, strict=True):
             value = np.asarray(value, dtype=np.float32)
-            stats[name].update(value.ravel(), reservoir, rng, _channel_peaks(value))
+            channels = _channel_peaks(value)
+            stats[name].update(value.ravel(), reservoir, rng, channels)
             if name in means and i < MEAN_SAMPLES:
                 _add_means(stats[name], channel_mean(value, means[name]))
+            if name in peaks and channels is not None and value.size:
+                peaks[name].append(channels)
         if progress is not None:
             progress(i + 1, total or i + 1)
+    for name, rows in peaks.items():
+        if rows and len(rows) == stats[name].samples and len({r.shape for r in rows}) == 1:
+            stats[name].sample_peaks = np.stack(rows)
     return stats
 
 

@@ -235,13 +235,19 @@ def _quant_flags(opt: argparse.ArgumentParser) -> None:
                           "the FP32 outputs (quantization-aware, CNN graphs; same speed)")
     opt.add_argument("--no-quantize", action="store_true", default=None,
                      help="FP32 artifacts only")
-    from edgeopt.recipe import EFFORTS
+    from edgeopt.recipe import EFFORTS, OV_INT8
 
     opt.add_argument("--effort", choices=EFFORTS,
                      help="default: weigh every choice that trades speed for accuracy, take no "
                           "shortcut that costs it; fast: keep those choices unweighed (said in "
                           "the report) and take the quantizers' shortcuts (mobilenet-v2: half "
                           "the CPU time, up to 1.9 pt less agreement; docs/speed.md)")
+    opt.add_argument("--ov-int8", choices=OV_INT8,
+                     help="how the OpenVINO INT8 is made: qdq converts the ONNX Runtime QDQ "
+                          "model (same int8 weights and ranges, seconds), nncf runs NNCF on "
+                          "the OpenVINO model; auto (default): NNCF for transformer-style, "
+                          "control-flow and recurrent graphs, qdq otherwise "
+                          "(docs/quantization.md)")
 
 
 def _prune(sub, common) -> None:

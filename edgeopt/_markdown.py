@@ -67,6 +67,11 @@ def _tradeoff_lines(tradeoffs: list[dict]) -> list[str]:
             lines.append(f"| {t['runtime']} | {t['what']} | — | — | — | — | — | — | "
                          f"no, not built: {t['not_built']} |")
             continue
+        if "follows" in t:
+            lines.append(f"| {t['runtime']} | {t['what']} | — | — | — | — | — | — | "
+                         f"{'yes' if t['kept'] else 'no: quantized'}, as weighed on "
+                         f"{t['follows']} |")
+            continue
         cost = t["p50_cost"]
         cost = cost if isinstance(cost, str) else (
             f"{t['p50_ms_with']:.3f} / {t['p50_ms_without']:.3f} ms ({cost:.2f}x)")

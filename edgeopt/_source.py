@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -321,3 +322,20 @@ def _preprocess_for(config: Recipe, specs: list, reference: Any) -> tuple[Any, s
         return (reference_preprocess(reference.preprocessing, specs[0][2]),
                 f"{config.model}'s preprocessing")
     return config.data.preprocess, "--preprocess"
+
+
+def copy_onnx(source, dst: Path) -> tuple[int, int] | None:
+    """A standalone copy of the user's ONNX, as upgraded to a supported opset and IR
+    version when it was loaded; returns (old, new) opset when it was upgraded."""
+    import onnx
+
+    proto = source.extra.get("upgraded")
+    if proto is None:
+        proto = onnx.load(str(source.path))  # pulls external data in: the copy stands alone
+    if proto.ByteSize() < 1_800_000_000:
+        onnx.save(proto, str(dst))
+    else:
+        shutil.copyfile(source.path, dst)
+    found = source.extra.get("opset")
+    new = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    return (found, new) if found is not None and new != found else None

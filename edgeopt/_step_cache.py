@@ -185,7 +185,7 @@ def load_outputs(path: Path, count: tuple[int, int]):
         return SpilledOutputs([data[f"s{i}_o{j}"] for j in range(k)] for i in range(n))
 
 
-_ARRAYS = ("reservoir", "channel_max", "channel_sum")    # TensorStats fields in the .npz
+_ARRAYS = ("reservoir", "channel_max", "channel_sum", "sample_peaks")  # TensorStats, .npz
 
 
 def save_stats(path: Path, stats: dict) -> list[dict]:

@@ -141,7 +141,7 @@ _PRUNE = {"prune_mode": "mode", "prune_ratio": "ratio", "prune_importance": "imp
 _DATA = ("name", "input_shape", "calib", "calib_samples", "preprocess", "eval", "eval_samples",
          "metric")
 _OPTIMIZE = ("calibrator", "max_accuracy_drop", "max_fp32_nodes", "keep_first_fp32", "qat_epochs",
-          "effort", "palettize", "group_size", "require_measured", "cache_dir")
+          "effort", "ov_int8", "palettize", "group_size", "require_measured", "cache_dir")
 _NEGATED = {"int8_stem": "fp32_stem", "no_saturation_guard": "saturation_guard",
             "no_quantize": "quantize", "no_bench": "benchmark", "no_cache": "cache"}
 

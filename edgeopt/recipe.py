@@ -42,6 +42,10 @@ _SAFE_NAME = re.compile(r"(?!(?:con|prn|aux|nul|com\d|lpt\d)(?:\.|$))"
 # no shortcut; "fast" keeps those choices unweighed and takes the quantizers' shortcuts
 # that cost accuracy (QuantConfig.effort). docs/speed.md has what each costs and saves.
 EFFORTS = ("fast", "default")
+# --ov-int8: how OpenVINO's INT8 is made: "qdq" converts the run's ONNX Runtime QDQ model
+# (one quantization for both runtimes), "nncf" runs NNCF on the OpenVINO model, "auto"
+# takes NNCF only where it has what the QDQ route lacks (calibrate/ov_route.py).
+OV_INT8 = ("auto", "qdq", "nncf")
 
 
 def _raise(problems: list[str]) -> None:
@@ -88,6 +92,7 @@ class QuantRecipe:
     saturation_guard: bool = True              # no int8 pair saturates AVX2 (calibrate/saturation.py)
     qat_epochs: int = 0                        # fine-tune the int8 weights (backends that can)
     effort: str = "default"                    # "fast": shortcuts that cost accuracy (EFFORTS)
+    ov_int8: str = "auto"                      # how OpenVINO's INT8 is made (OV_INT8)
 
     def __post_init__(self) -> None:
         from edgeopt.calibrate.calibrators import CALIBRATORS
@@ -95,6 +100,8 @@ class QuantRecipe:
         problems = []
         if self.effort not in EFFORTS:
             problems.append(f"unknown --effort {self.effort!r} (known: {', '.join(EFFORTS)})")
+        if self.ov_int8 not in OV_INT8:
+            problems.append(f"unknown --ov-int8 {self.ov_int8!r} (known: {', '.join(OV_INT8)})")
         if self.calibrator not in CALIBRATORS:
             problems.append(f"unknown --calibrator {self.calibrator} "
                             f"(known: {', '.join(CALIBRATORS)})")
@@ -292,6 +299,7 @@ _FLAT = {
     "keep_first_fp32": ("quant", "keep_first_fp32"), "fp32_stem": ("quant", "fp32_stem"),
     "saturation_guard": ("quant", "saturation_guard"), "qat_epochs": ("quant", "qat_epochs"),
     "effort": ("quant", "effort"),
+    "ov_int8": ("quant", "ov_int8"),
     "packages": ("package", "targets"), "palettize": ("package", "palettize"),
     "group_size": ("package", "group_size"),
 }

@@ -7,8 +7,7 @@ asks the backend registry (:mod:`edgeopt.backends`).
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,14 @@ import numpy as np
 from edgeopt import _step_cache as _cached
 from edgeopt._cache import Cache
 from edgeopt._outputs import run_all, run_spilled, stack_first, torch_outputs
+from edgeopt._source import copy_onnx
 from edgeopt._states import carry_step as carry_states
 from edgeopt._step_cache import DataKeys, artifact_facts, artifact_from, through_cache
 from edgeopt.backends import Artifact, QuantJob, get_backend, onnx_runner, runtime_names
 from edgeopt.budget import Budget, within_budget
 from edgeopt.metrics import GATE, gate, output_figures
 from edgeopt.recipe import Recipe
-from edgeopt.tradeoffs import leave_out_guard, weigh_choices
+from edgeopt.tradeoffs import follow_choices, leave_out_guard, weigh_choices
 
 __all__ = ["OPTIMIZE", "RunState", "benchmark", "calibrate", "carry_states", "convert", "evaluate",
            "evaluate_artifact", "export", "fp32_reference", "prune", "quantize", "reference"]
@@ -179,7 +179,7 @@ def _export(state: RunState, path: Path) -> None:
                           parity=parity)
     else:
         with state.progress.step("copy ONNX"):
-            opset = _copy_onnx(source, path)
+            opset = copy_onnx(source, path)
         state.record_step("copy ONNX")
         if opset is not None:
             step = f"ONNX opset {opset[0]} -> {opset[1]}"
@@ -262,32 +262,54 @@ def quantize(state: RunState) -> None:
         trials = GATE_TRIALS
     state.budget = Budget(quant.max_accuracy_drop, fp32_value, allowed, quant.max_fp32_nodes,
                           trials, prepared.higher_is_better)
+    settled: dict[str, tuple] = {}     # runtime -> (the QuantConfig its weighing settled
+                                       # on, whether its builds started with the guard)
     for runtime in _runtimes(state):
         backend = get_backend(runtime)
-        guard = quant.saturation_guard and not leave_out_guard(state, runtime)
-
-        def job(excluded: list[str], guard=guard) -> QuantJob:
-            return QuantJob(state.name, state.fp32_onnx, prepared,
-                            _quant_config(quant, excluded, guard), state.stats, state.staging,
-                            state.progress)
-
+        job, lead = _jobs(state, backend, settled)
         outcome = within_budget(
             runtime, state.budget,
             build=lambda excluded, b=backend, j=job: _build(state, b, j(excluded)),
             evaluate=lambda art: evaluate_artifact(state, art),
             rank=lambda art, b=backend, j=job: b.sensitivity(art, j([])),
             warn=state.progress.warn)
-        weigh_choices(state, backend, job(outcome.reverted), outcome.artifact,
-                      build=lambda j, b=backend: _build(state, b, j),
-                      evaluate=lambda art: evaluate_artifact(state, art),
-                      complete=lambda j, art, b=backend: _cached.cached_layer_sqnr(state, b, j,
-                                                                                  art))
+        if lead is not None:        # the same QDQ model as ``lead``'s: its choices hold
+            follow_choices(state, runtime, lead)
+        else:
+            final = weigh_choices(
+                state, backend, job(outcome.reverted), outcome.artifact,
+                build=lambda j, b=backend: _build(state, b, j),
+                evaluate=lambda art: evaluate_artifact(state, art),
+                complete=lambda j, art, b=backend: _cached.cached_layer_sqnr(state, b, j, art))
+            settled[runtime] = (final, job([]).config.saturation_guard)
         value = outcome.artifact.accuracy["value"]
         warning = state.budget.record(runtime, outcome.artifact, value, outcome.reverted)
         if warning:
             state.warn(warning)
         gate(state, outcome.artifact, runtime)
         state.artifacts.append(outcome.artifact)
+
+
+def _jobs(state: RunState, backend, settled: dict) -> tuple[Any, str | None]:
+    """``backend``'s INT8 job for a list of nodes to keep FP32, and the runtime whose
+    settled build it converts (:meth:`Backend.follows`; None: it weighs its own choices).
+    A follower's job starts from that runtime's settled settings and FP32 nodes."""
+    quant = state.recipe.quant
+    guard = quant.saturation_guard and not leave_out_guard(state, backend.runtime)
+
+    def job(excluded: list[str], lead=None) -> QuantJob:
+        config = _quant_config(quant, excluded, guard)
+        if lead is not None:
+            config = replace(lead, ov_int8=config.ov_int8, exclude_nodes=tuple(
+                dict.fromkeys((*lead.exclude_nodes, *excluded))))
+        return QuantJob(state.name, state.fp32_onnx, state.prepared, config, state.stats,
+                        state.staging, state.progress)
+
+    lead = backend.follows(job([]))
+    leader, leader_guard = settled.get(lead, (None, None))
+    if leader is None or leader_guard != guard:      # the guard is needed by one of them
+        return job, None
+    return (lambda excluded: job(excluded, leader)), lead
 
 
 def _build(state: RunState, backend, job: QuantJob) -> Artifact:
@@ -413,7 +435,7 @@ def _quant_config(quant, excluded: list[str], guard: bool):
     return QuantConfig(calibrator=quant.calibrator, exclude_nodes=tuple(excluded),
                        keep_first_fp32=quant.keep_first_fp32, fp32_stem=quant.fp32_stem,
                        saturation_guard=guard, qat_epochs=quant.qat_epochs,
-                       effort=quant.effort)
+                       effort=quant.effort, ov_int8=quant.ov_int8)
 
 
 def _gain_summary(gains: dict[str, float]) -> dict:
@@ -426,20 +448,3 @@ def _gain_summary(gains: dict[str, float]) -> dict:
                                        "max": round(float(values.max()), 3),
                                        "tensors_improved": int((values > 1e-9).sum()),
                                        "tensors": int(values.size)}}
-
-
-def _copy_onnx(source, dst: Path) -> tuple[int, int] | None:
-    """A standalone copy of the user's ONNX, as upgraded to a supported opset and IR
-    version when it was loaded; returns (old, new) opset when it was upgraded."""
-    import onnx
-
-    proto = source.extra.get("upgraded")
-    if proto is None:
-        proto = onnx.load(str(source.path))  # pulls external data in: the copy stands alone
-    if proto.ByteSize() < 1_800_000_000:
-        onnx.save(proto, str(dst))
-    else:
-        shutil.copyfile(source.path, dst)
-    found = source.extra.get("opset")
-    new = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    return (found, new) if found is not None and new != found else None

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 __all__ = ["Choice", "adopt", "describe", "discard", "fast_shortcuts", "guard_choice",
-           "guard_not_needed", "leave_out_guard", "min_gain", "not_built", "not_weighed", "saturating_elsewhere",
+           "follow_choices", "guard_not_needed", "leave_out_guard", "min_gain", "not_built", "not_weighed", "saturating_elsewhere",
            "time_pair", "weigh", "weigh_choices"]
 
 # The metric gain that counts as "buys accuracy": a fraction-of-samples metric (top-1,
@@ -185,6 +185,9 @@ def describe(record: dict) -> str:
         return f"{record['runtime']}: {record['what']}: kept, not weighed ({record['not_weighed']})"
     if "not_built" in record:
         return f"{record['runtime']}: {record['what']}: not built ({record['not_built']})"
+    if "follows" in record:
+        verdict = "kept" if record["kept"] else "dropped"
+        return f"{record['runtime']}: {record['what']}: {verdict}, as weighed on {record['follows']}"
     cost = record["p50_cost"]
     cost = cost if isinstance(cost, str) else f"p50 {cost:.2f}x the build without it"
     verdict = ("kept: it buys accuracy" if record["kept"] else
@@ -235,7 +238,7 @@ def discard(staging, variant) -> None:
 
 
 def weigh_choices(state, backend, job, art, *, build: Callable, evaluate: Callable,
-                  complete: Callable | None = None) -> None:
+                  complete: Callable | None = None):
     """Each choice ``backend`` reports for ``art``'s build (``job``), weighed in turn on the
     run ``state`` (an ``edgeopt.steps.RunState``); a later choice is weighed on the build
     without the earlier dropped ones. ``build(job)`` makes an INT8 artifact, ``evaluate(a)``
@@ -243,7 +246,8 @@ def weigh_choices(state, backend, job, art, *, build: Callable, evaluate: Callab
     with ``layer_sqnr=False`` (most are discarded); ``complete(job, art)`` gives ``art``
     the per-layer SQNR the last adopted variant's build (``job``) left out, once, after
     every choice. Under ``--effort fast`` nothing is weighed: every choice is kept and
-    recorded "not weighed", and so is each shortcut of the build (:func:`fast_shortcuts`)."""
+    recorded "not weighed", and so is each shortcut of the build (:func:`fast_shortcuts`).
+    Returns the settings of the build that stays ``art``."""
     budget = state.budget
     elsewhere = saturating_elsewhere(state.targets, art.runtime)
     fast = state.recipe.quant.effort == "fast"
@@ -279,6 +283,18 @@ def weigh_choices(state, backend, job, art, *, build: Callable, evaluate: Callab
     for record in fast_shortcuts(art) if fast else ():
         state.tradeoffs.append(record)
         state.progress.console.print(f"  {describe(record)}")
+    return job.config
+
+
+def follow_choices(state, runtime: str, lead: str) -> None:
+    """``runtime``'s INT8 is ``lead``'s settled QDQ model converted (``Backend.follows``):
+    each choice ``lead`` weighed or kept unweighed holds for it as well, and the report
+    says so (the guard's record of ``runtime`` itself stays its own)."""
+    for record in [t for t in state.tradeoffs if t["runtime"] == lead and "not_built" not in t]:
+        follower = {"runtime": runtime, "choice": record["choice"], "what": record["what"],
+                    "kept": record["kept"], "follows": f"{lead} (the same QDQ model)"}
+        state.tradeoffs.append(follower)
+        state.progress.console.print(f"  {describe(follower)}")
 
 
 def fast_shortcuts(art) -> list[dict]:

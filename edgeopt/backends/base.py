@@ -131,6 +131,12 @@ class Backend:
         per-layer SQNR ``rows``; none by default (:meth:`sensitivity` finds it another way)."""
         return ()
 
+    def follows(self, job: QuantJob) -> str | None:
+        """The runtime whose INT8 build this backend's build of ``job`` converts, as it is
+        (its speed choices and FP32 nodes, when the run settled them, hold here too); None:
+        this backend quantizes on its own."""
+        return None
+
     def speed_choices(self, art: Artifact, job: QuantJob) -> list:
         """The defaults of ``art``'s build that keep part of it in float for accuracy
         (:class:`edgeopt.tradeoffs.Choice`), each weighed against the build without it."""

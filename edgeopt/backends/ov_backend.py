@@ -1,5 +1,6 @@
-"""OpenVINO: the ONNX export converted to IR, and NNCF's INT8 of the OpenVINO model with
-edgeopt's activation ranges (``edgeopt.calibrate.quantize_ov``)."""
+"""OpenVINO: the ONNX export converted to IR, and the INT8 IR: the ONNX Runtime QDQ model
+converted, or NNCF's INT8 of the OpenVINO model with edgeopt's activation ranges
+(``edgeopt.calibrate.ov_route`` says which, ``edgeopt.calibrate.quantize_ov``)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ from pathlib import Path
 
 from edgeopt.backends.base import Artifact, Backend, QuantJob, TargetSpec, quant_record
 
+QDQ_NOTE = "OpenVINO IR converted from that QDQ model"   # the QDQ route's note
+
 
 class OvBackend(Backend):
     runtime = "openvino"
     label = "OpenVINO"
     host_adapter = "ov-cpu"
     format = "openvino-ir"
-    libraries = ("openvino", "nncf")
+    libraries = ("openvino", "nncf")     # and the QDQ route's, ONNX Runtime's
     compiles_whole = True           # OpenVINO compiles a model for one device or not at all
     package_targets = {"openvino": TargetSpec(runtime, "openvino-ir", "ov-cpu",
                                               "OpenVINO runtime")}
@@ -44,31 +47,79 @@ class OvBackend(Backend):
             import nncf.quantization.algorithms.post_training.pipeline  # noqa: F401
 
     def quantize(self, job: QuantJob) -> Artifact:
+        """The INT8 IR by the route ``job.config.ov_int8`` names (``calibrate.ov_route``):
+        the ONNX Runtime QDQ model converted, or NNCF on the OpenVINO model."""
+        from edgeopt.calibrate.ov_route import ov_int8_route
+
+        route, why = ov_int8_route(job.fp32_onnx, job.config.ov_int8)
+        if route == "qdq":
+            return self._from_qdq(job, why)
+        return self._nncf(job, why)
+
+    def _from_qdq(self, job: QuantJob, why: str) -> Artifact:
+        """The ONNX Runtime quantizer's QDQ model for ``job`` (the same build when that
+        backend made it in this process already; without fine-tuning, which is ONNX
+        Runtime's alone), converted to IR: the same int8 weights and activation ranges, and
+        the same per-layer SQNR (measured on the QDQ model)."""
+        from dataclasses import replace
+
+        from edgeopt.convert import to_openvino_ir
+
+        xml, bin_ = job.int8_files(self)
+        with job.steps.step(job.step("quantize INT8 for OpenVINO (QDQ)")) as update:
+            q = _qdq_build(job, update, lambda qdq: to_openvino_ir(qdq, job.path(xml)))
+        q = replace(q, notes=(*q.notes, f"{QDQ_NOTE} ({why}; --ov-int8 nncf for NNCF's): "
+                                        "its int8 weights and activation ranges as they are"))
+        return Artifact(xml, self.format, "int8", self.runtime, companions=(bin_,),
+                        quantization=quant_record(q, job))
+
+    def _nncf(self, job: QuantJob, why: str) -> Artifact:
+        from dataclasses import replace
+
         from edgeopt._torch_side import without_torch
         from edgeopt.calibrate import quantize_for_openvino
         from edgeopt.convert import canonical_names
 
         xml, bin_ = job.int8_files(self)
-        fp32_xml = job.path(self.artifact_files(job.name, "fp32")[0])
         with job.steps.step(job.step("quantize INT8 for OpenVINO (NNCF)")) as update, \
                 without_torch():                # NNCF would import it, needlessly
-            q = quantize_for_openvino(fp32_xml, job.path(xml), job.prepared.calib, job.config,
-                                      update, stats=job.stats, fp32_onnx=job.fp32_onnx,
-                                      before_save=canonical_names, sqnr=job.layer_sqnr)
+            q = quantize_for_openvino(self._fp32_xml(job), job.path(xml), job.prepared.calib,
+                                      job.config, update, stats=job.stats,
+                                      fp32_onnx=job.fp32_onnx, before_save=canonical_names,
+                                      sqnr=job.layer_sqnr)
+        q = replace(q, notes=(*q.notes, f"NNCF for OpenVINO: {why}"))
         return Artifact(xml, self.format, "int8", self.runtime, companions=(bin_,),
                         quantization=quant_record(q, job, getattr(q, "integer_kernels", None)))
 
+    def _fp32_xml(self, job: QuantJob) -> Path:
+        return job.path(self.artifact_files(job.name, "fp32")[0])
+
     def layer_sqnr(self, artifact: Path, job: QuantJob) -> list[dict] | None:
-        """The rows ``job``'s build leaves out with ``job.layer_sqnr`` False, from the files."""
+        """The rows ``job``'s build leaves out with ``job.layer_sqnr`` False: the QDQ
+        model's (made again, or the memo's), or measured on the files."""
+        from dataclasses import replace
+
+        from edgeopt.calibrate.ov_route import ov_int8_route
         from edgeopt.calibrate.ov_sqnr import artifact_layer_sqnr_ov
 
-        fp32_xml = job.path(self.artifact_files(job.name, "fp32")[0])
-        return list(artifact_layer_sqnr_ov(fp32_xml, artifact, job.prepared.calib))
+        if ov_int8_route(job.fp32_onnx, job.config.ov_int8)[0] == "qdq":
+            return list(_qdq_build(replace(job, layer_sqnr=True), None, None).layer_sqnr)
+        return list(artifact_layer_sqnr_ov(self._fp32_xml(job), artifact, job.prepared.calib))
+
+    def follows(self, job: QuantJob) -> str | None:
+        """ONNX Runtime's, on the QDQ route (``calibrate.ov_route``)."""
+        from edgeopt.calibrate.ov_route import ov_int8_route
+
+        return "onnxruntime" if ov_int8_route(job.fp32_onnx, job.config.ov_int8)[0] == "qdq" \
+            else None
 
     def speed_choices(self, art: Artifact, job: QuantJob) -> list:
-        """The AVX2 saturation guard on NNCF's int8 weights."""
+        """The AVX2 saturation guard; on the QDQ route, also ONNX Runtime's FP32 stem."""
+        from edgeopt.backends import get_backend
         from edgeopt.tradeoffs import guard_choice
 
+        if any(n.startswith(QDQ_NOTE) for n in (art.quantization or {}).get("notes", ())):
+            return get_backend("onnxruntime").speed_choices(art, job)
         return guard_choice(art, job.config)
 
     def sensitivity(self, art: Artifact, job: QuantJob) -> list[tuple[str, ...]]:
@@ -78,3 +129,22 @@ class OvBackend(Backend):
         if art.sensitivity:
             return list(art.sensitivity)
         return get_backend("onnxruntime").sensitivity(Artifact("", "", "", ""), job)
+
+
+def _qdq_build(job: QuantJob, update, use) -> object:
+    """The ONNX Runtime quantizer's result for ``job`` (fine-tuning left out), its QDQ
+    model in a scratch file while ``use(path)`` runs (when given), removed after."""
+    from dataclasses import replace
+
+    from edgeopt.calibrate import quantize_onnx_for_ort
+
+    qdq = job.staging.scratch / f"{job.name}.{job.variant or 'int8'}.qdq.onnx"
+    try:
+        q = quantize_onnx_for_ort(job.fp32_onnx, qdq, job.prepared.calib,
+                                  replace(job.config, qat_epochs=0), update, stats=job.stats,
+                                  sqnr=job.layer_sqnr)
+        if use is not None:
+            use(qdq)
+        return q
+    finally:
+        qdq.unlink(missing_ok=True)

@@ -219,12 +219,14 @@ def test_input_moments_over_their_share_of_the_memo_are_not_kept(tmp_path, spied
     entries = len(reuse.memo())
     reuse.clear()
     monkeypatch.setattr(input_moments, "MAX_SHARE", 0)
-    config = QuantConfig(saturation_guard=False)
-    for name in ("b.onnx", "c.onnx", "d.onnx"):
-        built = quantize_onnx_for_ort(fp32, tmp_path / name,
-                                      calib, config if name == "c.onnx" else QuantConfig())
+    configs = {"b.onnx": QuantConfig(saturation_guard=False),
+               "c.onnx": QuantConfig(calibrator="minmax"), "d.onnx": QuantConfig()}
+    for name, config in configs.items():          # three different builds
+        built = quantize_onnx_for_ort(fp32, tmp_path / name, calib, config)
     assert len(spied_passes) == 1 + 3
-    assert len(reuse.memo()) == entries - 1
+    # a's entries but its moments, and b's and c's own: c's base and QDQ graph (its
+    # calibrator's), the finished builds and their per-layer SQNR (d's are a's)
+    assert len(reuse.memo()) == entries - 1 + 2 + 2 * 2
     assert built.path.read_bytes() == kept
 
 

@@ -169,10 +169,10 @@ def test_failure_midway_leaves_nothing_under_a_final_name(run_cli, tiny_onnx, tm
     def broken(*args, **kwargs):
         raise CalibrationError("simulated quantization failure")
 
-    monkeypatch.setattr(calibrate, "quantize_for_openvino", broken)
+    monkeypatch.setattr(calibrate, "quantize_for_openvino", broken)   # the last build
     out = tmp_path / "out"
     result = run_cli("optimize", tiny_onnx, "--out", out, "--calib", "random", "--quiet",
-                     *FAST_BENCH)
+                     "--ov-int8", "nncf", *FAST_BENCH)
     assert result.code == 2
     assert "simulated quantization failure" in result.err
     assert not out.exists()   # the run created it, so the run removed it
@@ -180,7 +180,7 @@ def test_failure_midway_leaves_nothing_under_a_final_name(run_cli, tiny_onnx, tm
     existing.mkdir()
     (existing / "mine.txt").write_text("user file")
     result = run_cli("optimize", tiny_onnx, "--out", existing, "--calib", "random", "--quiet",
-                     *FAST_BENCH)
+                     "--ov-int8", "nncf", *FAST_BENCH)
     assert result.code == 2
     assert sorted(p.name for p in existing.iterdir()) == ["mine.txt"]
 
