@@ -262,11 +262,10 @@ def quantize(state: RunState) -> None:
         trials = GATE_TRIALS
     state.budget = Budget(quant.max_accuracy_drop, fp32_value, allowed, quant.max_fp32_nodes,
                           trials, prepared.higher_is_better)
-    settled: dict[str, tuple] = {}     # runtime -> (the QuantConfig its weighing settled
-                                       # on, whether its builds started with the guard)
+    settled: dict[str, tuple] = {}     # runtime -> (settled QuantConfig, guard at first)
     for runtime in _runtimes(state):
         backend = get_backend(runtime)
-        job, lead = _jobs(state, backend, settled)
+        job, lead, reverted = _jobs(state, backend, settled)
         outcome = within_budget(
             runtime, state.budget,
             build=lambda excluded, b=backend, j=job: _build(state, b, j(excluded)),
@@ -283,17 +282,18 @@ def quantize(state: RunState) -> None:
                 complete=lambda j, art, b=backend: _cached.cached_layer_sqnr(state, b, j, art))
             settled[runtime] = (final, job([]).config.saturation_guard)
         value = outcome.artifact.accuracy["value"]
-        warning = state.budget.record(runtime, outcome.artifact, value, outcome.reverted)
+        warning = state.budget.record(runtime, outcome.artifact, value,
+                                      list(dict.fromkeys((*reverted, *outcome.reverted))))
         if warning:
             state.warn(warning)
         gate(state, outcome.artifact, runtime)
         state.artifacts.append(outcome.artifact)
 
 
-def _jobs(state: RunState, backend, settled: dict) -> tuple[Any, str | None]:
-    """``backend``'s INT8 job for a list of nodes to keep FP32, and the runtime whose
-    settled build it converts (:meth:`Backend.follows`; None: it weighs its own choices).
-    A follower's job starts from that runtime's settled settings and FP32 nodes."""
+def _jobs(state: RunState, backend, settled: dict) -> tuple[Any, str | None, tuple]:
+    """``backend``'s INT8 job for a list of nodes to keep FP32, the runtime whose settled
+    build it converts (:meth:`Backend.follows`; None: it weighs its own choices), and the
+    nodes that runtime's budget returned to FP32, where its job starts from."""
     quant = state.recipe.quant
     guard = quant.saturation_guard and not leave_out_guard(state, backend.runtime)
 
@@ -308,8 +308,8 @@ def _jobs(state: RunState, backend, settled: dict) -> tuple[Any, str | None]:
     lead = backend.follows(job([]))
     leader, leader_guard = settled.get(lead, (None, None))
     if leader is None or leader_guard != guard:      # the guard is needed by one of them
-        return job, None
-    return (lambda excluded: job(excluded, leader)), lead
+        return job, None, ()
+    return (lambda excluded: job(excluded, leader)), lead, leader.exclude_nodes
 
 
 def _build(state: RunState, backend, job: QuantJob) -> Artifact:
