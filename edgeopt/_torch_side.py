@@ -188,7 +188,7 @@ def export_source(state, path: Path):
         from edgeopt.backends import get_backend
 
         for runtime in state.recipe.runtimes:
-            get_backend(runtime).warm_up()
+            get_backend(runtime).warm_up(state.recipe.quant)
     # The request (with the parity samples, more than a pipe holds) is read, so sent,
     # once the child has finished its early export: imports before it, not after.
     side.ask("export", str(path), state.input_names, state.prepared.output_names or None,

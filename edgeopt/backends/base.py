@@ -98,9 +98,10 @@ class Backend:
         return self.adapter().load(model)
 
     # ------------------------------------------------------------------ build
-    def warm_up(self) -> None:
-        """Import what this backend's quantizer will need (called while the process
-        waits on other work, e.g. the PyTorch child's export); nothing by default."""
+    def warm_up(self, quant) -> None:
+        """Import what this backend's quantizer will need for the recipe's ``quant``
+        settings (called while the process waits on other work, e.g. the PyTorch child's
+        export); nothing by default."""
 
     def build_fp32(self, name: str, fp32_onnx: Path, staging, steps,
                    check_parity) -> tuple[Artifact, dict] | None:

@@ -34,7 +34,7 @@ class OrtBackend(Backend):
     def artifact_files(self, name: str, precision: str) -> tuple[str, ...]:
         return (f"{name}.fp32.onnx",) if precision == "fp32" else (f"{name}.int8-ort.onnx",)
 
-    def warm_up(self) -> None:
+    def warm_up(self, quant) -> None:
         """ONNX and ONNX Runtime's quantization tools (about 1.4 s of imports on a 2-core
         Xeon), while the PyTorch child exports."""
         import onnx  # noqa: F401

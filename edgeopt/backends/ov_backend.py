@@ -36,11 +36,16 @@ class OvBackend(Backend):
         art = Artifact(xml, self.format, "fp32", self.runtime, companions=(bin_,))
         return art, {"name": step, "parity": parity}
 
-    def warm_up(self) -> None:
+    def warm_up(self, quant) -> None:
         """NNCF and its OpenVINO post-training pipeline (~2 s of imports on a 2-core
         Xeon), with torch hidden as :meth:`quantize` hides it, while the PyTorch child
-        exports."""
+        exports: only for ``--ov-int8 nncf``. Under ``auto`` most graphs take the QDQ
+        route, and the imports competed with the export for the cores (measured: 0.2-1.6 s
+        of a mobilenet-v2 build, 1-2.5 CPU-s); a graph that takes NNCF imports it then."""
         from edgeopt._torch_side import without_torch
+
+        if quant.ov_int8 != "nncf":
+            return
 
         with without_torch():
             import nncf.openvino.quantization.quantize_model  # noqa: F401

@@ -133,7 +133,7 @@ def test_the_quantizers_imports_come_before_the_export_request(monkeypatch, tmp_
     calls = []
     for runtime in recipe.runtimes:
         monkeypatch.setattr(type(get_backend(runtime)), "warm_up",
-                            lambda self, r=runtime: calls.append(f"warm up {r}"))
+                            lambda self, quant, r=runtime: calls.append(f"warm up {r}"))
     source = _torch_side.load_source(recipe)
     side = source.extra[_torch_side.SIDE]
     real_ask = side.ask
