@@ -7,7 +7,7 @@ asks the backend registry (:mod:`edgeopt.backends`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 from edgeopt import _step_cache as _cached
 from edgeopt._cache import Cache
 from edgeopt._outputs import run_all, run_spilled, stack_first, torch_outputs
+from edgeopt._quant_jobs import runtime_jobs
 from edgeopt._source import copy_onnx
 from edgeopt._states import carry_step as carry_states
 from edgeopt._step_cache import DataKeys, artifact_facts, artifact_from, through_cache
@@ -23,7 +24,7 @@ from edgeopt.backends import Artifact, QuantJob, get_backend, onnx_runner, runti
 from edgeopt.budget import Budget, within_budget
 from edgeopt.metrics import GATE, gate, output_figures
 from edgeopt.recipe import Recipe
-from edgeopt.tradeoffs import follow_choices, leave_out_guard, weigh_choices
+from edgeopt.tradeoffs import follow_choices, weigh_choices
 
 __all__ = ["OPTIMIZE", "RunState", "benchmark", "calibrate", "carry_states", "convert", "evaluate",
            "evaluate_artifact", "export", "fp32_reference", "prune", "quantize", "reference"]
@@ -249,7 +250,9 @@ def calibrate(state: RunState) -> None:
 
 
 def quantize(state: RunState) -> None:
-    """INT8 per backend; with a budget, sensitive layers return to FP32 until it holds."""
+    """INT8 per backend; with a budget, sensitive layers return to FP32 until it holds.
+    A backend whose build converts another's settled one (OpenVINO's QDQ route) starts
+    from it and keeps the choices weighed there."""
     quant = state.recipe.quant
     if not quant.enabled:
         return
@@ -265,7 +268,7 @@ def quantize(state: RunState) -> None:
     settled: dict[str, tuple] = {}     # runtime -> (settled QuantConfig, guard at first)
     for runtime in _runtimes(state):
         backend = get_backend(runtime)
-        job, lead, reverted = _jobs(state, backend, settled)
+        job, lead, reverted = runtime_jobs(state, backend, settled)
         outcome = within_budget(
             runtime, state.budget,
             build=lambda excluded, b=backend, j=job: _build(state, b, j(excluded)),
@@ -274,6 +277,7 @@ def quantize(state: RunState) -> None:
             warn=state.progress.warn)
         if lead is not None:        # the same QDQ model as ``lead``'s: its choices hold
             follow_choices(state, runtime, lead)
+            _cached.cached_layer_sqnr(state, backend, job(outcome.reverted), outcome.artifact)
         else:
             final = weigh_choices(
                 state, backend, job(outcome.reverted), outcome.artifact,
@@ -288,28 +292,6 @@ def quantize(state: RunState) -> None:
             state.warn(warning)
         gate(state, outcome.artifact, runtime)
         state.artifacts.append(outcome.artifact)
-
-
-def _jobs(state: RunState, backend, settled: dict) -> tuple[Any, str | None, tuple]:
-    """``backend``'s INT8 job for a list of nodes to keep FP32, the runtime whose settled
-    build it converts (:meth:`Backend.follows`; None: it weighs its own choices), and the
-    nodes that runtime's budget returned to FP32, where its job starts from."""
-    quant = state.recipe.quant
-    guard = quant.saturation_guard and not leave_out_guard(state, backend.runtime)
-
-    def job(excluded: list[str], lead=None) -> QuantJob:
-        config = _quant_config(quant, excluded, guard)
-        if lead is not None:
-            config = replace(lead, ov_int8=config.ov_int8, exclude_nodes=tuple(
-                dict.fromkeys((*lead.exclude_nodes, *excluded))))
-        return QuantJob(state.name, state.fp32_onnx, state.prepared, config, state.stats,
-                        state.staging, state.progress)
-
-    lead = backend.follows(job([]))
-    leader, leader_guard = settled.get(lead, (None, None))
-    if leader is None or leader_guard != guard:      # the guard is needed by one of them
-        return job, None, ()
-    return (lambda excluded: job(excluded, leader)), lead, leader.exclude_nodes
 
 
 def _build(state: RunState, backend, job: QuantJob) -> Artifact:
@@ -427,15 +409,6 @@ def _parity(step: str, reference: list, loaded, state: RunState) -> dict:
     from edgeopt.runtimes import check, compare
 
     return check(compare(step, reference, run_all(loaded, state.parity_inputs))).to_dict()
-
-
-def _quant_config(quant, excluded: list[str], guard: bool):
-    from edgeopt.calibrate.quantize import QuantConfig
-
-    return QuantConfig(calibrator=quant.calibrator, exclude_nodes=tuple(excluded),
-                       keep_first_fp32=quant.keep_first_fp32, fp32_stem=quant.fp32_stem,
-                       saturation_guard=guard, qat_epochs=quant.qat_epochs,
-                       effort=quant.effort, ov_int8=quant.ov_int8)
 
 
 def _gain_summary(gains: dict[str, float]) -> dict:

@@ -244,8 +244,8 @@ def weigh_choices(state, backend, job, art, *, build: Callable, evaluate: Callab
     without the earlier dropped ones. ``build(job)`` makes an INT8 artifact, ``evaluate(a)``
     scores one; the records go to ``state.tradeoffs`` and the console. A variant is built
     with ``layer_sqnr=False`` (most are discarded); ``complete(job, art)`` gives ``art``
-    the per-layer SQNR the last adopted variant's build (``job``) left out, once, after
-    every choice. Under ``--effort fast`` nothing is weighed: every choice is kept and
+    the per-layer SQNR the build that stays (the last adopted variant's, else ``job``'s)
+    left out, once, after every choice. Under ``--effort fast`` nothing is weighed: every choice is kept and
     recorded "not weighed", and so is each shortcut of the build (:func:`fast_shortcuts`).
     Returns the settings of the build that stays ``art``."""
     budget = state.budget
@@ -278,8 +278,8 @@ def weigh_choices(state, backend, job, art, *, build: Callable, evaluate: Callab
                 job = replace(job, config=adopted.config)
         state.tradeoffs.append(record)
         state.progress.console.print(f"  {describe(record)}")
-    if adopted is not None and complete is not None:    # one pass, for the variant that stays
-        complete(adopted, art)
+    if complete is not None:            # one pass, for the build that stays (its own job)
+        complete(adopted or job, art)
     for record in fast_shortcuts(art) if fast else ():
         state.tradeoffs.append(record)
         state.progress.console.print(f"  {describe(record)}")
