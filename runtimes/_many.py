@@ -45,13 +45,14 @@ def one_at_a_time(run: Callable[[Feeds], Outputs], samples: Sequence[Feeds]) -> 
 
 
 def threaded(run: Callable[[Feeds], Outputs], samples: Sequence[Feeds],
-             count: int) -> Iterator[Outputs]:
+             count: int, depth: int | None = None) -> Iterator[Outputs]:
     """``run`` of each sample on ``count`` threads, yielded in sample order; at most
-    ``2 * count`` samples are read and in flight at once."""
+    ``depth`` (default ``2 * count``) samples are read and in flight at once."""
+    depth = depth or 2 * count
     with ThreadPoolExecutor(count, thread_name_prefix="edgeopt-run") as pool:
         pending: deque = deque()
         for feeds in samples:
-            if len(pending) >= 2 * count:
+            if len(pending) >= depth:
                 yield pending.popleft().result()
             pending.append(pool.submit(run, feeds))
         while pending:

@@ -46,6 +46,31 @@ def test_capture_onnx_gives_intermediate_tensors_and_leaves_the_model_alone():
         np.testing.assert_allclose(y, np.maximum(sample["x"] @ W, 0), rtol=1e-6, atol=1e-6)
 
 
+def test_capture_onnx_runs_samples_side_by_side_and_gives_them_back_in_order(monkeypatch):
+    """By default several samples run at once on a one-thread session: each sample's values
+    are those of one run at a time (threads=1), in sample order, and no more samples are
+    read ahead than run at once."""
+    import edgeopt.runtimes.capture as capture
+
+    monkeypatch.setattr(capture, "workers", lambda: 3)
+    samples = _samples(40)
+    read = []
+
+    def source():
+        for i, sample in enumerate(samples):
+            read.append(i)
+            yield sample
+
+    one = list(capture_onnx(_model(), samples, ["h", "y"], threads=1))
+    taken = []
+    for i, values in enumerate(capture_onnx(_model(), source(), ["h", "y"])):
+        assert len(read) <= i + 1 + 3                 # at most 3 samples ahead of the caller
+        taken.append(values)
+    assert len(taken) == 40
+    for a, b in zip(one, taken, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
 def test_capture_onnx_reads_a_path_and_ignores_keys_that_are_not_inputs(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(_model(), str(path))
