@@ -16,7 +16,7 @@ class OvBackend(Backend):
     label = "OpenVINO"
     host_adapter = "ov-cpu"
     format = "openvino-ir"
-    libraries = ("openvino", "nncf")     # and the QDQ route's, ONNX Runtime's
+    libraries = ("openvino", "nncf")
     compiles_whole = True           # OpenVINO compiles a model for one device or not at all
     package_targets = {"openvino": TargetSpec(runtime, "openvino-ir", "ov-cpu",
                                               "OpenVINO runtime")}
@@ -54,9 +54,7 @@ class OvBackend(Backend):
     def quantize(self, job: QuantJob) -> Artifact:
         """The INT8 IR by the route ``job.config.ov_int8`` names (``calibrate.ov_route``):
         the ONNX Runtime QDQ model converted, or NNCF on the OpenVINO model."""
-        from edgeopt.calibrate.ov_route import ov_int8_route
-
-        route, why = ov_int8_route(job.fp32_onnx, job.config.ov_int8)
+        route, why = _route(job)
         if route == "qdq":
             return self._from_qdq(job, why)
         return self._nncf(job, why)
@@ -104,26 +102,22 @@ class OvBackend(Backend):
         model's (made again, or the memo's), or measured on the files."""
         from dataclasses import replace
 
-        from edgeopt.calibrate.ov_route import ov_int8_route
         from edgeopt.calibrate.ov_sqnr import artifact_layer_sqnr_ov
 
-        if ov_int8_route(job.fp32_onnx, job.config.ov_int8)[0] == "qdq":
+        if _route(job)[0] == "qdq":
             return list(_qdq_build(replace(job, layer_sqnr=True), None, None).layer_sqnr)
         return list(artifact_layer_sqnr_ov(self._fp32_xml(job), artifact, job.prepared.calib))
 
     def follows(self, job: QuantJob) -> str | None:
         """ONNX Runtime's, on the QDQ route (``calibrate.ov_route``)."""
-        from edgeopt.calibrate.ov_route import ov_int8_route
-
-        return "onnxruntime" if ov_int8_route(job.fp32_onnx, job.config.ov_int8)[0] == "qdq" \
-            else None
+        return "onnxruntime" if _route(job)[0] == "qdq" else None
 
     def speed_choices(self, art: Artifact, job: QuantJob) -> list:
         """The AVX2 saturation guard; on the QDQ route, also ONNX Runtime's FP32 stem."""
         from edgeopt.backends import get_backend
         from edgeopt.tradeoffs import guard_choice
 
-        if any(n.startswith(QDQ_NOTE) for n in (art.quantization or {}).get("notes", ())):
+        if _route(job)[0] == "qdq":
             return get_backend("onnxruntime").speed_choices(art, job)
         return guard_choice(art, job.config)
 
@@ -134,6 +128,13 @@ class OvBackend(Backend):
         if art.sensitivity:
             return list(art.sensitivity)
         return get_backend("onnxruntime").sensitivity(Artifact("", "", "", ""), job)
+
+
+def _route(job: QuantJob) -> tuple[str, str]:
+    """("qdq" or "nncf", why) for ``job``'s INT8 (``calibrate.ov_route``)."""
+    from edgeopt.calibrate.ov_route import ov_int8_route
+
+    return ov_int8_route(job.fp32_onnx, job.config.ov_int8)
 
 
 def _qdq_build(job: QuantJob, update, use) -> object:
