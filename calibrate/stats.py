@@ -19,6 +19,10 @@ import numpy as np
 DEFAULT_RESERVOIR = 1 << 16
 SHORT_ROWS = 256           # channel maxima of maps this small: across channels
 MEAN_SAMPLES = 32          # channel means of the linear ops' inputs: over this many samples
+# the depthwise inputs' per-sample channel maxima are kept up to this many bytes in all
+# (mobilenet-v2: 28 KB a sample, so ~290 samples); beyond, none are kept, and the
+# equalized tensors' ranges come from a pass of their own (ort_base.equalized_ranges)
+PEAKS_BYTES = 8 << 20
 
 
 @dataclass
@@ -214,6 +218,7 @@ def collect_stats(onnx_path, samples: Iterable[dict[str, np.ndarray]],
     model = onnx.load(str(onnx_path)) if isinstance(onnx_path, (str, Path)) else onnx_path
     means: dict[str, int] = {}
     peaks: dict[str, list[np.ndarray]] = {}
+    kept = 0
     if names is None:
         names = _float_tensors(model)
         means = _linear_inputs(model)         # the whole model runs: its linear inputs too
@@ -236,6 +241,9 @@ def collect_stats(onnx_path, samples: Iterable[dict[str, np.ndarray]],
                 _add_means(stats[name], channel_mean(value, means[name]))
             if name in peaks and channels is not None and value.size:
                 peaks[name].append(channels)
+                kept += channels.nbytes
+        if kept > PEAKS_BYTES:                # memory that grows with the samples: stop
+            peaks, kept = {}, 0
         if progress is not None:
             progress(i + 1, total or i + 1)
     for name, rows in peaks.items():

@@ -112,3 +112,36 @@ def test_equalized_int8_is_closer_to_fp32_with_the_same_kernels(tmp_path):
     # the small channels had a few of the tensor's 256 levels; now each has all of them
     assert equal.min() > plain.min() + 10 and equal.mean() > plain.mean() + 3, (equal, plain)
     assert onnx.load(str(fp32)).graph.initializer[0].name == "w1"     # input untouched
+
+
+def test_equalized_ranges_follow_from_the_statistics_pass(monkeypatch):
+    """For the min-max calibrators the equalized tensor's range comes from the statistics
+    of the original model (its per-sample channel maxima), with no pass of the equalized
+    model, and matches that pass; past PEAKS_BYTES no maxima are kept and the pass runs."""
+    import copy
+
+    from edgeopt.calibrate import ort_base, stats
+
+    model, samples = _expand_dw_model(), _samples(20, 1)
+    passes = []
+    real = ort_base.collect_stats
+    monkeypatch.setattr(ort_base, "collect_stats",
+                        lambda *a, **k: passes.append(k.get("names")) or real(*a, **k))
+    found = stats.collect_stats(model, samples, reservoir=0)
+    assert found["r"].sample_peaks.shape == (20, CHANNELS)
+    equalized = copy.deepcopy(model)
+    gains = equalize_depthwise_inputs(equalized, samples, found)
+    for calibrator in ("mean-minmax", "minmax"):
+        known = ort_base.equalized_ranges(equalized, gains, samples, calibrator, found)
+        assert passes == []
+        measured = ort_base.equalized_ranges(equalized, gains, samples, calibrator)
+        assert passes.pop() == ["r"]
+        assert set(known) == set(measured) == {"r", "a"}
+        for name, r in known.items():
+            assert r.rmin == measured[name].rmin == 0.0
+            assert r.rmax == pytest.approx(measured[name].rmax, rel=1e-6)
+    monkeypatch.setattr(stats, "PEAKS_BYTES", 0)
+    found = stats.collect_stats(model, samples, reservoir=0)
+    assert found["r"].sample_peaks is None
+    ort_base.equalized_ranges(equalized, gains, samples, "mean-minmax", found)
+    assert passes == [["r"]]
