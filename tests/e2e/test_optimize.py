@@ -151,7 +151,8 @@ def test_mobilenet_v2_int8_agreement(run_cli, tmp_path):
     kernels = ort_int8["quantization"]["integer_kernels"]
     # every convolution and the classifier run as integer kernels, but the stem's three
     # when the run kept them FP32 (weighed: edgeopt.tradeoffs)
-    (weighed,) = [t for t in report["tradeoffs"] if t["choice"] == "fp32-stem"]
+    (weighed,) = [t for t in report["tradeoffs"] if t["choice"] == "fp32-stem"
+                  and t["runtime"] == "onnxruntime"]
     stem = ort_int8["quantization"]["excluded_nodes"]
     assert stem == (weighed["nodes"] if weighed["kept"] else []), (stem, weighed)
     floats = kernels.get("Conv", 0) + kernels.get("FusedConv", 0)
