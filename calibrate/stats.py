@@ -4,8 +4,10 @@ Per tensor: the exact global min/max, the running mean of each sample's min/max,
 reservoir sample (Vitter's algorithm R, vectorised per sample) of fixed size for the
 calibrators that need the distribution; for the inputs of the linear ops, the mean of each
 channel over the first MEAN_SAMPLES samples (the OpenVINO saturation guard's bias
-follow-up reads them: quantize_ov.py). Memory is fixed by the reservoir size, never by
-the number of samples, and samples are consumed one at a time (any iterable works).
+follow-up reads them: quantize_ov.py); for the inputs of grouped convolutions, each
+sample's channel maxima up to PEAKS_BYTES (the equalized ranges: ort_base.py). Memory is
+fixed by the reservoir size and that bound, never by the number of samples, and samples
+are consumed as they come (any iterable works; a few run at once: capture_onnx).
 """
 
 from __future__ import annotations
@@ -134,13 +136,6 @@ def _linear_inputs(model) -> dict[str, int]:
         name = node.input[0]
         axes[name] = axis if axes.get(name, axis) == axis else None
     return {name: axis for name, axis in axes.items() if axis is not None}
-
-
-def _grouped_conv_inputs(model) -> list[str]:
-    """The data inputs of grouped convolutions (depthwise ones among them): the tensors
-    equalize.py may rescale per channel."""
-    return [n.input[0] for n in model.graph.node if n.op_type == "Conv"
-            and any(a.name == "group" and a.i > 1 for a in n.attribute)]
 
 
 def _grouped_conv_inputs(model) -> list[str]:

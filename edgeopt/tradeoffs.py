@@ -10,6 +10,11 @@ report lists every choice with its measured gain and p50 cost either way.
 ``--effort fast`` (recipe ``quant.effort``) weighs nothing: every choice is kept and the
 report says it was not weighed.
 
+The AVX2 saturation guard is not built at all where no target of the runtime can saturate
+(:func:`guard_not_needed`: there it can only cost accuracy), and a runtime whose INT8 is
+another's settled build converted (OpenVINO's QDQ route) takes that one's choices
+(:func:`follow_choices`); the report says both.
+
 The backend says which choices its build made (:meth:`Backend.speed_choices`); the search
 knows nothing of runtimes.
 """
@@ -21,9 +26,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-__all__ = ["Choice", "adopt", "describe", "discard", "fast_shortcuts", "guard_choice",
-           "follow_choices", "guard_not_needed", "leave_out_guard", "min_gain", "not_built", "not_weighed", "saturating_elsewhere",
-           "time_pair", "weigh", "weigh_choices"]
+__all__ = ["Choice", "adopt", "describe", "discard", "fast_shortcuts", "follow_choices",
+           "guard_choice", "guard_not_needed", "leave_out_guard", "min_gain", "not_built",
+           "not_weighed", "saturating_elsewhere", "time_pair", "weigh", "weigh_choices"]
 
 # The metric gain that counts as "buys accuracy": a fraction-of-samples metric (top-1,
 # agreement, a custom one) must gain at least this much and at least one sample more;
@@ -245,9 +250,9 @@ def weigh_choices(state, backend, job, art, *, build: Callable, evaluate: Callab
     scores one; the records go to ``state.tradeoffs`` and the console. A variant is built
     with ``layer_sqnr=False`` (most are discarded); ``complete(job, art)`` gives ``art``
     the per-layer SQNR the build that stays (the last adopted variant's, else ``job``'s)
-    left out, once, after every choice. Under ``--effort fast`` nothing is weighed: every choice is kept and
-    recorded "not weighed", and so is each shortcut of the build (:func:`fast_shortcuts`).
-    Returns the settings of the build that stays ``art``."""
+    left out, once, after every choice. Under ``--effort fast`` nothing is weighed: every
+    choice is kept and recorded "not weighed", and so is each shortcut of the build
+    (:func:`fast_shortcuts`). Returns the settings of the build that stays ``art``."""
     budget = state.budget
     elsewhere = saturating_elsewhere(state.targets, art.runtime)
     fast = state.recipe.quant.effort == "fast"
