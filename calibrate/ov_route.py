@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from edgeopt.calibrate.ov_reuse import file_digest, reuse
+from edgeopt.calibrate.ov_reuse import reuse
 from edgeopt.calibrate.qdq_graph import linear_nodes
 
 __all__ = ["NNCF_OPS", "OV_INT8", "ov_int8_route"]
@@ -33,7 +33,11 @@ def ov_int8_route(fp32_onnx: Path, mode: str) -> tuple[str, str]:
     """("qdq" or "nncf", why) for the OpenVINO INT8 of ``fp32_onnx`` under ``mode``."""
     if mode != "auto":
         return mode, f"ov_int8 {mode}"
-    transformer, special = reuse("ov-route", file_digest(fp32_onnx), lambda: _facts(fp32_onnx))
+    # asked for by every OpenVINO build, variant and per-layer SQNR of a run: keyed by the
+    # file's identity (not its digest: no re-read of the model each time)
+    stat = Path(fp32_onnx).stat()
+    key = (str(Path(fp32_onnx).resolve()), stat.st_mtime_ns, stat.st_size)
+    transformer, special = reuse("ov-route", key, lambda: _facts(fp32_onnx))
     if transformer:
         return "nncf", "auto: a transformer-style graph, for NNCF's transformer quantization"
     if special:

@@ -109,8 +109,8 @@ def capture_onnx(model: onnx.ModelProto | Path | str,
 
 def _run_session(session, samples: Iterable[Mapping[str, np.ndarray]],
                  names: list[str], count: int = 1) -> Iterator[list[np.ndarray]]:
-    """Each sample's values of ``names``, in order, ``count`` samples running at once
-    (one more is read ahead by each; at most ``count`` results wait to be taken)."""
+    """Each sample's values of ``names``, in order, ``count`` samples running at once: at
+    most ``count`` samples are read ahead of the one the caller holds."""
     inputs = {i.name for i in session.get_inputs()}
 
     def run(sample):

@@ -90,18 +90,23 @@ def test_a_changed_effort_rebuilds_the_quantize_step_and_reuses_the_rest(run_cli
 
 
 @pytest.mark.parametrize("where", ["flag", "recipe"])
-def test_a_bad_effort_is_a_one_line_error(run_cli, tmp_path, tiny_onnx, where):
+@pytest.mark.parametrize(("key", "bad", "known"), [("effort", "slow", "fast"),
+                                                   ("ov_int8", "pot", "qdq")])
+def test_a_bad_quant_choice_is_a_one_line_error(run_cli, tmp_path, tiny_onnx, where, key, bad,
+                                                known):
+    """--effort and --ov-int8 (recipe quant.effort, quant.ov_int8) name a choice: another
+    value is one line naming the known ones, and nothing is written."""
     out = tmp_path / "out"
     if where == "flag":
-        args = (tiny_onnx, "--effort", "slow")
+        args = (tiny_onnx, f"--{key.replace('_', '-')}", bad)
     else:
         recipe = tmp_path / "recipe.yaml"
-        recipe.write_text(yaml.safe_dump({"model": str(tiny_onnx), "quant": {"effort": "slow"}}))
+        recipe.write_text(yaml.safe_dump({"model": str(tiny_onnx), "quant": {key: bad}}))
         args = ("--recipe", recipe)
     result = run_cli("optimize", *args, "--calib", "random", "--out", out, "--quiet")
     assert result.code == 2
     lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and "slow" in lines[0] and "fast" in lines[0], result.err
+    assert len(lines) == 1 and bad in lines[0] and known in lines[0], result.err
     assert "Traceback" not in result.err and tree(out) == []
 
 

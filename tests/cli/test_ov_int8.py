@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeopt.calibrate.ov_route import ov_int8_route
@@ -127,19 +126,3 @@ def test_openvino_alone_weighs_the_qdq_model_choices_itself(run_cli, tmp_path, h
     assert any(n.startswith(QDQ_NOTE) for n in _int8(report, "openvino")["quantization"]["notes"])
     (stem,) = [t for t in report["tradeoffs"] if t["choice"] == "fp32-stem"]
     assert stem["runtime"] == "openvino" and "gain" in stem and "follows" not in stem
-
-
-@pytest.mark.parametrize("where", ["flag", "recipe"])
-def test_a_bad_ov_int8_is_a_one_line_error(run_cli, tmp_path, tiny_onnx, where):
-    import yaml
-
-    if where == "flag":
-        args = (tiny_onnx, "--ov-int8", "pot")
-    else:
-        recipe = tmp_path / "recipe.yaml"
-        recipe.write_text(yaml.safe_dump({"model": str(tiny_onnx), "quant": {"ov_int8": "pot"}}))
-        args = ("--recipe", recipe)
-    result = run_cli("optimize", *args, "--calib", "random", "--out", tmp_path / "o", "--quiet")
-    assert result.code == 2
-    assert len(result.err.strip().splitlines()) == 1 and "pot" in result.err
-    assert not (tmp_path / "o").exists()
